@@ -13,7 +13,14 @@ from carbonscaler.planner.baselines import (
 from carbonscaler.planner.exact import plan_exact
 from carbonscaler.planner.greedy import plan_greedy
 from carbonscaler.planner.model import InfeasibleError, Job, Ladder, PlanningError, Schedule
-from carbonscaler.planner.policies import DEADLINE_AWARE, POLICIES, plan, replan
+from carbonscaler.planner.policies import (
+    DEADLINE_AWARE,
+    POLICIES,
+    compare,
+    plan,
+    replan,
+    savings_pct,
+)
 
 __all__ = [
     "DEADLINE_AWARE",
@@ -23,6 +30,7 @@ __all__ = [
     "Ladder",
     "PlanningError",
     "Schedule",
+    "compare",
     "plan",
     "plan_agnostic",
     "plan_exact",
@@ -32,4 +40,5 @@ __all__ = [
     "plan_suspend_resume",
     "plan_threshold",
     "replan",
+    "savings_pct",
 ]

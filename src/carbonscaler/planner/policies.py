@@ -17,7 +17,7 @@ from carbonscaler.planner.exact import plan_exact
 from carbonscaler.planner.greedy import plan_greedy
 from carbonscaler.planner.model import FloatArray, Job, PlanningError, Schedule
 
-__all__ = ["POLICIES", "DEADLINE_AWARE", "plan", "replan"]
+__all__ = ["DEADLINE_AWARE", "POLICIES", "compare", "plan", "replan", "savings_pct"]
 
 POLICIES: tuple[str, ...] = (
     "carbonscaler",
@@ -115,3 +115,30 @@ def replan(
     if remaining <= job.work * 1e-12:
         raise PlanningError("the job's work is already done; nothing to re-plan")
     return plan(policy, job.with_work(remaining), carbon, **options)  # type: ignore[arg-type]
+
+
+def compare(
+    job: Job,
+    carbon: Sequence[float] | FloatArray,
+    *,
+    deadline_slots: int | None = None,
+    policies: Sequence[str] = POLICIES,
+    **options: object,
+) -> dict[str, Schedule | PlanningError]:
+    """Plan the same job with several policies; a policy that cannot plan maps to its error."""
+    results: dict[str, Schedule | PlanningError] = {}
+    for name in policies:
+        try:
+            results[name] = plan(
+                name, job, carbon, deadline_slots=deadline_slots, **options  # type: ignore[arg-type]
+            )
+        except PlanningError as exc:
+            results[name] = exc
+    return results
+
+
+def savings_pct(emissions_g: float, baseline_g: float) -> float:
+    """Percent less carbon than ``baseline_g`` (negative when worse); NaN without a baseline."""
+    if baseline_g <= 0:
+        return float("nan")
+    return 100.0 * (1.0 - emissions_g / baseline_g)

