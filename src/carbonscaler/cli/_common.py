@@ -43,10 +43,12 @@ def user_errors(func: Callable[P, R]) -> Callable[P, R]:
                 warnings.simplefilter("always")
                 result = func(*args, **kwargs)
             for w in caught:
-                err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+                err_console.print(
+                    f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True
+                )
             return result
         except USER_ERRORS as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False)
+            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper

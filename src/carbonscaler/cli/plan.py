@@ -101,7 +101,7 @@ def _comparison_table(results: dict[str, Schedule | PlanningError]) -> Table:
     base_s = suspend.emissions_g if isinstance(suspend, Schedule) else float("nan")
     table = Table(title="All policies on the same job and trace")
     for col in (
-        "policy", "gCO2eq", "vs agnostic", "vs suspend-resume", "done (h)", "deadline",
+        "policy", "gCO2eq", "saved vs agnostic", "saved vs suspend-resume", "done (h)", "deadline",
         "server-h", "rescales",
     ):
         table.add_column(col, justify="right" if col != "policy" else "left")

@@ -40,7 +40,7 @@ from carbonscaler.planner.model import (
 __all__ = ["Selection", "plan_greedy", "select_increments"]
 
 # Below this many candidate increments a full sort is faster than bisection overheads.
-_SORT_LIMIT = 50_000
+_SORT_LIMIT = 4_096
 # Relative margin that keeps floating-point rounding at the threshold out of the classification.
 _MARGIN = 1e-9
 # Bisection stops once this few increments sit between the bounds.

@@ -16,6 +16,7 @@ skips them (going e.g. from 4 straight to 6 servers).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,13 @@ class InfeasibleError(PlanningError):
         self.work_required = work_required
         self.work_possible = work_possible
         self.shortest_deadline_hours = shortest_deadline_hours
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_ladder(profile: ScalingProfile, min_servers: int, max_servers: int) -> Ladder:
+    # Profiles are immutable and hash by identity, so a ladder can be reused across the many
+    # plans a sweep or a controller makes for the same job.
+    return Ladder.build(profile, min_servers, max_servers)
 
 
 @dataclass(frozen=True)
@@ -125,14 +133,15 @@ class Job:
 
     def ladder(self) -> Ladder:
         """The non-dominated levels in ``m..M`` and the increments between them."""
-        return Ladder.build(self.profile, self.min_servers, self.max_servers)
+        return _cached_ladder(self.profile, self.min_servers, self.max_servers)
 
 
 @dataclass(frozen=True, eq=False)
 class Ladder:
     """Allowed server levels (ascending, starting at 0) and their per-step increments.
 
-    ``levels[0] == 0`` and ``levels[1] == m``; ``d_work[j]``/``d_power_w[j]`` take a slot
+    ``levels[0] == 0`` and ``levels[1]`` is ``m`` unless a higher level does more work for
+    the same power; ``d_work[j]``/``d_power_w[j]`` take a slot
     from ``levels[j]`` to ``levels[j + 1]``. ``efficiency`` is the running minimum of marginal
     work per marginal watt: the order in which a greedy that must climb one step at a time
     would reach each step (see :mod:`carbonscaler.planner.greedy`).
@@ -150,17 +159,15 @@ class Ladder:
     def build(cls, profile: ScalingProfile, min_servers: int, max_servers: int) -> Ladder:
         profile.check_bounds(min_servers, max_servers)
         tp, pw = profile.throughput, profile.power_w
-        levels = [0, min_servers]
-        for k in range(min_servers + 1, max_servers + 1):
-            # Kept only if it does more work than every lower allowed level (power never falls,
-            # so a lower level with as much work is at least as cheap) ...
-            if tp[k] <= tp[levels[-1]]:
-                continue
-            # ... and no higher level does at least as much work for the same power.
-            if any(pw[j] <= pw[k] and tp[j] >= tp[k] for j in range(k + 1, max_servers + 1)):
-                continue
-            levels.append(k)
-        lv = np.array(levels, dtype=np.int64)
+        span = np.arange(min_servers, max_servers + 1)
+        # A level is worth running only if it does more work than every lower allowed level
+        # (power never falls, so a lower level with as much work is at least as cheap) ...
+        best_below = np.maximum.accumulate(np.concatenate([[-np.inf], tp[span][:-1]]))
+        records = span[tp[span] > best_below]
+        # ... and the next such level does not do more work for the same power.
+        keep = np.append(pw[records][:-1] < pw[records][1:], True)
+        levels = np.concatenate([[0], records[keep]])
+        lv = levels.astype(np.int64)
         d_work = np.diff(tp[lv])
         d_power = np.diff(pw[lv])
         with np.errstate(divide="ignore"):
