@@ -113,3 +113,81 @@ def batch_greedy(ladder: Ladder, carbon: FloatArray, target: FloatArray | float)
     fraction[rp, slot] = np.clip(share[partial], 0.0, 1.0)
     after[rp, slot] = ladder.levels[step_counts[rp, slot] - 1]
     return BatchPlan(servers.astype(np.int64), fraction, after.astype(np.int64), feasible)
+
+
+def rescale_losses(
+    plans: BatchPlan,
+    throughput: FloatArray,
+    overhead_h: float,
+    slot_hours: float,
+    previous: IntArray,
+    started: NDArray[np.bool_],
+) -> FloatArray:
+    """Work each plan loses to rescaling, in ``ladder.d_work`` units (work / slot hours).
+
+    Every change to a non-zero server count, other than a job's very first start, costs
+    ``overhead_h`` hours of work at the new level (checkpoint, stop, restart).
+
+    Args:
+        plans: the plans.
+        throughput: the profile's throughput per server count.
+        overhead_h: hours lost per change.
+        slot_hours: slot length.
+        previous: ``(B,)`` server count running before the plan's first slot.
+        started: ``(B,)`` whether each job has already run (so its next start is a resume).
+    """
+    rows, n = plans.servers.shape
+    # The executed sequence interleaves each slot's level and its tail level.
+    sequence = np.empty((rows, 2 * n + 1), dtype=np.int64)
+    sequence[:, 0] = previous
+    sequence[:, 1::2] = plans.servers
+    sequence[:, 2::2] = plans.after
+    durations = np.empty((rows, 2 * n))
+    durations[:, 0::2] = plans.fraction * slot_hours
+    durations[:, 1::2] = (1.0 - plans.fraction) * slot_hours
+    new = sequence[:, 1:]
+    real = durations > 1e-12
+    # Carry the last level that really ran, so a zero-length tail is not a change.
+    ran = np.where(real, new, -1)
+    carried = np.concatenate([sequence[:, :1], ran], axis=1)
+    idx = np.where(carried >= 0, np.arange(2 * n + 1)[None, :], 0)
+    np.maximum.accumulate(idx, axis=1, out=idx)
+    last_level = np.take_along_axis(carried, idx, axis=1)[:, :-1]
+    change = real & (new != last_level) & (new > 0)
+    # The first start of a job that has never run is not a rescale.
+    first_run = np.argmax(change, axis=1)
+    fresh = ~started & change.any(axis=1)
+    change[np.flatnonzero(fresh), first_run[fresh]] = False
+    lost_hours = np.minimum(overhead_h, durations)
+    return np.asarray((change * throughput[new] * lost_hours).sum(axis=1) / slot_hours)
+
+
+def batch_greedy_with_overhead(
+    ladder: Ladder,
+    carbon: FloatArray,
+    target: FloatArray | float,
+    *,
+    throughput: FloatArray,
+    overhead_h: float,
+    slot_hours: float,
+    previous: IntArray | None = None,
+    started: NDArray[np.bool_] | None = None,
+    rounds: int = 3,
+) -> BatchPlan:
+    """:func:`batch_greedy` that also covers the work each plan will lose to rescaling.
+
+    A plan with more rescales needs more work; the target is raised by the losses of the
+    previous round's plan, a few rounds (the losses settle quickly). Without overhead this is
+    exactly :func:`batch_greedy`.
+    """
+    rows = carbon.shape[0]
+    base = np.broadcast_to(np.asarray(target, dtype=np.float64), (rows,))
+    plans = batch_greedy(ladder, carbon, base)
+    if overhead_h <= 0:
+        return plans
+    prev = np.zeros(rows, dtype=np.int64) if previous is None else previous
+    begun = np.zeros(rows, dtype=bool) if started is None else started
+    for _ in range(rounds):
+        losses = rescale_losses(plans, throughput, overhead_h, slot_hours, prev, begun)
+        plans = batch_greedy(ladder, carbon, base + losses)
+    return plans
