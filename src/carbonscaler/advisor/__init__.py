@@ -1,0 +1,39 @@
+"""CarbonAdvisor: what-if simulation of every policy over real carbon traces.
+
+Plans are made for many start times at once and executed against the actual trace, with
+forecast error, profile error, rescaling overhead and re-planning, then summarised into tables,
+figures and a shareable report.
+"""
+
+from carbonscaler.advisor.executor import PLANNED_POLICIES, Conditions, Outcome, simulate_policy
+from carbonscaler.advisor.forecasts import FORECAST_MODELS, ForecastSpec, issue_forecasts
+from carbonscaler.advisor.report import (
+    figures,
+    scenario_tables,
+    summary_records,
+    write_csv,
+    write_html,
+    write_plots,
+)
+from carbonscaler.advisor.sweep import Scenario, SweepResult, SweepSpec, resolve_starts, run_sweep
+
+__all__ = [
+    "FORECAST_MODELS",
+    "PLANNED_POLICIES",
+    "Conditions",
+    "ForecastSpec",
+    "Outcome",
+    "Scenario",
+    "SweepResult",
+    "SweepSpec",
+    "figures",
+    "issue_forecasts",
+    "resolve_starts",
+    "run_sweep",
+    "scenario_tables",
+    "simulate_policy",
+    "summary_records",
+    "write_csv",
+    "write_html",
+    "write_plots",
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from carbonscaler.cli.advise import advise_command
 from carbonscaler.cli.plan import demo_command, plan_command
 from carbonscaler.cli.traces import app as traces_app
 
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 app.command("plan")(plan_command)
 app.command("demo")(demo_command)
+app.command("advise")(advise_command)
 app.add_typer(traces_app, name="traces")
 
 

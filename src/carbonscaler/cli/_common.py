@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,8 @@ from carbonscaler.trace import CarbonTrace, TraceError, load_trace
 P = ParamSpec("P")
 R = TypeVar("R")
 
-console = Console()
+# Piped output (files, CI logs) gets a wide fixed width so tables are not folded to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 # Errors that are the user's input, not our bug: one red line, exit code 2, no traceback.

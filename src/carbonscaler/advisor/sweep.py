@@ -1,0 +1,261 @@
+"""Sweeps: every policy × trace × slack × server bounds, over many start times.
+
+A sweep returns two tables: one row per simulated run, and one row per scenario and policy with
+the statistics a user decides on (mean, median, 5th/95th percentile emissions, savings against
+carbon-agnostic and suspend-resume, completion, compute-hour change, rescales, deadline misses).
+The two baselines are always simulated, requested or not, because every saving is measured
+against them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from carbonscaler.advisor.executor import Conditions, Outcome, simulate_policy
+from carbonscaler.planner.model import Job, PlanningError
+from carbonscaler.planner.policies import POLICIES
+from carbonscaler.profile import ScalingProfile
+from carbonscaler.trace import CarbonTrace
+
+__all__ = ["Scenario", "SweepResult", "SweepSpec", "resolve_starts", "run_sweep"]
+
+BASELINES = ("agnostic", "suspend-resume")
+ProgressCallback = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One combination of trace, slack and server bounds."""
+
+    trace: CarbonTrace
+    slack: float
+    min_servers: int
+    max_servers: int
+
+    @property
+    def label(self) -> str:
+        return (f"{self.trace.zone} slack {self.slack:g} "
+                f"{self.min_servers}..{self.max_servers} servers")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What to simulate.
+
+    Args:
+        traces: carbon traces (any step; resampled to ``slot_minutes``).
+        profile: the job's scaling profile.
+        length_hours: hours the job takes at its minimum server count.
+        slacks: deadline = slack × length, one scenario per value (>= 1).
+        min_servers: ``m`` values; max_servers: ``M`` values (pairs with m > M are skipped).
+        policies: policies to report (default: all).
+        starts: ``"all"`` (every slot with room for the deadline), an int N (N evenly spaced
+            starts), or a list of ISO 8601 times.
+        conditions: forecast, profile error, overhead and re-planning settings.
+        slot_minutes: slot length.
+        price_per_server_hour: optional price to report compute cost.
+    """
+
+    traces: Sequence[CarbonTrace]
+    profile: ScalingProfile
+    length_hours: float
+    slacks: Sequence[float] = (1.5,)
+    min_servers: Sequence[int] = (1,)
+    max_servers: Sequence[int] = (8,)
+    policies: Sequence[str] = POLICIES
+    starts: str | int | Sequence[str] = "all"
+    conditions: Conditions = field(default_factory=Conditions)
+    slot_minutes: int = 60
+    price_per_server_hour: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.traces:
+            raise PlanningError("give at least one carbon trace to simulate on")
+        unknown = [p for p in self.policies if p not in POLICIES]
+        if unknown:
+            raise PlanningError(f"unknown policies {unknown}; choose from {', '.join(POLICIES)}")
+        if any(not (math.isfinite(s) and s >= 1.0) for s in self.slacks):
+            raise PlanningError(
+                f"slack factors must be >= 1 (deadline = slack × length), got {list(self.slacks)}"
+            )
+        if not (math.isfinite(self.length_hours) and self.length_hours > 0):
+            raise PlanningError(f"job length must be positive, got {self.length_hours} h")
+
+    def scenarios(self) -> list[Scenario]:
+        return [
+            Scenario(trace, slack, m, top)
+            for trace in self.traces
+            for slack in self.slacks
+            for m in self.min_servers
+            for top in self.max_servers
+            if m <= top
+        ]
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """The runs (one row per start × scenario × policy) and their summary."""
+
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    spec: SweepSpec
+
+
+def resolve_starts(trace: CarbonTrace, starts: str | int | Sequence[str],
+                   deadline_slots: int) -> np.ndarray:
+    """Start slots in ``trace`` that leave room for the deadline.
+
+    Raises:
+        PlanningError: if no start fits or a given time is outside the trace.
+    """
+    last = len(trace.series) - deadline_slots
+    if last < 0:
+        raise PlanningError(
+            f"trace {trace.zone} has {len(trace.series)} slots, fewer than the deadline's "
+            f"{deadline_slots}; use a longer trace or a shorter job/slack"
+        )
+    if isinstance(starts, str) and starts == "all":
+        return np.arange(last + 1)
+    if isinstance(starts, int):
+        if starts <= 0:
+            raise PlanningError(f"the number of starts must be positive, got {starts}")
+        return np.unique(np.linspace(0, last, min(starts, last + 1)).round().astype(np.int64))
+    indices = []
+    for text in starts:
+        index = trace.index_of(text)
+        if index > last:
+            raise PlanningError(
+                f"start {text} leaves only {len(trace.series) - index} slots of trace "
+                f"{trace.zone}; the deadline needs {deadline_slots}"
+            )
+        indices.append(index)
+    return np.array(sorted(set(indices)), dtype=np.int64)
+
+
+def _frame(outcome: Outcome, scenario: Scenario, policy: str, starts: np.ndarray,
+           trace: CarbonTrace, price: float | None) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "trace": trace.source,
+            "zone": trace.zone,
+            "slack": scenario.slack,
+            "min_servers": scenario.min_servers,
+            "max_servers": scenario.max_servers,
+            "policy": policy,
+            "start": trace.series.index[starts],
+            "emissions_g": outcome.emissions_g,
+            "energy_kwh": outcome.energy_kwh,
+            "completion_hours": outcome.completion_hours,
+            "deadline_met": outcome.deadline_met,
+            "completed": ~np.isnan(outcome.completion_hours),
+            "rescales": outcome.rescales,
+            "replans": outcome.replans,
+            "server_hours": outcome.server_hours,
+        }
+    )
+    if price is not None:
+        frame["cost"] = outcome.server_hours * price
+    return frame
+
+
+def run_sweep(spec: SweepSpec, progress: ProgressCallback | None = None) -> SweepResult:
+    """Simulate every scenario and policy of ``spec``.
+
+    Args:
+        spec: the sweep.
+        progress: called as ``progress(done, total, label)`` after each policy run.
+
+    Raises:
+        PlanningError: on infeasible scenarios (e.g. a trace shorter than the deadline).
+    """
+    scenarios = spec.scenarios()
+    if not scenarios:
+        raise PlanningError("no scenario has min servers <= max servers; check --min/--max")
+    policies = list(dict.fromkeys([*BASELINES, *spec.policies]))
+    total = len(scenarios) * len(policies)
+    frames: list[pd.DataFrame] = []
+    count = 0
+    slot_hours = spec.slot_minutes / 60.0
+    for scenario in scenarios:
+        trace = scenario.trace.resample(spec.slot_minutes)
+        job = Job.from_length(spec.profile, spec.length_hours, scenario.min_servers,
+                              scenario.max_servers, slot_hours)
+        deadline_slots = math.floor(scenario.slack * spec.length_hours / slot_hours + 1e-9)
+        starts = resolve_starts(trace, spec.starts, deadline_slots)
+        for policy in policies:
+            outcome = simulate_policy(policy, job, trace.values, starts, deadline_slots,
+                                      spec.conditions)
+            frames.append(_frame(outcome, scenario, policy, starts, trace,
+                                 spec.price_per_server_hour))
+            count += 1
+            if progress is not None:
+                progress(count, total, f"{scenario.label}: {policy}")
+    runs = pd.concat(frames, ignore_index=True)
+    runs = _add_savings(runs)
+    requested = runs[runs["policy"].isin(spec.policies)].reset_index(drop=True)
+    summary = summarise(requested, spec.traces)
+    return SweepResult(requested, summary, spec)
+
+
+_KEYS = ["trace", "slack", "min_servers", "max_servers", "start"]
+
+
+def _add_savings(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per-run savings against the two baselines of the same scenario and start."""
+    out = runs
+    for baseline, column in (("agnostic", "savings_vs_agnostic_pct"),
+                             ("suspend-resume", "savings_vs_suspend_resume_pct")):
+        base = runs[runs["policy"] == baseline][[*_KEYS, "emissions_g", "server_hours"]]
+        base = base.rename(columns={"emissions_g": "_base_g", "server_hours": "_base_h"})
+        out = out.merge(base, on=_KEYS, how="left")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[column] = 100.0 * (1.0 - out["emissions_g"] / out["_base_g"])
+            if baseline == "agnostic":
+                out["server_hours_change_pct"] = 100.0 * (out["server_hours"] / out["_base_h"] - 1)
+        out = out.drop(columns=["_base_g", "_base_h"])
+    return out
+
+
+def summarise(runs: pd.DataFrame, traces: Sequence[CarbonTrace] = ()) -> pd.DataFrame:
+    """One row per (trace, slack, m, M, policy) with the decision statistics."""
+    cv = {t.source: t.stats().cv for t in traces}
+    rows = []
+    group_keys = ["trace", "zone", "slack", "min_servers", "max_servers", "policy"]
+    for key, group in runs.groupby(group_keys, sort=False):
+        trace, zone, slack, m, top, policy = key
+        emissions = group["emissions_g"].to_numpy()
+        row = {
+            "trace": trace,
+            "zone": zone,
+            "slack": float(slack),
+            "min_servers": int(m),
+            "max_servers": int(top),
+            "policy": policy,
+            "runs": len(group),
+            "mean_emissions_g": float(np.mean(emissions)),
+            "median_emissions_g": float(np.median(emissions)),
+            "p5_emissions_g": float(np.percentile(emissions, 5)),
+            "p95_emissions_g": float(np.percentile(emissions, 95)),
+            "mean_savings_vs_agnostic_pct": float(group["savings_vs_agnostic_pct"].mean()),
+            "median_savings_vs_agnostic_pct": float(group["savings_vs_agnostic_pct"].median()),
+            "mean_savings_vs_suspend_resume_pct": float(
+                group["savings_vs_suspend_resume_pct"].mean()
+            ),
+            "mean_completion_hours": float(group["completion_hours"].mean()),
+            "mean_server_hours": float(group["server_hours"].mean()),
+            "server_hours_change_pct": float(group["server_hours_change_pct"].mean()),
+            "mean_rescales": float(group["rescales"].mean()),
+            "mean_replans": float(group["replans"].mean()),
+            "deadline_misses": int((~group["deadline_met"]).sum()),
+            "not_completed": int((~group["completed"]).sum()),
+            "trace_cv": cv.get(trace, float("nan")),
+        }
+        if "cost" in group:
+            row["mean_cost"] = float(group["cost"].mean())
+        rows.append(row)
+    return pd.DataFrame(rows)

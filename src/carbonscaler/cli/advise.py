@@ -1,0 +1,180 @@
+"""``carbonscaler advise``: CarbonAdvisor's what-if sweep on real traces."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from carbonscaler import datasets
+from carbonscaler.advisor import (
+    FORECAST_MODELS,
+    Conditions,
+    ForecastSpec,
+    SweepSpec,
+    run_sweep,
+    scenario_tables,
+    summary_records,
+    write_csv,
+    write_html,
+    write_plots,
+)
+from carbonscaler.cli._common import console, err_console, user_errors
+from carbonscaler.planner import POLICIES, PlanningError
+from carbonscaler.profile import parse_profile_spec
+from carbonscaler.trace import CarbonTrace, TraceError, load_trace
+
+
+def _parse_starts(value: str) -> str | int | list[str]:
+    if value == "all":
+        return "all"
+    if value.isdigit():
+        return int(value)
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def advise_command(
+    length: Annotated[float, typer.Option(help="Job length: hours at --min servers.")],
+    profile: Annotated[
+        str, typer.Option(help="Profile CSV (nodes,throughput,power) or e.g. 'amdahl:0.05'.")
+    ],
+    trace: Annotated[
+        list[Path] | None, typer.Option(help="Carbon trace CSV; repeat for several regions.")
+    ] = None,
+    zone: Annotated[
+        list[str] | None,
+        typer.Option(help="Offline dataset zone (with --year); repeat for several."),
+    ] = None,
+    year: Annotated[int | None, typer.Option(help="Year for --zone (default: latest).")] = None,
+    signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
+    slack: Annotated[
+        list[float] | None, typer.Option(help="Deadline = slack × length; repeat for several.")
+    ] = None,
+    min_servers: Annotated[list[int] | None, typer.Option("--min", help="m; repeatable.")] = None,
+    max_servers: Annotated[list[int] | None, typer.Option("--max", help="M; repeatable.")] = None,
+    policy: Annotated[
+        list[str] | None, typer.Option(help=f"Repeatable; default all: {', '.join(POLICIES)}.")
+    ] = None,
+    starts: Annotated[
+        str, typer.Option(help="'all' slots, a number N of evenly spaced starts, or ISO,ISO,...")
+    ] = "all",
+    forecast_error: Annotated[
+        float, typer.Option(help="Relative forecast error for uniform/gaussian (0.1 = ±10 %).")
+    ] = 0.0,
+    forecast_model: Annotated[
+        str | None, typer.Option(help=f"One of: {', '.join(FORECAST_MODELS)}.")
+    ] = None,
+    profile_error: Annotated[
+        float, typer.Option(help="Real throughput differs from the profile by up to ±x.")
+    ] = 0.0,
+    rescale_overhead_s: Annotated[
+        float, typer.Option(help="Seconds of work lost per change of server count.")
+    ] = 0.0,
+    replan_threshold: Annotated[
+        float, typer.Option(help="Deviation that triggers a re-plan (0.05 = 5 %).")
+    ] = 0.05,
+    price: Annotated[
+        float | None, typer.Option(help="Price per server-hour, to report cost.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for forecast and profile errors.")] = 0,
+    slot_minutes: Annotated[int, typer.Option(help="Slot length in minutes.")] = 60,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    csv: Annotated[Path | None, typer.Option(help="Write every simulated run to this CSV.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write PNG figures into this folder.")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write a self-contained HTML report here.")
+    ] = None,
+) -> None:
+    """Simulate every policy over many start times on real traces: CarbonAdvisor."""
+    _advise(**locals())
+
+
+@user_errors
+def _advise(
+    *,
+    length: float,
+    profile: str,
+    trace: list[Path] | None,
+    zone: list[str] | None,
+    year: int | None,
+    signal: str,
+    slack: list[float] | None,
+    min_servers: list[int] | None,
+    max_servers: list[int] | None,
+    policy: list[str] | None,
+    starts: str,
+    forecast_error: float,
+    forecast_model: str | None,
+    profile_error: float,
+    rescale_overhead_s: float,
+    replan_threshold: float,
+    price: float | None,
+    seed: int,
+    slot_minutes: int,
+    as_json: bool,
+    csv: Path | None,
+    plot: Path | None,
+    report: Path | None,
+) -> None:
+    traces: list[CarbonTrace] = [load_trace(p, signal=signal) for p in trace or []]
+    traces += [datasets.load(z, year) for z in zone or []]
+    if not traces:
+        raise TraceError("give at least one --trace PATH or --zone ZONE")
+    model = forecast_model or ("uniform" if forecast_error > 0 else "perfect")
+    try:
+        conditions = Conditions(
+            forecast=ForecastSpec(model, forecast_error, seed),
+            profile_error=profile_error,
+            rescale_overhead_s=rescale_overhead_s,
+            replan_threshold=replan_threshold,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise PlanningError(str(exc)) from None
+    top = max(max_servers or [8])
+    spec = SweepSpec(
+        traces=traces,
+        profile=parse_profile_spec(profile, default_servers=top),
+        length_hours=length,
+        slacks=slack or [1.5],
+        min_servers=min_servers or [1],
+        max_servers=max_servers or [8],
+        policies=policy or list(POLICIES),
+        starts=_parse_starts(starts),
+        conditions=conditions,
+        slot_minutes=slot_minutes,
+        price_per_server_hour=price,
+    )
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    ) as bar:
+        task = bar.add_task("simulating", total=None)
+
+        def progress(done: int, total: int, label: str) -> None:
+            bar.update(task, completed=done, total=total, description=label)
+
+        result = run_sweep(spec, progress)
+    if csv is not None:
+        write_csv(result, csv)
+    if plot is not None:
+        written = write_plots(result, plot)
+        err_console.print(f"wrote {len(written)} figures to {plot}")
+    if report is not None:
+        write_html(result, report, command=shlex.join(["carbonscaler", *sys.argv[1:]]))
+        err_console.print(f"wrote report {report}")
+    if as_json:
+        typer.echo(json.dumps(summary_records(result), indent=2))
+        return
+    for table in scenario_tables(result):
+        console.print(table)
