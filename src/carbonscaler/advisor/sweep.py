@@ -195,9 +195,17 @@ def run_sweep(spec: SweepSpec, progress: ProgressCallback | None = None) -> Swee
             count += 1
             if progress is not None:
                 progress(count, total, f"{scenario.label}: {policy}")
-    runs = pd.concat(frames, ignore_index=True)
-    runs = _add_savings(runs)
-    requested = runs[runs["policy"].isin(spec.policies)].reset_index(drop=True)
+    runs = _add_savings(pd.concat(frames, ignore_index=True))
+    requested = runs[runs["policy"].isin(spec.policies)]
+    # Report policies in the order asked for, scenario by scenario.
+    rank = {name: i for i, name in enumerate(spec.policies)}
+    scenario_order = requested.groupby(_KEYS[:-1], sort=False).ngroup()
+    requested = (
+        requested.assign(_s=scenario_order, _p=requested["policy"].map(rank))
+        .sort_values(["_s", "_p"], kind="stable")
+        .drop(columns=["_s", "_p"])
+        .reset_index(drop=True)
+    )
     summary = summarise(requested, spec.traces)
     return SweepResult(requested, summary, spec)
 

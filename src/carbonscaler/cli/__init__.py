@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from carbonscaler.cli.advise import advise_command
+from carbonscaler.cli.carbon_service import carbon_service_command
 from carbonscaler.cli.plan import demo_command, plan_command
 from carbonscaler.cli.traces import app as traces_app
 
@@ -17,6 +18,7 @@ app = typer.Typer(
 )
 app.command("plan")(plan_command)
 app.command("demo")(demo_command)
+app.command("carbon-service")(carbon_service_command)
 app.command("advise")(advise_command)
 app.add_typer(traces_app, name="traces")
 

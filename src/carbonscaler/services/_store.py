@@ -184,7 +184,7 @@ class SubscriberStore:
             ).fetchone()
         return _subscriber(row) if row else None
 
-    def list(self) -> list[Subscriber]:
+    def subscribers(self) -> list[Subscriber]:
         """All subscribers, oldest first."""
         with self._lock:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM subscribers ORDER BY id").fetchall()

@@ -1,0 +1,126 @@
+"""``carbonscaler carbon-service``: the carbon service (trace replay or live), over HTTP.
+
+The options of the reference service keep their names (and short forms); the rest add
+live providers, an accelerated replay and an admin token. See docs/carbon-service.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from carbonscaler.cli._common import err_console
+from carbonscaler.providers import ProviderError, TTLCache, live_provider
+from carbonscaler.services._store import StoreError
+from carbonscaler.services.carbon import CarbonServiceConfig, create_app
+
+ENV_TOKEN = "CARBONSCALER_TOKEN"
+"""Environment variable holding the admin bearer token."""
+
+
+def carbon_service_command(
+    carbon_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--carbon-path",
+            "-f",
+            help="Carbon trace to replay (any format `carbonscaler traces` reads).",
+        ),
+    ] = None,
+    db_path: Annotated[
+        Path,
+        typer.Option("--db-path", "-d", help="SQLite file for subscribers (created if missing)."),
+    ] = Path("carbon-service.db"),
+    update_interval: Annotated[
+        float, typer.Option("--update-interval", "-i", help="Seconds between pushed updates.")
+    ] = 30.0,
+    prediction_window: Annotated[
+        int, typer.Option("--prediction-window", "-w", help="Slots in each prediction.")
+    ] = 24,
+    percentile_window: Annotated[
+        int,
+        typer.Option("--percentile-window", "-p", help="Past slots for the percentile."),
+    ] = 24,
+    prediction_method: Annotated[
+        str,
+        typer.Option(
+            "--prediction-method",
+            "-m",
+            help="REAL (the trace future), PRED (the provider's forecast), or a forecaster:"
+            " real, uniform:PCT, gaussian:PCT, persistence, seasonal, provider.",
+        ),
+    ] = "REAL",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 7777,
+    speed: Annotated[
+        float | None,
+        typer.Option(
+            "--speed",
+            help="Replay pace in seconds per slot, e.g. 1 for a demo or 3600 for real time"
+            " on hourly data; default: one slot per update, as the reference.",
+        ),
+    ] = None,
+    zone: Annotated[
+        str | None,
+        typer.Option(
+            "--zone",
+            help="With --carbon-path: the zone of a multi-zone file. Without it: live"
+            " providers, e.g. ukgrid:GB, em:DE, watttime:CAISO_NORTH, comma-separated for"
+            " fallback (keys: $ELECTRICITYMAPS_API_KEY, $WATTTIME_USER/$WATTTIME_PASSWORD).",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar=ENV_TOKEN,
+            help=f"Bearer token for admin endpoints (set_index, deleting others'"
+            f" subscriptions); also ${ENV_TOKEN}.",
+        ),
+    ] = None,
+    signal: Annotated[
+        str, typer.Option("--signal", help="Trace signal: direct, lca or avg.")
+    ] = "direct",
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--start",
+            help="First replayed slot (ISO 8601); default the trace start, or where a"
+            " restarted service left off.",
+        ),
+    ] = None,
+) -> None:
+    """Serve carbon intensity and forecasts, and push them to subscribers."""
+    try:
+        provider = None
+        if carbon_path is None:
+            if zone is None:
+                raise ValueError(
+                    "give --carbon-path TRACE to replay a trace, or --zone for live data"
+                    " (e.g. --zone ukgrid:GB)"
+                )
+            provider = live_provider(zone, cache=TTLCache(db_path.with_suffix(".cache")))
+        config = CarbonServiceConfig(
+            db_path=db_path,
+            carbon_path=carbon_path,
+            provider=provider,
+            zone=zone if carbon_path is not None else None,
+            signal=signal,
+            start=start,
+            update_interval_s=update_interval,
+            prediction_window=prediction_window,
+            percentile_window=percentile_window,
+            prediction_method=prediction_method,
+            seconds_per_slot=speed,
+            token=token,
+        )
+        app = create_app(config)
+    except (ValueError, ProviderError, StoreError, OSError) as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(code=2) from None
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    uvicorn.run(app, host=host, port=port, log_level="info")
