@@ -23,9 +23,18 @@ from carbonscaler.planner import Job, plan
 from carbonscaler.profile import amdahl_profile
 
 # (slots, max servers) -> the reference Go greedy's time in ms (issue #2).
-REFERENCE_GO_MS = {(36, 8): 0.1, (168, 8): 0.5, (720, 16): 10.0, (2160, 32): 240.0, (8760, 64): 6000.0}
+REFERENCE_GO_MS = {
+    (36, 8): 0.1,
+    (168, 8): 0.5,
+    (720, 16): 10.0,
+    (2160, 32): 240.0,
+    (8760, 64): 6000.0,
+}
 SHARED_TRACE = (
-    Path(__file__).resolve().parents[2] / "shared" / "traces" / "electricitymaps-fedstale"
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "traces"
+    / "electricitymaps-fedstale"
     / "NL_2022_hourly.csv"
 )
 
@@ -56,14 +65,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
     carbon, source = carbon_values()
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, numpy {np.__version__}")
+    print(
+        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, numpy {np.__version__}"
+    )
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"carbon: {source}; profile: Amdahl 5 % serial, 60 W/server; job length = slots/3 h "
-          "at 1 server; deadline = all slots")
+    print(
+        f"carbon: {source}; profile: Amdahl 5 % serial, 60 W/server; job length = slots/3 h "
+        "at 1 server; deadline = all slots"
+    )
     print()
-    header = (f"{'slots x M':>12} {'greedy ms':>10} {'Go ref ms':>10} {'x faster':>9} "
-              f"{'np.sort ms':>11} {'greedy/sort':>12}")
+    header = (
+        f"{'slots x M':>12} {'greedy ms':>10} {'Go ref ms':>10} {'x faster':>9} "
+        f"{'np.sort ms':>11} {'greedy/sort':>12}"
+    )
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(1)
@@ -75,16 +90,20 @@ def main() -> None:
         ours = median_ms(lambda j=job, w=window: plan("carbonscaler", j, w), args.repeat)
         values = rng.random(n * top)
         floor = median_ms(lambda v=values: np.sort(v), args.repeat)
-        print(f"{n:>6} x {top:<3} {ours:>10.3f} {go_ms:>10.1f} {go_ms / ours:>8.0f}x "
-              f"{floor:>11.3f} {ours / floor:>12.2f}")
+        print(
+            f"{n:>6} x {top:<3} {ours:>10.3f} {go_ms:>10.1f} {go_ms / ours:>8.0f}x "
+            f"{floor:>11.3f} {ours / floor:>12.2f}"
+        )
     print()
     profile = amdahl_profile(8, 0.05)
     job = Job.from_length(profile, 56, 1, 8)
     exact_ms = median_ms(lambda: plan("exact", job, carbon[:168]), max(3, args.repeat // 10))
     greedy = plan("carbonscaler", job, carbon[:168])
     exact = plan("exact", job, carbon[:168])
-    print(f"exact (HiGHS MILP) 168 x 8: {exact_ms:.1f} ms (target < 2000 ms); "
-          f"emissions exact {exact.emissions_g:.6f} g vs greedy {greedy.emissions_g:.6f} g")
+    print(
+        f"exact (HiGHS MILP) 168 x 8: {exact_ms:.1f} ms (target < 2000 ms); "
+        f"emissions exact {exact.emissions_g:.6f} g vs greedy {greedy.emissions_g:.6f} g"
+    )
     from carbonscaler.profile import ScalingProfile
 
     bumpy = ScalingProfile(
@@ -96,9 +115,11 @@ def main() -> None:
     exact_ms = median_ms(lambda: plan("exact", job, carbon[:168]), 3)
     greedy = plan("carbonscaler", job, carbon[:168])
     exact = plan("exact", job, carbon[:168])
-    print(f"exact on a non-concave profile 168 x 8: {exact_ms:.1f} ms; exact "
-          f"{exact.emissions_g:.3f} g vs greedy {greedy.emissions_g:.3f} g "
-          f"({100 * (1 - exact.emissions_g / greedy.emissions_g):.2f} % better)")
+    print(
+        f"exact on a non-concave profile 168 x 8: {exact_ms:.1f} ms; exact "
+        f"{exact.emissions_g:.3f} g vs greedy {greedy.emissions_g:.3f} g "
+        f"({100 * (1 - exact.emissions_g / greedy.emissions_g):.2f} % better)"
+    )
 
 
 if __name__ == "__main__":

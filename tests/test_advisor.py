@@ -117,7 +117,11 @@ def test_forecast_error_triggers_replans_and_costs_little(nl: CarbonTrace) -> No
     starts = np.arange(0, 8600, 61)
     perfect = simulate_policy("carbonscaler", job, nl.values, starts, 36)
     noisy = simulate_policy(
-        "carbonscaler", job, nl.values, starts, 36,
+        "carbonscaler",
+        job,
+        nl.values,
+        starts,
+        36,
         Conditions(forecast=ForecastSpec("uniform", 0.3, seed=1)),
     )
     assert noisy.replans.mean() > 1
@@ -195,9 +199,17 @@ def test_sweep_summary_and_savings(nl: CarbonTrace, shared_dir: Path) -> None:
     records = summary_records(result)
     assert len(records) == 2 * 2 * len(POLICIES)
     keys = {
-        "trace", "slack", "policy", "runs", "mean_emissions_g", "median_emissions_g",
-        "mean_savings_vs_agnostic_pct", "mean_savings_vs_suspend_resume_pct",
-        "mean_completion_hours", "mean_rescales", "deadline_misses",
+        "trace",
+        "slack",
+        "policy",
+        "runs",
+        "mean_emissions_g",
+        "median_emissions_g",
+        "mean_savings_vs_agnostic_pct",
+        "mean_savings_vs_suspend_resume_pct",
+        "mean_completion_hours",
+        "mean_rescales",
+        "deadline_misses",
     }
     assert keys <= set(records[0])
     by = {(r["zone"], r["slack"], r["policy"]): r for r in records}
@@ -216,8 +228,9 @@ def test_sweep_summary_and_savings(nl: CarbonTrace, shared_dir: Path) -> None:
             by[(zone, 2.0, "carbonscaler")]["mean_emissions_g"], rel=1e-9
         )
     # Ontario swings far more than the Netherlands: it saves more.
-    assert by[("CA-ON", 2.0, "carbonscaler")]["mean_savings_vs_agnostic_pct"] > (
-        by[("NL", 2.0, "carbonscaler")]["mean_savings_vs_agnostic_pct"]
+    assert (
+        by[("CA-ON", 2.0, "carbonscaler")]["mean_savings_vs_agnostic_pct"]
+        > (by[("NL", 2.0, "carbonscaler")]["mean_savings_vs_agnostic_pct"])
     )
     assert result.runs["policy"].value_counts().min() == 2 * 2 * 200
 
@@ -241,7 +254,9 @@ def test_reports_are_written(nl: CarbonTrace, tmp_path: Path) -> None:
     written = write_plots(result, tmp_path / "plots")
     names = {p.name for p in written}
     assert names == {
-        "savings_distribution.png", "example_schedule.png", "savings_vs_slack.png",
+        "savings_distribution.png",
+        "example_schedule.png",
+        "savings_vs_slack.png",
         "savings_vs_region.png",
     }
     for path in written:
@@ -258,16 +273,47 @@ def test_advise_cli_json(shared_dir: Path, tmp_path: Path) -> None:
     profile = shared_dir / "profiles" / "nbody100k.csv"
     result = runner.invoke(
         app,
-        ["advise", "--trace", str(trace), "--profile", str(profile), "--length", "24",
-         "--slack", "1.5", "--slack", "2", "--min", "1", "--max", "7", "--starts", "50",
-         "--policy", "carbonscaler", "--policy", "suspend-resume",
-         "--forecast-error", "0.1", "--profile-error", "0.05", "--rescale-overhead-s", "30",
-         "--json", "--csv", str(tmp_path / "runs.csv"), "--report", str(tmp_path / "r.html")],
+        [
+            "advise",
+            "--trace",
+            str(trace),
+            "--profile",
+            str(profile),
+            "--length",
+            "24",
+            "--slack",
+            "1.5",
+            "--slack",
+            "2",
+            "--min",
+            "1",
+            "--max",
+            "7",
+            "--starts",
+            "50",
+            "--policy",
+            "carbonscaler",
+            "--policy",
+            "suspend-resume",
+            "--forecast-error",
+            "0.1",
+            "--profile-error",
+            "0.05",
+            "--rescale-overhead-s",
+            "30",
+            "--json",
+            "--csv",
+            str(tmp_path / "runs.csv"),
+            "--report",
+            str(tmp_path / "r.html"),
+        ],
     )
     assert result.exit_code == 0, result.output
     records = json.loads(result.stdout)
     assert [(r["slack"], r["policy"]) for r in records] == [
-        (1.5, "carbonscaler"), (1.5, "suspend-resume"), (2.0, "carbonscaler"),
+        (1.5, "carbonscaler"),
+        (1.5, "suspend-resume"),
+        (2.0, "carbonscaler"),
         (2.0, "suspend-resume"),
     ]
     assert all(r["runs"] == 50 for r in records)

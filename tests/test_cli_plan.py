@@ -21,8 +21,22 @@ def nl_trace(shared_dir: Path) -> Path:
 
 def plan_args(trace: Path, profile: Path, *extra: str) -> list[str]:
     return [
-        "plan", "--trace", str(trace), "--start", "2022-06-01T00:00Z", "--length", "24",
-        "--deadline", "36", "--min", "1", "--max", "7", "--profile", str(profile), *extra,
+        "plan",
+        "--trace",
+        str(trace),
+        "--start",
+        "2022-06-01T00:00Z",
+        "--length",
+        "24",
+        "--deadline",
+        "36",
+        "--min",
+        "1",
+        "--max",
+        "7",
+        "--profile",
+        str(profile),
+        *extra,
     ]
 
 
@@ -32,8 +46,14 @@ def test_plan_json_contract(nl_trace: Path, shared_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     for key in (
-        "policy", "servers", "last_slot_fraction", "work_done", "energy_kwh", "emissions_g",
-        "completion_hours", "solve_ms",
+        "policy",
+        "servers",
+        "last_slot_fraction",
+        "work_done",
+        "energy_kwh",
+        "emissions_g",
+        "completion_hours",
+        "solve_ms",
     ):
         assert key in out
     assert out["policy"] == "carbonscaler"
@@ -57,8 +77,15 @@ def test_plan_json_contract(nl_trace: Path, shared_dir: Path) -> None:
 
 @pytest.mark.parametrize(
     "policy",
-    ["carbonscaler", "exact", "agnostic", "suspend-resume", "suspend-resume-threshold",
-     "static", "static-best"],
+    [
+        "carbonscaler",
+        "exact",
+        "agnostic",
+        "suspend-resume",
+        "suspend-resume-threshold",
+        "static",
+        "static-best",
+    ],
 )
 def test_every_policy_plans(nl_trace: Path, shared_dir: Path, policy: str) -> None:
     profile = shared_dir / "profiles" / "nbody100k.csv"
@@ -102,7 +129,8 @@ def test_bad_inputs_exit_cleanly(nl_trace: Path, shared_dir: Path, tmp_path: Pat
         "bad start": (with_option(base, "--start", "yesterday"), "not an ISO 8601 time"),
         "too many servers": (with_option(base, "--max", "9"), "lower --max to 7"),
         "past the trace": (
-            with_option(base, "--start", "2022-12-31T00:00Z"), "choose an earlier --start"
+            with_option(base, "--start", "2022-12-31T00:00Z"),
+            "choose an earlier --start",
         ),
         "missing profile": (with_option(base, "--profile", str(tmp_path / "no.csv")), "not found"),
         "negative length": (with_option(base, "--length", "-3"), "length must be positive"),
@@ -133,8 +161,20 @@ def test_demo_runs_offline_and_saves_carbon() -> None:
 def test_plan_on_offline_zone() -> None:
     result = runner.invoke(
         app,
-        ["plan", "--zone", "FR", "--start", "2019-07-01T00:00Z", "--length", "12",
-         "--deadline", "24", "--profile", "linear", "--json"],
+        [
+            "plan",
+            "--zone",
+            "FR",
+            "--start",
+            "2019-07-01T00:00Z",
+            "--length",
+            "12",
+            "--deadline",
+            "24",
+            "--profile",
+            "linear",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["deadline_met"]

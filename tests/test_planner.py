@@ -73,7 +73,7 @@ def test_infeasible_suspend_resume_uses_m_only() -> None:
 
 
 def test_profile_too_small_and_empty_forecast() -> None:
-    with pytest.raises(ProfileError, match="describes 1..4 servers"):
+    with pytest.raises(ProfileError, match=r"describes 1\.\.4 servers"):
         Job.from_length(linear_profile(4), 5.0, 1, 8)
     job = Job.from_length(linear_profile(4), 5.0, 1, 4)
     with pytest.raises(PlanningError, match="forecast is empty"):
@@ -238,8 +238,14 @@ def test_schedule_json_contract() -> None:
     job = Job.from_length(paper_profile(), 2.0, 1, 2)
     d = plan("carbonscaler", job, [10.0, 100.0, 20.0]).to_dict()
     for key in (
-        "policy", "servers", "last_slot_fraction", "work_done", "energy_kwh", "emissions_g",
-        "completion_hours", "solve_ms",
+        "policy",
+        "servers",
+        "last_slot_fraction",
+        "work_done",
+        "energy_kwh",
+        "emissions_g",
+        "completion_hours",
+        "solve_ms",
     ):
         assert key in d
     assert d["servers"] == [2, 0, 1]

@@ -10,9 +10,7 @@ from hypothesis import strategies as st
 from carbonscaler.planner import InfeasibleError, Job, plan, replan
 from carbonscaler.profile import ScalingProfile
 
-SETTINGS = settings(
-    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
@@ -46,9 +44,7 @@ def jobs_and_traces(
     draw: st.DrawFn, profiles: st.SearchStrategy[ScalingProfile], unique: bool = False
 ) -> tuple[Job, np.ndarray]:
     profile = draw(profiles)
-    carbon = np.array(
-        draw(st.lists(st.floats(1.0, 800.0), min_size=1, max_size=40, unique=unique))
-    )
+    carbon = np.array(draw(st.lists(st.floats(1.0, 800.0), min_size=1, max_size=40, unique=unique)))
     m = draw(st.integers(1, profile.max_servers))
     top = draw(st.integers(m, profile.max_servers))
     fill = draw(st.floats(0.01, 1.0))  # share of the most work that fits

@@ -169,7 +169,9 @@ def _validate(tp: FloatArray, pw: FloatArray, name: str) -> None:
                 f"profile {name!r}, row nodes={k}: throughput must be positive, got {tp[k]}"
             )
         if pw[k] <= 0:
-            raise ProfileError(f"profile {name!r}, row nodes={k}: power must be positive, got {pw[k]}")
+            raise ProfileError(
+                f"profile {name!r}, row nodes={k}: power must be positive, got {pw[k]}"
+            )
         if pw[k] < pw[k - 1]:
             raise ProfileError(
                 f"profile {name!r}, row nodes={k}: power {pw[k]} W is below the {pw[k - 1]} W "

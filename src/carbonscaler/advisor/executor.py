@@ -16,7 +16,7 @@ and counts as a deadline miss. The other policies follow fixed rules and never r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -48,7 +48,7 @@ class Conditions:
         seed: seed for the profile error.
     """
 
-    forecast: ForecastSpec = ForecastSpec()
+    forecast: ForecastSpec = field(default_factory=ForecastSpec)
     profile_error: float = 0.0
     rescale_overhead_s: float = 0.0
     replan_threshold: float = 0.05
@@ -80,9 +80,16 @@ class Outcome:
     work_done: FloatArray
 
 
-def _plan_rows(policy: str, job: Job, ladder: Ladder, forecast: FloatArray,
-               targets: FloatArray, overhead_h: float, previous: IntArray,
-               started: NDArray[np.bool_]) -> BatchPlan:
+def _plan_rows(
+    policy: str,
+    job: Job,
+    ladder: Ladder,
+    forecast: FloatArray,
+    targets: FloatArray,
+    overhead_h: float,
+    previous: IntArray,
+    started: NDArray[np.bool_],
+) -> BatchPlan:
     """Plans for each row: batch greedy, or the MILP where greedy is not provably optimal.
 
     The greedy plans also cover the work their own rescales will lose.
@@ -91,8 +98,13 @@ def _plan_rows(policy: str, job: Job, ladder: Ladder, forecast: FloatArray,
         # On a concave ladder the exact optimum equals the greedy's (the paper's theorem,
         # checked by the property tests), so the batch greedy serves for `exact` too.
         return batch_greedy_with_overhead(
-            ladder, forecast, targets, throughput=job.profile.throughput,
-            overhead_h=overhead_h, slot_hours=job.slot_hours, previous=previous,
+            ladder,
+            forecast,
+            targets,
+            throughput=job.profile.throughput,
+            overhead_h=overhead_h,
+            slot_hours=job.slot_hours,
+            previous=previous,
             started=started,
         )
     rows, n = forecast.shape
@@ -167,11 +179,30 @@ def simulate_policy(
     overhead_h = cond.rescale_overhead_s / 3600.0
     if planned:
         forecast = issue_forecasts(cond.forecast, trace, starts, deadline_slots, dt, draw=0)
-        plans = _plan_rows(policy, plan_job, plan_job.ladder(), forecast,
-                           np.full(rows, job.work / dt), overhead_h,
-                           np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=bool))
-        _install(plans, levels, fraction, after, planned_done, tp, dt, 0, deadline_slots,
-                 np.zeros(rows), top, np.arange(rows))
+        plans = _plan_rows(
+            policy,
+            plan_job,
+            plan_job.ladder(),
+            forecast,
+            np.full(rows, job.work / dt),
+            overhead_h,
+            np.zeros(rows, dtype=np.int64),
+            np.zeros(rows, dtype=bool),
+        )
+        _install(
+            plans,
+            levels,
+            fraction,
+            after,
+            planned_done,
+            tp,
+            dt,
+            0,
+            deadline_slots,
+            np.zeros(rows),
+            top,
+            np.arange(rows),
+        )
     elif policy == "agnostic":
         fixed_level = job.min_servers
     elif policy == "static":
@@ -183,8 +214,11 @@ def simulate_policy(
         raise ValueError(f"unknown policy {policy!r}")
 
     rng = np.random.default_rng([cond.seed, 1])
-    rate_factor = 1.0 + (rng.uniform(-cond.profile_error, cond.profile_error, rows)
-                         if cond.profile_error > 0 else np.zeros(rows))
+    rate_factor = 1.0 + (
+        rng.uniform(-cond.profile_error, cond.profile_error, rows)
+        if cond.profile_error > 0
+        else np.zeros(rows)
+    )
 
     done = np.zeros(rows)
     nominal = np.zeros(rows)  # work the planned profile would have done in the same time
@@ -206,9 +240,12 @@ def simulate_policy(
         carbon = carbon[~np.isnan(carbon)]
         if not len(live):
             break
+        segments: tuple[tuple[IntArray, FloatArray], ...]
         if planned and t < deadline_slots:
-            segments = ((levels[live, t], fraction[live, t]),
-                        (after[live, t], 1.0 - fraction[live, t]))
+            segments = (
+                (levels[live, t], fraction[live, t]),
+                (after[live, t], 1.0 - fraction[live, t]),
+            )
         elif planned:
             segments = ((np.full(len(live), top), np.ones(len(live))),)
         elif policy == "suspend-resume-threshold":
@@ -225,8 +262,9 @@ def simulate_policy(
             runs = ~ending & (duration > _EPS)
             change = runs & (level != run_prev)
             rescales[live] += change & run_started
-            lost = np.where(change & run_started & (level > 0),
-                            np.minimum(overhead_h, duration), 0.0)
+            lost = np.where(
+                change & run_started & (level > 0), np.minimum(overhead_h, duration), 0.0
+            )
             rate = tp[level] * rate_factor[live]
             with np.errstate(divide="ignore", invalid="ignore"):
                 need = lost + np.where(rate > 0, (job.work - run_done) / rate, np.inf)
@@ -261,19 +299,45 @@ def simulate_policy(
             again = live[drift]
             if len(again):
                 new_forecast = issue_forecasts(
-                    cond.forecast, trace, starts[again] + t + 1, deadline_slots - t - 1, dt,
+                    cond.forecast,
+                    trace,
+                    starts[again] + t + 1,
+                    deadline_slots - t - 1,
+                    dt,
                     draw=t + 1,
                 )
-                forecast[again, t + 1:] = new_forecast
+                forecast[again, t + 1 :] = new_forecast
                 # Plan the rest in the planned profile's units, corrected by the throughput
                 # actually observed (profile error, time lost to rescaling).
-                observed = np.where(nominal[again] > 0, done[again] / np.maximum(
-                    nominal[again], _EPS), 1.0)
+                observed = np.where(
+                    nominal[again] > 0, done[again] / np.maximum(nominal[again], _EPS), 1.0
+                )
                 remaining = (job.work - done[again]) / np.maximum(observed, 1e-3)
-                plans = _plan_rows(policy, plan_job, plan_job.ladder(), new_forecast,
-                                   remaining / dt, overhead_h, previous[again], started[again])
-                _install(plans, levels, fraction, after, planned_done, tp, dt, t + 1,
-                         deadline_slots, done[again], top, again, observed)
+                plans = _plan_rows(
+                    policy,
+                    plan_job,
+                    plan_job.ladder(),
+                    new_forecast,
+                    remaining / dt,
+                    overhead_h,
+                    previous[again],
+                    started[again],
+                )
+                _install(
+                    plans,
+                    levels,
+                    fraction,
+                    after,
+                    planned_done,
+                    tp,
+                    dt,
+                    t + 1,
+                    deadline_slots,
+                    done[again],
+                    top,
+                    again,
+                    observed,
+                )
                 replans[again] += 1
         t += 1
 
@@ -281,10 +345,11 @@ def simulate_policy(
     return Outcome(emissions, energy, completion, met, rescales, replans, server_hours, done)
 
 
-def _thresholds(job: Job, trace: FloatArray, starts: IntArray, deadline_slots: int,
-                cond: Conditions) -> FloatArray:
+def _thresholds(
+    job: Job, trace: FloatArray, starts: IntArray, deadline_slots: int, cond: Conditions
+) -> FloatArray:
     """Per run, the percentile of the intensity in the history window before its start."""
-    history = max(int(round(cond.history_hours / job.slot_hours)), 1)
+    history = max(round(cond.history_hours / job.slot_hours), 1)
     padded = np.concatenate([np.full(history, np.nan), trace])
     windows = np.lib.stride_tricks.sliding_window_view(padded, history)[starts].copy()
     empty = np.all(np.isnan(windows), axis=1)
@@ -296,10 +361,21 @@ def _thresholds(job: Job, trace: FloatArray, starts: IntArray, deadline_slots: i
     return np.asarray(np.nanpercentile(windows, cond.threshold_percentile, axis=1))
 
 
-def _install(plans: BatchPlan, levels: IntArray, fraction: FloatArray, after: IntArray,
-             planned_done: FloatArray, tp: FloatArray, dt: float, first: int, deadline: int,
-             done: FloatArray, top: int, rows: IntArray, observed: FloatArray | None = None
-             ) -> None:
+def _install(
+    plans: BatchPlan,
+    levels: IntArray,
+    fraction: FloatArray,
+    after: IntArray,
+    planned_done: FloatArray,
+    tp: FloatArray,
+    dt: float,
+    first: int,
+    deadline: int,
+    done: FloatArray,
+    top: int,
+    rows: IntArray,
+    observed: FloatArray | None = None,
+) -> None:
     """Write plans for ``rows`` into slots ``first..deadline-1``; infeasible rows run at top.
 
     ``planned_done`` gets the progress the plan expects, in actual work units (the planned
@@ -315,16 +391,18 @@ def _install(plans: BatchPlan, levels: IntArray, fraction: FloatArray, after: In
     if observed is not None:
         work = work * observed[:, None]
     planned_done[rows, first] = done
-    planned_done[rows, first + 1:] = done[:, None] + np.cumsum(work, axis=1)
+    planned_done[rows, first + 1 :] = done[:, None] + np.cumsum(work, axis=1)
 
 
-def _static_best(job: Job, trace: FloatArray, starts: IntArray, deadline_slots: int,
-                 cond: Conditions) -> Outcome:
+def _static_best(
+    job: Job, trace: FloatArray, starts: IntArray, deadline_slots: int, cond: Conditions
+) -> Outcome:
     """Per run, the static scale with least carbon among those meeting the deadline."""
     best: Outcome | None = None
     for k in range(job.min_servers, job.max_servers + 1):
-        run = simulate_policy("static", job, trace, starts, deadline_slots,
-                              replace(cond, static_servers=k))
+        run = simulate_policy(
+            "static", job, trace, starts, deadline_slots, replace(cond, static_servers=k)
+        )
         if best is None:
             best = run
             continue
@@ -333,16 +411,31 @@ def _static_best(job: Job, trace: FloatArray, starts: IntArray, deadline_slots: 
         # Where no k meets the deadline, prefer the one that finishes first.
         neither = ~run.deadline_met & ~best.deadline_met
         take = (score_new < score_old) | (
-            neither & (np.nan_to_num(run.completion_hours, nan=np.inf)
-                       < np.nan_to_num(best.completion_hours, nan=np.inf))
+            neither
+            & (
+                np.nan_to_num(run.completion_hours, nan=np.inf)
+                < np.nan_to_num(best.completion_hours, nan=np.inf)
+            )
         )
-        best = Outcome(*(np.where(take, new, old) for new, old in zip(
-            _fields(run), _fields(best), strict=True)))
+        best = Outcome(
+            *(
+                np.where(take, new, old)
+                for new, old in zip(_fields(run), _fields(best), strict=True)
+            )
+        )
     if best is None:
         raise ValueError("static-best needs at least one server count in min..max")
     return best
 
 
 def _fields(o: Outcome) -> tuple[np.ndarray, ...]:
-    return (o.emissions_g, o.energy_kwh, o.completion_hours, o.deadline_met, o.rescales,
-            o.replans, o.server_hours, o.work_done)
+    return (
+        o.emissions_g,
+        o.energy_kwh,
+        o.completion_hours,
+        o.deadline_met,
+        o.rescales,
+        o.replans,
+        o.server_hours,
+        o.work_done,
+    )

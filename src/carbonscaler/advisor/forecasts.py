@@ -79,7 +79,7 @@ def issue_forecasts(
     """
     offsets = issued_at[:, None] + np.arange(horizon)[None, :]
     padded = np.concatenate([trace, np.full(horizon + 1, np.nan)])
-    actual = padded[np.minimum(offsets, len(padded) - 1)]
+    actual: FloatArray = padded[np.minimum(offsets, len(padded) - 1)]
     if spec.model == "perfect":
         return actual
     if spec.model in ("uniform", "gaussian"):
@@ -88,8 +88,9 @@ def issue_forecasts(
             noise = rng.uniform(-spec.error, spec.error, actual.shape)
         else:
             noise = rng.normal(0.0, spec.error, actual.shape)
-        return np.maximum(actual * (1.0 + noise), 0.0)
-    period = max(int(round((24.0 if spec.model == "persistence" else 168.0) / slot_hours)), 1)
+        noisy: FloatArray = np.maximum(actual * (1.0 + noise), 0.0)
+        return noisy
+    period = max(round((24.0 if spec.model == "persistence" else 168.0) / slot_hours), 1)
     steps = np.arange(horizon)[None, :] % period
     source = issued_at[:, None] - period + steps
     source = np.clip(source, 0, len(trace) - 1)

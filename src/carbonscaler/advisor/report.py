@@ -8,21 +8,21 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from rich.table import Table  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from rich.table import Table
 
-from carbonscaler.advisor.sweep import SweepResult  # noqa: E402
-from carbonscaler.planner.model import Job  # noqa: E402
-from carbonscaler.planner.policies import plan  # noqa: E402
+from carbonscaler.advisor.sweep import SweepResult
+from carbonscaler.planner.model import Job
+from carbonscaler.planner.policies import plan
 
 __all__ = [
     "figures",
@@ -54,9 +54,20 @@ def scenario_tables(result: SweepResult) -> list[Table]:
             title=f"{zone} — deadline {slack:g}× length, {m}..{top} servers, {runs} starts "
             f"(trace CV {cv:.2f})"
         )
-        for col in ("policy", "mean g", "median g", "p5 g", "p95 g", "saved vs agnostic",
-                    "saved vs suspend-resume", "done (h)", "server-h change", "rescales",
-                    "replans", "deadline misses"):
+        for col in (
+            "policy",
+            "mean g",
+            "median g",
+            "p5 g",
+            "p95 g",
+            "saved vs agnostic",
+            "saved vs suspend-resume",
+            "done (h)",
+            "server-h change",
+            "rescales",
+            "replans",
+            "deadline misses",
+        ):
             table.add_column(col, justify="left" if col == "policy" else "right")
         for row in group.itertuples():
             table.add_row(
@@ -71,7 +82,7 @@ def scenario_tables(result: SweepResult) -> list[Table]:
                 f"{row.server_hours_change_pct:+.1f} %",
                 f"{row.mean_rescales:.1f}",
                 f"{row.mean_replans:.1f}",
-                f"[red]{row.deadline_misses}[/]" if row.deadline_misses else "0",
+                f"[red]{row.deadline_misses!s}[/]" if row.deadline_misses else "0",
             )
         tables.append(table)
     return tables
@@ -102,13 +113,21 @@ def _example_schedule(result: SweepResult) -> Figure:
     spec = result.spec
     first = result.runs.iloc[0]
     trace = next(t for t in spec.traces if t.source == first["trace"]).resample(spec.slot_minutes)
-    mask = ((result.runs["policy"] == "carbonscaler") if "carbonscaler" in spec.policies
-            else (result.runs["policy"] == result.runs["policy"].iloc[0]))
+    mask = (
+        (result.runs["policy"] == "carbonscaler")
+        if "carbonscaler" in spec.policies
+        else (result.runs["policy"] == result.runs["policy"].iloc[0])
+    )
     runs = result.runs[mask & (result.runs["trace"] == first["trace"])]
     median_run = runs.iloc[int(np.argsort(runs["emissions_g"].to_numpy())[len(runs) // 2])]
     slot_hours = spec.slot_minutes / 60.0
-    job = Job.from_length(spec.profile, spec.length_hours, int(median_run["min_servers"]),
-                          int(median_run["max_servers"]), slot_hours)
+    job = Job.from_length(
+        spec.profile,
+        spec.length_hours,
+        int(median_run["min_servers"]),
+        int(median_run["max_servers"]),
+        slot_hours,
+    )
     deadline = int(np.floor(float(median_run["slack"]) * spec.length_hours / slot_hours + 1e-9))
     start = trace.index_of(median_run["start"])
     carbon = trace.values[start : start + deadline]
@@ -117,15 +136,15 @@ def _example_schedule(result: SweepResult) -> Figure:
     hours = np.arange(deadline) * slot_hours
     servers = np.zeros(deadline)
     servers[: len(schedule.servers)] = schedule.servers
-    ax.bar(hours, servers, width=slot_hours * 0.9, align="edge", color="#4c9a2a",
-           label="servers")
+    ax.bar(hours, servers, width=slot_hours * 0.9, align="edge", color="#4c9a2a", label="servers")
     ax.set_xlabel(f"hours from {pd.Timestamp(median_run['start']):%Y-%m-%d %H:%M} UTC")
     ax.set_ylabel("servers")
     ax2 = ax.twinx()
     ax2.step(hours, carbon, where="post", color="#444444", label="gCO2eq/kWh")
     ax2.set_ylabel("carbon intensity (gCO2eq/kWh)")
-    ax.set_title(f"{schedule.policy} on {median_run['zone']}: median run, "
-                 f"{schedule.emissions_g:.0f} g")
+    ax.set_title(
+        f"{schedule.policy} on {median_run['zone']}: median run, {schedule.emissions_g:.0f} g"
+    )
     fig.tight_layout()
     return fig
 
@@ -139,15 +158,15 @@ def _savings_vs_slack(summary: pd.DataFrame) -> Figure:
     zones = list(dict.fromkeys(summary["zone"]))
     policies = [p for p in dict.fromkeys(summary["policy"]) if p != "agnostic"]
     colours = _policy_colours(policies)
-    fig, axes = plt.subplots(1, len(zones), figsize=(4.2 * len(zones) + 1, 4.5), sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(zones), figsize=(4.2 * len(zones) + 1, 4.5), sharey=True, squeeze=False
+    )
     for ax, zone in zip(axes[0], zones, strict=True):
         part = summary[summary["zone"] == zone]
         for policy in policies:
             g = part[part["policy"] == policy].groupby("slack")["mean_savings_vs_agnostic_pct"]
             means = g.mean()
-            ax.plot(means.index, means.to_numpy(), marker="o", color=colours[policy],
-                    label=policy)
+            ax.plot(means.index, means.to_numpy(), marker="o", color=colours[policy], label=policy)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_title(str(zone))
         ax.set_xlabel("slack (deadline / length)")
@@ -160,15 +179,22 @@ def _savings_vs_slack(summary: pd.DataFrame) -> Figure:
 
 def _savings_vs_region(summary: pd.DataFrame) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    policy = "carbonscaler" if "carbonscaler" in set(summary["policy"]) else summary["policy"].iloc[0]
+    policy = (
+        "carbonscaler" if "carbonscaler" in set(summary["policy"]) else summary["policy"].iloc[0]
+    )
     part = summary[summary["policy"] == policy]
     per_zone = part.groupby(["zone", "trace"]).agg(
         cv=("trace_cv", "first"), saved=("mean_savings_vs_agnostic_pct", "mean")
     )
     ax.scatter(per_zone["cv"], per_zone["saved"], color="#1f77b4")
-    for (zone, _), row in per_zone.iterrows():
-        ax.annotate(str(zone), (row["cv"], row["saved"]), fontsize=8,
-                    xytext=(3, 3), textcoords="offset points")
+    for key, row in per_zone.iterrows():
+        ax.annotate(
+            str(cast(tuple[Any, ...], key)[0]),
+            (row["cv"], row["saved"]),
+            fontsize=8,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     if len(per_zone) >= 3:
         r = float(np.corrcoef(per_zone["cv"], per_zone["saved"])[0, 1])
         ax.set_title(f"{policy}: savings vs the trace's variability (Pearson r = {r:.2f})")
@@ -216,19 +242,36 @@ def write_html(result: SweepResult, path: str | os.PathLike[str], *, command: st
         fig.savefig(buffer, dpi=100, format="png")
         plt.close(fig)
         encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-        images.append(f'<figure><img alt="{stem}" src="data:image/png;base64,{encoded}">'
-                      f"<figcaption>{html.escape(stem.replace('_', ' '))}</figcaption></figure>")
+        images.append(
+            f'<figure><img alt="{stem}" src="data:image/png;base64,{encoded}">'
+            f"<figcaption>{html.escape(stem.replace('_', ' '))}</figcaption></figure>"
+        )
     spec = result.spec
     cond = spec.conditions
-    shown = result.summary[[
-        "zone", "slack", "min_servers", "max_servers", "policy", "runs", "mean_emissions_g",
-        "median_emissions_g", "p5_emissions_g", "p95_emissions_g",
-        "mean_savings_vs_agnostic_pct", "mean_savings_vs_suspend_resume_pct",
-        "mean_completion_hours", "server_hours_change_pct", "mean_rescales", "deadline_misses",
-    ]]
+    shown = result.summary[
+        [
+            "zone",
+            "slack",
+            "min_servers",
+            "max_servers",
+            "policy",
+            "runs",
+            "mean_emissions_g",
+            "median_emissions_g",
+            "p5_emissions_g",
+            "p95_emissions_g",
+            "mean_savings_vs_agnostic_pct",
+            "mean_savings_vs_suspend_resume_pct",
+            "mean_completion_hours",
+            "server_hours_change_pct",
+            "mean_rescales",
+            "deadline_misses",
+        ]
+    ]
     table = shown.to_html(index=False, float_format=lambda v: f"{v:.1f}", border=0)
-    sources = "".join(f"<li>{html.escape(t.zone)}: {html.escape(t.source)}</li>"
-                      for t in spec.traces)
+    sources = "".join(
+        f"<li>{html.escape(t.zone)}: {html.escape(t.source)}</li>" for t in spec.traces
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>CarbonAdvisor report</title>
 <style>

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -39,8 +40,9 @@ class Scenario:
 
     @property
     def label(self) -> str:
-        return (f"{self.trace.zone} slack {self.slack:g} "
-                f"{self.min_servers}..{self.max_servers} servers")
+        return (
+            f"{self.trace.zone} slack {self.slack:g} {self.min_servers}..{self.max_servers} servers"
+        )
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,9 @@ class SweepResult:
     spec: SweepSpec
 
 
-def resolve_starts(trace: CarbonTrace, starts: str | int | Sequence[str],
-                   deadline_slots: int) -> np.ndarray:
+def resolve_starts(
+    trace: CarbonTrace, starts: str | int | Sequence[str], deadline_slots: int
+) -> np.ndarray:
     """Start slots in ``trace`` that leave room for the deadline.
 
     Raises:
@@ -137,8 +140,14 @@ def resolve_starts(trace: CarbonTrace, starts: str | int | Sequence[str],
     return np.array(sorted(set(indices)), dtype=np.int64)
 
 
-def _frame(outcome: Outcome, scenario: Scenario, policy: str, starts: np.ndarray,
-           trace: CarbonTrace, price: float | None) -> pd.DataFrame:
+def _frame(
+    outcome: Outcome,
+    scenario: Scenario,
+    policy: str,
+    starts: np.ndarray,
+    trace: CarbonTrace,
+    price: float | None,
+) -> pd.DataFrame:
     frame = pd.DataFrame(
         {
             "trace": trace.source,
@@ -183,15 +192,18 @@ def run_sweep(spec: SweepSpec, progress: ProgressCallback | None = None) -> Swee
     slot_hours = spec.slot_minutes / 60.0
     for scenario in scenarios:
         trace = scenario.trace.resample(spec.slot_minutes)
-        job = Job.from_length(spec.profile, spec.length_hours, scenario.min_servers,
-                              scenario.max_servers, slot_hours)
+        job = Job.from_length(
+            spec.profile, spec.length_hours, scenario.min_servers, scenario.max_servers, slot_hours
+        )
         deadline_slots = math.floor(scenario.slack * spec.length_hours / slot_hours + 1e-9)
         starts = resolve_starts(trace, spec.starts, deadline_slots)
         for policy in policies:
-            outcome = simulate_policy(policy, job, trace.values, starts, deadline_slots,
-                                      spec.conditions)
-            frames.append(_frame(outcome, scenario, policy, starts, trace,
-                                 spec.price_per_server_hour))
+            outcome = simulate_policy(
+                policy, job, trace.values, starts, deadline_slots, spec.conditions
+            )
+            frames.append(
+                _frame(outcome, scenario, policy, starts, trace, spec.price_per_server_hour)
+            )
             count += 1
             if progress is not None:
                 progress(count, total, f"{scenario.label}: {policy}")
@@ -216,8 +228,10 @@ _KEYS = ["trace", "slack", "min_servers", "max_servers", "start"]
 def _add_savings(runs: pd.DataFrame) -> pd.DataFrame:
     """Per-run savings against the two baselines of the same scenario and start."""
     out = runs
-    for baseline, column in (("agnostic", "savings_vs_agnostic_pct"),
-                             ("suspend-resume", "savings_vs_suspend_resume_pct")):
+    for baseline, column in (
+        ("agnostic", "savings_vs_agnostic_pct"),
+        ("suspend-resume", "savings_vs_suspend_resume_pct"),
+    ):
         base = runs[runs["policy"] == baseline][[*_KEYS, "emissions_g", "server_hours"]]
         base = base.rename(columns={"emissions_g": "_base_g", "server_hours": "_base_h"})
         out = out.merge(base, on=_KEYS, how="left")
@@ -235,7 +249,7 @@ def summarise(runs: pd.DataFrame, traces: Sequence[CarbonTrace] = ()) -> pd.Data
     rows = []
     group_keys = ["trace", "zone", "slack", "min_servers", "max_servers", "policy"]
     for key, group in runs.groupby(group_keys, sort=False):
-        trace, zone, slack, m, top, policy = key
+        trace, zone, slack, m, top, policy = cast(tuple[Any, ...], key)
         emissions = group["emissions_g"].to_numpy()
         row = {
             "trace": trace,

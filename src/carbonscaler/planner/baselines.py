@@ -55,8 +55,15 @@ def _run_in_order(
             "work units done; give a longer trace to see when it finishes"
         )
         return realise(
-            policy, job, carbon, run_servers, partial_slot=None, fraction=1.0, servers_after=0,
-            deadline_slots=deadline_slots, solve_ms=(time.perf_counter() - started) * 1e3,
+            policy,
+            job,
+            carbon,
+            run_servers,
+            partial_slot=None,
+            fraction=1.0,
+            servers_after=0,
+            deadline_slots=deadline_slots,
+            solve_ms=(time.perf_counter() - started) * 1e3,
             notes=(*notes, note),
         )
     last = int(np.searchsorted(cumulative, target, side="left"))
@@ -129,9 +136,16 @@ def plan_static_best(job: Job, carbon: FloatArray, *, deadline_slots: int) -> Sc
             f"finishes within {deadline_slots} slots; extend the deadline or raise the limit"
         )
     return realise(
-        "static-best", job, carbon, best.servers, partial_slot=best.partial_slot,
-        fraction=best.last_slot_fraction, servers_after=0, deadline_slots=deadline_slots,
-        solve_ms=(time.perf_counter() - started) * 1e3, notes=best.notes,
+        "static-best",
+        job,
+        carbon,
+        best.servers,
+        partial_slot=best.partial_slot,
+        fraction=best.last_slot_fraction,
+        servers_after=0,
+        deadline_slots=deadline_slots,
+        solve_ms=(time.perf_counter() - started) * 1e3,
+        notes=best.notes,
     )
 
 
@@ -140,8 +154,9 @@ def plan_suspend_resume(job: Job, carbon: FloatArray) -> Schedule:
 
     This is CarbonScaler with ``M = m``.
     """
-    return plan_greedy(job.with_bounds(job.min_servers, job.min_servers), carbon,
-                       policy="suspend-resume")
+    return plan_greedy(
+        job.with_bounds(job.min_servers, job.min_servers), carbon, policy="suspend-resume"
+    )
 
 
 def plan_threshold(
@@ -173,5 +188,6 @@ def plan_threshold(
     threshold = float(np.percentile(window, percentile))
     run = np.where(carbon <= threshold, job.min_servers, 0).astype(np.int64)
     note = f"threshold={threshold:.4g} gCO2eq/kWh (p{percentile:g})"
-    return _run_in_order("suspend-resume-threshold", job, carbon, run, deadline_slots, started,
-                         (note,))
+    return _run_in_order(
+        "suspend-resume-threshold", job, carbon, run, deadline_slots, started, (note,)
+    )

@@ -39,7 +39,6 @@ class BatchPlan:
         return int(self.servers.shape[0])
 
 
-
 # Rows up to this many candidates are ordered by sorting packed integer keys (see below).
 _PACKED_LIMIT = 1 << 12
 _INF_BITS = np.int64(0x7FF0000000000000)
@@ -104,9 +103,7 @@ def batch_greedy(ladder: Ladder, carbon: FloatArray, target: FloatArray | float)
     # The completing increment of each feasible row runs only the share of its slot it needs.
     row_ids = np.flatnonzero(feasible)
     completing = order[row_ids, last[row_ids]]
-    before = np.where(
-        last[row_ids] > 0, cumulative[row_ids, np.maximum(last[row_ids] - 1, 0)], 0.0
-    )
+    before = np.where(last[row_ids] > 0, cumulative[row_ids, np.maximum(last[row_ids] - 1, 0)], 0.0)
     share = (targets[row_ids] - before) / ladder.d_work[completing % steps]
     partial = share < 1 - 1e-12
     rp, slot = row_ids[partial], (completing // steps)[partial]

@@ -46,37 +46,36 @@ def _precedence_rows(n: int, steps: int, binary_steps: IntArray) -> tuple[csr_ar
     """Rows ``x[i,j] - x[i,j-1] <= 0`` (concave steps) or the y-linked pair (other steps).
 
     Variables are laid out as x (n·steps, slot-major) followed by one y per slot and binary step.
+    Each row has one +1 and one -1 entry.
     """
     nx = n * steps
-    rows: list[int] = []
-    cols: list[int] = []
-    vals: list[float] = []
-    row = 0
-    y_of = {int(j): b for b, j in enumerate(binary_steps)}
     n_bin = len(binary_steps)
+    y_of = {int(j): b for b, j in enumerate(binary_steps)}
+    plus: list[IntArray] = []
+    minus: list[IntArray] = []
+    slots = np.arange(n)
     for j in range(1, steps):
-        xj = np.arange(n) * steps + j
-        xprev = xj - 1
+        xj = slots * steps + j
         if j in y_of:
-            yj = nx + np.arange(n) * n_bin + y_of[j]
-            # x[i,j] - y[i,j] <= 0
-            rows += list(range(row, row + n)) * 2
-            cols += list(xj) + list(yj)
-            vals += [1.0] * n + [-1.0] * n
-            row += n
-            # y[i,j] - x[i,j-1] <= 0
-            rows += list(range(row, row + n)) * 2
-            cols += list(yj) + list(xprev)
-            vals += [1.0] * n + [-1.0] * n
-            row += n
+            yj = nx + slots * n_bin + y_of[j]
+            plus += [xj, yj]  # x[i,j] - y[i,j] <= 0 and y[i,j] - x[i,j-1] <= 0
+            minus += [yj, xj - 1]
         else:
-            rows += list(range(row, row + n)) * 2
-            cols += list(xj) + list(xprev)
-            vals += [1.0] * n + [-1.0] * n
-            row += n
-    total = nx + n * n_bin
-    matrix = coo_array((vals, (rows, cols)), shape=(row, total)).tocsr()
-    return matrix, row
+            plus.append(xj)
+            minus.append(xj - 1)
+    if not plus:
+        return csr_array((0, nx + n * n_bin)), 0
+    pos, neg = np.concatenate(plus), np.concatenate(minus)
+    count = len(pos)
+    row_ids = np.arange(count)
+    matrix = coo_array(
+        (
+            np.concatenate([np.ones(count), -np.ones(count)]),
+            (np.concatenate([row_ids, row_ids]), np.concatenate([pos, neg])),
+        ),
+        shape=(count, nx + n * n_bin),
+    ).tocsr()
+    return matrix, count
 
 
 def _solve(ladder: Ladder, carbon: FloatArray, target: float, time_limit_s: float) -> FloatArray:
@@ -171,9 +170,16 @@ def plan_exact(
     notes: tuple[str, ...] = ()
     if _cost(ladder, carbon, greedy) < _cost(ladder, carbon, selection):
         selection = greedy
-        notes = ("HiGHS returned a costlier plan than greedy (tolerance or time limit); kept greedy",)
+        notes = (
+            "HiGHS returned a costlier plan than greedy (tolerance or time limit); kept greedy",
+        )
     return schedule_from_selection(
-        policy, job, ladder, carbon, selection, deadline_slots=len(carbon), started=started,
+        policy,
+        job,
+        ladder,
+        carbon,
+        selection,
+        deadline_slots=len(carbon),
+        started=started,
         notes=notes,
     )
-

@@ -259,7 +259,9 @@ class Schedule:
 
     @property
     def deadline_met(self) -> bool:
-        return self.completed and self.completion_hours <= self.deadline_slots * self.slot_hours + 1e-9
+        return (
+            self.completed and self.completion_hours <= self.deadline_slots * self.slot_hours + 1e-9
+        )
 
     @property
     def server_hours(self) -> float:
@@ -268,7 +270,9 @@ class Schedule:
         if self.partial_slot is not None:
             f = self.last_slot_fraction
             s = self.servers[self.partial_slot]
-            hours[self.partial_slot] = (s * f + self.partial_servers_after * (1 - f)) * self.slot_hours
+            hours[self.partial_slot] = (
+                s * f + self.partial_servers_after * (1 - f)
+            ) * self.slot_hours
         return float(hours.sum())
 
     @property

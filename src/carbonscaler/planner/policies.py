@@ -130,7 +130,11 @@ def compare(
     for name in policies:
         try:
             results[name] = plan(
-                name, job, carbon, deadline_slots=deadline_slots, **options  # type: ignore[arg-type]
+                name,
+                job,
+                carbon,
+                deadline_slots=deadline_slots,
+                **options,  # type: ignore[arg-type]
             )
         except PlanningError as exc:
             results[name] = exc
