@@ -470,7 +470,7 @@ class CarbonService:
         started = time.perf_counter()
         try:
             outcomes = await asyncio.gather(*(self._push(i, a, body) for i, a in targets))
-        finally:
+        finally:  # on cancellation too
             self._in_flight.difference_update(sub_id for sub_id, _ in targets)
         self.last_fanout_s = time.perf_counter() - started
         self.metrics.fanout.observe(self.last_fanout_s)
@@ -486,6 +486,14 @@ class CarbonService:
         self._update_subscriber_gauge()
 
     async def _push(self, sub_id: int, address: str, body: bytes) -> PushOutcome:
+        try:
+            return await self._push_with_retries(sub_id, address, body)
+        finally:
+            # Free for the next fan-out as soon as this push is done, not when the slowest
+            # subscriber of this fan-out is.
+            self._in_flight.discard(sub_id)
+
+    async def _push_with_retries(self, sub_id: int, address: str, body: bytes) -> PushOutcome:
         cfg = self.config
         assert self._client is not None and self._semaphore is not None
         error = "not attempted"

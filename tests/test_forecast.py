@@ -1,0 +1,196 @@
+"""Forecasters: the pure array functions, and the same forecasters over providers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from carbonscaler.forecast import (
+    FORECASTERS,
+    ForecastError,
+    GaussianForecaster,
+    ProviderForecaster,
+    UniformForecaster,
+    carbon_percentile,
+    forecast_at,
+    forecaster_from_spec,
+    make_forecaster,
+)
+from carbonscaler.providers import (
+    CarbonProvider,
+    Forecast,
+    ForecastUnavailable,
+    IntensityReading,
+    IntensitySeries,
+    ManualClock,
+    TraceReplay,
+)
+from carbonscaler.trace import from_values, load_trace
+
+VALUES = np.arange(24 * 9, dtype=np.float64)  # nine days of hourly slots, value = slot number
+
+
+def test_names() -> None:
+    assert FORECASTERS == ("real", "uniform", "gaussian", "persistence", "seasonal", "provider")
+
+
+def test_real_is_the_future_of_the_trace() -> None:
+    assert forecast_at(VALUES, 10, 4).tolist() == [10, 11, 12, 13]
+    with pytest.raises(ForecastError, match="past the end"):
+        forecast_at(VALUES, len(VALUES) - 2, 4)
+    assert forecast_at(VALUES, len(VALUES) - 2, 4, wrap=True).tolist() == [214, 215, 0, 1]
+
+
+def test_persistence_repeats_yesterday_and_keeps_the_observed_slot() -> None:
+    out = forecast_at(VALUES, 30, 50, "persistence")
+    assert out[0] == 30  # observed
+    assert out[1:25].tolist() == list(range(7, 31))  # same slot yesterday, up to now
+    assert out[25:49].tolist() == list(range(7, 31))  # further out: yesterday again
+    with pytest.raises(ForecastError, match="history"):
+        forecast_at(VALUES, 5, 3, "persistence")
+    assert forecast_at(VALUES, 5, 3, "persistence", wrap=True).tolist() == [5, 198, 199]
+    assert forecast_at(VALUES, 30, 3, "persistence", slots_per_day=4).tolist() == [30, 27, 28]
+
+
+def test_seasonal_repeats_last_week() -> None:
+    index = 24 * 8
+    out = forecast_at(VALUES, index, 3, "seasonal")
+    assert out.tolist() == [index, index - 167, index - 166]
+    with pytest.raises(ForecastError, match="history"):
+        forecast_at(VALUES, 100, 3, "seasonal")
+
+
+def test_noisy_forecasts_are_seeded_bounded_and_per_slot() -> None:
+    a = forecast_at(VALUES + 100, 50, 24, "uniform", error_pct=30, seed=7)
+    b = forecast_at(VALUES + 100, 50, 24, "uniform", error_pct=30, seed=7)
+    c = forecast_at(VALUES + 100, 50, 24, "uniform", error_pct=30, seed=8)
+    truth = VALUES[50:74] + 100
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a[0] == truth[0]
+    assert np.all(np.abs(a / truth - 1) <= 0.3 + 1e-12)
+    # The forecast at a slot does not depend on what was asked before.
+    noisy = UniformForecaster(30, seed=7)
+    noisy.predict_array(VALUES + 100, 3, 5)
+    assert np.array_equal(noisy.predict_array(VALUES + 100, 50, 24), a)
+    g = forecast_at(np.full(5000, 100.0), 0, 5000, "gaussian", error_pct=10, seed=1)
+    assert np.std(g[1:] / 100 - 1) == pytest.approx(0.1, rel=0.05)
+    assert np.all(forecast_at(np.full(500, 1.0), 0, 500, "gaussian", error_pct=200) >= 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=arrays(np.float64, st.integers(1, 60), elements=st.floats(0, 2000)),
+    data=st.data(),
+)
+def test_forecast_properties(values: np.ndarray, data: st.DataObject) -> None:
+    index = data.draw(st.integers(0, len(values) - 1))
+    horizon = data.draw(st.integers(1, 80))
+    real = forecast_at(values, index, horizon, wrap=True)
+    assert real.tolist() == [values[(index + h) % len(values)] for h in range(horizon)]
+    for method in ("uniform", "gaussian"):
+        noisy = forecast_at(values, index, horizon, method, wrap=True, error_pct=25, seed=3)
+        assert noisy[0] == values[index] and np.all(noisy >= 0) and len(noisy) == horizon
+    for method in ("persistence", "seasonal"):
+        periodic = forecast_at(values, index, horizon, method, wrap=True)
+        assert periodic[0] == values[index] and set(periodic.tolist()) <= set(values.tolist())
+
+
+def test_make_forecaster_and_specs() -> None:
+    with pytest.raises(ForecastError, match="unknown forecaster 'magic'"):
+        make_forecaster("magic")
+    with pytest.raises(ForecastError, match="does not take options"):
+        make_forecaster("real", error_pct=3)
+    with pytest.raises(ForecastError, match="percentage"):
+        make_forecaster("uniform", error_pct=-1)
+    with pytest.raises(ForecastError, match="from a provider"):
+        forecast_at(VALUES, 0, 3, "provider")
+    assert forecaster_from_spec("REAL").name == "real"
+    assert forecaster_from_spec("PRED").name == "provider"
+    spec = forecaster_from_spec("Gaussian:12.5", seed=4)
+    assert isinstance(spec, GaussianForecaster) and (spec.error_pct, spec.seed) == (12.5, 4)
+    with pytest.raises(ForecastError, match="only uniform:PCT"):
+        forecaster_from_spec("persistence:3")
+    with pytest.raises(ForecastError, match="not a percentage"):
+        forecaster_from_spec("uniform:lots")
+
+
+def test_carbon_percentile_matches_the_reference() -> None:
+    assert carbon_percentile([1, 2, 3, 4], 3) == 0.75
+    assert carbon_percentile([], 3) is None
+
+
+def test_forecasters_over_a_trace_replay() -> None:
+    trace = from_values(VALUES, start="2022-01-01")
+    replay = TraceReplay(trace, start="2022-01-03T05:00", clock=ManualClock("2022-01-01"))
+    index = 2 * 24 + 5
+    for name in ("real", "persistence", "provider"):
+        forecast = make_forecaster(name).predict(replay, 30)
+        method = "real" if name == "provider" else name
+        assert list(forecast.values_g_per_kwh) == forecast_at(VALUES, index, 30, method).tolist()
+        assert forecast.start == datetime(2022, 1, 3, 5, tzinfo=UTC)
+    noisy = make_forecaster("uniform", error_pct=20, seed=1).predict(replay, 10)
+    assert list(noisy.values_g_per_kwh) == (
+        forecast_at(VALUES, index, 10, "uniform", error_pct=20, seed=1).tolist()
+    )
+
+
+@pytest.mark.filterwarnings("ignore::carbonscaler.trace.TraceWarning")
+def test_persistence_on_a_real_trace_uses_its_step(shared_dir: Path) -> None:
+    trace = load_trace(shared_dir / "traces" / "vessim-de-15min" / "carbon_intensity.csv")
+    replay = TraceReplay(trace, start="2020-06-10", clock=ManualClock("2020-06-10"))
+    forecast = make_forecaster("persistence").predict(replay, 8)
+    assert forecast.step_s == 900
+    i = replay.index
+    assert list(forecast.values_g_per_kwh[1:]) == trace.values[i - 96 + 1 : i - 96 + 8].tolist()
+
+
+NOW = datetime(2024, 5, 1, 12, tzinfo=UTC)
+
+
+class HalfHourly(CarbonProvider):
+    """A live-like provider: half-hourly history and forecast around NOW."""
+
+    name = "halfhourly"
+    step_s = 1800
+
+    def __init__(self) -> None:
+        super().__init__("Z")
+
+    def current(self, zone: str | None = None) -> IntensityReading:
+        return IntensityReading("Z", 500.0, NOW + timedelta(minutes=30), "halfhourly")
+
+    def history(self, start: datetime, end: datetime, zone: str | None = None) -> IntensitySeries:
+        n = int((end - start) / timedelta(minutes=30))
+        return IntensitySeries("Z", start, 1800, tuple(float(i) for i in range(n)), "halfhourly")
+
+    def forecast(self, horizon_slots: int, zone: str | None = None) -> Forecast:
+        values = tuple(100.0 + i for i in range(horizon_slots))
+        return Forecast("Z", NOW + timedelta(minutes=30), 1800, values, "halfhourly", stale=True)
+
+    def zones(self) -> list[str]:
+        return ["Z"]
+
+
+def test_provider_forecast_is_reslotted_after_the_observed_value() -> None:
+    forecast = ProviderForecaster().predict(HalfHourly(), 3, slot_s=3600)
+    # Hourly slots from 12:00: the observed 500, then means of the half-hours 13:00-14:00 and
+    # 14:00-15:00 of the upstream forecast (which starts at 12:30).
+    assert forecast.start == NOW and forecast.step_s == 3600
+    assert forecast.values_g_per_kwh == (500.0, 101.5, 103.5)
+    assert forecast.stale  # inherited from the upstream forecast
+
+
+def test_history_forecasters_on_a_live_provider() -> None:
+    forecast = make_forecaster("persistence").predict(HalfHourly(), 3, slot_s=3600)
+    # 24 hourly slots of history (means of half-hour pairs 0,1 -> 0.5 ... 46,47 -> 46.5).
+    assert forecast.values_g_per_kwh == (500.0, 2.5, 4.5)
+    noisy = make_forecaster("gaussian", error_pct=10).predict(HalfHourly(), 3, slot_s=3600)
+    assert noisy.values_g_per_kwh[0] == 500.0 and noisy.values_g_per_kwh[1] != 101.5
+    with pytest.raises(ForecastUnavailable, match="live providers have none"):
+        make_forecaster("real").predict(HalfHourly(), 3)
