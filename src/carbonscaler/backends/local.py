@@ -1,0 +1,270 @@
+"""The local backend: the workload as a process group on this machine.
+
+The workload is launched from its command template with ``WORKERS``, ``CHECKPOINT_DIR`` and
+``PROGRESS_FILE`` in its environment (and ``mpirun -np N`` in front when MPI is asked for and
+installed). It runs in its own session, so a controller that dies does not take it along and a
+restarted controller can re-attach to it by pid (checked against the process start time, so a
+reused pid is never mistaken for it). Stopping sends SIGTERM to the whole group — the workload
+checkpoints and exits — and SIGKILL after the timeout.
+
+The workload contract (see ``examples/nbody``): append ``step,percent`` lines to the progress
+file; checkpoint atomically; exit 0 on SIGTERM after checkpointing; on completion write a
+``DONE`` file in the checkpoint directory; exit non-zero if a worker dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from carbonscaler.control.backend import Backend, BackendError, WorkloadState
+
+__all__ = ["LocalBackend", "read_progress", "read_progress_pct"]
+
+
+def read_progress_pct(path: Path) -> float | None:
+    """The percent in the last complete ``step,percent`` line of a progress file, if any."""
+    last = read_progress(path)
+    return None if last is None else last[1]
+
+
+def read_progress(path: Path) -> tuple[float, float] | None:
+    """``(step, percent)`` from the last complete line of a progress file, if any.
+
+    Only the file's tail is read, and a partly written last line is ignored.
+    """
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(size - 4096, 0))
+            tail = fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in reversed(tail.split("\n")[:-1]):  # the part after the last newline is partial
+        parts = line.strip().split(",")
+        if len(parts) >= 2:
+            try:
+                step, value = float(parts[0]), float(parts[1])
+            except ValueError:
+                continue  # the header, or a malformed line
+            if 0.0 <= value <= 100.0:
+                return step, value
+    return None
+
+
+def _process_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), to detect pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":  # a zombie has finished
+        return None
+    return int(fields[19])
+
+
+class LocalBackend(Backend):
+    """Run a workload command as a process group.
+
+    Args:
+        command: template; ``{python}``, ``{workers}``, ``{checkpoint_dir}``,
+            ``{progress_file}`` are filled in.
+        checkpoint_dir: the workload's checkpoint folder (created).
+        env: extra environment variables.
+        cwd: working directory for the workload.
+        launcher: ``plain``, ``mpi`` (``mpirun -np N`` in front) or ``auto`` (mpi if
+            ``mpirun`` is installed).
+        stop_timeout_s: how long a graceful stop may take before SIGKILL.
+
+    Raises:
+        BackendError: if ``launcher`` is ``mpi`` and ``mpirun`` is not installed.
+    """
+
+    def __init__(
+        self,
+        command: str,
+        checkpoint_dir: str | os.PathLike[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        launcher: str = "plain",
+        stop_timeout_s: float = 10.0,
+    ) -> None:
+        self.command = command
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self.progress_file = self.checkpoint_dir / "progress.csv"
+        self.log_file = self.checkpoint_dir / "workload.log"
+        self.env = dict(env or {})
+        self.cwd = Path(cwd) if cwd is not None else None
+        self.stop_timeout_s = stop_timeout_s
+        mpirun = shutil.which("mpirun")
+        if launcher == "mpi" and mpirun is None:
+            raise BackendError(
+                "launcher 'mpi' needs mpirun on PATH (apt-get install openmpi-bin); "
+                "use launcher 'plain' or 'auto'"
+            )
+        self.mpirun = mpirun if launcher in ("mpi", "auto") else None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None
+        self._start_ticks: int | None = None
+        self._workers = 0
+        self._stopping = False
+
+    # -- launching ---------------------------------------------------------------------
+
+    def argv(self, workers: int) -> list[str]:
+        """The command line for ``workers`` workers."""
+        text = self.command.format(
+            python=shlex.quote(sys.executable),
+            workers=workers,
+            checkpoint_dir=shlex.quote(str(self.checkpoint_dir)),
+            progress_file=shlex.quote(str(self.progress_file)),
+        )
+        args = shlex.split(text)
+        if self.mpirun is not None:
+            args = [self.mpirun, "-np", str(workers), *args]
+        return args
+
+    def environment(self, workers: int) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        env.update(
+            WORKERS=str(workers),
+            CHECKPOINT_DIR=str(self.checkpoint_dir),
+            PROGRESS_FILE=str(self.progress_file),
+        )
+        env.setdefault("LOGS_FOLDER", str(self.checkpoint_dir))
+        return env
+
+    @property
+    def workers(self) -> int:
+        return self._workers if self._alive() else 0
+
+    def start(self, workers: int) -> None:
+        if workers < 1:
+            raise BackendError(f"cannot start with {workers} workers")
+        if self._alive():
+            raise BackendError("the workload is already running; stop it or rescale")
+        with self.log_file.open("ab") as log:
+            try:
+                self._proc = subprocess.Popen(
+                    self.argv(workers),
+                    cwd=self.cwd,
+                    env=self.environment(workers),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise BackendError(
+                    f"cannot start the workload ({exc}); check workload.command"
+                ) from exc
+        self._pid = self._proc.pid
+        self._start_ticks = _process_start_ticks(self._pid)
+        self._workers = workers
+        self._stopping = False
+
+    def stop(self) -> None:
+        if not self._alive() or self._pid is None:
+            self._workers = 0
+            return
+        self._stopping = True
+        self._signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s
+        while self._alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self._alive():
+            self._signal(signal.SIGKILL)
+            while self._alive():
+                time.sleep(0.02)
+        else:
+            # The launcher is gone; make sure none of its group lingers.
+            self._signal(signal.SIGKILL)
+        self._workers = 0
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once (used on shutdown and in tests)."""
+        self._signal(signal.SIGKILL)
+        while self._alive():
+            time.sleep(0.02)
+        self._workers = 0
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._pid, sig)
+
+    def _alive(self) -> bool:
+        if self._pid is None:
+            return False
+        if self._proc is not None:
+            return self._proc.poll() is None
+        ticks = _process_start_ticks(self._pid)
+        return ticks is not None and ticks == self._start_ticks
+
+    # -- observing ---------------------------------------------------------------------
+
+    @property
+    def done_marker(self) -> Path:
+        return self.checkpoint_dir / "DONE"
+
+    def poll(self) -> WorkloadState:
+        if self.done_marker.exists() and not self._alive():
+            return WorkloadState.DONE
+        if self._alive():
+            return WorkloadState.RUNNING
+        if self._pid is None or self._stopping:
+            return WorkloadState.STOPPED
+        code = self._proc.returncode if self._proc is not None else None
+        if code == 0 and not self.done_marker.exists():
+            return WorkloadState.STOPPED
+        return WorkloadState.CRASHED
+
+    def progress_pct(self) -> float | None:
+        return read_progress_pct(self.progress_file)
+
+    def pids(self) -> list[int]:
+        """Processes of the workload's group (launcher and workers)."""
+        if self._pid is None:
+            return []
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[2]) == self._pid and fields[0] != "Z":  # same process group
+                found.append(int(entry.name))
+        return sorted(found)
+
+    # -- surviving a controller restart ------------------------------------------------
+
+    def handle(self) -> dict[str, object]:
+        return {"pid": self._pid, "start_ticks": self._start_ticks, "workers": self._workers}
+
+    def attach(self, handle: dict[str, object]) -> bool:
+        pid, ticks, workers = handle.get("pid"), handle.get("start_ticks"), handle.get("workers")
+        if not isinstance(pid, int) or not isinstance(workers, int):
+            return False
+        if _process_start_ticks(pid) is None or _process_start_ticks(pid) != ticks:
+            return False
+        self._proc = None
+        self._pid = pid
+        self._start_ticks = ticks if isinstance(ticks, int) else None
+        self._workers = workers
+        return True

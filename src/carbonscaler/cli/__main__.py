@@ -1,0 +1,5 @@
+"""``python -m carbonscaler.cli``."""
+
+from carbonscaler.cli import main
+
+main()

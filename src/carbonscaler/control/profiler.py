@@ -1,0 +1,149 @@
+"""The profiler: measure a workload's scaling curve by running it at 1..K workers.
+
+Each count runs from scratch in its own folder for ``seconds_each`` wall seconds; throughput is
+the rate at which the first column of the progress file (steps) advances after the first line
+(so start-up is not counted), converted to steps per *job hour* with the run's time scale. Power
+comes from the meter function given, labelled with its source — on machines without power
+counters that is an estimate, and the profile says so. Counts above the machine's cores are
+not profiled: an oversubscribed measurement would describe the machine, not the job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from carbonscaler.backends.local import LocalBackend, read_progress
+from carbonscaler.profile import ProfileError, ScalingProfile
+
+__all__ = ["ProfileResult", "per_server_power", "profile_workload"]
+
+PowerFunction = Callable[[int], tuple[float, str]]
+_HUGE_SIZE = "1000000000"
+
+
+def per_server_power(watts_per_server: float = 60.0) -> PowerFunction:
+    """An estimate when nothing can be measured: ``k`` servers draw ``k × W`` (the paper's
+    CPU servers drew about 60 W)."""
+
+    def power(servers: int) -> tuple[float, str]:
+        return servers * watts_per_server, f"estimated:{watts_per_server:g}W-per-server"
+
+    return power
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    """A measured profile and how it was measured."""
+
+    profile: ScalingProfile
+    steps_per_s: list[float]
+    total_steps: float | None  # the workload's size, when it reported it (step / percent)
+    power_source: str
+    note: str
+
+
+def profile_workload(
+    command: str,
+    scratch: Path,
+    *,
+    max_workers: int,
+    seconds_each: float,
+    seconds_per_slot: float,
+    slot_hours: float,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    size_env: str | None = None,
+    power: PowerFunction | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ProfileResult:
+    """Measure throughput and power at 1..K workers, K = min(max_workers, cores).
+
+    Args:
+        command: the workload's command template.
+        scratch: folder for the profiling runs (removed afterwards).
+        max_workers: the most workers the job may use.
+        seconds_each: wall seconds measured per worker count.
+        seconds_per_slot: wall seconds per slot of the run being profiled for.
+        slot_hours: slot length in job hours.
+        env: the workload's environment.
+        cwd: its working directory.
+        size_env: if set, the variable is made huge so the workload does not finish early.
+        power: watts and source at ``k`` workers (default: 60 W per worker, estimated).
+        on_progress: called with ``(k, K)`` as each count starts.
+
+    Raises:
+        ProfileError: if the workload reports no progress at some count.
+    """
+    meter = power or per_server_power()
+    cores = os.cpu_count() or 1
+    top = max(1, min(max_workers, cores))
+    run_env = dict(env or {})
+    if size_env:
+        run_env[size_env] = _HUGE_SIZE
+    rates: list[float] = []
+    watts: list[float] = []
+    sources: set[str] = set()
+    total_steps: float | None = None
+    job_hour_s = seconds_per_slot / slot_hours
+    for k in range(1, top + 1):
+        if on_progress is not None:
+            on_progress(k, top)
+        folder = scratch / f"profile-{k}"
+        shutil.rmtree(folder, ignore_errors=True)
+        backend = LocalBackend(command, folder, env=run_env, cwd=cwd, stop_timeout_s=10)
+        backend.start(k)
+        try:
+            first = _wait_for_progress(backend, timeout_s=max(30.0, seconds_each * 3))
+            if first is None:
+                raise ProfileError(
+                    f"the workload reported no progress in {folder / 'progress.csv'} at {k} "
+                    f"workers; see {backend.log_file}"
+                )
+            t0, step0 = time.monotonic(), first[0]
+            last = first
+            t1 = t0
+            while time.monotonic() - t0 < seconds_each and backend.poll().value == "running":
+                time.sleep(0.05)
+                now = read_progress(backend.progress_file)
+                if now is not None and now[0] > last[0]:
+                    last, t1 = now, time.monotonic()
+            if last[1] > 0 and not size_env:
+                total_steps = last[0] * 100.0 / last[1]
+            if t1 <= t0 or last[0] <= step0:
+                raise ProfileError(
+                    f"the workload made no measurable progress in {seconds_each:g} s at {k} "
+                    "workers; give it more time (profile_seconds) or a bigger size"
+                )
+            rates.append((last[0] - step0) / (t1 - t0))
+            w, source = meter(k)
+            watts.append(w)
+            sources.add(source)
+        finally:
+            backend.kill()
+            shutil.rmtree(folder, ignore_errors=True)
+    throughput = np.array([0.0] + [r * job_hour_s for r in rates])
+    power_w = np.maximum.accumulate(np.array([0.0, *watts]))
+    note = f"measured at 1..{top} workers for {seconds_each:g} s each"
+    if top < max_workers:
+        note += f" (this machine has {cores} cores; counts above {top} were not profiled)"
+    profile = ScalingProfile(throughput, power_w, name="auto")
+    return ProfileResult(profile, rates, total_steps, ",".join(sorted(sources)), note)
+
+
+def _wait_for_progress(backend: LocalBackend, timeout_s: float) -> tuple[float, float] | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = read_progress(backend.progress_file)
+        if line is not None:
+            return line
+        if backend.poll().value in ("crashed", "done", "stopped"):
+            return None
+        time.sleep(0.02)
+    return None

@@ -1,0 +1,164 @@
+"""Assemble a controller from a job spec: profile, work, carbon feed, backend, state."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from carbonscaler import datasets
+from carbonscaler.backends.local import LocalBackend
+from carbonscaler.control.carbon import CarbonFeed, ProviderFeed, ReplayFeed
+from carbonscaler.control.controller import Controller
+from carbonscaler.control.profiler import profile_workload
+from carbonscaler.control.spec import JobSpec, SpecError
+from carbonscaler.control.state import ControllerState, StateStore
+from carbonscaler.forecast import Forecaster, make_forecaster
+from carbonscaler.profile import ScalingProfile, parse_profile_spec
+from carbonscaler.providers import live_provider
+from carbonscaler.trace import load_trace
+
+__all__ = ["build_controller", "make_feed", "make_forecaster_for", "state_path"]
+
+
+def state_path(spec: JobSpec) -> Path:
+    """Where the controller keeps its state for this job."""
+    return Path(spec.checkpoint_dir) / "controller.db"
+
+
+def make_forecaster_for(spec: JobSpec) -> Forecaster | None:
+    """The spec's forecaster (None means the provider's own forecast)."""
+    if spec.forecaster == "provider":
+        return None
+    options: dict[str, Any] = {}
+    if spec.forecaster in ("uniform", "gaussian"):
+        options = {"error_pct": spec.forecast_error * 100.0, "seed": spec.seed}
+    elif spec.forecaster in ("persistence", "seasonal"):
+        options = {"slots_per_day": max(round(24 / spec.slot_hours), 1)}
+    return make_forecaster(spec.forecaster, **options)
+
+
+def make_feed(spec: JobSpec) -> CarbonFeed:
+    """The carbon feed the spec asks for.
+
+    Raises:
+        SpecError: on a source this build cannot use (e.g. the provider forecaster on a trace).
+    """
+    source = spec.carbon
+    forecaster = make_forecaster_for(spec)
+    if source.is_replay:
+        if forecaster is None:
+            raise SpecError(
+                "forecaster 'provider' needs a live provider; a trace replay has "
+                "its own future: use 'real' or a noisy/persistence forecaster"
+            )
+        start = source.start or ""
+        if source.trace:
+            trace = load_trace(source.trace, signal=source.signal)
+        else:
+            assert source.dataset_zone is not None
+            year = source.year or int(start[:4])
+            trace = datasets.load(source.dataset_zone, year)
+        trace = trace.resample(spec.slot_minutes)
+        return ReplayFeed(
+            trace.values, trace.index_of(start), forecaster, f"{trace.zone} ({trace.source})"
+        )
+    if source.provider:
+        chain = live_provider(f"{source.provider}:{source.zone}")
+        return ProviderFeed(chain, forecaster)
+    from carbonscaler.control.service_feed import ServiceFeed
+
+    assert source.service_url is not None
+    return ServiceFeed(source.service_url, forecaster_name=spec.forecaster)
+
+
+def _profile_and_work(
+    spec: JobSpec, on_profile: Callable[[int, int], None] | None
+) -> tuple[ScalingProfile, float, dict[str, str], str]:
+    env = dict(spec.workload.env)
+    if spec.profile != "auto":
+        profile = parse_profile_spec(spec.profile, default_servers=spec.max_replicas)
+        if spec.work is not None:
+            work = spec.work
+        else:
+            assert spec.length_hours is not None
+            work = spec.length_hours * float(profile.throughput[spec.min_replicas])
+        return profile, work, env, f"file:{spec.profile}"
+    result = profile_workload(
+        spec.workload.command,
+        Path(spec.checkpoint_dir) / "profiling",
+        max_workers=spec.max_replicas,
+        seconds_each=spec.profile_seconds,
+        seconds_per_slot=spec.seconds_per_slot,
+        slot_hours=spec.slot_hours,
+        env=env,
+        cwd=spec.workload.cwd,
+        size_env=spec.workload.size_env,
+        on_progress=on_profile,
+    )
+    profile = result.profile
+    if spec.min_replicas > profile.max_servers:
+        raise SpecError(
+            f"minReplicas is {spec.min_replicas} but only 1..{profile.max_servers} workers could "
+            f"be profiled here ({result.note})"
+        )
+    rate_m = float(profile.throughput[spec.min_replicas])
+    if spec.workload.size_env:
+        assert spec.length_hours is not None
+        work = float(math.ceil(spec.length_hours * rate_m))
+        env[spec.workload.size_env] = str(int(work))
+    elif spec.work is not None:
+        work = spec.work
+    elif result.total_steps is not None:
+        work = result.total_steps
+    else:
+        raise SpecError("the workload's size is unknown: set workload.size_env or work")
+    source = f"auto ({result.note}; power {result.power_source})"
+    return profile, work, env, source
+
+
+def build_controller(
+    spec: JobSpec,
+    *,
+    on_step: Callable[[ControllerState], None] | None = None,
+    on_profile: Callable[[int, int], None] | None = None,
+    tick_s: float | None = None,
+) -> Controller:
+    """A controller for ``spec``, resuming its saved state when there is one.
+
+    Raises:
+        SpecError, ProfileError, TraceError, DatasetError, ProviderError: on unusable input.
+    """
+    store = StateStore(state_path(spec))
+    loaded = store.load(spec.name)
+    if loaded is not None:
+        state = loaded[1]
+        profile = ScalingProfile(
+            np.array(state.profile_throughput), np.array(state.profile_power_w), name="saved"
+        )
+        work, env, source = state.work_required, dict(state.workload_env), state.profile_source
+    else:
+        profile, work, env, source = _profile_and_work(spec, on_profile)
+    backend = LocalBackend(
+        spec.workload.command,
+        Path(spec.checkpoint_dir) / "workload",
+        env=env,
+        cwd=spec.workload.cwd,
+        launcher=spec.workload.launcher,
+        stop_timeout_s=spec.workload.stop_timeout_s,
+    )
+    return Controller(
+        spec,
+        backend,
+        make_feed(spec),
+        profile,
+        work,
+        store,
+        on_step=on_step,
+        tick_s=tick_s,
+        profile_source=source,
+        workload_env=env,
+    )

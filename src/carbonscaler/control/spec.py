@@ -1,0 +1,249 @@
+"""The job spec: what a user hands over to run a job carbon-aware, validated by pydantic.
+
+A YAML file such as::
+
+    name: nbody-demo
+    workload:
+      command: "{python} examples/nbody/nbody.py"
+      env: {BODIES: "2000"}
+      size_env: ITERATIONS        # optional: the controller sizes the job to length_hours
+    profile: auto                 # or a CSV path, or e.g. "amdahl:0.05"
+    minReplicas: 1
+    maxReplicas: 2
+    length_hours: 24              # or: work
+    slack: 1.5                    # or: deadline_hours, or deadline (slots, as the reference)
+    slot_minutes: 60
+    carbon: {dataset_zone: DE, start: "2020-03-02T00:00Z"}
+    policy: carbonscaler
+    time_scale_s: 3               # wall seconds per slot (0 = real time)
+    checkpoint_dir: runs/nbody-demo
+
+Field names of the reference ``carbonScalerSpec`` (``minReplicas``, ``maxReplicas``,
+``deadline`` in slots, ``progress``, ``profileName``) are accepted, at the top level or nested
+under ``carbonScalerSpec``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = ["CarbonSource", "JobSpec", "SpecError", "Workload", "load_job_spec"]
+
+POLICY_NAMES = ("carbonscaler", "exact", "suspend-resume", "agnostic", "fixed")
+FORECASTERS = ("real", "uniform", "gaussian", "persistence", "seasonal", "provider")
+
+
+class SpecError(ValueError):
+    """A job spec that cannot be used; the message names the field and the fix."""
+
+
+class Workload(BaseModel):
+    """How to launch the job.
+
+    ``command`` may use ``{python}``, ``{workers}``, ``{checkpoint_dir}`` and
+    ``{progress_file}``; the same values are also passed as ``WORKERS``, ``CHECKPOINT_DIR``
+    and ``PROGRESS_FILE`` in the environment.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: str = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    launcher: Literal["plain", "mpi", "auto"] = "plain"
+    size_env: str | None = None
+    stop_timeout_s: float = Field(10.0, gt=0)
+    restart_overhead_s: float | None = Field(
+        None,
+        ge=0,
+        description="wall seconds of work lost per start/rescale, until measured "
+        "(default 5 % of a slot)",
+    )
+
+
+class CarbonSource(BaseModel):
+    """Where carbon intensity comes from: exactly one of a trace file, an offline dataset
+    zone, the carbon service, or a live provider."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trace: str | None = None
+    signal: str = "direct"
+    dataset_zone: str | None = None
+    year: int | None = None
+    start: str | None = None
+    service_url: str | None = None
+    provider: Literal["electricitymaps", "watttime", "ukgrid"] | None = None
+    zone: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CarbonSource:
+        chosen = [
+            name
+            for name, value in (
+                ("trace", self.trace),
+                ("dataset_zone", self.dataset_zone),
+                ("service_url", self.service_url),
+                ("provider", self.provider),
+            )
+            if value
+        ]
+        if len(chosen) != 1:
+            raise ValueError(
+                "carbon: give exactly one of trace, dataset_zone, service_url or provider "
+                f"(got {chosen or 'none'})"
+            )
+        if (self.trace or self.dataset_zone) and not self.start:
+            raise ValueError(
+                "carbon: a trace replay needs start (ISO 8601, e.g. 2022-06-01T00:00Z)"
+            )
+        if self.provider and not self.zone:
+            raise ValueError("carbon: a live provider needs zone")
+        return self
+
+    @property
+    def is_replay(self) -> bool:
+        return bool(self.trace or self.dataset_zone)
+
+
+class JobSpec(BaseModel):
+    """A job to run carbon-aware. See the module docstring for an example."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    workload: Workload
+    profile: str = Field("auto", alias="profileName")
+    min_replicas: int = Field(1, ge=1, alias="minReplicas")
+    max_replicas: int = Field(ge=1, alias="maxReplicas")
+    length_hours: float | None = Field(None, gt=0)
+    work: float | None = Field(None, gt=0)
+    deadline_hours: float | None = Field(None, gt=0)
+    slack: float | None = Field(None, ge=1)
+    deadline: int | None = Field(None, ge=1, description="deadline in slots (reference)")
+    progress: float = Field(0.0, ge=0, le=100, description="reference field; informational")
+    slot_minutes: int = Field(60, gt=0)
+    carbon: CarbonSource
+    forecaster: Literal["real", "uniform", "gaussian", "persistence", "seasonal", "provider"] = (
+        "real"
+    )
+    forecast_error: float = Field(0.0, ge=0, lt=1)
+    policy: Literal["carbonscaler", "exact", "suspend-resume", "agnostic", "fixed"] = "carbonscaler"
+    checkpoint_dir: str
+    time_scale_s: float = Field(0.0, ge=0)
+    replan_threshold: float = Field(0.05, gt=0, lt=1)
+    safety_margin: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="extra share of the remaining work each plan covers, so "
+        "a slower-than-profiled stretch does not cost the deadline",
+    )
+    profile_seconds: float = Field(6.0, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reference_nesting(cls, data: Any) -> Any:
+        # The reference CRD keeps its fields under carbonScalerSpec; accept that layout.
+        if isinstance(data, dict) and isinstance(data.get("carbonScalerSpec"), dict):
+            merged = dict(data)
+            nested = merged.pop("carbonScalerSpec")
+            for key, value in nested.items():
+                merged.setdefault(key, value)
+            return merged
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSpec:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"maxReplicas ({self.max_replicas}) is below minReplicas ({self.min_replicas})"
+            )
+        if (self.length_hours is None) == (self.work is None):
+            raise ValueError("give exactly one of length_hours (hours at minReplicas) or work")
+        deadlines = [x for x in (self.deadline_hours, self.slack, self.deadline) if x is not None]
+        if len(deadlines) != 1:
+            raise ValueError(
+                "give exactly one of deadline_hours, slack (deadline = slack × length) or "
+                "deadline (slots)"
+            )
+        if self.slack is not None and self.length_hours is None:
+            raise ValueError("slack needs length_hours (the deadline is slack × length)")
+        if self.workload.size_env and self.length_hours is None:
+            raise ValueError("workload.size_env needs length_hours to size the job")
+        return self
+
+    @property
+    def slot_hours(self) -> float:
+        return self.slot_minutes / 60.0
+
+    @property
+    def deadline_slots(self) -> int:
+        """Slots from arrival to the deadline (whole slots)."""
+        if self.deadline is not None:
+            return self.deadline
+        hours = self.deadline_hours
+        if hours is None:
+            assert self.slack is not None and self.length_hours is not None  # by validation
+            hours = self.slack * self.length_hours
+        return max(math.floor(hours / self.slot_hours + 1e-9), 1)
+
+    @property
+    def seconds_per_slot(self) -> float:
+        """Wall seconds per slot: the time scale, or the slot's real length."""
+        return self.time_scale_s or self.slot_minutes * 60.0
+
+    @property
+    def policy_name(self) -> str:
+        """The planner's policy name (the reference's ``fixed`` is carbon-agnostic)."""
+        return "agnostic" if self.policy == "fixed" else self.policy
+
+    def resolve_paths(self, base: Path) -> JobSpec:
+        """Relative paths (checkpoint dir, trace, profile CSV, cwd) made relative to ``base``."""
+
+        def absolute(value: str | None) -> str | None:
+            if value is None or os.path.isabs(value):
+                return value
+            return str((base / value).resolve())
+
+        updates: dict[str, Any] = {"checkpoint_dir": absolute(self.checkpoint_dir)}
+        if self.profile.endswith(".csv"):
+            updates["profile"] = absolute(self.profile)
+        carbon = self.carbon.model_copy(update={"trace": absolute(self.carbon.trace)})
+        workload = self.workload.model_copy(update={"cwd": absolute(self.workload.cwd or ".")})
+        return self.model_copy(update={**updates, "carbon": carbon, "workload": workload})
+
+
+def load_job_spec(path: str | os.PathLike[str]) -> JobSpec:
+    """Read and validate a job spec; relative paths are taken from the working directory
+    (where the command runs, as for the workload's own paths).
+
+    Raises:
+        SpecError: naming the file, the field and what is wrong.
+        FileNotFoundError: if the file does not exist.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"job spec not found: {file}")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{file}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{file}: a job spec is a YAML mapping (name:, workload:, ...)")
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SpecError(f"{file}: {problems}") from None
+    return spec.resolve_paths(Path.cwd())

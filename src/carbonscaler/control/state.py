@@ -1,0 +1,166 @@
+"""The controller's persisted state: one SQLite file per run folder.
+
+After every step the controller writes its whole state (plan, progress, accounting, backend
+handle) and any new events in one transaction, so a controller killed at any point and started
+again finds the last complete step — never half of one. WAL mode keeps readers (``status``
+commands) from blocking the writer. SQL is parameterised throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ControllerState", "Event", "StateStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    wall_time REAL NOT NULL,
+    job_hours REAL NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_run ON events (name, id);
+"""
+
+
+@dataclass
+class Event:
+    """Something that happened to a job: plan, rescale, replan, crash, degraded, done."""
+
+    kind: str
+    job_hours: float
+    detail: dict[str, Any]
+    wall_time: float = field(default_factory=time.time)
+
+
+@dataclass
+class ControllerState:
+    """Everything a restarted controller needs to continue a job where it was.
+
+    Times are *job hours* since arrival: wall seconds scaled by the spec's time scale.
+    The plan is absolute: ``plan_servers[i]`` for slot ``i`` from arrival, with the partial
+    slot's ``plan_fraction``/``plan_after``.
+    """
+
+    wall_start: float
+    work_required: float
+    deadline_slots: int
+    plan_servers: list[int]
+    plan_fraction: list[float]
+    plan_after: list[int]
+    plan_forecast: list[float]
+    planned_done: list[float]
+    slot: int = 0
+    accounted_hours: float = 0.0
+    nominal_work: float = 0.0  # work the profile promises for the server-time run so far
+    started: bool = False
+    work_done: float = 0.0
+    progress_pct: float = 0.0
+    servers: int = 0
+    emissions_g: float = 0.0
+    energy_kwh: float = 0.0
+    emissions_by_slot: dict[str, float] = field(default_factory=dict)
+    servers_by_slot: dict[str, float] = field(default_factory=dict)
+    replans: int = 0
+    rescales: int = 0
+    restarts: int = 0
+    rescale_seconds: list[float] = field(default_factory=list)  # wall s lost per change
+    change_wall: float | None = None  # when the last start/rescale began
+    change_work: float = 0.0  # work done at that moment
+    degraded: bool = False
+    completed: bool = False
+    completion_hours: float | None = None
+    backend: dict[str, Any] = field(default_factory=dict)
+    power_source: str = "estimated:profile"
+    profile_throughput: list[float] = field(default_factory=list)
+    profile_power_w: list[float] = field(default_factory=list)
+    profile_source: str = ""
+    workload_env: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ControllerState:
+        return cls(**json.loads(text))
+
+
+class StateStore:
+    """SQLite-backed state for one or more runs.
+
+    Args:
+        path: database file (created with its folder).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def load(self, name: str) -> tuple[dict[str, Any], ControllerState] | None:
+        """The spec (as saved) and state of run ``name``, or None."""
+        row = self._db.execute("SELECT spec, state FROM runs WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        return json.loads(row[0]), ControllerState.from_json(row[1])
+
+    def save(
+        self, name: str, spec: dict[str, Any], state: ControllerState, events: list[Event]
+    ) -> None:
+        """Write the state and new events atomically."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO runs (name, spec, state, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, state = excluded.state, "
+                "updated = excluded.updated",
+                (name, json.dumps(spec), state.to_json(), time.time()),
+            )
+            db.executemany(
+                "INSERT INTO events (name, wall_time, job_hours, kind, detail) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(name, e.wall_time, e.job_hours, e.kind, json.dumps(e.detail)) for e in events],
+            )
+
+    def events(self, name: str) -> list[Event]:
+        rows = self._db.execute(
+            "SELECT kind, job_hours, detail, wall_time FROM events WHERE name = ? ORDER BY id",
+            (name,),
+        ).fetchall()
+        return [Event(kind, hours, json.loads(detail), wall) for kind, hours, detail, wall in rows]
+
+    def delete(self, name: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM runs WHERE name = ?", (name,))
+            db.execute("DELETE FROM events WHERE name = ?", (name,))
+
+    def close(self) -> None:
+        self._db.close()
