@@ -84,7 +84,8 @@ class Controller:
         store: persisted state.
         power: watts and a source label at ``k`` servers; default the profile's ``P(k)``,
             labelled ``estimated:profile``.
-        tick_s: wall seconds between steps (default: 1/20 of a slot, at most 0.25 s).
+        tick_s: the longest wall time between steps (default 0.25 s); steps also fall on
+            every slot boundary and planned change.
         clock: wall-clock seconds (``time.time``), replaceable in tests.
         on_step: called after every step with the state (for live views).
         profile_source: how the profile was obtained, for the report.
@@ -120,13 +121,15 @@ class Controller:
             spec.slot_hours,
         )
         self.power = power or (lambda k: (float(profile.power_w[k]), "estimated:profile"))
-        self.tick_s = tick_s or min(spec.seconds_per_slot / 20.0, 0.25)
+        self.tick_s = tick_s or 0.25
         self.clock = clock
         self.on_step = on_step
         self._pending: list[Event] = []
         self._carbon_cache: dict[int, float] = {}
         self.state: ControllerState | None = None
         self.profile_source = profile_source
+        self.save_every_s = 1.0
+        self._saved_at = 0.0
         self.workload_env = dict(workload_env or {})
 
     # -- time ----------------------------------------------------------------------------
@@ -473,11 +476,17 @@ class Controller:
             self._event("rescaled", hours, frm=running, to=desired, seconds=round(took, 3))
             state.servers = desired
         state.backend = self.backend.handle()
-        self._save()
+        # Accounting is an integral over time, so a restart recomputes the gap since the
+        # last save; between events a save a second is enough and keeps the overhead small.
+        if self._pending or self.clock() - self._saved_at >= self.save_every_s:
+            self._save()
+        elif self.on_step is not None:
+            self.on_step(state)
         return False
 
     def _save(self) -> None:
         assert self.state is not None
+        self._saved_at = self.clock()
         self.store.save(
             self.spec.name, self.spec.model_dump(mode="json"), self.state, self._pending
         )
@@ -496,8 +505,21 @@ class Controller:
         while not state.completed:
             if self.step():
                 break
-            time.sleep(self.tick_s)
+            time.sleep(self._sleep_s(state))
         return self.report()
+
+    def _sleep_s(self, state: ControllerState) -> float:
+        """Until the next tick, or sooner if a slot boundary or planned change comes first."""
+        slot_h = self.spec.slot_hours
+        hours = self.job_hours(state)
+        slot = math.floor(hours / slot_h + 1e-12)
+        next_h = (slot + 1) * slot_h
+        if slot < state.deadline_slots and state.plan_fraction[slot] < 1.0:
+            switch_h = (slot + state.plan_fraction[slot]) * slot_h
+            if switch_h > hours:
+                next_h = min(next_h, switch_h)
+        wall = (next_h - hours) / slot_h * self.spec.seconds_per_slot
+        return max(0.002, min(self.tick_s, wall + 0.001))
 
     # -- reporting -----------------------------------------------------------------------
 
