@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## Plan a 24 h job on real offline data (ENTSO-E, Germany 2020) and print schedule and savings.
+## Run the bundled N-body job carbon-aware on real offline grid data (ENTSO-E, Germany 2020).
 demo: $(STAMP)
 	$(BIN)/carbonscaler demo
 

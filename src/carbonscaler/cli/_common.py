@@ -14,8 +14,12 @@ import typer
 from rich.console import Console
 
 from carbonscaler import datasets
+from carbonscaler.control.backend import BackendError
+from carbonscaler.control.spec import SpecError
+from carbonscaler.forecast import ForecastError
 from carbonscaler.planner.model import PlanningError
 from carbonscaler.profile import ProfileError
+from carbonscaler.providers import ProviderError
 from carbonscaler.trace import CarbonTrace, TraceError, load_trace
 
 P = ParamSpec("P")
@@ -31,6 +35,10 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ProfileError,
     TraceError,
     datasets.DatasetError,
+    SpecError,
+    BackendError,
+    ProviderError,
+    ForecastError,
     FileNotFoundError,
 )
 

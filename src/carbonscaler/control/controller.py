@@ -181,7 +181,11 @@ class Controller:
         if self.state is not None and self.state.rescale_seconds:
             return float(np.mean(self.state.rescale_seconds[-10:]))
         assumed = self.spec.workload.restart_overhead_s
-        return 0.05 * self.spec.seconds_per_slot if assumed is None else assumed
+        if assumed is not None:
+            return assumed
+        # Until measured: a process start (interpreter, imports, checkpoint load) rarely takes
+        # less than half a second, and a slot's 5 % covers slow restarts of long slots.
+        return max(0.05 * self.spec.seconds_per_slot, 0.5)
 
     def _measure_overhead(self, state: ControllerState) -> None:
         """Once work flows after a change, record the wall time it cost.

@@ -63,7 +63,7 @@ class Workload(BaseModel):
         None,
         ge=0,
         description="wall seconds of work lost per start/rescale, until measured "
-        "(default 5 % of a slot)",
+        "(default 5 % of a slot, at least 0.5 s)",
     )
 
 
