@@ -25,6 +25,7 @@ from carbonscaler.advisor import (
     write_plots,
 )
 from carbonscaler.cli import app
+from carbonscaler.forecast import forecast_at
 from carbonscaler.planner import POLICIES, Job, PlanningError, plan
 from carbonscaler.planner.batch import BatchPlan, batch_greedy, rescale_losses
 from carbonscaler.profile import ScalingProfile, amdahl_profile, linear_profile, load_profile
@@ -96,6 +97,7 @@ def test_forecast_models() -> None:
     assert np.array_equal(perfect[0], trace[200:210])
     noisy = issue_forecasts(ForecastSpec("uniform", 0.1, seed=3), trace, at, 10, 1.0)
     assert np.all(np.abs(noisy / perfect - 1) <= 0.1 + 1e-12)
+    assert np.array_equal(noisy[:, 0], perfect[:, 0])  # the current slot is observed
     assert not np.allclose(noisy, perfect)
     again = issue_forecasts(ForecastSpec("uniform", 0.1, seed=3), trace, at, 10, 1.0)
     assert np.array_equal(noisy, again)
@@ -104,10 +106,16 @@ def test_forecast_models() -> None:
     gauss = issue_forecasts(ForecastSpec("gaussian", 0.2, seed=1), trace, at[:1], 200, 1.0)
     assert 0.15 < float(np.std(gauss[0] / trace[200:400] - 1)) < 0.25
     persistence = issue_forecasts(ForecastSpec("persistence"), trace, at, 30, 1.0)
-    assert np.array_equal(persistence[0, :24], trace[176:200])
-    assert np.array_equal(persistence[0, 24:30], trace[176:182])
+    assert persistence[0, 0] == trace[200]
+    assert np.array_equal(persistence[0, 1:25], trace[177:201])
+    assert np.array_equal(persistence[0, 25:30], trace[177:182])  # two days back
     seasonal = issue_forecasts(ForecastSpec("seasonal"), trace, at, 10, 1.0)
-    assert np.array_equal(seasonal[1], trace[132:142])
+    assert np.array_equal(seasonal[1, 1:], trace[133:142])
+    # The runtime's forecasters (carbonscaler.forecast) make the same forecasts.
+    for model in ("persistence", "seasonal"):
+        batch = issue_forecasts(ForecastSpec(model), trace, at, 200, 1.0)
+        for row, index in enumerate(at):
+            assert np.array_equal(batch[row], forecast_at(trace, int(index), 200, model))
     with pytest.raises(ValueError, match="unknown forecast model"):
         ForecastSpec("crystal-ball")
 

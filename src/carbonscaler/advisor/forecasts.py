@@ -5,12 +5,13 @@ A forecast issued at absolute slot ``a`` for slots ``a..a+h-1`` is one of:
 * ``perfect`` — the actual trace (the reference's ``REAL``);
 * ``uniform`` / ``gaussian`` — the actual values times ``1 + ε``, ``ε ~ U(-x, x)`` or
   ``N(0, x)``, seeded, drawn afresh for every issue so a re-plan sees a new forecast;
-* ``persistence`` — the last observed day repeated (slot ``s`` gets the value at
-  ``a - P + ((s - a) mod P)`` with ``P`` a day of slots);
+* ``persistence`` — the value one day earlier, repeated (slot ``a + h`` takes the value of
+  ``a + h - ceil(h / P) · P`` with ``P`` a day of slots);
 * ``seasonal`` — the same with ``P`` a week of slots (seasonal naive).
 
-The history models need data before ``a``; near the start of a trace they fall back to the
-earliest values available, which the report mentions.
+As in :mod:`carbonscaler.forecast`, which the runtime uses, the current slot ``a`` is observed,
+not forecast: every model returns its actual value. The history models need data before ``a``;
+near the start of a trace they fall back to the earliest values available.
 """
 
 from __future__ import annotations
@@ -88,10 +89,11 @@ def issue_forecasts(
             noise = rng.uniform(-spec.error, spec.error, actual.shape)
         else:
             noise = rng.normal(0.0, spec.error, actual.shape)
+        noise[:, 0] = 0.0  # the current slot is observed
         noisy: FloatArray = np.maximum(actual * (1.0 + noise), 0.0)
         return noisy
     period = max(round((24.0 if spec.model == "persistence" else 168.0) / slot_hours), 1)
-    steps = np.arange(horizon)[None, :] % period
-    source = issued_at[:, None] - period + steps
-    source = np.clip(source, 0, len(trace) - 1)
+    ahead = np.arange(horizon)[None, :]
+    back = -(-ahead // period) * period  # whole periods back; 0 for the current slot
+    source = np.clip(issued_at[:, None] + ahead - back, 0, len(trace) - 1)
     return np.asarray(trace[source], dtype=np.float64)
