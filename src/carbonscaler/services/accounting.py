@@ -1,0 +1,614 @@
+"""The accounting service: how many grams each job emitted, and how we know.
+
+A thin FastAPI shell over :class:`~carbonscaler.accounting.Tracker`. Jobs are registered
+with the nodes (power-server URLs) or pods (Kepler) they run on and a way to estimate what
+cannot be measured (their profile, or watts per server); every few seconds the tracker
+charges each job's energy at the carbon intensity of the moment and commits samples and
+totals to the SQLite ledger. Every figure comes with the share that was measured.
+
+Carbon intensity comes from one of: a trace replayed at a chosen pace (its origin is kept
+in the ledger, so a restarted service maps time the same way), a live provider chain, or
+the carbon service, which pushes the reference body ``{"carbon_intensity", ...}`` to
+``POST /carbon`` after this service subscribes to it.
+
+Endpoints: ``/v1/jobs`` (register, list), ``/v1/jobs/{id}`` (totals; ``PATCH`` after a
+rescale), ``/v1/jobs/{id}/progress``, ``/v1/jobs/{id}/stop``, ``/v1/jobs/{id}/samples.csv``,
+``/healthz`` and Prometheus ``/metrics`` (per job: emissions, energy, power, servers,
+progress, intensity, measured share; a registry per app).
+"""
+
+# No `from __future__ import annotations`: FastAPI evaluates the route signatures.
+
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import httpx
+from fastapi import FastAPI, HTTPException, Request
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, ConfigDict, Field
+
+from carbonscaler.accounting.feeds import IntensityFeed, ProviderFeed, PushedFeed, TimeMap
+from carbonscaler.accounting.integrate import j_to_kwh, measured_share
+from carbonscaler.accounting.ledger import JobRecord, Ledger, SampleRecord
+from carbonscaler.accounting.progress import ProgressError
+from carbonscaler.accounting.tracker import (
+    JOB_ID_PATTERN,
+    JobExistsError,
+    JobSpec,
+    Tracker,
+    TrackerConfig,
+    TrackerError,
+    UnknownJobError,
+)
+from carbonscaler.providers.base import CarbonProvider, to_utc
+from carbonscaler.providers.replay import ManualClock, TraceReplay
+from carbonscaler.trace import load_trace
+
+__all__ = ["AccountingConfig", "create_app"]
+
+log = logging.getLogger("carbonscaler.accounting")
+
+_REPLAY_KEY = "replay_origin"
+
+
+@dataclass
+class AccountingConfig:
+    """Everything the accounting service needs; the CLI builds one from its options.
+
+    Give exactly one carbon source: ``carbon_trace`` (replay), ``provider`` (live), or
+    ``carbon_service_url`` (subscribe to the carbon service).
+
+    Args:
+        db_path: The ledger (SQLite, created if missing).
+        carbon_trace: Trace to replay.
+        carbon_start: First replayed time (ISO 8601); default the trace start.
+        seconds_per_slot: Replay pace; None replays in real time.
+        signal: Trace signal (``direct``, ``lca``, ``avg``).
+        zone: Zone of a multi-zone trace file.
+        provider: A live provider (e.g. :func:`~carbonscaler.providers.live_provider`).
+        carbon_service_url: The carbon service to subscribe to.
+        public_url: This service's URL as the carbon service should reach it.
+        tracker: Sampling settings.
+        clock: Wall time in Unix seconds, replaceable in tests.
+
+    Raises:
+        ValueError: If no or several carbon sources are given, or a number is out of range.
+    """
+
+    db_path: Path
+    carbon_trace: Path | None = None
+    carbon_start: str | None = None
+    seconds_per_slot: float | None = None
+    signal: str = "direct"
+    zone: str | None = None
+    provider: CarbonProvider | None = None
+    carbon_service_url: str | None = None
+    public_url: str | None = None
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        given = [
+            x for x in (self.carbon_trace, self.provider, self.carbon_service_url) if x is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one carbon source: --carbon-trace PATH (replay), --zone SPEC"
+                " (live providers) or --carbon-service URL"
+            )
+        if self.carbon_service_url is not None and self.public_url is None:
+            raise ValueError(
+                "subscribing to the carbon service needs this service's own URL (--public-url)"
+            )
+        if self.seconds_per_slot is not None and not (
+            math.isfinite(self.seconds_per_slot) and self.seconds_per_slot > 0
+        ):
+            raise ValueError(
+                f"--speed must be positive seconds per slot, not {self.seconds_per_slot}"
+            )
+
+
+def _replay_feed(config: AccountingConfig, ledger: Ledger) -> ProviderFeed:
+    """A replay whose wall-to-trace time map survives restarts (kept in the ledger)."""
+    assert config.carbon_trace is not None
+    trace = load_trace(config.carbon_trace, signal=config.signal, zone=config.zone)
+    start = to_utc(config.carbon_start) if config.carbon_start else trace.start.to_pydatetime()
+    slot_s = trace.step.total_seconds()
+    speedup = 1.0 if config.seconds_per_slot is None else slot_s / config.seconds_per_slot
+    key = {
+        "trace": str(config.carbon_trace.resolve()),
+        "start": start.isoformat(),
+        "speedup": speedup,
+    }
+    saved = ledger.get_meta(_REPLAY_KEY)
+    wall0 = config.clock()
+    if saved is not None:
+        stored = json.loads(saved)
+        if {k: stored.get(k) for k in key} == key:
+            wall0 = float(stored["wall0_s"])
+            log.info("resuming the carbon replay started at %s", datetime.fromtimestamp(wall0, UTC))
+    ledger.set_meta(_REPLAY_KEY, json.dumps({**key, "wall0_s": wall0}))
+    replay = TraceReplay(trace, start=start, clock=ManualClock(start), wrap=True)
+    return ProviderFeed(replay, time_map=TimeMap(wall0, start, speedup))
+
+
+def build_feed(config: AccountingConfig, ledger: Ledger) -> IntensityFeed:
+    """The carbon feed the configuration asks for.
+
+    Raises:
+        TraceError, ProviderError: If the trace cannot be read or the start is outside it.
+    """
+    if config.carbon_trace is not None:
+        return _replay_feed(config, ledger)
+    if config.provider is not None:
+        return ProviderFeed(config.provider)
+    assert config.carbon_service_url is not None
+    return PushedFeed(ledger, source=config.carbon_service_url)
+
+
+# -- HTTP models ---------------------------------------------------------------------------
+
+_NODE_URL = r"^https?://[A-Za-z0-9._~\[\]:-]+(/[A-Za-z0-9._~/-]*)?$"
+
+
+class JobIn(BaseModel):
+    """A job to account for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(pattern=JOB_ID_PATTERN, description="Unique id")
+    nodes: list[Annotated[str, Field(max_length=512, pattern=_NODE_URL)]] = Field(
+        default_factory=list, max_length=1024, description="Power-server base URLs"
+    )
+    pods: list[Annotated[str, Field(max_length=320)]] = Field(
+        default_factory=list, max_length=1024, description="'namespace/name' via Kepler"
+    )
+    servers: int | None = Field(default=None, ge=0, le=100_000, description="Current k")
+    profile_path: str | None = Field(default=None, max_length=4096)
+    watts_per_server: float | None = Field(default=None, gt=0, le=1e6)
+    progress_path: str | None = Field(
+        default=None, max_length=4096, description="Absolute path of the job's progress.csv"
+    )
+
+
+class JobUpdate(BaseModel):
+    """A rescale: new server count and/or nodes and pods."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    servers: int | None = Field(default=None, ge=0, le=100_000)
+    nodes: list[Annotated[str, Field(max_length=512, pattern=_NODE_URL)]] | None = Field(
+        default=None, max_length=1024
+    )
+    pods: list[Annotated[str, Field(max_length=320)]] | None = Field(default=None, max_length=1024)
+
+
+class ProgressIn(BaseModel):
+    """Progress reported by the job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    percent: float = Field(ge=0, le=100, description="Percent done, 0-100")
+
+
+class CarbonPush(BaseModel):
+    """The carbon service's push (the reference body; extra fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    carbon_intensity: float = Field(ge=0, le=1e5, description="gCO2eq/kWh")
+    stale: bool = False
+
+
+class JobOut(BaseModel):
+    """A job's totals, every figure with how much of it was measured."""
+
+    job_id: str
+    active: bool
+    nodes: list[str]
+    pods: list[str]
+    servers: int
+    created: datetime
+    accounted_until: datetime
+    samples: int
+    energy_kwh: float
+    measured_energy_kwh: float
+    estimated_energy_kwh: float
+    measured_energy_share: float | None = Field(description="0..1; null before any energy")
+    emissions_g: float = Field(description="gCO2eq")
+    measured_emissions_g: float
+    estimated_emissions_g: float
+    measured_emissions_share: float | None
+    mean_intensity_g_per_kwh: float | None
+    progress_pct: float | None
+    progress_error: str | None
+    g_per_percent: float | None = Field(description="Emissions per percent of the job done")
+    projected_total_g: float | None = Field(description="Emissions at 100 % at this rate")
+    last_watts: float | None
+    last_intensity_g_per_kwh: float | None
+    last_power_source: str | None = Field(description="e.g. measured:rapl+estimated:profile")
+    last_note: str | None = Field(description="Why part of the last sample was estimated")
+    last_error: str | None
+
+
+class HealthOut(BaseModel):
+    """Liveness of the sampling loop."""
+
+    status: Literal["ok", "waiting"]
+    carbon_source: str
+    jobs_tracked: int
+    rounds: int
+    last_round: datetime | None
+
+
+class ErrorOut(BaseModel):
+    """An error and what to do about it (a list of field errors when the body is invalid)."""
+
+    detail: str | list[dict[str, Any]]
+
+
+_ERR = {"model": ErrorOut}
+_CSV_COLUMNS = [
+    "seq",
+    "start",
+    "end",
+    "duration_s",
+    "watts",
+    "energy_j",
+    "measured_j",
+    "intensity_g_per_kwh",
+    "emissions_g",
+    "carbon_stale",
+    "servers",
+    "progress_pct",
+    "power_source",
+    "carbon_source",
+    "note",
+]
+
+
+def _iso(t_s: float) -> str:
+    return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _csv_rows(samples: Iterable[SampleRecord]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(_CSV_COLUMNS)
+    for s in samples:
+        writer.writerow(
+            [
+                s.seq,
+                _iso(s.start_s),
+                _iso(s.end_s),
+                repr(s.end_s - s.start_s),
+                repr(s.watts),
+                repr(s.energy_j),
+                repr(s.measured_j),
+                repr(s.intensity_g_per_kwh),
+                repr(s.emissions_g),
+                int(s.carbon_stale),
+                s.servers,
+                "" if s.progress_pct is None else repr(s.progress_pct),
+                s.power_source,
+                s.carbon_source,
+                s.note,
+            ]
+        )
+        if buffer.tell() > 65536:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+class _JobCollector(Collector):
+    """Per-job figures read from the tracker at scrape time (no stale label sets)."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+
+    def collect(self) -> Iterator[Any]:
+        jobs = list(self.tracker.jobs.values())
+        families: list[tuple[Any, Callable[[JobRecord], float | None]]] = [
+            (
+                CounterMetricFamily(
+                    "carbonscaler_job_emissions_grams", "Job emissions (gCO2eq)", labels=["job"]
+                ),
+                lambda r: r.emissions_g,
+            ),
+            (
+                CounterMetricFamily(
+                    "carbonscaler_job_energy_kwh", "Job energy (kWh)", labels=["job"]
+                ),
+                lambda r: j_to_kwh(r.energy_j),
+            ),
+            (
+                GaugeMetricFamily(
+                    "carbonscaler_job_measured_energy_ratio",
+                    "Share of the job's energy that was measured (0..1)",
+                    labels=["job"],
+                ),
+                lambda r: measured_share(r.measured_j, r.energy_j),
+            ),
+            (
+                GaugeMetricFamily(
+                    "carbonscaler_job_power_watts", "Job power in the last sample", labels=["job"]
+                ),
+                lambda r: r.last_watts,
+            ),
+            (
+                GaugeMetricFamily("carbonscaler_job_servers", "Job servers", labels=["job"]),
+                lambda r: float(r.servers),
+            ),
+            (
+                GaugeMetricFamily(
+                    "carbonscaler_job_progress_percent", "Job percent done", labels=["job"]
+                ),
+                lambda r: r.progress_pct,
+            ),
+            (
+                GaugeMetricFamily(
+                    "carbonscaler_job_carbon_intensity_g_per_kwh",
+                    "Carbon intensity in the job's last sample (gCO2eq/kWh)",
+                    labels=["job"],
+                ),
+                lambda r: r.last_intensity_g_per_kwh,
+            ),
+        ]
+        for family, value in families:
+            for status in jobs:
+                figure = value(status.record)
+                if figure is not None:
+                    family.add_metric([status.spec.job_id], figure)
+            yield family
+        yield CounterMetricFamily(
+            "carbonscaler_accounting_rounds", "Sampling rounds", value=self.tracker.rounds
+        )
+        yield GaugeMetricFamily(
+            "carbonscaler_accounting_jobs", "Jobs being tracked", value=len(jobs)
+        )
+
+
+def _job_out(tracker: Tracker, record: JobRecord) -> JobOut:
+    status = tracker.jobs.get(record.job_id)
+    if status is not None:
+        record = status.record
+    spec = JobSpec.from_json(record.spec)
+    energy_kwh = j_to_kwh(record.energy_j)
+    measured_kwh = j_to_kwh(record.measured_j)
+    progress = record.progress_pct
+    per_percent = record.emissions_g / progress if progress else None
+    return JobOut(
+        job_id=record.job_id,
+        active=record.active,
+        nodes=list(spec.nodes),
+        pods=list(spec.pods),
+        servers=record.servers,
+        created=datetime.fromtimestamp(record.created_s, UTC),
+        accounted_until=datetime.fromtimestamp(record.last_end_s, UTC),
+        samples=record.samples,
+        energy_kwh=energy_kwh,
+        measured_energy_kwh=measured_kwh,
+        estimated_energy_kwh=energy_kwh - measured_kwh,
+        measured_energy_share=measured_share(record.measured_j, record.energy_j),
+        emissions_g=record.emissions_g,
+        measured_emissions_g=record.measured_g,
+        estimated_emissions_g=record.emissions_g - record.measured_g,
+        measured_emissions_share=measured_share(record.measured_g, record.emissions_g),
+        mean_intensity_g_per_kwh=record.emissions_g / energy_kwh if energy_kwh > 0 else None,
+        progress_pct=progress,
+        progress_error=record.progress_error,
+        g_per_percent=per_percent,
+        projected_total_g=None if per_percent is None else per_percent * 100,
+        last_watts=record.last_watts,
+        last_intensity_g_per_kwh=record.last_intensity_g_per_kwh,
+        last_power_source=None if status is None else status.last_power_source,
+        last_note=None if status is None else status.last_note or None,
+        last_error=None if status is None else status.last_error,
+    )
+
+
+def create_app(config: AccountingConfig) -> FastAPI:
+    """The accounting service as a FastAPI app; sampling runs while its lifespan runs.
+
+    Raises:
+        LedgerError, TraceError, ProviderError, TrackerError: On a bad configuration.
+    """
+    ledger = Ledger(config.db_path)
+    feed = build_feed(config, ledger)
+    tracker = Tracker(ledger, feed, config.tracker, clock=config.clock)
+    registry = CollectorRegistry()
+    registry.register(_JobCollector(tracker))
+
+    async def subscribe() -> None:
+        """Register with the carbon service until it answers; its answer is the first value."""
+        assert config.carbon_service_url is not None and isinstance(feed, PushedFeed)
+        body = {"app_name": "carbonscaler-accounting", "address": f"{config.public_url}/carbon"}
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False) as client:
+            while True:
+                try:
+                    answer = await client.post(
+                        config.carbon_service_url.rstrip("/") + "/", json=body
+                    )
+                    answer.raise_for_status()
+                    push = CarbonPush.model_validate(answer.json())
+                    feed.push(config.clock(), push.carbon_intensity, stale=push.stale)
+                    log.info("subscribed to the carbon service %s", config.carbon_service_url)
+                    return
+                except (httpx.HTTPError, ValueError) as exc:
+                    log.warning("carbon service not reachable yet (%s); retrying in 5 s", exc)
+                await asyncio.sleep(5.0)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        tasks: list[asyncio.Task[None]] = []
+        if isinstance(feed, PushedFeed) and config.carbon_service_url is not None:
+            tasks.append(asyncio.create_task(subscribe(), name="carbon-subscribe"))
+        await tracker.start()
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await tracker.stop()
+            feed.close()
+            ledger.close()
+
+    app = FastAPI(
+        title="carbonscaler accounting", version="1", description=__doc__, lifespan=lifespan
+    )
+    app.state.tracker = tracker
+
+    @app.exception_handler(TrackerError)
+    async def _tracker_error(_: Request, exc: TrackerError) -> JSONResponse:
+        status = 422
+        if isinstance(exc, UnknownJobError):
+            status = 404
+        elif isinstance(exc, JobExistsError):
+            status = 409
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(ProgressError)
+    async def _progress_error(_: Request, exc: ProgressError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, max_length=128)]
+
+    def _record(job_id: str) -> JobRecord:
+        record = ledger.job(job_id)
+        if record is None:
+            raise HTTPException(404, f"no job {job_id!r}; list them at GET /v1/jobs")
+        return record
+
+    @app.post(
+        "/v1/jobs",
+        response_model=JobOut,
+        status_code=201,
+        tags=["jobs"],
+        responses={400: _ERR, 409: _ERR, 422: _ERR},
+    )
+    async def register(body: JobIn) -> JobOut:
+        spec = JobSpec(
+            job_id=body.job_id,
+            nodes=tuple(body.nodes),
+            pods=tuple(body.pods),
+            servers=body.servers,
+            profile_path=body.profile_path,
+            watts_per_server=body.watts_per_server,
+            progress_path=body.progress_path,
+        )
+        status = tracker.register(spec)
+        return _job_out(tracker, status.record)
+
+    @app.get("/v1/jobs", response_model=list[JobOut], tags=["jobs"])
+    async def list_jobs() -> list[JobOut]:
+        return [_job_out(tracker, r) for r in ledger.jobs()]
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses={404: _ERR})
+    async def get_job(job_id: JobId) -> JobOut:
+        return _job_out(tracker, _record(job_id))
+
+    @app.patch(
+        "/v1/jobs/{job_id}",
+        response_model=JobOut,
+        tags=["jobs"],
+        summary="Record a rescale (servers, nodes, pods)",
+        responses={400: _ERR, 404: _ERR, 422: _ERR},
+    )
+    async def update_job(job_id: JobId, body: JobUpdate) -> JobOut:
+        status = await tracker.update(
+            job_id, servers=body.servers, nodes=body.nodes, pods=body.pods
+        )
+        return _job_out(tracker, status.record)
+
+    @app.post(
+        "/v1/jobs/{job_id}/progress",
+        response_model=JobOut,
+        tags=["jobs"],
+        responses={400: _ERR, 404: _ERR, 422: _ERR},
+    )
+    async def post_progress(job_id: JobId, body: ProgressIn) -> JobOut:
+        tracker.post_progress(job_id, body.percent)
+        return _job_out(tracker, _record(job_id))
+
+    @app.post(
+        "/v1/jobs/{job_id}/stop",
+        response_model=JobOut,
+        tags=["jobs"],
+        summary="Stop accounting a job (its records stay)",
+        responses={404: _ERR},
+    )
+    async def stop_job(job_id: JobId) -> JobOut:
+        _record(job_id)
+        if job_id in tracker.jobs:
+            await tracker.stop_tracking(job_id)
+        return _job_out(tracker, _record(job_id))
+
+    @app.get(
+        "/v1/jobs/{job_id}/samples.csv",
+        tags=["jobs"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/csv": {}}}, 404: _ERR},
+    )
+    async def samples_csv(job_id: JobId) -> StreamingResponse:
+        _record(job_id)
+        return StreamingResponse(
+            _csv_rows(ledger.samples(job_id)),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{job_id}-samples.csv"'},
+        )
+
+    if isinstance(feed, PushedFeed):
+        pushed = feed
+
+        @app.post(
+            "/carbon",
+            tags=["carbon"],
+            summary="Receive the carbon service's push",
+            responses={400: _ERR, 422: _ERR},
+        )
+        async def carbon_push(body: CarbonPush) -> dict[str, bool]:
+            pushed.push(config.clock(), body.carbon_intensity, stale=body.stale)
+            oldest = min((s.record.last_end_s for s in tracker.jobs.values()), default=None)
+            if oldest is not None:
+                pushed.forget_before(oldest)
+            return {"ok": True}
+
+    @app.get("/healthz", response_model=HealthOut, tags=["operations"])
+    async def healthz() -> HealthOut:
+        last = tracker.last_round_s
+        return HealthOut(
+            status="ok" if tracker.rounds else "waiting",
+            carbon_source=feed.source,
+            jobs_tracked=len(tracker.jobs),
+            rounds=tracker.rounds,
+            last_round=None if last is None else datetime.fromtimestamp(last, UTC),
+        )
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
