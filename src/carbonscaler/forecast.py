@@ -127,6 +127,7 @@ class Forecaster(ABC):
             raise ForecastError(f"horizon must be at least 1 slot, not {horizon}")
         step_s = slot_s or provider.step_s
         if isinstance(provider, TraceReplay) and step_s == provider.step_s:
+            provider.check_zone(zone)
             values = self._replay_array(
                 provider.trace.values, provider.index, horizon, wrap=provider.wrap, slot_s=step_s
             )

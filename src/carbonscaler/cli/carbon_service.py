@@ -96,6 +96,8 @@ def carbon_service_command(
 ) -> None:
     """Serve carbon intensity and forecasts, and push them to subscribers."""
     try:
+        if not db_path.parent.is_dir():
+            raise ValueError(f"--db-path {db_path}: folder {db_path.parent} does not exist")
         provider = None
         if carbon_path is None:
             if zone is None:

@@ -36,46 +36,84 @@ def profile_command(
     Throughput is in the workload's steps per hour (the first column of its progress file);
     power is measured where the machine allows and otherwise estimated, and labelled so.
     """
-    _profile(job=job, command=command, max_workers=max_workers, seconds=seconds,
-             watts_per_worker=watts_per_worker, out=out, as_json=as_json)
+    _profile(
+        job=job,
+        command=command,
+        max_workers=max_workers,
+        seconds=seconds,
+        watts_per_worker=watts_per_worker,
+        out=out,
+        as_json=as_json,
+    )
 
 
 @user_errors
-def _profile(*, job: Path | None, command: str | None, max_workers: int, seconds: float,
-             watts_per_worker: float, out: Path, as_json: bool) -> None:
+def _profile(
+    *,
+    job: Path | None,
+    command: str | None,
+    max_workers: int,
+    seconds: float,
+    watts_per_worker: float,
+    out: Path,
+    as_json: bool,
+) -> None:
     env: dict[str, str] = {}
     cwd = None
     size_env = None
     if job is not None:
         spec = load_job_spec(job)
-        command = spec.workload.command
+        command = spec.workload.command_template
         env, cwd, size_env = dict(spec.workload.env), spec.workload.cwd, spec.workload.size_env
         max_workers = min(max_workers, spec.max_replicas)
     if command is None:
         raise FileNotFoundError("give a job spec or --command")
     scratch = out.resolve().parent / f".{out.name}.profiling"
     result = profile_workload(
-        command, scratch, max_workers=max_workers, seconds_each=seconds,
-        seconds_per_slot=3600.0, slot_hours=1.0, env=env, cwd=cwd, size_env=size_env,
+        command,
+        scratch,
+        max_workers=max_workers,
+        seconds_each=seconds,
+        seconds_per_slot=3600.0,
+        slot_hours=1.0,
+        env=env,
+        cwd=cwd,
+        size_env=size_env,
         power=per_server_power(watts_per_worker),
         on_progress=lambda k, top: err_console.print(f"profiling {k} of {top} workers..."),
     )
     result.profile.to_csv(out)
     rows = [
-        {"nodes": k, "steps_per_hour": float(result.profile.throughput[k]),
-         "power_w": float(result.profile.power_w[k])}
+        {
+            "nodes": k,
+            "steps_per_hour": float(result.profile.throughput[k]),
+            "power_w": float(result.profile.power_w[k]),
+        }
         for k in range(1, result.profile.max_servers + 1)
     ]
     if as_json:
-        typer.echo(json.dumps({"profile": str(out), "rows": rows, "note": result.note,
-                               "power_source": result.power_source}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "profile": str(out),
+                    "rows": rows,
+                    "note": result.note,
+                    "power_source": result.power_source,
+                },
+                indent=2,
+            )
+        )
         return
     table = Table(title=f"profile written to {out}")
     for col in ("workers", "steps/hour", "speed-up", "power (W)"):
         table.add_column(col, justify="right")
     base = rows[0]["steps_per_hour"]
     for row in rows:
-        table.add_row(str(row["nodes"]), f"{row['steps_per_hour']:.0f}",
-                      f"{row['steps_per_hour'] / base:.2f}x", f"{row['power_w']:.0f}")
+        table.add_row(
+            str(row["nodes"]),
+            f"{row['steps_per_hour']:.0f}",
+            f"{row['steps_per_hour'] / base:.2f}x",
+            f"{row['power_w']:.0f}",
+        )
     console.print(table)
     console.print(f"{result.note}; power {result.power_source}")

@@ -568,9 +568,15 @@ class Controller:
         )
 
     def _agnostic_emissions(self, carbon: np.ndarray) -> float:
-        """The same work at minReplicas from arrival on the same actual trace and profile."""
+        """The same work at minReplicas from arrival on the same actual trace and profile.
+
+        The profile's speed is corrected by the speed the job actually ran at, so that the
+        saving reflects the schedule, not how well the profile guessed the machine's speed.
+        """
         m = self.job.min_servers
-        slots_needed = self.job.work / (self.profile.throughput[m] * self.job.slot_hours)
+        observed = self._observed_rate(self.state) if self.state is not None else 1.0
+        rate = self.profile.throughput[m] * observed
+        slots_needed = self.job.work / (rate * self.job.slot_hours)
         watts = self.power(m)[0]
         total = 0.0
         for i in range(math.ceil(slots_needed - 1e-12)):

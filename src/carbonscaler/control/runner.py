@@ -88,7 +88,7 @@ def _profile_and_work(
             work = spec.length_hours * float(profile.throughput[spec.min_replicas])
         return profile, work, env, f"file:{spec.profile}"
     result = profile_workload(
-        spec.workload.command,
+        spec.workload.command_template,
         Path(spec.checkpoint_dir) / "profiling",
         max_workers=spec.max_replicas,
         seconds_each=spec.profile_seconds,
@@ -143,7 +143,7 @@ def build_controller(
     else:
         profile, work, env, source = _profile_and_work(spec, on_profile)
     backend = LocalBackend(
-        spec.workload.command,
+        spec.workload.command_template,
         Path(spec.checkpoint_dir) / "workload",
         env=env,
         cwd=spec.workload.cwd,

@@ -44,7 +44,8 @@ class SpecError(ValueError):
 
 
 class Workload(BaseModel):
-    """How to launch the job.
+    """How to launch the job: a ``command`` template, or a Python ``module`` (with ``args``)
+    run as ``python -m``.
 
     ``command`` may use ``{python}``, ``{workers}``, ``{checkpoint_dir}`` and
     ``{progress_file}``; the same values are also passed as ``WORKERS``, ``CHECKPOINT_DIR``
@@ -53,12 +54,30 @@ class Workload(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    command: str = Field(min_length=1)
+    command: str | None = Field(None, min_length=1)
+    module: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$", description="a Python module run as "
+        "`python -m module` (an entry point instead of a command)"
+    )
+    args: str = ""
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
     launcher: Literal["plain", "mpi", "auto"] = "plain"
     size_env: str | None = None
     stop_timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_entry(self) -> Workload:
+        if (self.command is None) == (self.module is None):
+            raise ValueError("workload: give exactly one of command or module")
+        return self
+
+    @property
+    def command_template(self) -> str:
+        """The command line template the backend launches."""
+        if self.command is not None:
+            return self.command
+        return f"{{python}} -m {self.module} {self.args}".strip()
     restart_overhead_s: float | None = Field(
         None,
         ge=0,

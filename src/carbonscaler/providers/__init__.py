@@ -1,0 +1,70 @@
+"""Carbon-intensity providers: one interface, trace replay, live APIs, fallback and cache.
+
+Example:
+    >>> from carbonscaler.providers import CachedProvider, FallbackChain, UKCarbonIntensity
+    >>> live = FallbackChain([CachedProvider(UKCarbonIntensity("GB"))])  # doctest: +SKIP
+    >>> live.current().value_g_per_kwh  # doctest: +SKIP
+
+API keys come from arguments or environment variables: ``ELECTRICITYMAPS_API_KEY``;
+``WATTTIME_USER`` and ``WATTTIME_PASSWORD``. The UK API needs none.
+"""
+
+from carbonscaler.providers.base import (
+    CarbonProvider,
+    Forecast,
+    ForecastUnavailable,
+    IntensityReading,
+    IntensitySeries,
+    ProviderAuthError,
+    ProviderConfigError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderRequestError,
+    ProviderResponseError,
+    ProviderUnavailable,
+    UnknownZoneError,
+    series_from_points,
+)
+from carbonscaler.providers.cache import CachedProvider, TTLCache
+from carbonscaler.providers.chain import FallbackChain, live_provider
+from carbonscaler.providers.electricitymaps import ElectricityMaps
+from carbonscaler.providers.replay import (
+    Clock,
+    ManualClock,
+    ReplayClock,
+    SimulatedClock,
+    SystemClock,
+    TraceReplay,
+)
+from carbonscaler.providers.ukgrid import UKCarbonIntensity
+from carbonscaler.providers.watttime import WattTime
+
+__all__ = [
+    "CachedProvider",
+    "CarbonProvider",
+    "Clock",
+    "ElectricityMaps",
+    "FallbackChain",
+    "Forecast",
+    "ForecastUnavailable",
+    "IntensityReading",
+    "IntensitySeries",
+    "ManualClock",
+    "ProviderAuthError",
+    "ProviderConfigError",
+    "ProviderError",
+    "ProviderRateLimited",
+    "ProviderRequestError",
+    "ProviderResponseError",
+    "ProviderUnavailable",
+    "ReplayClock",
+    "SimulatedClock",
+    "SystemClock",
+    "TTLCache",
+    "TraceReplay",
+    "UKCarbonIntensity",
+    "UnknownZoneError",
+    "WattTime",
+    "live_provider",
+    "series_from_points",
+]
