@@ -24,8 +24,16 @@ def test_demo_runs_the_nbody_job_for_real(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     for key in (
-        "completed", "deadline_met", "completion_hours", "emissions_g", "energy_kwh",
-        "agnostic_emissions_g", "savings_pct", "rescales", "replans", "power_source",
+        "completed",
+        "deadline_met",
+        "completion_hours",
+        "emissions_g",
+        "energy_kwh",
+        "agnostic_emissions_g",
+        "savings_pct",
+        "rescales",
+        "replans",
+        "power_source",
         "advisor_savings_pct",
     ):
         assert key in report
@@ -40,8 +48,9 @@ def test_demo_runs_the_nbody_job_for_real(tmp_path: Path) -> None:
 
 def test_run_refuses_an_infeasible_deadline_before_starting(tmp_path: Path) -> None:
     trace = tmp_path / "trace.csv"
-    trace.write_text("timestamp,value\n" + "".join(
-        f"2022-01-01T{h:02d}:00:00Z,{100 + h}\n" for h in range(24)))
+    trace.write_text(
+        "timestamp,value\n" + "".join(f"2022-01-01T{h:02d}:00:00Z,{100 + h}\n" for h in range(24))
+    )
     profile = tmp_path / "p.csv"
     profile.write_text("nodes,throughput,power\n1,10,60\n2,18,120\n")
     job = tmp_path / "job.yaml"
@@ -66,8 +75,18 @@ def test_profile_command_writes_a_real_curve(tmp_path: Path) -> None:
     out = tmp_path / "profile.csv"
     result = runner.invoke(
         app,
-        ["profile", "--command", f"{{python}} {ROOT / 'tests/workloads/counter.py'}",
-         "--max", "2", "--seconds", "1.5", "--out", str(out), "--json"],
+        [
+            "profile",
+            "--command",
+            f"{{python}} {ROOT / 'tests/workloads/counter.py'}",
+            "--max",
+            "2",
+            "--seconds",
+            "1.5",
+            "--out",
+            str(out),
+            "--json",
+        ],
         env={"TOTAL_STEPS": "100000", "STEP_S": "0.02"},
     )
     assert result.exit_code == 0, result.output

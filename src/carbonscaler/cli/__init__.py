@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import typer
 
+from carbonscaler.cli.accounting import accounting_command
 from carbonscaler.cli.advise import advise_command
 from carbonscaler.cli.carbon_service import carbon_service_command
-from carbonscaler.cli.plan import demo_command, plan_command
+from carbonscaler.cli.operator import operator_command
+from carbonscaler.cli.plan import plan_command
+from carbonscaler.cli.power_server import power_server_command
+from carbonscaler.cli.profile import profile_command
+from carbonscaler.cli.run import demo_command, run_command
 from carbonscaler.cli.traces import app as traces_app
 
 app = typer.Typer(
@@ -18,8 +23,13 @@ app = typer.Typer(
 )
 app.command("plan")(plan_command)
 app.command("demo")(demo_command)
+app.command("run")(run_command)
+app.command("profile")(profile_command)
 app.command("carbon-service")(carbon_service_command)
 app.command("advise")(advise_command)
+app.command("power-server")(power_server_command)
+app.command("accounting")(accounting_command)
+app.command("operator")(operator_command)
 app.add_typer(traces_app, name="traces")
 
 

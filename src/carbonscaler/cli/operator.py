@@ -1,0 +1,233 @@
+"""``carbonscaler operator``: the Kubernetes operator (kopf) for CarbonScaler jobs.
+
+kopf and the kubernetes client are imported when the command runs, so the rest of the CLI
+works without them. See docs/kubernetes.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from carbonscaler.cli._common import err_console
+
+if TYPE_CHECKING:
+    from carbonscaler.operator.carbon import CarbonBoard, Poller
+
+log = logging.getLogger("carbonscaler.operator")
+
+RESUBSCRIBE_S = 600.0
+
+
+def operator_command(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--namespace", "-n", help="Namespace (or glob) to watch; repeatable. Default: all."
+        ),
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Watch the whole cluster.")
+    ] = False,
+    webhook_host: Annotated[
+        str, typer.Option("--webhook-host", help="Address for the carbon-push webhook.")
+    ] = "0.0.0.0",
+    webhook_port: Annotated[
+        int,
+        typer.Option("--webhook-port", help="Port the carbon service pushes to (0: no webhook)."),
+    ] = 8899,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            "--public-url",
+            help="The webhook's URL as the carbon service reaches it (e.g. the operator's "
+            "Service); with --carbon-service the operator subscribes itself.",
+        ),
+    ] = None,
+    carbon_service: Annotated[
+        str | None,
+        typer.Option("--carbon-service", help="Carbon service base URL to poll and subscribe to."),
+    ] = None,
+    carbon_trace: Annotated[
+        Path | None,
+        typer.Option("--carbon-trace", help="Replay this carbon trace instead (offline demos)."),
+    ] = None,
+    carbon_start: Annotated[
+        str | None, typer.Option("--carbon-start", help="First replayed time (ISO 8601).")
+    ] = None,
+    speed: Annotated[
+        float | None,
+        typer.Option("--speed", help="Replay pace in seconds per trace slot; default real time."),
+    ] = None,
+    zone: Annotated[
+        str | None,
+        typer.Option(
+            "--zone", help="Live providers instead, e.g. ukgrid:GB or em:DE (comma = fallback)."
+        ),
+    ] = None,
+    poll_interval: Annotated[
+        float, typer.Option("--poll-interval", help="Seconds between carbon polls.")
+    ] = 300.0,
+    tick: Annotated[
+        float, typer.Option("--tick", help="Seconds between passes over each job.")
+    ] = 10.0,
+    peering: Annotated[
+        str | None,
+        typer.Option(
+            "--peering",
+            help="kopf peering object: of several operators, one is active (deploy/crds).",
+        ),
+    ] = None,
+    priority: Annotated[
+        int, typer.Option("--priority", help="This operator's peering priority.")
+    ] = 0,
+    liveness: Annotated[
+        str | None,
+        typer.Option("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Run the CarbonScaler operator: plan and scale CarbonScalerMPIJob/PyTorchJob resources."""
+    try:
+        import kopf
+
+        from carbonscaler.backends.kubernetes import KubeflowApi, api_client
+        from carbonscaler.operator import handlers
+        from carbonscaler.operator.carbon import CarbonBoard
+    except ImportError as exc:
+        err_console.print(
+            f"[red]error:[/] the operator needs kopf and kubernetes ({exc.name} is missing): "
+            "pip install 'kopf>=1.37' 'kubernetes>=37'",
+            highlight=False,
+        )
+        raise typer.Exit(code=2) from None
+    if all_namespaces and namespace:
+        err_console.print("[red]error:[/] give --namespace or --all-namespaces, not both")
+        raise typer.Exit(code=2)
+    sources = [s for s in (carbon_service, carbon_trace, zone) if s]
+    if len(sources) > 1:
+        err_console.print(
+            "[red]error:[/] give one carbon source: --carbon-service, --carbon-trace or --zone"
+        )
+        raise typer.Exit(code=2)
+    try:
+        poller = _poller(carbon_service, carbon_trace, carbon_start, speed, zone)
+        api = KubeflowApi(api_client(), instance=handlers.instance_name())
+    except Exception as exc:  # any setup failure here is the user's to fix
+        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(code=2) from None
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if poller is None and webhook_port == 0:
+        log.warning("no carbon source and no webhook: jobs plan on a flat forecast")
+    board = CarbonBoard()
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, tick_s=tick)
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings)
+    if peering:
+        settings.peering.mandatory = True
+    context = handlers.OperatorContext(api=api, board=board)
+
+    async def main() -> None:
+        tasks = await _start_carbon(
+            board, poller, webhook_host, webhook_port, carbon_service, public_url, poll_interval
+        )
+        try:
+            await kopf.operator(
+                registry=registry,
+                settings=settings,
+                memo=context,
+                clusterwide=all_namespaces or not namespace,
+                namespaces=namespace or (),
+                standalone=peering is None,
+                peering_name=peering,
+                priority=priority,
+                liveness_endpoint=liveness,
+            )
+        finally:
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def _poller(
+    carbon_service: str | None,
+    carbon_trace: Path | None,
+    carbon_start: str | None,
+    speed: float | None,
+    zone: str | None,
+) -> Poller | None:
+    """The carbon poller for the chosen source, if any."""
+    import httpx
+
+    from carbonscaler.operator.carbon import ProviderPoller, ServicePoller
+    from carbonscaler.providers import TraceReplay, live_provider
+
+    if carbon_service:
+        return ServicePoller(httpx.AsyncClient(timeout=10.0), carbon_service)
+    if carbon_trace is not None:
+        replay = TraceReplay.from_file(carbon_trace, start=carbon_start, seconds_per_slot=speed)
+        return ProviderPoller(replay)
+    if zone:
+        return ProviderPoller(live_provider(zone))
+    return None
+
+
+async def _start_carbon(
+    board: CarbonBoard,
+    poller: Poller | None,
+    host: str,
+    port: int,
+    carbon_service: str | None,
+    public_url: str | None,
+    poll_interval: float,
+) -> list[asyncio.Task[None]]:
+    """Start the webhook, the poller and the subscription; their tasks, to cancel at exit."""
+    import httpx
+    from aiohttp import web
+
+    from carbonscaler.operator.carbon import poll_forever, subscribe, webhook_app
+
+    tasks: list[asyncio.Task[None]] = []
+    if port:
+        runner = web.AppRunner(webhook_app(board), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        log.info("carbon webhook listening on %s:%d", host, port)
+
+        async def close_webhook() -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await runner.cleanup()
+
+        tasks.append(asyncio.create_task(close_webhook()))
+    if poller is not None:
+        tasks.append(asyncio.create_task(poll_forever(poller, board, poll_interval)))
+    if carbon_service and public_url:
+
+        async def keep_subscribed() -> None:
+            async with httpx.AsyncClient(timeout=10.0) as client:
+                delay = 5.0
+                while True:
+                    try:
+                        await subscribe(client, carbon_service, public_url)
+                        delay = RESUBSCRIBE_S  # re-register now and then: reactivates us
+                    except httpx.HTTPError as exc:
+                        log.warning("subscribing to %s failed: %s", carbon_service, exc)
+                        delay = min(delay * 2, 300.0)
+                    await asyncio.sleep(delay)
+
+        tasks.append(asyncio.create_task(keep_subscribed()))
+    return tasks

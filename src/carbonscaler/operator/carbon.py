@@ -1,0 +1,217 @@
+"""Carbon data for the operator: pushed by the carbon service, or polled.
+
+The carbon service POSTs the reference body ``{"carbon_intensity", "carbon_percentile",
+"prediction"}`` (ours adds ``zone``, ``stale``, ``source``) to every subscriber each update
+interval; the operator listens for it on its webhook port (reference default 8899) and
+subscribes itself at startup when it knows its own address. It can also poll — the carbon
+service's ``/v1`` API, or a carbon provider directly (a trace replay, a live API) — which is
+also what keeps a standby operator (kopf peering) and a missed push covered.
+
+The :class:`CarbonBoard` holds the latest :class:`CarbonSnapshot` per zone; handlers read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from aiohttp import web
+
+from carbonscaler.operator.reconcile import CarbonSnapshot
+from carbonscaler.providers import CarbonProvider, ProviderError
+
+__all__ = [
+    "CarbonBoard",
+    "ProviderPoller",
+    "ServicePoller",
+    "snapshot_from_push",
+    "subscribe",
+    "webhook_app",
+]
+
+log = logging.getLogger("carbonscaler.operator.carbon")
+
+_DEFAULT = ""
+
+
+class CarbonBoard:
+    """The latest carbon snapshot per zone (``""`` is the source's default zone)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._latest: dict[str, CarbonSnapshot] = {}
+        self.clock = clock
+        self.wanted: set[str] = set()  # zones the jobs plan on, for the pollers
+
+    def update(self, snapshot: CarbonSnapshot, zone: str | None = None) -> None:
+        self._latest[(zone or _DEFAULT).lower()] = snapshot
+
+    def get(self, zone: str | None = None) -> CarbonSnapshot | None:
+        """The snapshot for ``zone``; a job without a zone gets the default one."""
+        if zone:
+            self.wanted.add(zone)
+        return self._latest.get((zone or _DEFAULT).lower())
+
+    def ages(self) -> dict[str, float]:
+        """Seconds since each zone's last update (for the health endpoint)."""
+        now = self.clock()
+        return {zone or "default": round(now - s.received, 1) for zone, s in self._latest.items()}
+
+
+def _number(value: Any, what: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{what} must be a finite non-negative number, got {value!r}")
+    return number
+
+
+def snapshot_from_push(body: Any, received: float) -> tuple[CarbonSnapshot, str | None]:
+    """A snapshot (and its zone, if named) from the carbon service's pushed body.
+
+    Raises:
+        ValueError: if the body is not the reference shape, saying what is wrong.
+    """
+    if not isinstance(body, dict) or "carbon_intensity" not in body:
+        raise ValueError(
+            'expected the carbon service\'s body {"carbon_intensity": ..., "prediction": [...]}'
+        )
+    intensity = _number(body["carbon_intensity"], "carbon_intensity")
+    prediction = body.get("prediction") or []
+    if not isinstance(prediction, list):
+        raise ValueError("prediction must be a list of gCO2eq/kWh per slot")
+    forecast = tuple(_number(v, "prediction[]") for v in prediction)
+    zone = body.get("zone")
+    source = str(body.get("source") or "carbon-service push")
+    snapshot = CarbonSnapshot(intensity, forecast, received, source=source)
+    return snapshot, str(zone) if zone else None
+
+
+def webhook_app(board: CarbonBoard) -> web.Application:
+    """The webhook the carbon service pushes to: ``POST /`` (also ``/carbon``), and
+    ``GET /healthz``."""
+
+    async def push(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            snapshot, zone = snapshot_from_push(body, board.clock())
+        except ValueError as exc:  # includes malformed JSON
+            return web.json_response({"detail": str(exc)}, status=422)
+        board.update(snapshot, zone)
+        board.update(snapshot)  # the service's zone is the default for jobs without one
+        log.info(
+            "carbon push: %.1f g/kWh, %d-slot prediction",
+            snapshot.intensity,
+            len(snapshot.forecast),
+        )
+        return web.json_response({"ok": True})
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "carbon_age_s": board.ages()})
+
+    app = web.Application(client_max_size=1 << 20)
+    app.router.add_post("/", push)
+    app.router.add_post("/carbon", push)
+    app.router.add_get("/healthz", health)
+    return app
+
+
+async def subscribe(client: httpx.AsyncClient, service_url: str, address: str) -> None:
+    """Register ``address`` for pushes with the carbon service (v1 API, else the reference's
+    ``POST /``).
+
+    Raises:
+        httpx.HTTPError: if the service cannot be reached or refuses.
+    """
+    body = {"app_name": "carbonscaler-operator", "address": address}
+    base = service_url.rstrip("/")
+    response = await client.post(f"{base}/v1/subscriptions", json=body)
+    if response.status_code == 404:
+        response = await client.post(f"{base}/", json=body)
+    response.raise_for_status()
+
+
+class ServicePoller:
+    """Polls a carbon service's ``/v1/intensity/current`` and ``/v1/intensity/forecast``.
+
+    Args:
+        client: the HTTP client (with its timeout).
+        url: the service's base URL.
+        horizon: forecast slots to ask for.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, url: str, horizon: int = 96) -> None:
+        self.client = client
+        self.url = url.rstrip("/")
+        self.horizon = horizon
+
+    async def fetch(self, zone: str | None, received: float) -> CarbonSnapshot:
+        """One snapshot.
+
+        Raises:
+            httpx.HTTPError, ValueError: if the service fails or answers nonsense.
+        """
+        params: dict[str, str | int] = {} if zone is None else {"zone": zone}
+        current = await self.client.get(f"{self.url}/v1/intensity/current", params=params)
+        current.raise_for_status()
+        forecast = await self.client.get(
+            f"{self.url}/v1/intensity/forecast", params={**params, "horizon": self.horizon}
+        )
+        forecast.raise_for_status()
+        values = forecast.json().get("values_g_per_kwh") or []
+        return CarbonSnapshot(
+            _number(current.json()["value_g_per_kwh"], "value_g_per_kwh"),
+            tuple(_number(v, "values_g_per_kwh[]") for v in values),
+            received,
+            source=f"carbon-service {self.url}",
+        )
+
+
+class ProviderPoller:
+    """Polls a carbon provider (trace replay, Electricity Maps, WattTime, UK) directly."""
+
+    def __init__(self, provider: CarbonProvider, horizon: int = 96) -> None:
+        self.provider = provider
+        self.horizon = horizon
+
+    async def fetch(self, zone: str | None, received: float) -> CarbonSnapshot:
+        """One snapshot (the provider is called in a worker thread).
+
+        Raises:
+            ProviderError: if the provider fails.
+        """
+
+        def read() -> CarbonSnapshot:
+            current = self.provider.current(zone)
+            try:
+                values = tuple(self.provider.forecast(self.horizon, zone).values_g_per_kwh)
+            except ProviderError as exc:
+                log.warning(
+                    "no forecast from %s (%s); planning on the current value",
+                    self.provider.name,
+                    exc,
+                )
+                values = (current.value_g_per_kwh,)
+            return CarbonSnapshot(
+                current.value_g_per_kwh, values, received, source=self.provider.name
+            )
+
+        return await asyncio.to_thread(read)
+
+
+Poller = ServicePoller | ProviderPoller
+
+
+async def poll_forever(poller: Poller, board: CarbonBoard, interval_s: float) -> None:
+    """Refresh the default zone and every zone a job asked for, every ``interval_s``; a
+    failure is logged and the jobs carry on with what they last had."""
+    while True:
+        for zone in [None, *sorted(board.wanted)]:
+            try:
+                board.update(await poller.fetch(zone, board.clock()), zone)
+            except (httpx.HTTPError, ProviderError, ValueError, KeyError) as exc:
+                log.warning("carbon poll for zone %s failed: %s", zone or "default", exc)
+        await asyncio.sleep(interval_s)

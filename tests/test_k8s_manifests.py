@@ -1,0 +1,240 @@
+"""Every manifest in deploy/ is valid: Kubernetes objects against the API's OpenAPI schemas
+(1.27, the reference's, and the newest the validator ships), the CRDs are structural and
+current, the example jobs satisfy our CRDs and the operator, and the containers' arguments
+parse with the CLI they run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+jsonschema = pytest.importorskip("jsonschema")
+
+from carbonscaler.operator.crd import KINDS, crd_manifest  # noqa: E402
+from carbonscaler.operator.reconcile import Settings  # noqa: E402
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+VERSIONS = ("1.27", kubernetes_validate.latest_version())
+OURS = set(KINDS)
+KOPF_KINDS = {"ClusterKopfPeering", "KopfPeering"}
+
+
+def documents() -> list[tuple[Path, dict[str, Any]]]:
+    found = []
+    for path in sorted(DEPLOY.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc:
+                found.append((path, doc))
+    return found
+
+
+DOCS = documents()
+K8S_DOCS = [
+    (p, d) for p, d in DOCS if d["kind"] not in OURS | KOPF_KINDS | {"Kustomization"}
+]  # fmt: skip
+
+
+def doc_id(item: tuple[Path, dict[str, Any]]) -> str:
+    path, doc = item
+    return f"{path.relative_to(DEPLOY)}:{doc['kind']}/{doc['metadata']['name']}"
+
+
+def test_deploy_has_every_part() -> None:
+    kinds = {d["kind"] for _, d in DOCS}
+    assert {
+        "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "ServiceAccount",
+        "Deployment", "Service", "PersistentVolumeClaim", "DaemonSet", "ConfigMap",
+        "CarbonScalerMPIJob", "CarbonScalerPyTorchJob", "ClusterKopfPeering", "Role",
+    } <= kinds  # fmt: skip
+    assert (DEPLOY / "Dockerfile").is_file()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("item", K8S_DOCS, ids=[doc_id(i) for i in K8S_DOCS])
+def test_kubernetes_objects_validate(item: tuple[Path, dict[str, Any]], version: str) -> None:
+    kubernetes_validate.validate(item[1], version, strict=True)
+
+
+# -- kustomize ------------------------------------------------------------------------------
+
+
+def test_kustomizations_reference_every_manifest_once() -> None:
+    referenced: list[Path] = []
+    for kustomization in DEPLOY.rglob("kustomization.yaml"):
+        for entry in yaml.safe_load(kustomization.read_text())["resources"]:
+            target = (kustomization.parent / entry).resolve()
+            assert target.exists(), f"{kustomization}: {entry} does not exist"
+            if target.is_dir():
+                assert (target / "kustomization.yaml").is_file(), target
+            else:
+                referenced.append(target)
+    manifests = [p.resolve() for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml"]
+    assert sorted(referenced) == sorted(manifests)
+
+
+# -- CRDs -----------------------------------------------------------------------------------
+
+
+def crds() -> dict[str, dict[str, Any]]:
+    return {
+        d["spec"]["names"]["kind"]: d for _, d in DOCS if d["kind"] == "CustomResourceDefinition"
+    }
+
+
+def test_crd_files_are_generated_from_the_code() -> None:
+    for kind in KINDS.values():
+        on_disk = yaml.safe_load((DEPLOY / "crds" / f"{kind.plural}.yaml").read_text())
+        assert on_disk == crd_manifest(kind), "run: python -m carbonscaler.operator.crd deploy/crds"
+
+
+_FORBIDDEN_IN_JUNCTORS = {"type", "description", "default", "additionalProperties", "nullable"}
+
+
+def structural_problems(node: dict[str, Any], where: str, *, root: bool = False) -> list[str]:
+    """The rules of a structural schema (apiextensions.k8s.io/v1), for our CRDs' features."""
+    problems = []
+    opaque = node.get("x-kubernetes-preserve-unknown-fields") or node.get(
+        "x-kubernetes-int-or-string"
+    )
+    if not node.get("type") and not opaque:
+        problems.append(f"{where}: no type")
+    if "properties" in node and "additionalProperties" in node:
+        problems.append(f"{where}: both properties and additionalProperties")
+    for junctor in ("allOf", "anyOf", "oneOf", "not"):
+        branches = node.get(junctor, [])
+        for branch in branches if isinstance(branches, list) else [branches]:
+            bad = (_FORBIDDEN_IN_JUNCTORS | {k for k in branch if k.startswith("x-")}) & set(branch)
+            if bad:
+                problems.append(f"{where}.{junctor}: {sorted(bad)} not allowed")
+    if not root and where.endswith(".metadata") and set(node) - {"type"}:
+        problems.append(f"{where}: only the root metadata may be specified")
+    for name, child in node.get("properties", {}).items():
+        problems += structural_problems(child, f"{where}.{name}")
+    if isinstance(node.get("items"), dict):
+        problems += structural_problems(node["items"], f"{where}[]")
+    for rule in node.get("x-kubernetes-validations", []):
+        assert set(rule) <= {"rule", "message", "messageExpression", "reason", "fieldPath"}
+    if node.get("x-kubernetes-list-type") == "map":
+        keys = node["x-kubernetes-list-map-keys"]
+        assert set(keys) <= set(node["items"].get("required", [])), f"{where}: map keys required"
+    return problems
+
+
+@pytest.mark.parametrize("kind", sorted(crds()))
+def test_crds_are_structural(kind: str) -> None:
+    crd = crds()[kind]
+    for version in crd["spec"]["versions"]:
+        schema = version["schema"]["openAPIV3Schema"]
+        assert structural_problems(schema, kind, root=True) == []
+        if kind in OURS:
+            assert version["subresources"] == {"status": {}}
+            columns = {c["name"] for c in version["additionalPrinterColumns"]}
+            assert {"Phase", "Replicas", "Progress", "Deadline", "Age"} <= columns
+
+
+def validator(kind: str) -> Any:
+    schema = crds()[kind]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    # OpenAPI v3.0's boolean exclusiveMinimum/Maximum are Draft 4's.
+    return jsonschema.Draft4Validator(schema)
+
+
+EXAMPLES = [(p, d) for p, d in DOCS if d["kind"] in OURS]
+
+
+@pytest.mark.parametrize("item", EXAMPLES, ids=[doc_id(i) for i in EXAMPLES])
+def test_example_jobs_validate_against_our_crds(item: tuple[Path, dict[str, Any]]) -> None:
+    _, doc = item
+    errors = sorted(str(e.message) for e in validator(doc["kind"]).iter_errors(doc))
+    assert errors == []
+    settings = Settings.from_resource(KINDS[doc["kind"]], doc)  # the operator accepts it too
+    assert settings.min_replicas <= settings.max_replicas
+    kind = KINDS[doc["kind"]]
+    for replica in doc["spec"][kind.replica_specs_key].values():
+        template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}}
+        template["template"] = replica["template"]
+        for version in VERSIONS:
+            kubernetes_validate.validate(template, version, strict=True)
+    profiles = {d["metadata"]["name"] for _, d in DOCS if d["kind"] == "ConfigMap"}
+    assert doc["carbonScalerSpec"]["profileName"] in profiles
+
+
+def test_crd_schema_rejects_bad_settings() -> None:
+    doc = next(d for _, d in EXAMPLES if d["kind"] == "CarbonScalerMPIJob")
+    check = validator("CarbonScalerMPIJob")
+    bad = {**doc, "carbonScalerSpec": {**doc["carbonScalerSpec"], "minReplicas": 0}}
+    assert not check.is_valid(bad)
+    bad = {**doc, "carbonScalerSpec": {**doc["carbonScalerSpec"], "progress": 101}}
+    assert not check.is_valid(bad)
+    bad = {
+        **doc,
+        "carbonScalerSpec": {k: v for k, v in doc["carbonScalerSpec"].items() if k != "deadline"},
+    }
+    assert not check.is_valid(bad)
+    launcher = doc["spec"]["mpiReplicaSpecs"]["Launcher"]
+    bad_spec = {"mpiReplicaSpecs": {"Launcher": {**launcher, "replicas": 2}, "Worker": launcher}}
+    assert not check.is_valid({**doc, "spec": bad_spec})
+
+
+def test_example_profiles_are_valid_profiles() -> None:
+    pytest.importorskip("kubernetes")
+    from carbonscaler.backends.kubernetes import profile_from_csv
+
+    for _, doc in DOCS:
+        if doc["kind"] == "ConfigMap" and "profile.csv" in doc.get("data", {}):
+            profile = profile_from_csv(doc["metadata"]["name"], doc["data"]["profile.csv"])
+            assert profile.max_servers >= 4
+
+
+# -- RBAC and containers ----------------------------------------------------------------------
+
+
+def test_operator_rbac_is_least_privilege() -> None:
+    role = next(d for _, d in DOCS if d["kind"] == "ClusterRole")
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert not any("*" in item for g in granted for item in g)
+    kubeflow = {(g, r, v) for g, r, v in granted if g == "kubeflow.org"}
+    assert {v for _, _, v in kubeflow} == {"get", "create", "patch", "delete"}
+    assert ("", "configmaps", "get") in granted and ("", "configmaps", "list") not in granted
+    assert ("carbonscaler.io", "carbonscalermpijobs/status", "patch") in granted
+    assert not any(r in {"secrets", "pods"} for _, r, _ in granted)
+
+
+def container_args() -> list[tuple[str, list[str]]]:
+    found = []
+    for _, doc in DOCS:
+        if doc["kind"] in {"Deployment", "DaemonSet"}:
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                found.append((doc["metadata"]["name"], container["args"]))
+    return found
+
+
+@pytest.mark.parametrize(("name", "args"), container_args(), ids=[n for n, _ in container_args()])
+def test_container_arguments_parse_with_the_cli(name: str, args: list[str]) -> None:
+    import typer.main
+
+    from carbonscaler.cli import app
+
+    group = typer.main.get_command(app)
+    command = group.commands[args[0]]  # type: ignore[attr-defined]
+    context = command.make_context(args[0], list(args[1:]))
+    assert context.params  # parsed without error
+
+
+def test_dockerfile_copies_what_exists() -> None:
+    root = DEPLOY.parent
+    text = (DEPLOY / "Dockerfile").read_text()
+    for line in text.splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (root / source).exists(), source
+    assert 'ENTRYPOINT ["carbonscaler"]' in text

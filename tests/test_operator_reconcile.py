@@ -1,0 +1,529 @@
+"""The operator's pure decisions, transition by transition (no I/O, no kopf)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+
+from carbonscaler.operator.crd import MPI, PYTORCH, JobKind
+from carbonscaler.operator.reconcile import (
+    ACCOUNTING_WRITE_S,
+    CarbonSnapshot,
+    ChildState,
+    CreateChild,
+    Decision,
+    DeleteChild,
+    Observation,
+    PatchChild,
+    Settings,
+    SettingsError,
+    reconcile,
+)
+from carbonscaler.profile import linear_profile
+
+T0 = 1_700_000_000.0  # creation time (epoch s); slots are an hour long
+HOUR = 3600.0
+# Dirty for two slots, clean for two, dirty again: the work belongs in slots 2 and 3.
+CARBON = (500.0, 480.0, 100.0, 110.0, 520.0, 510.0, 530.0, 540.0)
+PROFILE = linear_profile(4)
+
+
+def mpi_resource(**settings: Any) -> dict[str, Any]:
+    cs = {
+        "minReplicas": 1,
+        "maxReplicas": 4,
+        "deadline": 8,
+        "progress": 0,
+        "profileName": "linear4",
+        "lengthHours": 4,
+        "rescaleOverheadSeconds": 0,
+        "safetyMargin": 0.0,
+        **settings,
+    }
+    container = {
+        "name": "mpi",
+        "image": "carbonscaler:dev",
+        "env": [{"name": "BODIES", "value": "9"}],
+    }
+    return {
+        "apiVersion": "carbonscaler.io/v1",
+        "kind": "CarbonScalerMPIJob",
+        "metadata": {
+            "name": "nbody",
+            "namespace": "jobs",
+            "uid": "uid-1",
+            "creationTimestamp": "2023-11-14T22:13:20Z",
+        },
+        "spec": {
+            "slotsPerWorker": 1,
+            "mpiReplicaSpecs": {
+                "Launcher": {"replicas": 1, "template": {"spec": {"containers": [container]}}},
+                "Worker": {"replicas": 1, "template": {"spec": {"containers": [container]}}},
+            },
+        },
+        "carbonScalerSpec": cs,
+    }
+
+
+def pytorch_resource(**settings: Any) -> dict[str, Any]:
+    body = mpi_resource(**settings)
+    container = {"name": "pytorch", "image": "carbonscaler:dev"}
+    body["kind"] = "CarbonScalerPyTorchJob"
+    body["spec"] = {
+        "elasticPolicy": {"rdzvBackend": "c10d", "maxRestarts": 100},
+        "pytorchReplicaSpecs": {
+            "Worker": {"replicas": 1, "template": {"spec": {"containers": [container]}}}
+        },
+    }
+    return body
+
+
+def carbon(at: float, values: tuple[float, ...] = CARBON) -> CarbonSnapshot:
+    """A snapshot received at ``at``: the forecast from the slot containing ``at``."""
+    slot = int((at - T0) // HOUR)
+    return CarbonSnapshot(values[slot], values[slot:], at, source="test")
+
+
+class Cluster:
+    """Applies decisions to a resource and a simulated Kubeflow job, like the API would."""
+
+    def __init__(self, kind: JobKind, resource: dict[str, Any]) -> None:
+        self.kind = kind
+        self.resource = resource
+        self.child: dict[str, Any] | None = None
+        self.deleting = False
+        self.decisions: list[Decision] = []
+
+    def state(self) -> ChildState | None:
+        if self.child is None:
+            return None
+        state = ChildState.from_body(self.kind, self.child, self.resource["metadata"]["uid"])
+        return ChildState(**{**state.__dict__, "deleting": self.deleting})
+
+    def step(self, at: float, *, snapshot: CarbonSnapshot | None = None, **extra: Any) -> Decision:
+        obs = Observation(
+            kind=self.kind,
+            resource=copy.deepcopy(self.resource),
+            now=at,
+            child=self.state(),
+            carbon=snapshot if snapshot is not None else carbon(at),
+            profile=PROFILE,
+            **extra,
+        )
+        decision = reconcile(obs)
+        for op in decision.operations:
+            if isinstance(op, CreateChild):
+                assert self.child is None
+                self.child = copy.deepcopy(op.body)
+            elif isinstance(op, PatchChild):
+                assert self.child is not None
+                merge(self.child, op.patch)
+            else:
+                assert self.child is not None
+                self.deleting = True
+        self.resource["status"] = copy.deepcopy(decision.status)
+        self.decisions.append(decision)
+        return decision
+
+    def gone(self) -> None:
+        """The deleted Kubeflow job's pods have stopped; it disappears."""
+        self.child, self.deleting = None, False
+
+    def workers(self) -> int:
+        assert self.child is not None
+        return int(self.child["spec"][self.kind.replica_specs_key]["Worker"]["replicas"])
+
+
+def merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge(target[key], value)
+        elif value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
+
+
+def reasons(decision: Decision) -> list[str]:
+    return [e.reason for e in decision.events]
+
+
+def conditions(status: dict[str, Any]) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in status.get("conditions", [])}
+
+
+# -- create ----------------------------------------------------------------------------------
+
+
+def test_create_plans_and_waits_for_the_clean_slots() -> None:
+    cluster = Cluster(MPI, mpi_resource())
+    decision = cluster.step(T0 + 1)
+    assert decision.operations == []
+    assert reasons(decision) == ["Planned"]
+    status = decision.status
+    assert status["plan"]["servers"][:2] == [0, 0]
+    assert sum(status["plan"]["servers"][2:4]) > 0  # the clean slots carry the work
+    assert status["phase"] == "Pending"
+    assert status["startTime"] == "2023-11-14T22:13:20Z"
+    assert status["deadlineTime"] == "2023-11-15T06:13:20Z"
+    assert status["workRequired"] == pytest.approx(4.0)
+    assert status["profile"]["throughput"] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert status["nextChange"]["time"] == "2023-11-15T00:13:20Z"  # slot 2
+    assert conditions(status)["Created"] == "True"
+    assert decision.status_patch["revision"] == 1
+
+
+def test_create_starts_when_the_plan_runs_now() -> None:
+    flat = (100.0,) * 8
+    cluster = Cluster(MPI, mpi_resource())
+    decision = cluster.step(T0 + 1, snapshot=carbon(T0 + 1, flat))
+    assert reasons(decision) == ["Planned", "Started"]
+    (op,) = decision.operations
+    assert isinstance(op, CreateChild)
+    body = op.body
+    assert body["apiVersion"] == "kubeflow.org/v1" and body["kind"] == "MPIJob"
+    assert body["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "carbonscaler.io/v1",
+            "kind": "CarbonScalerMPIJob",
+            "name": "nbody",
+            "uid": "uid-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    workers = body["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"]
+    launcher = body["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+    assert {"name": "WORKERS", "value": str(workers)} in launcher["env"]
+    assert {"name": "BODIES", "value": "9"} in launcher["env"]
+    assert decision.status["phase"] == "Running"
+    assert decision.status["replicas"] == workers
+
+
+def test_infeasible_deadline_is_rejected_with_the_planners_explanation() -> None:
+    cluster = Cluster(MPI, mpi_resource(deadline=1, lengthHours=10))
+    decision = cluster.step(T0 + 1)
+    assert decision.operations == []
+    (event,) = decision.events
+    assert event.type == "Warning" and event.reason == "Infeasible"
+    assert "shortest deadline that works is 3 h" in event.message
+    status = decision.status
+    assert status["phase"] == "Failed"
+    assert conditions(status)["Failed"] == "True"
+    again = cluster.step(T0 + 20)
+    assert again.events == [] and again.status_patch == {}  # reported once, not every tick
+
+
+def test_fixing_the_deadline_retries_a_failed_job() -> None:
+    cluster = Cluster(MPI, mpi_resource(deadline=1, lengthHours=10))
+    cluster.step(T0 + 1)
+    cluster.resource["carbonScalerSpec"]["deadline"] = 8
+    cluster.resource["carbonScalerSpec"]["lengthHours"] = 4
+    decision = cluster.step(T0 + 30)
+    assert "Planned" in reasons(decision)
+    assert conditions(decision.status)["Failed"] == "False"
+
+
+def test_invalid_settings_fail_with_the_field_to_fix() -> None:
+    resource = pytorch_resource()
+    del resource["spec"]["elasticPolicy"]
+    decision = Cluster(PYTORCH, resource).step(T0 + 1)
+    assert decision.status["phase"] == "Failed"
+    assert "spec.elasticPolicy is required" in decision.events[0].message
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"maxReplicas": 0, "minReplicas": 1}, "minReplicas <= maxReplicas"),
+        ({"work": 3.0}, "exactly one of lengthHours"),
+        ({"policy": "greenest"}, "policy 'greenest' is unknown"),
+        ({"minReplicas": 5, "maxReplicas": 9}, "describes 1..4 workers"),
+    ],
+)
+def test_settings_errors(change: dict[str, Any], message: str) -> None:
+    decision = Cluster(MPI, mpi_resource(**change)).step(T0 + 1)
+    assert decision.status["phase"] == "Failed"
+    assert message in decision.status["message"]
+
+
+def test_elastic_bounds_must_cover_the_carbonscaler_bounds() -> None:
+    resource = pytorch_resource()
+    resource["spec"]["elasticPolicy"]["maxReplicas"] = 2
+    with pytest.raises(SettingsError, match="widen elasticPolicy"):
+        Settings.from_resource(PYTORCH, resource)
+    resource["spec"]["elasticPolicy"].update(maxReplicas=4, metrics=[{"type": "Resource"}])
+    with pytest.raises(SettingsError, match="HPA"):
+        Settings.from_resource(PYTORCH, resource)
+
+
+def test_missing_profile_waits_and_warns_once() -> None:
+    resource = mpi_resource()
+    obs = Observation(
+        MPI, resource, T0 + 1, profile_error="profile ConfigMap jobs/linear4 not found"
+    )
+    first = reconcile(obs)
+    assert first.status["phase"] == "Pending" and reasons(first) == ["ProfileUnavailable"]
+    assert conditions(first.status)["Created"] == "False"
+    resource["status"] = first.status
+    second = reconcile(Observation(MPI, resource, T0 + 11, profile_error=obs.profile_error))
+    assert second.events == [] and second.operations == []
+
+
+def test_a_foreign_job_with_the_same_name_is_not_touched() -> None:
+    cluster = Cluster(MPI, mpi_resource())
+    cluster.child = {"metadata": {"name": "nbody", "ownerReferences": []}, "spec": {}}
+    decision = cluster.step(T0 + 1)
+    assert decision.operations == []
+    assert decision.status["phase"] == "Failed"
+    assert "not owned by this job" in decision.status["message"]
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def run_to_slot2() -> Cluster:
+    cluster = Cluster(MPI, mpi_resource())
+    cluster.step(T0 + 1)
+    cluster.step(T0 + HOUR + 5)
+    decision = cluster.step(T0 + 2 * HOUR + 5)
+    assert "Started" in reasons(decision)
+    return cluster
+
+
+def test_mpi_rescale_relaunches_with_the_new_workers() -> None:
+    cluster = run_to_slot2()
+    plan = cluster.resource["status"]["plan"]
+    first = cluster.workers()
+    assert first == plan["servers"][2]
+    # Force a different level for slot 3 to see the MPI relaunch sequence.
+    plan["servers"][3] = plan["after"][3] = 2 if first != 2 else 3
+    target = plan["servers"][3]
+    decision = cluster.step(T0 + 3 * HOUR + 5, snapshot=carbon(T0 + 2 * HOUR + 5))
+    assert decision.operations == [DeleteChild("nbody")]
+    assert reasons(decision) == ["Rescaling"]
+    assert decision.status["phase"] == "Rescaling" and decision.status["replicas"] == 0
+    waiting = cluster.step(T0 + 3 * HOUR + 15, snapshot=carbon(T0 + 2 * HOUR + 5))
+    assert waiting.operations == [] and waiting.status["phase"] == "Rescaling"
+    cluster.gone()
+    relaunch = cluster.step(T0 + 3 * HOUR + 25, snapshot=carbon(T0 + 2 * HOUR + 5))
+    (op,) = relaunch.operations
+    assert isinstance(op, CreateChild)
+    assert cluster.workers() == target
+    assert reasons(relaunch) == ["Rescaled"]
+    assert relaunch.status["rescales"] == 1
+    assert relaunch.status["child"]["launches"] == 2
+
+
+def test_pytorch_rescale_patches_replicas_in_place() -> None:
+    cluster = Cluster(PYTORCH, pytorch_resource())
+    cluster.step(T0 + 1)
+    cluster.step(T0 + 2 * HOUR + 5)
+    created = cluster.child
+    assert created is not None
+    assert created["spec"]["elasticPolicy"]["minReplicas"] == 1
+    assert created["spec"]["elasticPolicy"]["maxReplicas"] == 4
+    plan = cluster.resource["status"]["plan"]
+    plan["servers"][3] = plan["after"][3] = 1 if cluster.workers() != 1 else 2
+    decision = cluster.step(T0 + 3 * HOUR + 5, snapshot=carbon(T0 + 2 * HOUR + 5))
+    assert decision.operations == [
+        PatchChild(
+            "nbody", {"spec": {"pytorchReplicaSpecs": {"Worker": {"replicas": plan["servers"][3]}}}}
+        )
+    ]
+    assert reasons(decision) == ["Rescaled"]
+
+
+def test_pause_deletes_and_resume_recreates() -> None:
+    cluster = run_to_slot2()
+    plan = cluster.resource["status"]["plan"]
+    plan["servers"][3] = plan["after"][3] = 0
+    plan["servers"][4] = plan["after"][4] = 1
+    paused = cluster.step(T0 + 3 * HOUR + 5, snapshot=carbon(T0 + 2 * HOUR + 5))
+    assert paused.operations == [DeleteChild("nbody")]
+    assert reasons(paused) == ["Paused"]
+    cluster.gone()
+    idle = cluster.step(T0 + 3 * HOUR + 30, snapshot=carbon(T0 + 2 * HOUR + 5))
+    assert idle.operations == [] and idle.status["phase"] == "Paused"
+    assert conditions(idle.status)["Paused"] == "True"
+    assert conditions(idle.status)["Running"] == "False"
+    resumed = cluster.step(T0 + 4 * HOUR + 5, snapshot=carbon(T0 + 2 * HOUR + 5))
+    assert isinstance(resumed.operations[0], CreateChild)
+    assert reasons(resumed) == ["Resumed"]
+    assert cluster.workers() == 1
+    assert resumed.status["rescales"] == 2  # the pause and the resume
+
+
+def test_pytorch_suspend_mode_pauses_without_deleting() -> None:
+    cluster = Cluster(PYTORCH, pytorch_resource(pauseMode="Suspend"))
+    cluster.step(T0 + 1)
+    cluster.step(T0 + 2 * HOUR + 5)
+    plan = cluster.resource["status"]["plan"]
+    plan["servers"][3] = plan["after"][3] = 0
+    plan["servers"][4] = plan["after"][4] = 2
+    paused = cluster.step(T0 + 3 * HOUR + 5, snapshot=carbon(T0 + 2 * HOUR + 5))
+    assert paused.operations == [PatchChild("nbody", {"spec": {"runPolicy": {"suspend": True}}})]
+    resumed = cluster.step(T0 + 4 * HOUR + 5, snapshot=carbon(T0 + 2 * HOUR + 5))
+    assert resumed.operations == [
+        PatchChild(
+            "nbody",
+            {
+                "spec": {
+                    "pytorchReplicaSpecs": {"Worker": {"replicas": 2}},
+                    "runPolicy": {"suspend": False},
+                }
+            },
+        )
+    ]
+
+
+def test_progress_behind_at_a_boundary_replans() -> None:
+    cluster = run_to_slot2()
+    cluster.resource["carbonScalerSpec"]["progress"] = 5.0  # far behind the plan
+    decision = cluster.step(T0 + 3 * HOUR + 5)
+    assert "Replanned" in reasons(decision)
+    assert decision.status["progressSource"] == "reported"
+    assert decision.status["replans"] == 1
+    message = decision.events[reasons(decision).index("Replanned")].message
+    assert "behind" in message
+
+
+def test_carbon_update_mid_slot_replans_the_following_slots() -> None:
+    cluster = Cluster(MPI, mpi_resource())
+    cluster.step(T0 + 1)
+    # A new forecast half-way through slot 0: slots 5 and 6 became the clean ones.
+    news = (500.0, 480.0, 600.0, 610.0, 520.0, 50.0, 60.0, 540.0)
+    decision = cluster.step(T0 + 1800, snapshot=carbon(T0 + 1800, news))
+    assert reasons(decision) == ["Replanned"]
+    servers = decision.status["plan"]["servers"]
+    assert servers[0] == 0  # the current slot keeps its level
+    assert servers[2] == servers[3] == 0 and servers[5] > 0
+    unchanged = cluster.step(T0 + 1900, snapshot=carbon(T0 + 1800, news))
+    assert "Replanned" not in reasons(unchanged)
+
+
+def test_no_carbon_data_plans_flat_and_replans_when_data_arrive() -> None:
+    cluster = Cluster(MPI, mpi_resource())
+    obs = Observation(MPI, copy.deepcopy(cluster.resource), T0 + 1, profile=PROFILE)
+    first = reconcile(obs)
+    assert first.status["degraded"] is True
+    assert "flat forecast" in first.events[0].message
+    cluster.resource["status"] = first.status
+    cluster.child = copy.deepcopy(first.operations[0].body) if first.operations else None
+    later = cluster.step(T0 + 60)
+    assert "Replanned" in reasons(later)
+    assert later.status["degraded"] is False
+
+
+def test_accounting_uses_profile_power_and_is_written_at_most_every_minute() -> None:
+    flat = (200.0,) * 8
+    cluster = Cluster(MPI, mpi_resource())
+    cluster.step(T0 + 1, snapshot=carbon(T0 + 1, flat))
+    workers = cluster.workers()
+    quiet = cluster.step(T0 + 11, snapshot=carbon(T0 + 1, flat))
+    assert quiet.status_patch == {} and quiet.operations == []
+    later = cluster.step(T0 + 1 + 2 * ACCOUNTING_WRITE_S, snapshot=carbon(T0 + 1, flat))
+    hours = 2 * ACCOUNTING_WRITE_S / HOUR
+    energy = 60.0 * workers * hours / 1000.0
+    assert later.status["energyKWh"] == pytest.approx(energy)
+    assert later.status["emissionsG"] == pytest.approx(energy * 200.0)
+    assert later.status["powerSource"] == "estimated:profile"
+    assert set(later.status_patch) <= {
+        "accountedUntil", "emissionsG", "energyKWh", "nominalWork", "workDone", "progress",
+        "revision", "powerSource",
+    }  # fmt: skip
+
+
+def test_operator_restart_continues_from_the_status_alone() -> None:
+    cluster = run_to_slot2()
+    before = copy.deepcopy(cluster.resource)
+    # A new operator: nothing in memory, the same resource and Kubeflow job.
+    again = reconcile(
+        Observation(MPI, before, T0 + 2 * HOUR + 15, child=cluster.state(), carbon=None)
+    )
+    assert again.operations == [] and again.events == []
+    assert again.status["plan"] == before["status"]["plan"]
+
+
+def test_finish_marks_succeeded_and_stops_acting() -> None:
+    cluster = run_to_slot2()
+    assert cluster.child is not None
+    cluster.child["status"] = {"conditions": [{"type": "Succeeded", "status": "True"}]}
+    cluster.resource["carbonScalerSpec"]["progress"] = 100
+    done = cluster.step(T0 + 3 * HOUR + 100)
+    assert done.operations == [] and reasons(done) == ["Succeeded"]
+    assert done.status["phase"] == "Succeeded" and done.status["progress"] == 100.0
+    assert conditions(done.status)["Succeeded"] == "True"
+    assert "completionTime" in done.status and "nextChange" not in done.status
+    after = cluster.step(T0 + 5 * HOUR)
+    assert after.operations == [] and after.events == [] and after.status_patch == {}
+
+
+def test_exit_zero_below_done_is_an_interruption() -> None:
+    cluster = run_to_slot2()
+    assert cluster.child is not None
+    cluster.child["status"] = {"conditions": [{"type": "Succeeded", "status": "True"}]}
+    cluster.resource["carbonScalerSpec"]["progress"] = 40
+    decision = cluster.step(T0 + 2 * HOUR + 600)
+    assert decision.operations == [DeleteChild("nbody")]
+    assert reasons(decision) == ["Interrupted"]
+
+
+def test_failed_job_is_relaunched_then_given_up() -> None:
+    cluster = run_to_slot2()
+    for attempt in range(1, 5):
+        assert cluster.child is not None
+        cluster.child["status"] = {"conditions": [{"type": "Failed", "status": "True"}]}
+        decision = cluster.step(T0 + 2 * HOUR + 60 * attempt)
+        if attempt <= 3:
+            assert decision.operations == [DeleteChild("nbody")]
+            assert reasons(decision) == ["Relaunching"]
+            cluster.gone()
+            relaunch = cluster.step(T0 + 2 * HOUR + 60 * attempt + 30)
+            assert isinstance(relaunch.operations[0], CreateChild)
+        else:
+            assert decision.operations == []
+            assert reasons(decision) == ["JobFailed"]
+            assert decision.status["phase"] == "Failed"
+
+
+def test_past_the_deadline_runs_flat_out_and_warns_once() -> None:
+    cluster = Cluster(MPI, mpi_resource(deadline=2, lengthHours=1))
+    cluster.step(T0 + 1)
+    late = cluster.step(T0 + 2 * HOUR + 5, snapshot=CarbonSnapshot(500.0, (500.0,), T0 + 2 * HOUR))
+    assert "DeadlineMissed" in reasons(late)
+    assert late.status["desiredReplicas"] == 4
+    again = cluster.step(
+        T0 + 2 * HOUR + 15, snapshot=CarbonSnapshot(500.0, (500.0,), T0 + 2 * HOUR)
+    )
+    assert "DeadlineMissed" not in reasons(again)
+
+
+def test_reference_fixed_policy_runs_at_min_replicas_from_arrival() -> None:
+    cluster = Cluster(MPI, mpi_resource(policy="fixed"))
+    decision = cluster.step(T0 + 1)
+    assert decision.status["plan"]["servers"][:4] == [1, 1, 1, 1]
+    assert decision.status["plan"]["policy"] == "agnostic"
+    assert cluster.workers() == 1
+
+
+def test_snapshot_ahead_shifts_an_old_forecast_and_holds_its_last_value() -> None:
+    snap = CarbonSnapshot(10.0, (10.0, 20.0, 30.0), T0 + 1800)
+    assert snap.ahead(T0 + 1810, T0, 3600, 5).tolist() == [10.0, 20.0, 30.0, 30.0, 30.0]
+    assert snap.ahead(T0 + HOUR + 1, T0, 3600, 2).tolist() == [20.0, 30.0]
+    assert np.array_equal(CarbonSnapshot(7.0, (), T0).ahead(T0, T0, 3600, 2), [7.0, 7.0])
+
+
+def test_a_job_slower_than_its_profile_keeps_running_past_its_plan() -> None:
+    cluster = run_to_slot2()  # the plan puts all the work in slot 2
+    plan = cluster.resource["status"]["plan"]
+    assert not any(plan["servers"][3:])
+    decision = cluster.step(T0 + 3 * HOUR + 5)  # not done yet (no Succeeded condition)
+    assert decision.operations == []
+    assert reasons(decision) == ["Overrun"]
+    assert decision.status["desiredReplicas"] == cluster.workers()
+    again = cluster.step(T0 + 3 * HOUR + 600)
+    assert again.events == [] and again.operations == []
