@@ -56,8 +56,10 @@ class Workload(BaseModel):
 
     command: str | None = Field(None, min_length=1)
     module: str | None = Field(
-        None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$", description="a Python module run as "
-        "`python -m module` (an entry point instead of a command)"
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$",
+        description="a Python module run as "
+        "`python -m module` (an entry point instead of a command)",
     )
     args: str = ""
     env: dict[str, str] = Field(default_factory=dict)
@@ -78,6 +80,7 @@ class Workload(BaseModel):
         if self.command is not None:
             return self.command
         return f"{{python}} -m {self.module} {self.args}".strip()
+
     restart_overhead_s: float | None = Field(
         None,
         ge=0,
