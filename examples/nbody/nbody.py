@@ -312,7 +312,7 @@ class WorkerPool:
                 assert isinstance(ready, Connection)
                 try:
                     ready.recv_bytes()
-                except EOFError as exc:
+                except (EOFError, OSError) as exc:  # closed or reset pipe: the worker is gone
                     raise WorkerDied(self._casualties()) from exc
                 pending.discard(ready)
 

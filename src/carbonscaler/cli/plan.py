@@ -22,7 +22,7 @@ from carbonscaler.planner import (
     plan,
     savings_pct,
 )
-from carbonscaler.profile import ScalingProfile, parse_profile_spec
+from carbonscaler.profile import parse_profile_spec
 from carbonscaler.trace import CarbonTrace, TraceError
 
 
@@ -123,13 +123,70 @@ def _comparison_table(results: dict[str, Schedule | PlanningError]) -> Table:
     return table
 
 
-def _run_plan(
+def plan_command(
+    start: Annotated[str, typer.Option(help="Job arrival, ISO 8601 (naive = UTC).")],
+    length: Annotated[float, typer.Option(help="Job length: hours at --min servers.")],
+    deadline: Annotated[float, typer.Option(help="Hours from arrival to the deadline.")],
+    profile: Annotated[
+        str, typer.Option(help="Profile CSV (nodes,throughput,power) or e.g. 'amdahl:0.05'.")
+    ],
+    trace: Annotated[
+        Path | None, typer.Option(help="Carbon-intensity CSV (any supported format).")
+    ] = None,
+    signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
+    zone: Annotated[
+        str | None,
+        typer.Option(
+            help="With --trace: the zone to select in a file that names zones (or a label "
+            "for one that does not). Without --trace: a zone of the offline dataset, year "
+            "taken from --start."
+        ),
+    ] = None,
+    min_servers: Annotated[int, typer.Option("--min", help="Fewest servers (m).")] = 1,
+    max_servers: Annotated[int, typer.Option("--max", help="Most servers (M).")] = 8,
+    policy: Annotated[str, typer.Option(help=f"One of: {', '.join(POLICIES)}.")] = "carbonscaler",
+    slot_minutes: Annotated[int, typer.Option(help="Slot length in minutes.")] = 60,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    show_all: Annotated[
+        bool, typer.Option("--compare", help="Also plan with every policy and compare.")
+    ] = False,
+    static_servers: Annotated[
+        int | None, typer.Option(help="k for the static policy (default 2·min).")
+    ] = None,
+    threshold_percentile: Annotated[
+        float, typer.Option(help="Percentile for suspend-resume-threshold.")
+    ] = 25.0,
+) -> None:
+    """Plan how many servers a job gets in each slot, and what it emits."""
+    _plan(
+        start_text=start,
+        length=length,
+        deadline=deadline,
+        profile_spec=profile,
+        trace=trace,
+        signal=signal,
+        zone=zone,
+        min_servers=min_servers,
+        max_servers=max_servers,
+        policy=policy,
+        slot_minutes=slot_minutes,
+        as_json=as_json,
+        show_all=show_all,
+        static_servers=static_servers,
+        threshold_percentile=threshold_percentile,
+    )
+
+
+@user_errors
+def _plan(
     *,
-    carbon_trace: CarbonTrace,
-    profile: ScalingProfile,
-    start: pd.Timestamp,
+    start_text: str,
     length: float,
     deadline: float,
+    profile_spec: str,
+    trace: Path | None,
+    signal: str,
+    zone: str | None,
     min_servers: int,
     max_servers: int,
     policy: str,
@@ -139,6 +196,9 @@ def _run_plan(
     static_servers: int | None,
     threshold_percentile: float,
 ) -> None:
+    start = parse_start(start_text)
+    carbon_trace = load_carbon(trace, zone, signal, slot_minutes, start)
+    profile = parse_profile_spec(profile_spec, default_servers=max(max_servers, 1))
     slot_hours = slot_minutes / 60.0
     if policy not in POLICIES:
         raise PlanningError(f"unknown policy {policy!r}; choose one of: {', '.join(POLICIES)}")
@@ -185,79 +245,3 @@ def _run_plan(
     if show_all:
         full = carbon_trace.values[carbon_trace.index_of(start) :]
         console.print(_comparison_table(compare(job, full, **options)))
-
-
-def plan_command(
-    start: Annotated[str, typer.Option(help="Job arrival, ISO 8601 (naive = UTC).")],
-    length: Annotated[float, typer.Option(help="Job length: hours at --min servers.")],
-    deadline: Annotated[float, typer.Option(help="Hours from arrival to the deadline.")],
-    profile: Annotated[
-        str, typer.Option(help="Profile CSV (nodes,throughput,power) or e.g. 'amdahl:0.05'.")
-    ],
-    trace: Annotated[
-        Path | None, typer.Option(help="Carbon-intensity CSV (any supported format).")
-    ] = None,
-    signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
-    zone: Annotated[
-        str | None,
-        typer.Option(
-            help="With --trace: the zone to select in a file that names zones (or a label "
-            "for one that does not). Without --trace: a zone of the offline dataset, year "
-            "taken from --start."
-        ),
-    ] = None,
-    min_servers: Annotated[int, typer.Option("--min", help="Fewest servers (m).")] = 1,
-    max_servers: Annotated[int, typer.Option("--max", help="Most servers (M).")] = 8,
-    policy: Annotated[str, typer.Option(help=f"One of: {', '.join(POLICIES)}.")] = "carbonscaler",
-    slot_minutes: Annotated[int, typer.Option(help="Slot length in minutes.")] = 60,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    show_all: Annotated[
-        bool, typer.Option("--compare", help="Also plan with every policy and compare.")
-    ] = False,
-    static_servers: Annotated[
-        int | None, typer.Option(help="k for the static policy (default 2·min).")
-    ] = None,
-    threshold_percentile: Annotated[
-        float, typer.Option(help="Percentile for suspend-resume-threshold.")
-    ] = 25.0,
-) -> None:
-    """Plan how many servers a job gets in each slot, and what it emits."""
-    _plan(**locals())
-
-
-@user_errors
-def _plan(
-    *,
-    start: str,
-    length: float,
-    deadline: float,
-    profile: str,
-    trace: Path | None,
-    signal: str,
-    zone: str | None,
-    min_servers: int,
-    max_servers: int,
-    policy: str,
-    slot_minutes: int,
-    as_json: bool,
-    show_all: bool,
-    static_servers: int | None,
-    threshold_percentile: float,
-) -> None:
-    start_ts = parse_start(start)
-    carbon_trace = load_carbon(trace, zone, signal, slot_minutes, start_ts)
-    _run_plan(
-        carbon_trace=carbon_trace,
-        profile=parse_profile_spec(profile, default_servers=max(max_servers, 1)),
-        start=start_ts,
-        length=length,
-        deadline=deadline,
-        min_servers=min_servers,
-        max_servers=max_servers,
-        policy=policy,
-        slot_minutes=slot_minutes,
-        as_json=as_json,
-        show_all=show_all,
-        static_servers=static_servers,
-        threshold_percentile=threshold_percentile,
-    )
