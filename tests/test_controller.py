@@ -298,3 +298,57 @@ def test_spec_validation(tmp_path: Path) -> None:
     assert spec.policy_name == "agnostic" and spec.profile.endswith("p.csv")
     assert os.path.isabs(spec.checkpoint_dir)
     assert make_forecaster_for(make_spec(tmp_path, forecaster="persistence")) is not None
+
+
+NBODY = Path(__file__).resolve().parents[1] / "examples" / "nbody" / "nbody.py"
+
+
+def test_killed_nbody_worker_mid_slot_resumes_and_matches_uninterrupted(tmp_path: Path) -> None:
+    """The issue's fault test with the real N-body example under the controller."""
+    env = {"BODIES": "300", "ITERATIONS": "400", "SEED": "3"}
+    reference = tmp_path / "reference"
+    subprocess.run(
+        [sys.executable, str(NBODY)],
+        env={
+            **os.environ,
+            **env,
+            "WORKERS": "1",
+            "CHECKPOINT_DIR": str(reference),
+            "PROGRESS_FILE": str(reference / "progress.csv"),
+        },
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    profile = tmp_path / "nbody.csv"
+    # Roughly 200 steps per wall second at 1 worker: ~100 per job hour at 0.5 s per slot.
+    profile.write_text("nodes,throughput,power\n1,100,60\n2,160,120\n")
+    spec = make_spec(
+        tmp_path,
+        workload={"command": f"{{python}} {NBODY}", "env": env},
+        profile=str(profile),
+        work=400,
+        deadline=20,
+    )
+    controller = build_controller(spec, tick_s=0.02)
+    state = controller.prepare()
+    killed: list[int] = []
+    while not state.completed:
+        if controller.step():
+            break
+        backend = controller.backend
+        assert isinstance(backend, LocalBackend)
+        pids = backend.pids()
+        if not killed and state.progress_pct > 20 and len(pids) > 1:
+            worker = max(pids)  # a forked worker, not the launcher
+            os.kill(worker, signal.SIGKILL)
+            killed.append(worker)
+        time.sleep(0.02)
+    report = controller.report()
+    assert killed, "the test never found a worker to kill"
+    assert report.completed and report.restarts >= 1
+    ours = np.load(Path(spec.checkpoint_dir) / "workload" / "result.npz")
+    theirs = np.load(reference / "result.npz")
+    assert set(ours.files) == set(theirs.files)
+    for name in ours.files:
+        assert np.array_equal(ours[name], theirs[name]), name
