@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -303,6 +304,17 @@ def test_spec_validation(tmp_path: Path) -> None:
 NBODY = Path(__file__).resolve().parents[1] / "examples" / "nbody" / "nbody.py"
 
 
+def _is_nbody_worker(pid: int, backend: LocalBackend) -> bool:
+    """A compute worker of the launcher: not the launcher, not a multiprocessing helper."""
+    if pid == backend.handle()["pid"]:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"resource_tracker" not in cmdline and b"forkserver" not in cmdline
+
+
 def test_killed_nbody_worker_mid_slot_resumes_and_matches_uninterrupted(tmp_path: Path) -> None:
     """The issue's fault test with the real N-body example under the controller."""
     env = {"BODIES": "300", "ITERATIONS": "400", "SEED": "3"}
@@ -338,11 +350,16 @@ def test_killed_nbody_worker_mid_slot_resumes_and_matches_uninterrupted(tmp_path
             break
         backend = controller.backend
         assert isinstance(backend, LocalBackend)
-        pids = backend.pids()
-        if not killed and state.progress_pct > 20 and len(pids) > 1:
-            worker = max(pids)  # a forked worker, not the launcher
-            os.kill(worker, signal.SIGKILL)
-            killed.append(worker)
+        hours = controller.job_hours(state)
+        slot = int(hours)
+        # Mid-slot, far from a planned change, so the crash is not absorbed by a planned stop.
+        in_plan = slot < len(state.plan_fraction) and state.plan_fraction[slot] == 1.0
+        mid_slot = in_plan and 0.15 < hours - slot < 0.5
+        if not killed and mid_slot and 20 < state.progress_pct < 80 and backend.workers > 0:
+            workers = [pid for pid in backend.pids() if _is_nbody_worker(pid, backend)]
+            if workers:
+                os.kill(workers[0], signal.SIGKILL)
+                killed.append(workers[0])
         time.sleep(0.02)
     report = controller.report()
     assert killed, "the test never found a worker to kill"
@@ -352,3 +369,40 @@ def test_killed_nbody_worker_mid_slot_resumes_and_matches_uninterrupted(tmp_path
     assert set(ours.files) == set(theirs.files)
     for name in ours.files:
         assert np.array_equal(ours[name], theirs[name]), name
+
+
+def test_run_uses_measured_rapl_power_where_readable(tmp_path: Path) -> None:
+    """A powercap tree whose package counter advances as a 90 W machine's would."""
+    zone = tmp_path / "powercap" / "intel-rapl:0"
+    zone.mkdir(parents=True)
+    (zone / "name").write_text("package-0\n")
+    (zone / "max_energy_range_uj").write_text("262143328850\n")
+    counter = zone / "energy_uj"
+    counter.write_text("1000\n")
+    stop = threading.Event()
+
+    def tick() -> None:  # 90 W: 90 J per second, written every 20 ms
+        energy_uj, last = 1000.0, time.monotonic()
+        while not stop.is_set():
+            time.sleep(0.02)
+            now = time.monotonic()
+            energy_uj += 90.0 * (now - last) * 1e6
+            last = now
+            tmp = counter.with_suffix(".tmp")
+            tmp.write_text(f"{int(energy_uj)}\n")
+            os.replace(tmp, counter)
+
+    writer = threading.Thread(target=tick, daemon=True)
+    writer.start()
+    try:
+        spec = make_spec(tmp_path, powercap_root=str(tmp_path / "powercap"))
+        report = build_controller(spec, tick_s=0.05).run()
+    finally:
+        stop.set()
+        writer.join()
+    assert report.completed
+    assert report.power_source == "measured:rapl"
+    # Energy in job hours: 90 W whenever servers ran (the machine's package, not P(k)).
+    server_hours = sum(1 for s in report.servers_by_slot if s > 0)
+    assert report.energy_kwh > 0 and server_hours > 0
+    assert report.agnostic_emissions_g > 0 and report.savings_pct > 0

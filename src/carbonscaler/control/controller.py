@@ -343,6 +343,7 @@ class Controller:
             hours = end - start
             energy = watts * hours / 1000.0
             state.nominal_work += float(self.profile.throughput[state.servers]) * hours
+            state.profile_energy_kwh += float(self.profile.power_w[state.servers]) * hours / 1000
             carbon = self._carbon(slot, state)
             state.energy_kwh += energy
             state.emissions_g += energy * carbon
@@ -570,14 +571,20 @@ class Controller:
     def _agnostic_emissions(self, carbon: np.ndarray) -> float:
         """The same work at minReplicas from arrival on the same actual trace and profile.
 
-        The profile's speed is corrected by the speed the job actually ran at, so that the
-        saving reflects the schedule, not how well the profile guessed the machine's speed.
+        The profile's speed is corrected by the speed the job actually ran at, and its power by
+        how measured power compared with it, so that the saving reflects the schedule, not how
+        well the profile guessed the machine.
         """
         m = self.job.min_servers
         observed = self._observed_rate(self.state) if self.state is not None else 1.0
         rate = self.profile.throughput[m] * observed
         slots_needed = self.job.work / (rate * self.job.slot_hours)
-        watts = self.power(m)[0]
+        # Measured power (RAPL) and the profile's estimate can differ in level; scale the
+        # profile's P(m) by how the two compared over this run.
+        scale = 1.0
+        if self.state is not None and self.state.profile_energy_kwh > 0:
+            scale = self.state.energy_kwh / self.state.profile_energy_kwh
+        watts = float(self.profile.power_w[m]) * scale
         total = 0.0
         for i in range(math.ceil(slots_needed - 1e-12)):
             share = min(1.0, slots_needed - i)

@@ -17,6 +17,7 @@ from carbonscaler.control.profiler import profile_workload
 from carbonscaler.control.spec import JobSpec, SpecError
 from carbonscaler.control.state import ControllerState, StateStore
 from carbonscaler.forecast import Forecaster, make_forecaster
+from carbonscaler.power import DEFAULT_POWERCAP_ROOT, MeterError, MeterUnavailable, RaplMeter
 from carbonscaler.profile import ScalingProfile, parse_profile_spec
 from carbonscaler.providers import live_provider
 from carbonscaler.trace import load_trace
@@ -120,6 +121,30 @@ def _profile_and_work(
     return profile, work, env, source
 
 
+def machine_power(
+    spec: JobSpec, profile: ScalingProfile
+) -> Callable[[int], tuple[float, str]] | None:
+    """Measured power for the local runtime: RAPL package energy where readable, else None.
+
+    The local backend runs one job per machine, so the machine's package power is the job's
+    (as the reference counted it). Each call returns the average power since the previous one,
+    which is exactly the interval the controller is accounting.
+    """
+    try:
+        meter = RaplMeter(spec.powercap_root or DEFAULT_POWERCAP_ROOT)
+    except MeterUnavailable:
+        return None
+
+    def power(servers: int) -> tuple[float, str]:
+        try:
+            reading = meter.read()
+        except MeterError:  # a counter reset: this interval falls back to the estimate
+            return float(profile.power_w[servers]), "estimated:profile"
+        return reading.watts, reading.source
+
+    return power
+
+
 def build_controller(
     spec: JobSpec,
     *,
@@ -157,6 +182,7 @@ def build_controller(
         profile,
         work,
         store,
+        power=machine_power(spec, profile),
         on_step=on_step,
         tick_s=tick_s,
         profile_source=source,

@@ -168,6 +168,11 @@ class JobSpec(BaseModel):
         "a slower-than-profiled stretch does not cost the deadline",
     )
     profile_seconds: float = Field(6.0, gt=0)
+    powercap_root: str | None = Field(
+        None,
+        description="powercap sysfs tree for measured (RAPL) power; default "
+        "/sys/class/powercap; where unreadable, power is the profile's estimate",
+    )
     seed: int = 0
 
     @model_validator(mode="before")

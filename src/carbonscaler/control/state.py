@@ -74,6 +74,7 @@ class ControllerState:
     servers: int = 0
     emissions_g: float = 0.0
     energy_kwh: float = 0.0
+    profile_energy_kwh: float = 0.0  # the same server-time at the profile's P(k)
     emissions_by_slot: dict[str, float] = field(default_factory=dict)
     servers_by_slot: dict[str, float] = field(default_factory=dict)
     replans: int = 0
