@@ -38,7 +38,8 @@ def _live_table(controller: Controller, state: ControllerState) -> Table:
     spec = controller.spec
     hours = controller.job_hours(state)
     slot = min(math.floor(hours / spec.slot_hours), state.deadline_slots - 1)
-    carbon = controller._carbon_cache.get(slot, float("nan"))
+    seen = controller.intensity_seen(slot)
+    carbon = float("nan") if seen is None else seen
     upcoming = ""
     for i in range(max(slot + 1, 0), state.deadline_slots):
         if state.plan_servers[i] != state.servers:

@@ -34,7 +34,7 @@ from carbonscaler.control.spec import JobSpec
 from carbonscaler.control.state import ControllerState, Event, StateStore
 from carbonscaler.planner.batch import BatchPlan, batch_greedy_with_overhead
 from carbonscaler.planner.exact import plan_exact
-from carbonscaler.planner.model import Job, PlanningError
+from carbonscaler.planner.model import Job, PlanningError, check_feasible
 from carbonscaler.profile import ScalingProfile
 
 __all__ = ["Controller", "RunReport"]
@@ -268,8 +268,6 @@ class Controller:
         n = self.spec.deadline_slots
         if self.spec.policy_name != "agnostic":
             # Refuse an impossible deadline with the planner's explanation.
-            from carbonscaler.planner.model import check_feasible
-
             job = self.job
             if self.spec.policy_name == "suspend-resume":
                 job = job.with_bounds(job.min_servers, job.min_servers)
@@ -313,6 +311,10 @@ class Controller:
         return state
 
     # -- one step ------------------------------------------------------------------------
+
+    def intensity_seen(self, slot: int) -> float | None:
+        """The actual intensity accounted for ``slot`` so far, if the slot has been seen."""
+        return self._carbon_cache.get(slot)
 
     def _carbon(self, slot: int, state: ControllerState) -> float:
         if slot not in self._carbon_cache:
