@@ -128,7 +128,8 @@ def execute(
     else:
         console.print(_report_table(report))
         for key, value in extra.items():
-            console.print(f"{key}: {value}")
+            shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+            console.print(f"{key.replace('_', ' ')}: {shown}")
         console.print(f"report: {', '.join(str(p) for p in written)}")
     return report
 
