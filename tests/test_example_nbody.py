@@ -23,6 +23,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from _workload import children, finish, wait_for_progress, wait_gone
+
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "nbody" / "nbody.py"
 BODIES = 600
 ITERATIONS = 400
@@ -56,55 +58,11 @@ def launch(run_dir: Path, workers: int, **extra: str) -> subprocess.Popen[bytes]
     )
 
 
-def finish(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> tuple[int, str]:
-    """Wait for the process; return its exit code and everything it printed."""
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, (out + err).decode()
-
-
 def progress_rows(run_dir: Path) -> list[tuple[int, float]]:
     """The ``(step, percent)`` rows of the progress file, header excluded."""
     lines = (run_dir / "progress.csv").read_text().splitlines()
     assert lines[0] == "step,percent"
     return [(int(s), float(p)) for s, p in (line.split(",") for line in lines[1:])]
-
-
-def wait_for_progress(run_dir: Path, pct: float, proc: subprocess.Popen[bytes]) -> None:
-    """Block until the run has reported at least ``pct`` percent (and is still running)."""
-    path = run_dir / "progress.csv"
-    deadline = time.monotonic() + 20.0
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"exited early: {finish(proc)}"
-        if path.exists():
-            complete = path.read_text().rpartition("\n")[0].splitlines()
-            if len(complete) > 1 and float(complete[-1].split(",")[1]) >= pct:
-                return
-        time.sleep(0.005)
-    raise AssertionError(f"no {pct} % progress within 20 s")
-
-
-def children(pid: int) -> list[int]:
-    """Child processes of ``pid`` (its worker processes)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-def gone(pid: int) -> bool:
-    """True once ``pid`` has exited (a zombie waiting to be reaped counts as exited)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rindex(")") + 2] in "ZX"
-
-
-def wait_gone(pids: list[int], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(gone(p) for p in pids):
-        assert time.monotonic() < deadline, f"still alive after {timeout} s: {pids}"
-        time.sleep(0.02)
 
 
 def stop(proc: subprocess.Popen[bytes], *, group: bool) -> float:

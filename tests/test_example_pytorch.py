@@ -19,6 +19,9 @@ from typing import Any
 
 import pytest
 
+from _workload import children, finish, wait_for_progress, wait_gone
+from carbonscaler.backends import read_progress_pct
+
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "pytorch" / "train.py"
@@ -48,55 +51,6 @@ def launch(run_dir: Path, workers: int) -> subprocess.Popen[bytes]:
     )
 
 
-def finish(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> tuple[int, str]:
-    """Wait for the process; return its exit code and everything it printed."""
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, (out + err).decode()
-
-
-def last_percent(run_dir: Path) -> float | None:
-    path = run_dir / "progress.csv"
-    if not path.exists():
-        return None
-    complete = path.read_text().rpartition("\n")[0].splitlines()
-    return float(complete[-1].split(",")[1]) if len(complete) > 1 else None
-
-
-def wait_for_progress(run_dir: Path, pct: float, proc: subprocess.Popen[bytes]) -> None:
-    """Block until the run has reported at least ``pct`` percent (and is still running)."""
-    deadline = time.monotonic() + 60.0
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"exited early: {finish(proc)}"
-        reported = last_percent(run_dir)
-        if reported is not None and reported >= pct:
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"no {pct} % progress within 60 s")
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-def gone(pid: int) -> bool:
-    """True once ``pid`` has exited (a zombie waiting to be reaped counts as exited)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rindex(")") + 2] in "ZX"
-
-
-def wait_gone(pids: list[int], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(gone(p) for p in pids):
-        assert time.monotonic() < deadline, f"still alive after {timeout} s: {pids}"
-        time.sleep(0.02)
-
-
 def result(run_dir: Path) -> dict[str, Any]:
     loaded: dict[str, Any] = torch.load(run_dir / "checkpoint" / "model.pt", weights_only=True)
     return loaded
@@ -120,7 +74,7 @@ def test_stop_at_two_workers_resume_at_one(tmp_path: Path) -> None:
     assert time.monotonic() - stop_started < STOP_TIMEOUT_S
     assert (elastic_dir / "checkpoint" / "checkpoint.pt").exists()
     assert not (elastic_dir / "checkpoint" / "DONE").exists()
-    stopped_at = last_percent(elastic_dir)
+    stopped_at = read_progress_pct(elastic_dir / "progress.csv")
     assert stopped_at is not None and 0 < stopped_at < 100
 
     code, output = finish(launch(elastic_dir, workers=1))
