@@ -22,9 +22,20 @@ import numpy as np
 from numpy.typing import NDArray
 
 from carbonscaler.advisor.forecasts import ForecastSpec, issue_forecasts
-from carbonscaler.planner.batch import BatchPlan, batch_greedy_with_overhead
+from carbonscaler.planner.batch import (
+    BatchPlan,
+    batch_greedy_with_overhead,
+    plans_from_schedules,
+)
 from carbonscaler.planner.exact import plan_exact
-from carbonscaler.planner.model import FloatArray, IntArray, Job, Ladder, PlanningError
+from carbonscaler.planner.model import (
+    FloatArray,
+    IntArray,
+    Job,
+    Ladder,
+    PlanningError,
+    Schedule,
+)
 
 __all__ = ["PLANNED_POLICIES", "Conditions", "Outcome", "simulate_policy"]
 
@@ -107,24 +118,13 @@ def _plan_rows(
             previous=previous,
             started=started,
         )
-    rows, n = forecast.shape
-    servers = np.zeros((rows, n), dtype=np.int64)
-    fraction = np.ones((rows, n))
-    after = np.zeros((rows, n), dtype=np.int64)
-    feasible = np.zeros(rows, dtype=bool)
-    for r in range(rows):
+    schedules: list[Schedule | None] = []
+    for row, target in zip(forecast, targets, strict=True):
         try:
-            s = plan_exact(job.with_work(float(targets[r]) * job.slot_hours), forecast[r])
+            schedules.append(plan_exact(job.with_work(float(target) * job.slot_hours), row))
         except PlanningError:
-            continue
-        k = len(s.servers)
-        servers[r, :k] = s.servers
-        after[r, :k] = s.servers
-        if s.partial_slot is not None:
-            fraction[r, s.partial_slot] = s.last_slot_fraction
-            after[r, s.partial_slot] = s.partial_servers_after
-        feasible[r] = True
-    return BatchPlan(servers, fraction, after, feasible)
+            schedules.append(None)
+    return plans_from_schedules(schedules, forecast.shape[1])
 
 
 def simulate_policy(

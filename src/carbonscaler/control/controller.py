@@ -32,7 +32,12 @@ from carbonscaler.control.backend import Backend, WorkloadState
 from carbonscaler.control.carbon import CarbonFeed, CarbonUnavailable
 from carbonscaler.control.spec import JobSpec
 from carbonscaler.control.state import ControllerState, Event, StateStore
-from carbonscaler.planner.batch import BatchPlan, batch_greedy_with_overhead
+from carbonscaler.planner.baselines import plan_agnostic
+from carbonscaler.planner.batch import (
+    BatchPlan,
+    batch_greedy_with_overhead,
+    plans_from_schedules,
+)
 from carbonscaler.planner.exact import plan_exact
 from carbonscaler.planner.model import Job, PlanningError, check_feasible
 from carbonscaler.profile import ScalingProfile
@@ -152,14 +157,9 @@ class Controller:
         ladder = job.ladder()
         target = np.array([target_work / job.slot_hours])
         if policy == "exact" and not ladder.concave:
-            s = plan_exact(job.with_work(target_work), forecast)
-            servers = np.zeros((1, len(forecast)), dtype=np.int64)
-            servers[0, : len(s.servers)] = s.servers
-            fraction, after = np.ones((1, len(forecast))), servers.copy()
-            if s.partial_slot is not None:
-                fraction[0, s.partial_slot] = s.last_slot_fraction
-                after[0, s.partial_slot] = s.partial_servers_after
-            return BatchPlan(servers, fraction, after, np.array([True]))
+            return plans_from_schedules(
+                [plan_exact(job.with_work(target_work), forecast)], len(forecast)
+            )
         overhead_h = self._overhead_s() / self.spec.seconds_per_slot * self.spec.slot_hours
         return batch_greedy_with_overhead(
             ladder,
@@ -208,17 +208,11 @@ class Controller:
         state.change_wall = None
 
     def _agnostic_plan(self, slots: int) -> BatchPlan:
-        m = self.job.min_servers
-        need = self.job.work / (self.profile.throughput[m] * self.job.slot_hours)
-        servers = np.zeros((1, slots), dtype=np.int64)
-        whole = min(math.floor(need), slots)
-        servers[0, : min(math.ceil(need), slots)] = m
-        fraction = np.ones((1, slots))
-        after = servers.copy()
-        if whole < slots and need - whole > 1e-12:
-            fraction[0, whole] = need - whole
-            after[0, whole] = 0
-        return BatchPlan(servers, fraction, after, np.array([True]))
+        """``m`` servers from arrival until done (the reference's ``fixed`` policy)."""
+        needed = math.ceil(self.job.length_hours / self.job.slot_hours) + 1
+        # Carbon-agnostic ignores intensity: any values of the right length will do.
+        schedule = plan_agnostic(self.job, np.ones(max(needed, slots)), deadline_slots=slots)
+        return plans_from_schedules([schedule], slots)
 
     def _install(
         self,

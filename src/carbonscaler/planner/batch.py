@@ -10,14 +10,21 @@ The result equals :func:`carbonscaler.planner.greedy.plan_greedy` row by row (te
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from carbonscaler.planner.model import FloatArray, IntArray, Ladder
+from carbonscaler.planner.model import FloatArray, IntArray, Ladder, Schedule
 
-__all__ = ["BatchPlan", "batch_greedy"]
+__all__ = [
+    "BatchPlan",
+    "batch_greedy",
+    "batch_greedy_with_overhead",
+    "plans_from_schedules",
+    "rescale_losses",
+]
 
 
 @dataclass(frozen=True)
@@ -188,3 +195,27 @@ def batch_greedy_with_overhead(
         losses = rescale_losses(plans, throughput, overhead_h, slot_hours, prev, begun)
         plans = batch_greedy(ladder, carbon, base + losses)
     return plans
+
+
+def plans_from_schedules(schedules: Sequence[Schedule | None], slots: int) -> BatchPlan:
+    """Single-plan schedules in the per-slot form, cut or padded to ``slots`` slots.
+
+    ``None`` marks a row that could not be planned (infeasible).
+    """
+    rows = len(schedules)
+    servers = np.zeros((rows, slots), dtype=np.int64)
+    fraction = np.ones((rows, slots))
+    after = np.zeros((rows, slots), dtype=np.int64)
+    feasible = np.zeros(rows, dtype=bool)
+    for r, schedule in enumerate(schedules):
+        if schedule is None:
+            continue
+        k = min(len(schedule.servers), slots)
+        servers[r, :k] = schedule.servers[:k]
+        after[r, :k] = schedule.servers[:k]
+        partial = schedule.partial_slot
+        if partial is not None and partial < slots:
+            fraction[r, partial] = schedule.last_slot_fraction
+            after[r, partial] = schedule.partial_servers_after
+        feasible[r] = True
+    return BatchPlan(servers, fraction, after, feasible)
