@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from carbonscaler.backends.local import LocalBackend, read_progress
+from carbonscaler.control.backend import WorkloadState
 from carbonscaler.profile import ProfileError, ScalingProfile
 
 __all__ = ["ProfileResult", "per_server_power", "profile_workload"]
@@ -109,7 +110,7 @@ def profile_workload(
             t0, step0 = time.monotonic(), first[0]
             last = first
             t1 = t0
-            while time.monotonic() - t0 < seconds_each and backend.poll().value == "running":
+            while time.monotonic() - t0 < seconds_each and backend.poll() is WorkloadState.RUNNING:
                 time.sleep(0.05)
                 now = read_progress(backend.progress_file)
                 if now is not None and now[0] > last[0]:
@@ -143,7 +144,7 @@ def _wait_for_progress(backend: LocalBackend, timeout_s: float) -> tuple[float, 
         line = read_progress(backend.progress_file)
         if line is not None:
             return line
-        if backend.poll().value in ("crashed", "done", "stopped"):
+        if backend.poll() is not WorkloadState.RUNNING:
             return None
         time.sleep(0.02)
     return None
