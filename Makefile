@@ -25,8 +25,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/carbonscaler demo
 
-## Run the whole test suite.
-test: $(STAMP)
+## Run the whole test suite: lint (ruff check, ruff format --check) and types (mypy --strict)
+## first, through the lint target, then pytest; any problem fails it.
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

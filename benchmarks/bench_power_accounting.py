@@ -35,7 +35,14 @@ from pathlib import Path
 
 import httpx
 
-from carbonscaler.accounting import JobSpec, Ledger, ProviderFeed, TimeMap, Tracker, TrackerConfig
+from carbonscaler.accounting import (
+    Ledger,
+    ProviderIntensityFeed,
+    TimeMap,
+    TrackedJob,
+    Tracker,
+    TrackerConfig,
+)
 from carbonscaler.providers import ManualClock, TraceReplay
 from carbonscaler.trace import from_values
 
@@ -167,12 +174,12 @@ async def account(
         trace = from_values([100.0 + 10 * (i % 24) for i in range(24 * 30)], start="2022-01-01")
         replay = TraceReplay(trace, start=start, clock=ManualClock(start))
         # One wall second is one replay minute: intervals cross carbon slots now and then.
-        feed = ProviderFeed(replay, time_map=TimeMap(time.time(), start, 60.0))
+        feed = ProviderIntensityFeed(replay, time_map=TimeMap(time.time(), start, 60.0))
         ledger = Ledger(Path(tmp) / "acct.db")
         tracker = Tracker(ledger, feed, TrackerConfig(sample_interval_s=interval_s))
         for i in range(jobs):
             nodes = tuple(f"{base}/node-{i * per_job + n}" for n in range(per_job))
-            tracker.register(JobSpec(f"job-{i:03d}", nodes=nodes, watts_per_server=60.0))
+            tracker.register(TrackedJob(f"job-{i:03d}", nodes=nodes, watts_per_server=60.0))
         await asyncio.sleep(0.5)
         cpu0, wall0 = time.process_time(), time.monotonic()
         await tracker.start()

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from carbonscaler.backends.local import LocalBackend, read_progress
+from carbonscaler.cli._runner import build_controller
 from carbonscaler.control import JobSpec
-from carbonscaler.control.runner import build_controller
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,14 +18,14 @@ from carbonscaler.accounting import (
     CarbonUnavailable,
     CsvProgress,
     IntensitySegment,
-    JobSpec,
     Ledger,
     LedgerError,
     ProgressError,
-    ProviderFeed,
+    ProviderIntensityFeed,
     PushedFeed,
     SampleRecord,
     TimeMap,
+    TrackedJob,
     Tracker,
     TrackerConfig,
     TrackerError,
@@ -37,6 +37,8 @@ from carbonscaler.accounting import (
 from carbonscaler.profile import ScalingProfile
 from carbonscaler.providers import ManualClock, TraceReplay
 from carbonscaler.trace import from_values
+
+pytestmark = pytest.mark.integration  # starts real processes or servers
 
 T0 = datetime(2022, 1, 1, tzinfo=UTC).timestamp()  # a slot boundary of the hourly trace
 
@@ -199,7 +201,9 @@ def replay(values: list[float]) -> TraceReplay:
 def test_provider_feed_maps_wall_time_onto_a_fast_replay() -> None:
     # 1 wall second = 1 replay hour: the wall interval 0.5..2.5 s spans three slots.
     sim0 = datetime(2022, 1, 1, tzinfo=UTC)
-    feed = ProviderFeed(replay([100.0, 200.0, 300.0, 400.0]), time_map=TimeMap(0.0, sim0, 3600))
+    feed = ProviderIntensityFeed(
+        replay([100.0, 200.0, 300.0, 400.0]), time_map=TimeMap(0.0, sim0, 3600)
+    )
     segments = feed.segments(0.5, 2.5)
     assert [(s.start_s, s.end_s, s.g_per_kwh) for s in segments] == [
         (0.0, 1.0, 100.0),
@@ -268,13 +272,15 @@ def profile_csv(tmp_path: Path) -> str:
 def test_tracker_hand_computed_over_a_carbon_change_and_a_dead_node(tmp_path: Path) -> None:
     node = power_server(100.0)
     ledger = Ledger(tmp_path / "acct.db")
-    feed = ProviderFeed(
+    feed = ProviderIntensityFeed(
         replay([200.0, 400.0, 600.0]), time_map=TimeMap(T0, datetime.fromtimestamp(T0, UTC))
     )
     wall = Wall(T0 + 3570)
     tracker = Tracker(ledger, feed, TrackerConfig(request_timeout_s=0.5), clock=wall)
     dead = "http://127.0.0.1:9"
-    spec = JobSpec("nbody", nodes=(node.url, dead), servers=2, profile_path=profile_csv(tmp_path))
+    spec = TrackedJob(
+        "nbody", nodes=(node.url, dead), servers=2, profile_path=profile_csv(tmp_path)
+    )
     tracker.register(spec)
 
     async def rounds() -> list[list[SampleRecord]]:
@@ -308,14 +314,14 @@ def test_tracker_resumes_from_the_ledger_without_gaps_or_double_counts(tmp_path:
     path = tmp_path / "acct.db"
 
     def tracker(wall: Wall) -> Tracker:
-        feed = ProviderFeed(
+        feed = ProviderIntensityFeed(
             replay([300.0] * 3), time_map=TimeMap(T0, datetime.fromtimestamp(T0, UTC))
         )
         return Tracker(Ledger(path), feed, clock=wall)
 
     wall = Wall(T0 + 10)
     first = tracker(wall)
-    first.register(JobSpec("est", servers=3, watts_per_server=50.0))
+    first.register(TrackedJob("est", servers=3, watts_per_server=50.0))
     asyncio.run(first.sample_round(T0 + 20))
     again = tracker(wall)  # a restart: the same ledger, a new process
     assert list(again.jobs) == ["est"]
@@ -327,30 +333,32 @@ def test_tracker_resumes_from_the_ledger_without_gaps_or_double_counts(tmp_path:
 
 
 def test_tracker_rejects_bad_registrations(tmp_path: Path) -> None:
-    feed = ProviderFeed(replay([300.0]))
+    feed = ProviderIntensityFeed(replay([300.0]))
     tracker = Tracker(Ledger(tmp_path / "acct.db"), feed)
     with pytest.raises(TrackerError, match="profile_path"):
-        JobSpec("j")
+        TrackedJob("j")
     with pytest.raises(TrackerError, match="job id"):
-        JobSpec("../etc", watts_per_server=1.0)
+        TrackedJob("../etc", watts_per_server=1.0)
     with pytest.raises(TrackerError, match="twice"):
-        JobSpec("j", nodes=("http://a:1", "http://a:1"), watts_per_server=1.0)
+        TrackedJob("j", nodes=("http://a:1", "http://a:1"), watts_per_server=1.0)
     with pytest.raises(TrackerError, match="--kepler-url"):
-        tracker.register(JobSpec("j", pods=("ml/p",), watts_per_server=1.0))
+        tracker.register(TrackedJob("j", pods=("ml/p",), watts_per_server=1.0))
     with pytest.raises(TrackerError, match="cannot use its profile"):
-        tracker.register(JobSpec("j", profile_path=str(tmp_path / "missing.csv")))
-    tracker.register(JobSpec("j", watts_per_server=1.0))
+        tracker.register(TrackedJob("j", profile_path=str(tmp_path / "missing.csv")))
+    tracker.register(TrackedJob("j", watts_per_server=1.0))
     with pytest.raises(TrackerError, match="exists"):
-        tracker.register(JobSpec("j", watts_per_server=1.0))
+        tracker.register(TrackedJob("j", watts_per_server=1.0))
     with pytest.raises(TrackerError, match="no tracked job"):
         tracker.post_progress("nobody", 5)
 
 
 def test_rescale_and_stop_account_up_to_the_moment_they_happen(tmp_path: Path) -> None:
-    feed = ProviderFeed(replay([360.0] * 3), time_map=TimeMap(T0, datetime.fromtimestamp(T0, UTC)))
+    feed = ProviderIntensityFeed(
+        replay([360.0] * 3), time_map=TimeMap(T0, datetime.fromtimestamp(T0, UTC))
+    )
     wall = Wall(T0)
     tracker = Tracker(Ledger(tmp_path / "acct.db"), feed, clock=wall)
-    tracker.register(JobSpec("elastic", servers=1, watts_per_server=50.0))
+    tracker.register(TrackedJob("elastic", servers=1, watts_per_server=50.0))
 
     async def story() -> None:
         wall.t = T0 + 10
@@ -377,10 +385,12 @@ def test_rescale_and_stop_account_up_to_the_moment_they_happen(tmp_path: Path) -
 def test_a_restart_resumes_a_job_whose_profile_vanished(tmp_path: Path) -> None:
     path = tmp_path / "acct.db"
     profile = profile_csv(tmp_path)
-    feed = ProviderFeed(replay([100.0] * 3), time_map=TimeMap(T0, datetime.fromtimestamp(T0, UTC)))
+    feed = ProviderIntensityFeed(
+        replay([100.0] * 3), time_map=TimeMap(T0, datetime.fromtimestamp(T0, UTC))
+    )
     wall = Wall(T0)
     first = Tracker(Ledger(path), feed, clock=wall)
-    first.register(JobSpec("lost", servers=2, profile_path=profile))
+    first.register(TrackedJob("lost", servers=2, profile_path=profile))
     asyncio.run(first.sample_round(T0 + 10))
     Path(profile).unlink()
     again = Tracker(Ledger(path), feed, clock=wall)

@@ -43,6 +43,8 @@ from carbonscaler.services.power import PowerServerConfig
 from carbonscaler.services.power import create_app as power_app
 from carbonscaler.trace import from_values
 
+pytestmark = pytest.mark.integration  # starts real processes or servers
+
 
 class Measured(PowerMeter):
     """A node whose hardware meter reads a constant power."""

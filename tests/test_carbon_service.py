@@ -42,6 +42,8 @@ from carbonscaler.services._push import PushClient, PushProtocolError
 from carbonscaler.services.carbon import ADDRESS_PATTERN, ForecasterName
 from carbonscaler.trace import from_values
 
+pytestmark = pytest.mark.integration  # starts real processes or servers
+
 VALUES = [100.0 + 10 * i for i in range(48)]  # two days, hourly, rising
 HOSTILE = "x'); DROP TABLE subscribers;--"
 TOKEN = "s3cret-token"
@@ -246,6 +248,10 @@ def test_v1_api_zones_forecast_health_and_metrics(service_url: str) -> None:
     forecast = httpx.get(service_url + "/v1/intensity/forecast?horizon=30&method=uniform").json()
     assert len(forecast["values_g_per_kwh"]) == 30 and forecast["method"] == "uniform"
     assert forecast["step_s"] == 3600
+    # The reference's names are aliases: REAL is the perfect forecast.
+    for method in ("REAL", "real", "perfect"):
+        perfect = httpx.get(service_url + f"/v1/intensity/forecast?horizon=5&method={method}")
+        assert perfect.status_code == 200 and perfect.json()["method"] == "perfect", perfect.text
     health = httpx.get(service_url + "/healthz").json()
     assert health["status"] == "ok" and health["provider"] == "replay"
     metrics = httpx.get(service_url + "/metrics")
@@ -265,7 +271,8 @@ def test_v1_api_zones_forecast_health_and_metrics(service_url: str) -> None:
 
 
 def test_forecaster_names_in_the_schema_match_the_library() -> None:
-    assert get_args(ForecasterName) == FORECASTERS
+    model = get_args(ForecasterName)[0]
+    assert tuple(model) == FORECASTERS
 
 
 class Failing(CarbonProvider):

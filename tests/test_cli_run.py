@@ -12,6 +12,8 @@ from carbonscaler import datasets
 from carbonscaler.cli import app
 from carbonscaler.profile import load_profile
 
+pytestmark = pytest.mark.integration  # starts real processes or servers
+
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 

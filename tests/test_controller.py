@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from carbonscaler.backends.base import BackendError, WorkloadState
 from carbonscaler.backends.local import LocalBackend, read_progress, read_progress_pct
+from carbonscaler.cli._runner import build_controller, make_forecaster_for, state_path
 from carbonscaler.control import (
     CarbonUnavailable,
     ControllerState,
@@ -23,12 +25,11 @@ from carbonscaler.control import (
     ReplayFeed,
     SpecError,
     StateStore,
-    WorkloadState,
     load_job_spec,
 )
-from carbonscaler.control.backend import BackendError
-from carbonscaler.control.runner import build_controller, make_forecaster_for, state_path
 from carbonscaler.planner import InfeasibleError
+
+pytestmark = pytest.mark.integration  # starts real processes or servers
 
 COUNTER = Path(__file__).parent / "workloads" / "counter.py"
 # One slot (an hour of job time) every 0.5 wall seconds; 10 steps per job hour at 1 worker.

@@ -30,9 +30,12 @@ BODIES = 600
 ITERATIONS = 400
 STOP_TIMEOUT_S = 2.0  # the contract: exit within ~2 s of SIGTERM
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="uses /proc to find the worker processes"
-)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="uses /proc to find the worker processes"
+    ),
+]
 
 
 # -- helpers -----------------------------------------------------------------------------

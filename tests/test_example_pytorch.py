@@ -28,9 +28,12 @@ SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "pytorch" / "train.p
 STEPS = 100
 STOP_TIMEOUT_S = 2.0  # the contract: exit within ~2 s of SIGTERM
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="uses /proc to find the worker processes"
-)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="uses /proc to find the worker processes"
+    ),
+]
 
 
 def launch(run_dir: Path, workers: int) -> subprocess.Popen[bytes]:

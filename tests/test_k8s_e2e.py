@@ -27,6 +27,8 @@ kubernetes = pytest.importorskip("kubernetes")
 from kubernetes import client, config  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 
+pytestmark = pytest.mark.integration  # starts real processes or servers
+
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 PROFILE = "nodes,throughput,power\n0,0,0\n1,1,60\n2,1.9,120\n3,2.7,180\n"
 

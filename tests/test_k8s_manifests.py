@@ -14,7 +14,7 @@ import yaml
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 jsonschema = pytest.importorskip("jsonschema")
 
-from carbonscaler.operator.crd import KINDS, crd_manifest  # noqa: E402
+from carbonscaler.kube.crd import KINDS, crd_manifest  # noqa: E402
 from carbonscaler.operator.reconcile import Settings  # noqa: E402
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -88,7 +88,7 @@ def crds() -> dict[str, dict[str, Any]]:
 def test_crd_files_are_generated_from_the_code() -> None:
     for kind in KINDS.values():
         on_disk = yaml.safe_load((DEPLOY / "crds" / f"{kind.plural}.yaml").read_text())
-        assert on_disk == crd_manifest(kind), "run: python -m carbonscaler.operator.crd deploy/crds"
+        assert on_disk == crd_manifest(kind), "run: python -m carbonscaler.kube.crd deploy/crds"
 
 
 _FORBIDDEN_IN_JUNCTORS = {"type", "description", "default", "additionalProperties", "nullable"}

@@ -27,13 +27,15 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 from kubernetes import client  # noqa: E402
 
+from carbonscaler.backends.base import WorkloadState  # noqa: E402
 from carbonscaler.backends.kubernetes import KubeflowApi, KubernetesBackend  # noqa: E402
-from carbonscaler.control.backend import WorkloadState  # noqa: E402
+from carbonscaler.kube.crd import MPI, PYTORCH  # noqa: E402
 from carbonscaler.operator import handlers  # noqa: E402
 from carbonscaler.operator.carbon import CarbonBoard, snapshot_from_push, webhook_app  # noqa: E402
-from carbonscaler.operator.crd import MPI, PYTORCH  # noqa: E402
 from carbonscaler.operator.progress import ProgressReporter  # noqa: E402
 from carbonscaler.operator.reconcile import CarbonSnapshot  # noqa: E402
+
+pytestmark = pytest.mark.integration  # starts real processes or servers
 
 T0 = 1_700_000_000.0
 HOUR = 3600.0

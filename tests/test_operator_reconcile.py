@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from carbonscaler.operator.crd import MPI, PYTORCH, JobKind
+from carbonscaler.kube.crd import MPI, PYTORCH, JobKind
 from carbonscaler.operator.reconcile import (
     ACCOUNTING_WRITE_S,
     CarbonSnapshot,

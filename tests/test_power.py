@@ -34,6 +34,8 @@ from carbonscaler.power import (
 from carbonscaler.power.sampler import NodeSampler
 from carbonscaler.profile import ScalingProfile
 
+pytestmark = pytest.mark.integration  # starts real processes or servers
+
 
 class Clock:
     """A monotonic clock the test moves."""

@@ -19,6 +19,8 @@ from carbonscaler.cli.power_server import power_server_command
 from carbonscaler.power import ConstantMeter, PowerMeter, PowerReading
 from carbonscaler.services.power import PowerServerConfig, create_app
 
+pytestmark = pytest.mark.integration  # starts real processes or servers
+
 
 class LiveRapl:
     """A powercap tree whose package counter advances at ``watts`` in real time."""

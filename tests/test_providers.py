@@ -40,6 +40,8 @@ from carbonscaler.providers._http import retry_after_s
 from carbonscaler.providers.watttime import LBS_PER_MWH_IN_G_PER_KWH
 from carbonscaler.trace import from_values
 
+pytestmark = pytest.mark.integration  # starts real processes or servers
+
 
 @pytest.fixture()
 def api() -> Iterator[FakeAPI]:

@@ -1,58 +1,335 @@
-"""Forecasters: carbon intensity for the next slots, from a trace or any provider.
+"""Forecasts of carbon intensity: one set of models, one implementation, for one run or many.
 
-Names (see :data:`FORECASTERS`):
+Models (:class:`ForecastModel`; names are case-insensitive, and the reference carbon service's
+``REAL`` and ``PRED`` are accepted as aliases of ``perfect`` and ``provider``):
 
-- ``real``: the future of the trace itself, perfect foresight (the reference's ``REAL``);
-- ``uniform`` / ``gaussian``: ``real`` with multiplicative noise, ``U(-x, x)`` or
-  ``N(0, x)`` with ``x = error_pct / 100``, seeded, clipped at 0;
-- ``persistence``: the same slot yesterday;
-- ``seasonal``: the same slot last week (seasonal naive);
-- ``provider``: the provider's own forecast (for a trace replay this is the trace future).
+- ``perfect``: the future of the trace itself, perfect foresight (the reference's ``REAL``);
+- ``uniform`` / ``gaussian``: ``perfect`` times ``1 + ε`` with ``ε ~ U(-x, x)`` or
+  ``N(0, x)``, where ``x`` is the relative ``error`` as a *fraction* (0.1 = ±10 %); seeded,
+  clipped at 0;
+- ``persistence``: the same slot yesterday (a day is ``round(24 h / slot length)`` slots);
+- ``seasonal``: the same slot last week (seasonal naive, seven such days);
+- ``provider``: the provider's own forecast (for a trace replay, the trace future).
 
-Every forecast covers the slots ``index .. index + horizon - 1``: slot 0 is the current
-slot, whose intensity is observed, so every forecaster returns the observed value there
-and predicts the rest. The array functions are pure (:func:`forecast_at`, which the what-if
-simulator calls in batch); :meth:`Forecaster.predict` applies them to a provider. Noise is
-drawn from a generator seeded by ``(seed, index)``, so a forecast at a given slot is the
-same whatever was asked before, in the service and in batch alike.
+A forecast issued at absolute trace slot ``a`` covers slots ``a .. a + horizon - 1``. Slot
+``a`` itself is observed, not forecast: every model returns its actual value there. The
+history models take slot ``a + h`` from ``a + h - ceil(h / P) · P`` (``P`` the period); near
+the start of a trace, where that history is missing, they fall back to the earliest values
+(positions are clipped at 0).
 
-On a live provider, ``uniform``/``gaussian`` perturb the provider's forecast (the best
-known future) and ``persistence``/``seasonal`` read the provider's history; ``real`` needs
-a trace.
+Noise is a pure function of ``(seed, a, h)`` for the forecast issued at absolute slot ``a``
+for offset ``h``: a counter-based hash (splitmix64) of the three, turned into a uniform in
+``[0, 1)`` (and, for ``gaussian``, into a normal by Box–Muller from two hashed uniforms of
+different streams). So a forecast does not depend on what was asked before, on how many slots
+are asked, nor on which other runs share a batch: :func:`issue_forecasts` (many runs at once,
+as CarbonAdvisor issues them) and :meth:`Forecaster.predict_array` (one run, as the runtime
+issues them; it calls :func:`issue_forecasts` with one row) give identical values for the
+same trace, issue slot, horizon, model, error and seed. Every re-issue at a later slot sees
+fresh noise, since ``a`` changed.
+
+On a live provider, ``uniform``/``gaussian`` perturb the provider's forecast (the best known
+future; ``a`` is the slot number since the Unix epoch) and ``persistence``/``seasonal`` read
+the provider's history; ``perfect`` needs a trace.
 """
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
+from numpy.typing import NDArray
+from pydantic import BeforeValidator
 
 from carbonscaler.providers.base import CarbonProvider, Forecast, ForecastUnavailable
 from carbonscaler.providers.replay import TraceReplay
 
 __all__ = [
     "FORECASTERS",
+    "FORECAST_ALIASES",
+    "FORECAST_MODELS",
     "ForecastError",
+    "ForecastModel",
+    "ForecastModelName",
+    "ForecastSpec",
     "Forecaster",
     "GaussianForecaster",
+    "PerfectForecaster",
     "PersistenceForecaster",
     "ProviderForecaster",
-    "RealForecaster",
     "SeasonalForecaster",
     "UniformForecaster",
     "carbon_percentile",
     "forecast_at",
+    "forecast_noise",
     "forecaster_from_spec",
+    "issue_forecasts",
     "make_forecaster",
 ]
+
+_Floats = NDArray[np.float64]
 
 
 class ForecastError(ValueError):
     """A forecast cannot be made as asked; the message says why and what to change."""
+
+
+class ForecastModel(StrEnum):
+    """How a forecast is made (see the module docstring)."""
+
+    PERFECT = "perfect"
+    UNIFORM = "uniform"
+    GAUSSIAN = "gaussian"
+    PERSISTENCE = "persistence"
+    SEASONAL = "seasonal"
+    PROVIDER = "provider"
+
+    @classmethod
+    def parse(cls, name: str) -> ForecastModel:
+        """The model called ``name`` (case-insensitive; ``real`` and ``pred`` are aliases).
+
+        Raises:
+            ForecastError: If no model has that name.
+        """
+        if isinstance(name, cls):
+            return name
+        if not isinstance(name, str):
+            raise ForecastError(f"a forecast model is named by a string, not {name!r}")
+        key = name.strip().lower()
+        model = FORECAST_ALIASES.get(key)
+        if model is not None:
+            return model
+        try:
+            return cls(key)
+        except ValueError:
+            aliases = ", ".join(f"{a} = {m}" for a, m in FORECAST_ALIASES.items())
+            raise ForecastError(
+                f"unknown forecaster {name!r}; use one of {', '.join(cls)} (aliases: {aliases})"
+            ) from None
+
+    @classmethod
+    def from_name(cls, name: str) -> ForecastModel:
+        """Same as :meth:`parse`."""
+        return cls.parse(name)
+
+    @property
+    def is_noisy(self) -> bool:
+        """``uniform`` or ``gaussian``: the actual values with seeded noise."""
+        return self in (ForecastModel.UNIFORM, ForecastModel.GAUSSIAN)
+
+    @property
+    def is_periodic(self) -> bool:
+        """``persistence`` or ``seasonal``: past values repeated."""
+        return self in (ForecastModel.PERSISTENCE, ForecastModel.SEASONAL)
+
+    @property
+    def period_days(self) -> int:
+        """Days per period of a history model (0 for the others)."""
+        return {ForecastModel.PERSISTENCE: 1, ForecastModel.SEASONAL: 7}.get(self, 0)
+
+
+FORECAST_ALIASES: dict[str, ForecastModel] = {
+    "real": ForecastModel.PERFECT,
+    "pred": ForecastModel.PROVIDER,
+}
+"""Other names accepted for models: the reference carbon service's ``REAL`` and ``PRED``."""
+
+FORECASTERS: tuple[ForecastModel, ...] = tuple(ForecastModel)
+"""Every model, as accepted by :func:`make_forecaster`."""
+
+FORECAST_MODELS: tuple[ForecastModel, ...] = tuple(
+    m for m in ForecastModel if m is not ForecastModel.PROVIDER
+)
+"""The models that forecast from a trace's values alone (:func:`issue_forecasts`)."""
+
+
+def _coerce_model(value: object) -> object:
+    return ForecastModel.parse(value) if isinstance(value, str) else value
+
+
+ForecastModelName = Annotated[ForecastModel, BeforeValidator(_coerce_model)]
+"""A :class:`ForecastModel` field for pydantic that also accepts aliases, in any case."""
+
+
+@dataclass(frozen=True)
+class ForecastSpec:
+    """How forecasts are made from a trace.
+
+    Args:
+        model: one of :data:`FORECAST_MODELS` (a name or alias is parsed).
+        error: relative error ``x`` of the noise models, as a fraction (0.1 = ±10 %).
+        seed: seed of the noise models.
+
+    Raises:
+        ForecastError: On an unknown model, ``provider`` (which needs a provider, not a
+            trace), or an error that is not a finite fraction >= 0.
+    """
+
+    model: ForecastModel = ForecastModel.PERFECT
+    error: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        model = ForecastModel.parse(self.model)
+        if model is ForecastModel.PROVIDER:
+            raise ForecastError(
+                "'provider' forecasts come from a live provider, not from a trace; use"
+                f" one of {', '.join(FORECAST_MODELS)}"
+            )
+        if not (math.isfinite(self.error) and self.error >= 0):
+            raise ForecastError(
+                f"forecast error must be a fraction >= 0 (0.1 = ±10 %), not {self.error}"
+            )
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "error", float(self.error))
+        object.__setattr__(self, "seed", int(self.seed))
+
+    @property
+    def is_perfect(self) -> bool:
+        """Forecasts equal the actual values."""
+        return self.model is ForecastModel.PERFECT or (self.model.is_noisy and self.error == 0.0)
+
+
+# --- noise: a counter-based hash of (seed, issue slot, offset) --------------------------------
+
+_MASK64 = (1 << 64) - 1
+_STREAM_UNIFORM = 0x5EED_0001
+_STREAM_GAUSS_RADIUS = 0x5EED_0002
+_STREAM_GAUSS_ANGLE = 0x5EED_0003
+
+
+def _splitmix64(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """The splitmix64 step (wrapping uint64 arithmetic), elementwise."""
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    out: NDArray[np.uint64] = z ^ (z >> np.uint64(31))
+    return out
+
+
+def _hashed_uniform(
+    seed: int, stream: int, issued_at: NDArray[np.uint64], ahead: NDArray[np.uint64]
+) -> _Floats:
+    """Uniforms in ``[0, 1)``, one per (issue, offset): ``(B, 1)`` and ``(1, H)`` broadcast."""
+    key = _splitmix64(np.array([(seed & _MASK64) ^ stream], dtype=np.uint64))
+    row = _splitmix64(key ^ issued_at)
+    z = _splitmix64(row ^ ahead)
+    out: _Floats = (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return out
+
+
+def forecast_noise(
+    model: ForecastModel | str,
+    error: float,
+    seed: int,
+    issued_at: Sequence[int] | NDArray[np.integer[Any]],
+    horizon: int,
+) -> _Floats:
+    """Relative errors ``ε`` of forecasts issued at absolute slots ``issued_at``.
+
+    Entry ``[b, h]`` is a pure function of ``(seed, issued_at[b], h)``; column 0 (the observed
+    current slot) is 0. Models other than ``uniform``/``gaussian`` have no noise.
+
+    Args:
+        model: the forecast model.
+        error: half-width (``uniform``) or standard deviation (``gaussian``), a fraction.
+        seed: seed of the noise.
+        issued_at: ``(B,)`` absolute slot of each issue.
+        horizon: slots per forecast.
+
+    Returns:
+        ``(B, horizon)`` relative errors.
+    """
+    model = ForecastModel.parse(model)
+    at = np.asarray(issued_at, dtype=np.int64).reshape(-1)
+    noise: _Floats = np.zeros((at.size, horizon))
+    if not model.is_noisy or horizon < 2 or at.size == 0:
+        return noise
+    rows = at.astype(np.uint64)[:, None]
+    ahead = np.arange(horizon, dtype=np.uint64)[None, :]
+    if model is ForecastModel.UNIFORM:
+        u = _hashed_uniform(seed, _STREAM_UNIFORM, rows, ahead)
+        noise = error * (2.0 * u - 1.0)
+    else:
+        u1 = 1.0 - _hashed_uniform(seed, _STREAM_GAUSS_RADIUS, rows, ahead)  # in (0, 1]
+        u2 = _hashed_uniform(seed, _STREAM_GAUSS_ANGLE, rows, ahead)
+        noise = error * (np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2))
+    noise[:, 0] = 0.0  # the current slot is observed
+    return noise
+
+
+def _slots_per_day(slot_hours: float) -> int:
+    return max(round(24.0 / slot_hours), 1)
+
+
+def issue_forecasts(
+    spec: ForecastSpec,
+    trace: Sequence[float] | _Floats,
+    issued_at: Sequence[int] | NDArray[np.integer[Any]],
+    horizon: int,
+    slot_hours: float,
+    *,
+    wrap: bool = False,
+) -> _Floats:
+    """Forecasts issued at absolute slots ``issued_at`` for the next ``horizon`` slots.
+
+    The one implementation of the trace models: :meth:`Forecaster.predict_array` calls it with
+    one row. A row depends only on the trace, its issue slot, the horizon and ``spec``.
+
+    Args:
+        spec: the forecast model, its error and seed.
+        trace: the actual intensity of the whole trace (gCO2eq/kWh).
+        issued_at: ``(B,)`` absolute slot of each issue, within the trace.
+        horizon: slots to forecast (the issue slot included).
+        slot_hours: slot length; a day of the history models is ``round(24 / slot_hours)``
+            slots.
+        wrap: read cyclically past either end of the trace (a looping replay) instead of
+            returning NaN past its end and clipping history at its start.
+
+    Returns:
+        ``(B, horizon)`` forecasts, non-negative; past the trace's end (without ``wrap``)
+        ``perfect``/``uniform``/``gaussian`` give NaN.
+
+    Raises:
+        ForecastError: On an issue slot outside the trace, a negative horizon, or a
+            non-positive slot length.
+    """
+    values = np.asarray(trace, dtype=np.float64)
+    at = np.asarray(issued_at, dtype=np.int64).reshape(-1)
+    if isinstance(horizon, bool) or horizon < 0:
+        raise ForecastError(f"horizon must be a number of slots >= 0, not {horizon}")
+    if not (math.isfinite(slot_hours) and slot_hours > 0):
+        raise ForecastError(f"slot_hours must be > 0, not {slot_hours}")
+    size = values.size
+    if at.size and (size == 0 or at.min() < 0 or at.max() >= size):
+        raise ForecastError(f"issue slots must lie within the trace's {size} slots")
+    ahead = np.arange(horizon, dtype=np.int64)[None, :]
+    positions = at[:, None] + ahead
+    if spec.model.is_periodic:
+        period = _slots_per_day(slot_hours) * spec.model.period_days
+        positions = positions - (-(-ahead // period) * period)  # 0 periods for the current slot
+        if wrap:
+            return values.take(positions, mode="wrap")
+        periodic: _Floats = values[np.clip(positions, 0, size - 1)]
+        return periodic
+    if wrap:
+        actual: _Floats = values.take(positions, mode="wrap")
+    else:
+        padded = np.concatenate([values, [np.nan]])
+        actual = padded[np.minimum(positions, size)]
+    if not spec.model.is_noisy:
+        return actual
+    noise = forecast_noise(spec.model, spec.error, spec.seed, at, horizon)
+    noisy: _Floats = np.maximum(actual * (1.0 + noise), 0.0)
+    return noisy
+
+
+# --- one run: the forecasters -----------------------------------------------------------------
 
 
 def _check(values: np.ndarray, index: int, horizon: int) -> None:
@@ -64,43 +341,37 @@ def _check(values: np.ndarray, index: int, horizon: int) -> None:
         raise ForecastError(f"index {index} is outside the {values.size} values")
 
 
-def _take(values: np.ndarray, positions: np.ndarray, *, wrap: bool, what: str) -> np.ndarray:
-    if wrap:
-        return values.take(positions, mode="wrap")
-    if positions.min() < 0:
-        raise ForecastError(
-            f"{what} needs {-int(positions.min())} more slots of history before this index;"
-            " start later or use wrap=True"
-        )
-    if positions.max() >= values.size:
-        raise ForecastError(
-            f"{what} runs {int(positions.max()) - values.size + 1} slots past the end of the"
-            " values; shorten the horizon or use wrap=True"
-        )
-    out: np.ndarray = values[positions].astype(np.float64, copy=True)
-    return out
-
-
 class Forecaster(ABC):
     """Predicts the next slots from past values (or the provider's future)."""
 
-    name: ClassVar[str]
+    name: ClassVar[ForecastModel]
 
-    @abstractmethod
     def predict_array(
         self, values: np.ndarray, index: int, horizon: int, *, wrap: bool = False
     ) -> np.ndarray:
         """Forecast for slots ``index .. index + horizon - 1`` of ``values`` (pure).
 
+        The same as row 0 of :func:`issue_forecasts` issued at ``index``.
+
         Args:
             values: gCO2eq/kWh per slot; the forecaster may only look at what it may know.
-            index: Current slot.
+            index: Current slot (its absolute position in ``values``).
             horizon: Number of slots, at least 1.
             wrap: Read past either end of ``values`` cyclically (a looping replay).
 
         Raises:
-            ForecastError: On bad arguments, or too little history/future without ``wrap``.
+            ForecastError: On bad arguments, or a horizon past the end of ``values`` without
+                ``wrap`` (history models instead fall back to the earliest values).
         """
+        return self._array(values, index, horizon, wrap=wrap, slot_s=None)
+
+    def _array(
+        self, values: np.ndarray, index: int, horizon: int, *, wrap: bool, slot_s: int | None
+    ) -> np.ndarray:
+        raise ForecastError(
+            f"{self.name!r} forecasts come from a provider, not from an array; use 'perfect'"
+            " or a noisy forecaster for arrays"
+        )
 
     def predict(
         self,
@@ -128,7 +399,7 @@ class Forecaster(ABC):
         step_s = slot_s or provider.step_s
         if isinstance(provider, TraceReplay) and step_s == provider.step_s:
             provider.check_zone(zone)
-            values = self._replay_array(
+            values = self._array(
                 provider.trace.values, provider.index, horizon, wrap=provider.wrap, slot_s=step_s
             )
             return Forecast(
@@ -140,12 +411,6 @@ class Forecaster(ABC):
             )
         return self._predict_live(provider, horizon, zone, step_s)
 
-    def _replay_array(
-        self, values: np.ndarray, index: int, horizon: int, *, wrap: bool, slot_s: int
-    ) -> np.ndarray:
-        """The forecast over a replayed trace's values (slot length known)."""
-        return self.predict_array(values, index, horizon, wrap=wrap)
-
     def _predict_live(
         self, provider: CarbonProvider, horizon: int, zone: str | None, slot_s: int
     ) -> Forecast:
@@ -156,31 +421,43 @@ class Forecaster(ABC):
         )
 
 
-class RealForecaster(Forecaster):
-    """The actual future values (perfect foresight)."""
+class _TraceForecaster(Forecaster):
+    """A forecaster over a trace's values, by :func:`issue_forecasts`."""
 
-    name = "real"
+    spec: ForecastSpec
 
-    def predict_array(
-        self, values: np.ndarray, index: int, horizon: int, *, wrap: bool = False
+    def _slot_hours(self, slot_s: int | None) -> float:
+        return 1.0 if slot_s is None else slot_s / 3600
+
+    def _array(
+        self, values: np.ndarray, index: int, horizon: int, *, wrap: bool, slot_s: int | None
     ) -> np.ndarray:
         values = np.asarray(values, dtype=np.float64)
         _check(values, index, horizon)
-        return _take(values, np.arange(index, index + horizon), wrap=wrap, what="'real'")
+        if not wrap and index + horizon > values.size and not self.spec.model.is_periodic:
+            raise ForecastError(
+                f"{self.name!r} runs {index + horizon - values.size} slots past the end of the"
+                " values; shorten the horizon or use wrap=True"
+            )
+        row: np.ndarray = issue_forecasts(
+            self.spec, values, np.array([index]), horizon, self._slot_hours(slot_s), wrap=wrap
+        )[0]
+        return row
+
+
+class PerfectForecaster(_TraceForecaster):
+    """The actual future values (perfect foresight; the reference's ``REAL``)."""
+
+    name = ForecastModel.PERFECT
+
+    def __init__(self) -> None:
+        self.spec = ForecastSpec(ForecastModel.PERFECT)
 
 
 class ProviderForecaster(Forecaster):
     """The provider's own forecast, re-slotted, with the observed current value first."""
 
-    name = "provider"
-
-    def predict_array(
-        self, values: np.ndarray, index: int, horizon: int, *, wrap: bool = False
-    ) -> np.ndarray:
-        raise ForecastError(
-            "'provider' forecasts come from a provider, not from an array; use 'real' or a"
-            " noisy forecaster for arrays"
-        )
+    name = ForecastModel.PROVIDER
 
     def predict(
         self,
@@ -191,7 +468,7 @@ class ProviderForecaster(Forecaster):
         slot_s: int | None = None,
     ) -> Forecast:
         if isinstance(provider, TraceReplay):
-            return RealForecaster().predict(provider, horizon, zone=zone, slot_s=slot_s)
+            return PerfectForecaster().predict(provider, horizon, zone=zone, slot_s=slot_s)
         return super().predict(provider, horizon, zone=zone, slot_s=slot_s)
 
     def _predict_live(
@@ -216,31 +493,36 @@ class ProviderForecaster(Forecaster):
         )
 
 
-class _NoisyForecaster(Forecaster):
-    """The real future (or a live provider's forecast) times ``1 + noise``."""
+class _NoisyForecaster(_TraceForecaster):
+    """The real future (or a live provider's forecast) times ``1 + noise``.
 
-    def __init__(self, error_pct: float = 10.0, seed: int = 0) -> None:
-        if not (math.isfinite(error_pct) and error_pct >= 0):
-            raise ForecastError(f"error_pct must be a percentage >= 0, not {error_pct}")
-        self.error_pct = float(error_pct)
-        self.seed = int(seed)
+    Args:
+        error: Relative error, a fraction (0.1 = ±10 %).
+        seed: Seed of the noise.
+    """
 
-    @abstractmethod
-    def _noise(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        """Relative errors for ``size`` slots."""
+    def __init__(self, error: float = 0.1, seed: int = 0) -> None:
+        if isinstance(error, bool) or not (math.isfinite(error) and error >= 0):
+            raise ForecastError(f"error must be a fraction >= 0 (0.1 = ±10 %), not {error}")
+        self.spec = ForecastSpec(self.name, error, seed)
+
+    @property
+    def error(self) -> float:
+        """Relative error, a fraction."""
+        return self.spec.error
+
+    @property
+    def seed(self) -> int:
+        """Seed of the noise."""
+        return self.spec.seed
 
     def perturb(self, truth: np.ndarray, index: int) -> np.ndarray:
-        """``truth`` (slot 0 observed, left as is) with this forecaster's noise for ``index``."""
-        rng = np.random.default_rng([self.seed, index])
-        factors = 1.0 + self._noise(rng, truth.size)
-        factors[0] = 1.0
-        return np.clip(truth * factors, 0.0, None)
-
-    def predict_array(
-        self, values: np.ndarray, index: int, horizon: int, *, wrap: bool = False
-    ) -> np.ndarray:
-        truth = RealForecaster().predict_array(values, index, horizon, wrap=wrap)
-        return self.perturb(truth, index)
+        """``truth`` (slot 0 observed, left as is) with the noise of a forecast issued at
+        absolute slot ``index``."""
+        truth = np.asarray(truth, dtype=np.float64)
+        noise = forecast_noise(self.name, self.error, self.seed, [index], truth.size)[0]
+        noisy: _Floats = np.maximum(truth * (1.0 + noise), 0.0)
+        return noisy
 
     def _predict_live(
         self, provider: CarbonProvider, horizon: int, zone: str | None, slot_s: int
@@ -259,70 +541,49 @@ class _NoisyForecaster(Forecaster):
 
 
 class UniformForecaster(_NoisyForecaster):
-    """Uniform relative error in ``±error_pct`` %.
+    """Uniform relative error in ``±error``.
 
     Args:
-        error_pct: Half-width of the error band, percent.
+        error: Half-width of the error band, a fraction (0.1 = ±10 %).
         seed: Seed of the noise.
     """
 
-    name = "uniform"
-
-    def _noise(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        x = self.error_pct / 100
-        return rng.uniform(-x, x, size)
+    name = ForecastModel.UNIFORM
 
 
 class GaussianForecaster(_NoisyForecaster):
-    """Gaussian relative error with a standard deviation of ``error_pct`` %.
+    """Gaussian relative error with a standard deviation of ``error``.
 
     Args:
-        error_pct: Standard deviation of the error, percent.
+        error: Standard deviation of the error, a fraction (0.1 = 10 %).
         seed: Seed of the noise.
     """
 
-    name = "gaussian"
-
-    def _noise(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        return rng.normal(0.0, self.error_pct / 100, size)
+    name = ForecastModel.GAUSSIAN
 
 
-class _PeriodicForecaster(Forecaster):
+class _PeriodicForecaster(_TraceForecaster):
     """The value one period before, repeated: slot ``index + h`` takes the value of slot
-    ``index + h - k * period`` with the smallest ``k`` that lands on a known slot."""
-
-    days: ClassVar[int]
+    ``index + h - k * period`` with ``k = ceil(h / period)``; before the first value, the
+    first value."""
 
     def __init__(self, slots_per_day: int | None = None) -> None:
-        if slots_per_day is not None and slots_per_day < 1:
+        if slots_per_day is not None and (isinstance(slots_per_day, bool) or slots_per_day < 1):
             raise ForecastError(f"slots_per_day must be >= 1, not {slots_per_day}")
         self.slots_per_day = slots_per_day
+        self.spec = ForecastSpec(self.name)
+
+    def _per_day(self, slot_s: int | None) -> int:
+        if self.slots_per_day is not None:
+            return self.slots_per_day
+        return max(round(86400 / slot_s), 1) if slot_s else 24
+
+    def _slot_hours(self, slot_s: int | None) -> float:
+        return 24.0 / self._per_day(slot_s)
 
     def period(self, slot_s: int | None = None) -> int:
         """Slots per period for slots of ``slot_s`` seconds (24 per day by default)."""
-        per_day = self.slots_per_day
-        if per_day is None:
-            per_day = 86400 // slot_s if slot_s else 24
-        return max(1, per_day) * self.days
-
-    def predict_array(
-        self, values: np.ndarray, index: int, horizon: int, *, wrap: bool = False
-    ) -> np.ndarray:
-        return self._periodic(values, index, horizon, self.period(), wrap=wrap)
-
-    def _periodic(
-        self, values: np.ndarray, index: int, horizon: int, period: int, *, wrap: bool
-    ) -> np.ndarray:
-        values = np.asarray(values, dtype=np.float64)
-        _check(values, index, horizon)
-        h = np.arange(horizon)
-        back = -(-h // period) * period  # ceil(h / period) periods back; 0 for the current slot
-        return _take(values, index + h - back, wrap=wrap, what=repr(self.name))
-
-    def _replay_array(
-        self, values: np.ndarray, index: int, horizon: int, *, wrap: bool, slot_s: int
-    ) -> np.ndarray:
-        return self._periodic(values, index, horizon, self.period(slot_s), wrap=wrap)
+        return self._per_day(slot_s) * self.name.period_days
 
     def _predict_live(
         self, provider: CarbonProvider, horizon: int, zone: str | None, slot_s: int
@@ -340,7 +601,7 @@ class _PeriodicForecaster(Forecaster):
                 f" {len(known)}",
             )
         values = np.array([*known, reading.value_g_per_kwh])
-        forecast = self._periodic(values, period, horizon, period, wrap=False)
+        forecast = self._array(values, period, horizon, wrap=False, slot_s=slot_s)
         return Forecast(
             zone=reading.zone,
             start=slot0,
@@ -358,8 +619,7 @@ class PersistenceForecaster(_PeriodicForecaster):
         slots_per_day: Slots in a day; default from the slot length (24 for arrays).
     """
 
-    name = "persistence"
-    days = 1
+    name = ForecastModel.PERSISTENCE
 
 
 class SeasonalForecaster(_PeriodicForecaster):
@@ -369,14 +629,13 @@ class SeasonalForecaster(_PeriodicForecaster):
         slots_per_day: Slots in a day; default from the slot length (24 for arrays).
     """
 
-    name = "seasonal"
-    days = 7
+    name = ForecastModel.SEASONAL
 
 
-_CLASSES: dict[str, type[Forecaster]] = {
+_CLASSES: dict[ForecastModel, type[Forecaster]] = {
     cls.name: cls
     for cls in (
-        RealForecaster,
+        PerfectForecaster,
         UniformForecaster,
         GaussianForecaster,
         PersistenceForecaster,
@@ -384,24 +643,20 @@ _CLASSES: dict[str, type[Forecaster]] = {
         ProviderForecaster,
     )
 }
-FORECASTERS: tuple[str, ...] = tuple(_CLASSES)
-"""Names accepted by :func:`make_forecaster`."""
 
 
-def make_forecaster(name: str, **options: Any) -> Forecaster:
-    """A forecaster by name.
+def make_forecaster(name: ForecastModel | str, **options: Any) -> Forecaster:
+    """A forecaster by model name.
 
     Args:
-        name: One of :data:`FORECASTERS` (case-insensitive).
-        **options: ``error_pct`` and ``seed`` for ``uniform``/``gaussian``;
-            ``slots_per_day`` for ``persistence``/``seasonal``.
+        name: One of :data:`FORECASTERS` or an alias (case-insensitive).
+        **options: ``error`` (a fraction, 0.1 = ±10 %) and ``seed`` for
+            ``uniform``/``gaussian``; ``slots_per_day`` for ``persistence``/``seasonal``.
 
     Raises:
         ForecastError: If the name or an option is unknown or invalid.
     """
-    cls = _CLASSES.get(name.strip().lower())
-    if cls is None:
-        raise ForecastError(f"unknown forecaster {name!r}; use one of {', '.join(FORECASTERS)}")
+    cls = _CLASSES[ForecastModel.parse(name)]
     try:
         return cls(**options)
     except TypeError:
@@ -411,50 +666,50 @@ def make_forecaster(name: str, **options: Any) -> Forecaster:
 
 
 def forecaster_from_spec(spec: str, *, seed: int = 0) -> Forecaster:
-    """A forecaster from a command-line spec.
-
-    ``REAL`` and ``PRED`` are the reference service's methods (the trace future, and the
-    provider's own forecast); a forecaster name may carry its error, e.g. ``uniform:30``.
+    """A forecaster from a command-line spec: a model name or alias (``REAL``, ``PRED``),
+    for the noisy models optionally with their error in *percent*: ``uniform:30`` is ±30 %
+    (``error=0.3``), kept in percent for compatibility with existing command lines.
 
     Raises:
         ForecastError: If the spec is not understood.
     """
     name, _, arg = spec.strip().partition(":")
-    key = {"real": "real", "pred": "provider"}.get(name.lower(), name.lower())
+    model = ForecastModel.parse(name)
     options: dict[str, Any] = {}
     if arg:
-        if key not in ("uniform", "gaussian"):
+        if not model.is_noisy:
             raise ForecastError(f"only uniform:PCT and gaussian:PCT take a value, not {spec!r}")
         try:
-            options["error_pct"] = float(arg)
+            percent = float(arg)
         except ValueError:
             raise ForecastError(f"{arg!r} in {spec!r} is not a percentage") from None
-    if key in ("uniform", "gaussian"):
+        options["error"] = percent / 100.0
+    if model.is_noisy:
         options["seed"] = seed
-    return make_forecaster(key, **options)
+    return make_forecaster(model, **options)
 
 
 def forecast_at(
     values: Sequence[float] | np.ndarray,
     index: int,
     horizon: int,
-    method: str = "real",
+    method: ForecastModel | str = ForecastModel.PERFECT,
     *,
     wrap: bool = False,
     **options: Any,
 ) -> np.ndarray:
-    """Forecast ``horizon`` slots of ``values`` from slot ``index`` (pure; for batch use).
+    """Forecast ``horizon`` slots of ``values`` from slot ``index`` (pure).
 
     Args:
         values: gCO2eq/kWh per slot, e.g. ``trace.values``.
         index: Current slot.
         horizon: Number of slots, at least 1.
-        method: Forecaster name (not ``provider``).
+        method: Forecast model (not ``provider``).
         wrap: Read cyclically past either end.
         **options: Forecaster options (see :func:`make_forecaster`).
 
     Raises:
-        ForecastError: On bad arguments or too little history/future.
+        ForecastError: On bad arguments or a horizon past the end without ``wrap``.
     """
     array = np.asarray(values, dtype=np.float64)
     return make_forecaster(method, **options).predict_array(array, index, horizon, wrap=wrap)

@@ -1,9 +1,9 @@
 """Per-job carbon accounting: power × carbon intensity, integrated and kept in a ledger.
 
 Example:
-    >>> from carbonscaler.accounting import Ledger, JobSpec, ProviderFeed, Tracker
-    >>> tracker = Tracker(Ledger("acct.db"), ProviderFeed(replay))  # doctest: +SKIP
-    >>> tracker.register(JobSpec("train-1", nodes=("http://node1:8000",),
+    >>> from carbonscaler.accounting import Ledger, TrackedJob, ProviderIntensityFeed, Tracker
+    >>> tracker = Tracker(Ledger("acct.db"), ProviderIntensityFeed(replay))  # doctest: +SKIP
+    >>> tracker.register(TrackedJob("train-1", nodes=("http://node1:8000",),
     ...                          profile_path="/profiles/resnet.csv"))  # doctest: +SKIP
 
 See docs/power-accounting.md for the maths and the ledger's crash guarantees.
@@ -12,7 +12,7 @@ See docs/power-accounting.md for the maths and the ledger's crash guarantees.
 from carbonscaler.accounting.feeds import (
     CarbonUnavailable,
     IntensityFeed,
-    ProviderFeed,
+    ProviderIntensityFeed,
     PushedFeed,
     TimeMap,
 )
@@ -42,8 +42,8 @@ from carbonscaler.accounting.progress import (
 )
 from carbonscaler.accounting.tracker import (
     JobExistsError,
-    JobSpec,
     JobStatus,
+    TrackedJob,
     Tracker,
     TrackerConfig,
     TrackerError,
@@ -61,16 +61,16 @@ __all__ = [
     "IntervalEmissions",
     "JobExistsError",
     "JobRecord",
-    "JobSpec",
     "JobStatus",
     "Ledger",
     "LedgerError",
     "ProgressError",
     "ProgressSource",
-    "ProviderFeed",
+    "ProviderIntensityFeed",
     "PushedFeed",
     "SampleRecord",
     "TimeMap",
+    "TrackedJob",
     "Tracker",
     "TrackerConfig",
     "TrackerError",

@@ -4,7 +4,7 @@ A feed answers "which intensity applied when, between these two wall-clock times
 :class:`~carbonscaler.accounting.integrate.IntensitySegment` s, so an interval can be split
 at slot boundaries. Two feeds:
 
-- :class:`ProviderFeed` asks any :class:`~carbonscaler.providers.CarbonProvider` (a live
+- :class:`ProviderIntensityFeed` asks any :class:`~carbonscaler.providers.CarbonProvider` (a live
   chain, or a trace replay) for the history of the interval, falling back to its current
   value. A replay runs on simulated time: a :class:`TimeMap` maps wall-clock seconds to
   replay time (``speedup`` replay seconds per wall second) and back.
@@ -27,13 +27,9 @@ from datetime import UTC, datetime, timedelta
 
 from carbonscaler.accounting.integrate import IntensitySegment
 from carbonscaler.accounting.ledger import Ledger
-from carbonscaler.providers.base import CarbonProvider, ProviderError
+from carbonscaler.providers.base import CarbonProvider, CarbonUnavailable, ProviderError
 
-__all__ = ["CarbonUnavailable", "IntensityFeed", "ProviderFeed", "PushedFeed", "TimeMap"]
-
-
-class CarbonUnavailable(RuntimeError):
-    """No carbon intensity is known yet for an interval; the sample waits for one."""
+__all__ = ["CarbonUnavailable", "IntensityFeed", "ProviderIntensityFeed", "PushedFeed", "TimeMap"]
 
 
 class IntensityFeed(ABC):
@@ -76,7 +72,7 @@ def identity_map() -> TimeMap:
     return TimeMap(0.0, datetime.fromtimestamp(0, UTC), 1.0)
 
 
-class ProviderFeed(IntensityFeed):
+class ProviderIntensityFeed(IntensityFeed):
     """Intensity from a provider: its history for the interval, else its current value.
 
     Args:

@@ -22,13 +22,22 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+ArrayOrFloat = float | NDArray[np.float64]
 
 __all__ = [
     "J_PER_KWH",
     "IntensitySegment",
     "IntervalEmissions",
+    "SlotCharge",
+    "charge",
+    "charge_slots",
     "energy_piecewise_j",
     "energy_trapezoid_j",
     "interval_emissions",
@@ -38,6 +47,51 @@ __all__ = [
 
 J_PER_KWH = 3.6e6
 """Joules in one kilowatt-hour."""
+
+
+def charge(watts: ArrayOrFloat, hours: ArrayOrFloat, g_per_kwh: ArrayOrFloat) -> tuple[Any, Any]:
+    """Energy (kWh) and emissions (gCO2eq) of ``watts`` drawn for ``hours`` at one intensity.
+
+    Works element-wise on numpy arrays (CarbonAdvisor charges many runs at once).
+    """
+    energy_kwh = np.multiply(watts, hours) / 1000.0
+    return energy_kwh, energy_kwh * g_per_kwh
+
+
+@dataclass(frozen=True)
+class SlotCharge:
+    """What one slot's part of an interval cost."""
+
+    slot: int
+    hours: float
+    energy_kwh: float
+    emissions_g: float
+    g_per_kwh: float
+
+
+def charge_slots(
+    start_h: float,
+    end_h: float,
+    slot_hours: float,
+    watts: float,
+    intensity: Callable[[int], float],
+) -> list[SlotCharge]:
+    """Energy and emissions of ``watts`` drawn from job hour ``start_h`` to ``end_h``, split
+    at slot edges so each part is charged its own slot's ``intensity(slot)`` (gCO2eq/kWh).
+
+    This is how every runtime accounts time (the controller between ticks, the operator
+    between passes); CarbonAdvisor's steps never cross a slot edge and use :func:`charge`.
+    """
+    parts: list[SlotCharge] = []
+    at = start_h
+    while at < end_h - 1e-12:
+        slot = math.floor(at / slot_hours + 1e-12)
+        until = min(end_h, (slot + 1) * slot_hours)
+        c = float(intensity(slot))
+        energy_kwh, emissions_g = charge(watts, until - at, c)
+        parts.append(SlotCharge(slot, until - at, float(energy_kwh), float(emissions_g), c))
+        at = until
+    return parts
 
 
 def j_to_kwh(energy_j: float) -> float:

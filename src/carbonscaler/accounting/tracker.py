@@ -44,8 +44,8 @@ from carbonscaler.profile import ProfileError, ProfileWarning, ScalingProfile, l
 
 __all__ = [
     "JobExistsError",
-    "JobSpec",
     "JobStatus",
+    "TrackedJob",
     "Tracker",
     "TrackerConfig",
     "TrackerError",
@@ -76,7 +76,7 @@ class JobExistsError(TrackerError):
 
 
 @dataclass(frozen=True)
-class JobSpec:
+class TrackedJob:
     """A job to account for.
 
     Args:
@@ -143,7 +143,7 @@ class JobSpec:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> JobSpec:
+    def from_json(cls, data: dict[str, Any]) -> TrackedJob:
         """Inverse of :meth:`to_json`.
 
         Raises:
@@ -198,7 +198,7 @@ class TrackerConfig:
 class JobStatus:
     """A job as the tracker holds it: registration, totals, what went wrong last."""
 
-    spec: JobSpec
+    spec: TrackedJob
     record: JobRecord
     profile: ScalingProfile | None
     progress: ProgressSource
@@ -260,7 +260,7 @@ class Tracker:
         self._task: asyncio.Task[None] | None = None
         self._node_asks: dict[tuple[str, float, float], asyncio.Future[NodeAnswer]] = {}
         for record in ledger.jobs(active_only=True):
-            spec = JobSpec.from_json(record.spec)
+            spec = TrackedJob.from_json(record.spec)
             try:
                 self.jobs[record.job_id] = self._status(spec, record)
             except TrackerError as exc:
@@ -273,7 +273,7 @@ class Tracker:
 
     # -- registration ---------------------------------------------------------------------
 
-    def _check_hosts(self, spec: JobSpec) -> None:
+    def _check_hosts(self, spec: TrackedJob) -> None:
         allowed = self.config.allowed_hosts
         if allowed is None:
             return
@@ -285,7 +285,7 @@ class Tracker:
                     f" {', '.join(sorted(allowed))}"
                 )
 
-    def _status(self, spec: JobSpec, record: JobRecord) -> JobStatus:
+    def _status(self, spec: TrackedJob, record: JobRecord) -> JobStatus:
         profile = None
         if spec.profile_path is not None:
             try:
@@ -318,7 +318,7 @@ class Tracker:
             }
         return status
 
-    def register(self, spec: JobSpec) -> JobStatus:
+    def register(self, spec: TrackedJob) -> JobStatus:
         """Start accounting a job from now.
 
         Raises:
@@ -387,7 +387,7 @@ class Tracker:
             data["pods"] = pods
         if servers is not None:
             data["servers"] = servers
-        new_spec = JobSpec.from_json(data)
+        new_spec = TrackedJob.from_json(data)
         self._check_hosts(new_spec)
         if status.profile is not None and new_spec.initial_servers > status.profile.max_servers:
             raise TrackerError(

@@ -6,7 +6,6 @@ figures and a shareable report.
 """
 
 from carbonscaler.advisor.executor import PLANNED_POLICIES, Conditions, Outcome, simulate_policy
-from carbonscaler.advisor.forecasts import FORECAST_MODELS, ForecastSpec, issue_forecasts
 from carbonscaler.advisor.report import (
     figures,
     scenario_tables,
@@ -16,11 +15,13 @@ from carbonscaler.advisor.report import (
     write_plots,
 )
 from carbonscaler.advisor.sweep import Scenario, SweepResult, SweepSpec, resolve_starts, run_sweep
+from carbonscaler.forecast import FORECAST_MODELS, ForecastModel, ForecastSpec, issue_forecasts
 
 __all__ = [
     "FORECAST_MODELS",
     "PLANNED_POLICIES",
     "Conditions",
+    "ForecastModel",
     "ForecastSpec",
     "Outcome",
     "Scenario",

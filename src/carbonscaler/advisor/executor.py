@@ -1,58 +1,56 @@
 """Execute plans against the actual trace, for many start times at once.
 
 Every run steps through its slots in lockstep with all the others (numpy over runs, a Python loop
-over slots). In each slot a run executes its current plan — ``servers`` for ``fraction`` of the
-slot, then ``after`` — at its *actual* throughput (the profile times ``1 + ε`` for a profile error
+over slots). This is the *world*: in each slot a run executes the level the decision core
+(:mod:`carbonscaler.decision`) chooses — the plan's ``servers`` for ``fraction`` of the slot,
+then ``after`` — at its *actual* throughput (the profile times ``1 + ε`` for a profile error
 ``ε``), paying the *actual* carbon. It stops the moment its work is done. Each change of server
 count to a non-zero level, other than the first start, loses ``rescale_overhead_s`` seconds of
 work (checkpoint, stop, restart) while still drawing power.
 
-Planned policies (``carbonscaler``, ``exact``, ``suspend-resume``) re-plan at slot boundaries,
-as the runtime will, from the true progress with a freshly issued forecast, whenever the realised
-carbon of the slot deviated from its forecast, or the work done from the plan's, by more than the
-threshold (default 5 %). A run still unfinished at its deadline runs at the top level until done
-and counts as a deadline miss. The other policies follow fixed rules and never re-plan.
+The decisions — the first plan, re-plans at slot boundaries, the safety margin, the top level
+when late — are the decision core's, exactly as the local controller and the Kubernetes
+operator make them, so a what-if row describes what a real run would do. The policies that
+follow fixed rules (static, threshold, static-best) never re-plan.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
-from carbonscaler.advisor.forecasts import ForecastSpec, issue_forecasts
-from carbonscaler.planner.batch import (
-    BatchPlan,
-    batch_greedy_with_overhead,
-    plans_from_schedules,
+from carbonscaler.accounting.integrate import charge
+from carbonscaler.decision import (
+    Rules,
+    first_plans,
+    level_rows,
+    review_rows,
 )
-from carbonscaler.planner.exact import plan_exact
-from carbonscaler.planner.model import (
-    FloatArray,
-    IntArray,
-    Job,
-    Ladder,
-    PlanningError,
-    Schedule,
-)
+from carbonscaler.forecast import ForecastSpec, issue_forecasts
+from carbonscaler.planner.model import FloatArray, IntArray, Job
+from carbonscaler.planner.policies import Policy
 
 __all__ = ["PLANNED_POLICIES", "Conditions", "Outcome", "simulate_policy"]
 
-PLANNED_POLICIES = frozenset({"carbonscaler", "exact", "suspend-resume"})
+PLANNED_POLICIES = frozenset(p.value for p in Policy if p.runnable)
 _EPS = 1e-12
 
 
 @dataclass(frozen=True)
 class Conditions:
-    """What the world does to a plan.
+    """What the world does to a plan, and the rules the runtime plans by.
 
     Args:
         forecast: how forecasts are made (perfect by default).
         profile_error: the real throughput is the profile's times ``1 + ε``, ``ε ~ U(-x, x)``
             drawn once per run.
         rescale_overhead_s: seconds of work lost at each change of server count.
-        replan_threshold: relative deviation (carbon or progress) that triggers a re-plan.
+        replan_threshold: relative deviation (forecast, or progress ahead) that re-plans.
+        safety_margin: extra share of the remaining work each plan covers where it fits (the
+            job spec's default).
         threshold_percentile: percentile for ``suspend-resume-threshold``.
         history_hours: how much past intensity the threshold percentile looks at.
         static_servers: ``k`` for the ``static`` policy (default ``2·m``, capped by the profile).
@@ -63,6 +61,7 @@ class Conditions:
     profile_error: float = 0.0
     rescale_overhead_s: float = 0.0
     replan_threshold: float = 0.05
+    safety_margin: float = 0.05
     threshold_percentile: float = 25.0
     history_hours: float = 168.0
     static_servers: int | None = None
@@ -73,8 +72,14 @@ class Conditions:
             raise ValueError(f"profile error must be within [0, 1), got {self.profile_error}")
         if self.rescale_overhead_s < 0:
             raise ValueError("rescale overhead cannot be negative")
-        if self.replan_threshold <= 0:
-            raise ValueError("the re-planning threshold must be positive")
+        if not 0 < self.replan_threshold < 1:
+            raise ValueError("the re-planning threshold must be in (0, 1)")
+        if not 0 <= self.safety_margin < 1:
+            raise ValueError("the safety margin must be in [0, 1)")
+
+    def rules(self, policy: str) -> Rules:
+        """The decision rules a running job with ``policy`` follows under these conditions."""
+        return Rules(Policy.parse(policy), self.replan_threshold, self.safety_margin)
 
 
 @dataclass(frozen=True)
@@ -89,42 +94,7 @@ class Outcome:
     replans: IntArray
     server_hours: FloatArray
     work_done: FloatArray
-
-
-def _plan_rows(
-    policy: str,
-    job: Job,
-    ladder: Ladder,
-    forecast: FloatArray,
-    targets: FloatArray,
-    overhead_h: float,
-    previous: IntArray,
-    started: NDArray[np.bool_],
-) -> BatchPlan:
-    """Plans for each row: batch greedy, or the MILP where greedy is not provably optimal.
-
-    The greedy plans also cover the work their own rescales will lose.
-    """
-    if policy != "exact" or ladder.concave:
-        # On a concave ladder the exact optimum equals the greedy's (the paper's theorem,
-        # checked by the property tests), so the batch greedy serves for `exact` too.
-        return batch_greedy_with_overhead(
-            ladder,
-            forecast,
-            targets,
-            throughput=job.profile.throughput,
-            overhead_h=overhead_h,
-            slot_hours=job.slot_hours,
-            previous=previous,
-            started=started,
-        )
-    schedules: list[Schedule | None] = []
-    for row, target in zip(forecast, targets, strict=True):
-        try:
-            schedules.append(plan_exact(job.with_work(float(target) * job.slot_hours), row))
-        except PlanningError:
-            schedules.append(None)
-    return plans_from_schedules(schedules, forecast.shape[1])
+    servers_by_slot: FloatArray | None = None  # (B, record_slots) mean servers, if recorded
 
 
 def simulate_policy(
@@ -134,6 +104,8 @@ def simulate_policy(
     starts: IntArray,
     deadline_slots: int,
     cond: Conditions = Conditions(),
+    *,
+    record_slots: int = 0,
 ) -> Outcome:
     """Simulate ``policy`` for a job arriving at each of ``starts`` (absolute slots of ``trace``).
 
@@ -144,6 +116,7 @@ def simulate_policy(
         starts: ``(B,)`` arrival slots; each needs ``deadline_slots`` of trace after it.
         deadline_slots: slots from arrival to the deadline.
         cond: forecast, profile error, overhead and re-planning settings.
+        record_slots: also return the mean servers of each run's first ``record_slots`` slots.
 
     Raises:
         ValueError: for an unknown policy or starts too close to the trace's end.
@@ -154,64 +127,29 @@ def simulate_policy(
             f"every start needs {deadline_slots} slots of trace after it; the trace has "
             f"{len(trace)} slots"
         )
-    if policy == "static-best":
+    name = Policy.parse(policy)
+    if name is Policy.STATIC_BEST:
         return _static_best(job, trace, starts, deadline_slots, cond)
     rows = len(starts)
     dt = job.slot_hours
     tp, power = job.profile.throughput, job.profile.power_w
-    ladder = job.ladder()
-    top = int(ladder.levels[-1])
-    planned = policy in PLANNED_POLICIES
-    plan_job = (
-        job.with_bounds(job.min_servers, job.min_servers) if policy == "suspend-resume" else job
-    )
+    planned = name.runnable
     # Deadline-unaware policies may run until the trace ends; padding marks the end.
     padded = np.concatenate([trace, [np.nan]])
     last_index = len(trace)
+    overhead_h = cond.rescale_overhead_s / 3600.0
 
-    levels = np.zeros((rows, deadline_slots), dtype=np.int64)
-    fraction = np.ones((rows, deadline_slots))
-    after = np.zeros((rows, deadline_slots), dtype=np.int64)
-    forecast = np.zeros((rows, deadline_slots))
-    planned_done = np.zeros((rows, deadline_slots + 1))
     fixed_level = 0
     threshold = np.zeros(rows)
-    overhead_h = cond.rescale_overhead_s / 3600.0
     if planned:
-        forecast = issue_forecasts(cond.forecast, trace, starts, deadline_slots, dt, draw=0)
-        plans = _plan_rows(
-            policy,
-            plan_job,
-            plan_job.ladder(),
-            forecast,
-            np.full(rows, job.work / dt),
-            overhead_h,
-            np.zeros(rows, dtype=np.int64),
-            np.zeros(rows, dtype=bool),
-        )
-        _install(
-            plans,
-            levels,
-            fraction,
-            after,
-            planned_done,
-            tp,
-            dt,
-            0,
-            deadline_slots,
-            np.zeros(rows),
-            top,
-            np.arange(rows),
-        )
-    elif policy == "agnostic":
-        fixed_level = job.min_servers
-    elif policy == "static":
+        rules = cond.rules(name)
+        forecast = issue_forecasts(cond.forecast, trace, starts, deadline_slots, dt)
+        plans, _ = first_plans(job, rules, forecast, overhead_h=overhead_h)
+    elif name is Policy.STATIC:
         fixed_level = cond.static_servers or min(2 * job.min_servers, job.profile.max_servers)
         job.profile.check_bounds(fixed_level, fixed_level)
-    elif policy == "suspend-resume-threshold":
+    elif name is Policy.SUSPEND_RESUME_THRESHOLD:
         threshold = _thresholds(job, trace, starts, deadline_slots, cond)
-    else:
-        raise ValueError(f"unknown policy {policy!r}")
 
     rng = np.random.default_rng([cond.seed, 1])
     rate_factor = 1.0 + (
@@ -231,6 +169,7 @@ def simulate_policy(
     completion = np.full(rows, np.nan)
     rescales = np.zeros(rows, dtype=np.int64)
     replans = np.zeros(rows, dtype=np.int64)
+    by_slot = np.zeros((rows, record_slots)) if record_slots else None
     live = np.arange(rows)  # runs neither finished nor past the trace's end
 
     t = 0
@@ -240,25 +179,24 @@ def simulate_policy(
         carbon = carbon[~np.isnan(carbon)]
         if not len(live):
             break
-        segments: tuple[tuple[IntArray, FloatArray], ...]
-        if planned and t < deadline_slots:
-            segments = (
-                (levels[live, t], fraction[live, t]),
-                (after[live, t], 1.0 - fraction[live, t]),
-            )
-        elif planned:
-            segments = ((np.full(len(live), top), np.ones(len(live))),)
-        elif policy == "suspend-resume-threshold":
-            lvl = np.where(carbon <= threshold[live], job.min_servers, 0)
-            segments = ((lvl, np.ones(len(live))),)
+        ones = np.ones(len(live))
+        if planned:
+            switch = plans.fraction[live, t] if t < deadline_slots else ones
+            bounds: tuple[FloatArray, ...] = (np.zeros(len(live)), switch, ones)
         else:
-            segments = ((np.full(len(live), fixed_level), np.ones(len(live))),)
-        offset = np.zeros(len(live))
+            bounds = (np.zeros(len(live)), ones)
         run_done, run_prev, run_started = done[live], previous[live], started[live]
         run_nominal = nominal[live]
         ending = np.zeros(len(live), dtype=bool)
-        for level, share in segments:
-            duration = share * dt
+        slot_index = np.full(len(live), t, dtype=np.int64)
+        for begin, end in itertools.pairwise(bounds):
+            if planned:
+                level, _ = level_rows(plans, job, rules, live, slot_index, begin, run_prev)
+            elif name is Policy.SUSPEND_RESUME_THRESHOLD:
+                level = np.where(carbon <= threshold[live], job.min_servers, 0)
+            else:
+                level = np.full(len(live), fixed_level)
+            duration = (end - begin) * dt
             runs = ~ending & (duration > _EPS)
             change = runs & (level != run_prev)
             rescales[live] += change & run_started
@@ -273,76 +211,46 @@ def simulate_policy(
             gained = rate * np.maximum(used - lost, 0.0)
             run_done = np.where(ends, job.work, run_done + gained)
             run_nominal = run_nominal + tp[level] * used
-            watts = np.where(runs, power[level], 0.0)
-            energy[live] += watts * used / 1000.0
-            emissions[live] += watts * used * carbon / 1000.0
+            spent_kwh, spent_g = charge(np.where(runs, power[level], 0.0), used, carbon)
+            energy[live] += spent_kwh
+            emissions[live] += spent_g
             server_hours[live] += level * used
-            completion[live] = np.where(ends, t * dt + offset + need, completion[live])
+            if by_slot is not None and t < record_slots:
+                by_slot[live, t] += level * used / dt
+            completion[live] = np.where(ends, (t + begin) * dt + need, completion[live])
             ending |= ends
             run_prev = np.where(runs, level, run_prev)
             run_started |= runs & (level > 0)
-            offset = offset + duration
         done[live], previous[live], started[live] = run_done, run_prev, run_started
         nominal[live] = run_nominal
         finished[live] |= ending
         live = live[~ending]
         if planned and t + 1 < deadline_slots and len(live):
-            limit = cond.replan_threshold
-            gap = done[live] - planned_done[live, t + 1]
-            # Behind plan by any amount threatens the deadline; ahead only matters past the
-            # threshold (re-planning for tiny gains would only churn).
-            drift = (gap < -1e-9 * job.work) | (np.abs(gap) > limit * job.work)
+            issued = None
             if not cond.forecast.is_perfect:
-                expected = forecast[live, t]
-                seen = carbon[~ending]
-                drift |= np.abs(seen - expected) > limit * np.maximum(expected, _EPS)
-            again = live[drift]
-            if len(again):
-                new_forecast = issue_forecasts(
-                    cond.forecast,
-                    trace,
-                    starts[again] + t + 1,
-                    deadline_slots - t - 1,
-                    dt,
-                    draw=t + 1,
+                issued = issue_forecasts(
+                    cond.forecast, trace, starts[live] + t + 1, deadline_slots - t - 1, dt
                 )
-                forecast[again, t + 1 :] = new_forecast
-                # Plan the rest in the planned profile's units, corrected by the throughput
-                # actually observed (profile error, time lost to rescaling).
-                observed = np.where(
-                    nominal[again] > 0, done[again] / np.maximum(nominal[again], _EPS), 1.0
-                )
-                remaining = (job.work - done[again]) / np.maximum(observed, 1e-3)
-                plans = _plan_rows(
-                    policy,
-                    plan_job,
-                    plan_job.ladder(),
-                    new_forecast,
-                    remaining / dt,
-                    overhead_h,
-                    previous[again],
-                    started[again],
-                )
-                _install(
-                    plans,
-                    levels,
-                    fraction,
-                    after,
-                    planned_done,
-                    tp,
-                    dt,
-                    t + 1,
-                    deadline_slots,
-                    done[again],
-                    top,
-                    again,
-                    observed,
-                )
-                replans[again] += 1
+            again, _ = review_rows(
+                plans,
+                job,
+                rules,
+                live,
+                t + 1,
+                work_done=done[live],
+                nominal_work=nominal[live],
+                running=previous[live],
+                started=started[live],
+                forecast=issued,
+                overhead_h=overhead_h,
+            )
+            replans[again] += 1
         t += 1
 
     met = finished & (completion <= deadline_slots * dt + 1e-9)
-    return Outcome(emissions, energy, completion, met, rescales, replans, server_hours, done)
+    return Outcome(
+        emissions, energy, completion, met, rescales, replans, server_hours, done, by_slot
+    )
 
 
 def _thresholds(
@@ -359,39 +267,6 @@ def _thresholds(
         offsets = starts[empty, None] + np.arange(span)[None, :]
         windows[empty, :span] = trace[offsets]
     return np.asarray(np.nanpercentile(windows, cond.threshold_percentile, axis=1))
-
-
-def _install(
-    plans: BatchPlan,
-    levels: IntArray,
-    fraction: FloatArray,
-    after: IntArray,
-    planned_done: FloatArray,
-    tp: FloatArray,
-    dt: float,
-    first: int,
-    deadline: int,
-    done: FloatArray,
-    top: int,
-    rows: IntArray,
-    observed: FloatArray | None = None,
-) -> None:
-    """Write plans for ``rows`` into slots ``first..deadline-1``; infeasible rows run at top.
-
-    ``planned_done`` gets the progress the plan expects, in actual work units (the planned
-    profile's work times the ``observed`` throughput ratio).
-    """
-    servers = np.where(plans.feasible[:, None], plans.servers, top)
-    share = np.where(plans.feasible[:, None], plans.fraction, 1.0)
-    tail = np.where(plans.feasible[:, None], plans.after, top)
-    levels[rows, first:deadline] = servers
-    fraction[rows, first:deadline] = share
-    after[rows, first:deadline] = tail
-    work = (tp[tail] + (tp[servers] - tp[tail]) * share) * dt
-    if observed is not None:
-        work = work * observed[:, None]
-    planned_done[rows, first] = done
-    planned_done[rows, first + 1 :] = done[:, None] + np.cumsum(work, axis=1)
 
 
 def _static_best(

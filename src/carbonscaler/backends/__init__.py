@@ -1,5 +1,15 @@
-"""Runtimes the controller drives: local process groups (and, later, Kubernetes)."""
+"""Runtimes the controller drives: the backend interface (``base``), local process groups
+(``local``), Kubeflow jobs (``kubernetes``, imported only on use: it needs the kubernetes
+client), and the profiler that measures a workload by running it locally (``profiler``)."""
 
+from carbonscaler.backends.base import Backend, BackendError, WorkloadState
 from carbonscaler.backends.local import LocalBackend, read_progress, read_progress_pct
 
-__all__ = ["LocalBackend", "read_progress", "read_progress_pct"]
+__all__ = [
+    "Backend",
+    "BackendError",
+    "LocalBackend",
+    "WorkloadState",
+    "read_progress",
+    "read_progress_pct",
+]

@@ -5,12 +5,12 @@ Two layers:
 * :class:`KubeflowApi` — the few API calls CarbonScaler makes (read, create, merge-patch and
   delete a Kubeflow job; patch a CarbonScaler resource's status; post an Event; read a profile
   ConfigMap). The operator's handlers execute :mod:`carbonscaler.operator.reconcile`'s
-  decisions through it.
-* :class:`KubernetesBackend` — the controller's :class:`~carbonscaler.control.backend.Backend`
+  decisions (the operations of :mod:`carbonscaler.kube.operations`) through it.
+* :class:`KubernetesBackend` — the controller's :class:`~carbonscaler.backends.base.Backend`
   over one Kubeflow job, so the engine-agnostic controller can drive a job on a cluster
   without the operator (its state then lives in the controller's SQLite file).
 
-Errors of the API server become :class:`~carbonscaler.control.backend.BackendError` with the
+Errors of the API server become :class:`~carbonscaler.backends.base.BackendError` with the
 server's message and what to check (RBAC, the training operator being installed).
 """
 
@@ -26,9 +26,9 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from carbonscaler.control.backend import Backend, BackendError, WorkloadState
-from carbonscaler.operator.crd import GROUP, KUBEFLOW_GROUP, KUBEFLOW_VERSION, MPI, VERSION, JobKind
-from carbonscaler.operator.reconcile import (
+from carbonscaler.backends.base import Backend, BackendError, WorkloadState
+from carbonscaler.kube.crd import GROUP, KUBEFLOW_GROUP, KUBEFLOW_VERSION, MPI, VERSION, JobKind
+from carbonscaler.kube.operations import (
     ChildState,
     CreateChild,
     DeleteChild,
@@ -36,7 +36,7 @@ from carbonscaler.operator.reconcile import (
     Operation,
     PatchChild,
 )
-from carbonscaler.operator.resources import child_body, event_body, replicas_patch
+from carbonscaler.kube.resources import child_body, event_body, replicas_patch
 from carbonscaler.profile import ScalingProfile, load_profile
 
 __all__ = ["KubeflowApi", "KubernetesBackend", "ProfileUnavailable", "api_client"]
@@ -246,7 +246,7 @@ class KubernetesBackend(Backend):
 
     Args:
         api: the API calls.
-        kind: which Kubeflow kind (``MPI`` or ``PYTORCH`` from :mod:`carbonscaler.operator.crd`).
+        kind: which Kubeflow kind (``MPI`` or ``PYTORCH`` from :mod:`carbonscaler.kube.crd`).
         namespace: where the job runs.
         name: the Kubeflow job's name.
         spec: its spec (MPIJobSpec or PyTorchJobSpec); worker replicas are set per start.

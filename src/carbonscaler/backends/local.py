@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from carbonscaler.control.backend import Backend, BackendError, WorkloadState
+from carbonscaler.backends.base import Backend, BackendError, WorkloadState
 
 __all__ = ["LocalBackend", "read_progress", "read_progress_pct"]
 

@@ -1,4 +1,18 @@
-"""Helpers shared by the CLI command groups: error reporting and carbon-data loading."""
+"""Helpers shared by the CLI command groups: error reporting and carbon sources.
+
+Every command that takes a carbon source spells it the same way, where it makes sense:
+
+* ``--trace PATH`` — a carbon-intensity file (``--zone Z`` then picks one zone of a file that
+  names several);
+* ``--zone Z [--year Y]`` — the offline dataset (ENTSO-E), see ``carbonscaler traces list``;
+* ``--provider NAME:ZONE`` — live providers, e.g. ``ukgrid:GB``, comma-separated for fallback;
+* ``--carbon-service URL`` — the carbon service.
+
+Older spellings stay as aliases (``--carbon-trace``, the carbon service's ``--carbon-path``/
+``-f``; on the long-running commands ``--zone SPEC`` without ``--trace`` or ``--year`` still means
+live providers). :func:`open_trace` opens a trace source; :func:`pick_carbon_source` checks the
+long-running commands' choice of one source.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +20,7 @@ import functools
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -14,7 +29,7 @@ import typer
 from rich.console import Console
 
 from carbonscaler import datasets
-from carbonscaler.control.backend import BackendError
+from carbonscaler.backends.base import BackendError
 from carbonscaler.control.spec import SpecError
 from carbonscaler.forecast import ForecastError
 from carbonscaler.planner.model import PlanningError
@@ -75,28 +90,145 @@ def parse_start(value: str) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
+# The shared spellings of a carbon source (first name canonical, the rest aliases).
+TRACE_FLAGS = ("--trace", "--carbon-trace")
+ZONE_FLAGS = ("--zone",)
+YEAR_FLAGS = ("--year",)
+PROVIDER_FLAGS = ("--provider",)
+SERVICE_FLAGS = ("--carbon-service",)
+
+TRACE_HELP = "Carbon-intensity file (any format `carbonscaler traces` reads)."
+ZONE_HELP = (
+    "With --trace: the zone to select in a file that names zones. Without: a zone of the "
+    "offline dataset (see `carbonscaler traces list`)."
+)
+YEAR_HELP = "Offline-dataset year for --zone (default: the latest)."
+PROVIDER_HELP = (
+    "Live providers, NAME:ZONE, e.g. ukgrid:GB, em:DE, watttime:CAISO_NORTH; comma-separated "
+    "for fallback (keys: $ELECTRICITYMAPS_API_KEY, $WATTTIME_USER/$WATTTIME_PASSWORD)."
+)
+SERVICE_HELP = "Carbon service base URL (carbonscaler carbon-service)."
+# The long-running commands keep --zone's older meaning when it comes alone.
+LIVE_ZONE_HELP = (
+    "With --trace: the zone of a multi-zone file. With --year: a zone of the offline dataset. "
+    "Alone: live providers, as --provider (the older spelling)."
+)
+
+
+def open_trace(
+    trace: Path | None,
+    zone: str | None = None,
+    year: int | None = None,
+    *,
+    signal: str = "direct",
+) -> CarbonTrace:
+    """The carbon trace a command names: a file, or a zone of the offline dataset.
+
+    Args:
+        trace: A carbon-intensity file; ``zone`` then selects a zone of a file that names
+            several (or labels one that does not).
+        zone: Without ``trace``: a zone of the offline dataset.
+        year: The dataset year (None: the latest); not for a file.
+        signal: The file's column where it has several (``direct``, ``lca``, ``avg``).
+
+    Raises:
+        TraceError: if neither a trace nor a zone is given, a year is given with a file, or
+            the file cannot be read.
+        DatasetError: if the offline dataset is missing or lacks the zone/year.
+    """
+    if trace is not None:
+        if year is not None:
+            raise TraceError("--year selects a dataset year; it does not apply to a file")
+        return load_trace(trace, signal=signal, zone=zone)
+    if zone is not None:
+        return datasets.load(zone, year)
+    raise TraceError(
+        "give --trace PATH (a carbon-intensity CSV) or --zone ZONE (the offline dataset; "
+        "see `carbonscaler traces list`)"
+    )
+
+
 def load_carbon(
     trace: Path | None,
     zone: str | None,
     signal: str,
     slot_minutes: int,
     start: pd.Timestamp,
+    year: int | None = None,
 ) -> CarbonTrace:
-    """The carbon trace to plan on: a file, or the offline dataset's zone for the start year.
+    """The carbon trace to plan on, at the slot length: a file, or the offline dataset's zone
+    for ``year`` (default: the start's year).
 
     Raises:
         TraceError: if neither a trace nor a zone is given, or the file cannot be read.
         DatasetError: if the offline dataset is missing or lacks the zone/year.
     """
-    if trace is not None:
-        loaded = load_trace(trace, signal=signal, zone=zone)
-    elif zone is not None:
-        loaded = datasets.load(zone, start.year)
-    else:
-        raise TraceError(
-            "give --trace PATH (a carbon-intensity CSV) or --zone ZONE (the offline dataset; "
-            "see `carbonscaler traces list`)"
-        )
+    if trace is None and zone is not None and year is None:
+        year = start.year
+    loaded = open_trace(trace, zone, year, signal=signal)
     if slot_minutes <= 0:
         raise TraceError(f"--slot-minutes must be positive, got {slot_minutes}")
     return loaded.resample(slot_minutes)
+
+
+@dataclass(frozen=True)
+class CarbonSourceChoice:
+    """The one carbon source a long-running command was given.
+
+    Exactly one of ``trace_path`` (a file to replay; ``zone`` is the zone in it),
+    ``dataset`` (an offline-dataset trace to replay), ``provider`` (a live-provider spec) and
+    ``service_url`` is set.
+    """
+
+    trace_path: Path | None = None
+    zone: str | None = None
+    dataset: CarbonTrace | None = None
+    provider: str | None = None
+    service_url: str | None = None
+
+
+def pick_carbon_source(
+    *,
+    trace: Path | None,
+    zone: str | None,
+    year: int | None,
+    provider: str | None,
+    carbon_service: str | None = None,
+    trace_flag: str = "--trace",
+) -> CarbonSourceChoice | None:
+    """Check the carbon-source options of a long-running command; None if none was given.
+
+    ``--zone`` with ``--trace`` picks the zone of the file, with ``--year`` (and no trace) a
+    zone of the offline dataset, and alone means live providers (its older meaning).
+
+    Raises:
+        ValueError: if several sources are given, or ``--year`` comes without a dataset zone.
+        DatasetError: if the offline dataset lacks the zone/year.
+    """
+    if year is not None and (trace is not None or zone is None):
+        raise ValueError("--year selects an offline-dataset year: give it with --zone, no trace")
+    if provider is not None and zone is not None and trace is None:
+        raise ValueError("give --provider SPEC or --zone, not both")
+    live = provider if provider is not None else (zone if trace is None and year is None else None)
+    dataset_zone = zone if trace is None and year is not None else None
+    given = [
+        name
+        for name, value in (
+            (trace_flag, trace),
+            ("--zone/--year", dataset_zone),
+            ("--provider", live),
+            ("--carbon-service", carbon_service),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise ValueError(f"give exactly one carbon source, not {' and '.join(given)}")
+    if trace is not None:
+        return CarbonSourceChoice(trace_path=trace, zone=zone)
+    if dataset_zone is not None:
+        return CarbonSourceChoice(dataset=open_trace(None, dataset_zone, year))
+    if live is not None:
+        return CarbonSourceChoice(provider=live)
+    if carbon_service is not None:
+        return CarbonSourceChoice(service_url=carbon_service)
+    return None

@@ -11,7 +11,19 @@ import uvicorn
 
 from carbonscaler.accounting.ledger import LedgerError
 from carbonscaler.accounting.tracker import TrackerConfig, TrackerError
-from carbonscaler.cli._common import err_console
+from carbonscaler.cli._common import (
+    LIVE_ZONE_HELP,
+    PROVIDER_FLAGS,
+    PROVIDER_HELP,
+    SERVICE_FLAGS,
+    TRACE_FLAGS,
+    YEAR_FLAGS,
+    YEAR_HELP,
+    ZONE_FLAGS,
+    err_console,
+    pick_carbon_source,
+)
+from carbonscaler.datasets import DatasetError
 from carbonscaler.providers import ProviderError, TTLCache, live_provider
 from carbonscaler.services.accounting import AccountingConfig, create_app
 from carbonscaler.trace import TraceError
@@ -25,7 +37,7 @@ def accounting_command(
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8010,
     carbon_trace: Annotated[
         Path | None,
-        typer.Option("--carbon-trace", help="Carbon trace to replay (any format traces reads)."),
+        typer.Option(*TRACE_FLAGS, help="Carbon trace to replay (any format traces reads)."),
     ] = None,
     carbon_start: Annotated[
         str | None,
@@ -38,17 +50,12 @@ def accounting_command(
     signal: Annotated[
         str, typer.Option("--signal", help="Trace signal: direct, lca or avg.")
     ] = "direct",
-    zone: Annotated[
-        str | None,
-        typer.Option(
-            "--zone",
-            help="With --carbon-trace: the zone of a multi-zone file. Alone: live providers,"
-            " e.g. ukgrid:GB or em:DE (comma-separated for fallback).",
-        ),
-    ] = None,
+    zone: Annotated[str | None, typer.Option(*ZONE_FLAGS, help=LIVE_ZONE_HELP)] = None,
+    year: Annotated[int | None, typer.Option(*YEAR_FLAGS, help=YEAR_HELP)] = None,
+    provider_spec: Annotated[str | None, typer.Option(*PROVIDER_FLAGS, help=PROVIDER_HELP)] = None,
     carbon_service: Annotated[
         str | None,
-        typer.Option("--carbon-service", help="Subscribe to this carbon service for intensity."),
+        typer.Option(*SERVICE_FLAGS, help="Subscribe to this carbon service for intensity."),
     ] = None,
     public_url: Annotated[
         str | None,
@@ -77,23 +84,31 @@ def accounting_command(
 ) -> None:
     """Account each job's energy (kWh) and emissions (gCO2eq), measured vs estimated."""
     try:
+        source = pick_carbon_source(
+            trace=carbon_trace,
+            zone=zone,
+            year=year,
+            provider=provider_spec,
+            carbon_service=carbon_service,
+        )
+        if source is None:
+            raise ValueError(
+                "give a carbon source: --trace PATH, --zone ZONE --year YEAR (offline dataset),"
+                " --provider SPEC (live providers, e.g. ukgrid:GB) or --carbon-service URL"
+            )
         provider = None
-        if carbon_trace is None and carbon_service is None:
-            if zone is None:
-                raise ValueError(
-                    "give a carbon source: --carbon-trace PATH, --carbon-service URL or --zone"
-                    " SPEC (live providers, e.g. ukgrid:GB)"
-                )
-            provider = live_provider(zone, cache=TTLCache(db_path.with_suffix(".cache")))
+        if source.provider is not None:
+            provider = live_provider(source.provider, cache=TTLCache(db_path.with_suffix(".cache")))
         config = AccountingConfig(
             db_path=db_path,
-            carbon_trace=carbon_trace,
+            carbon_trace=source.trace_path,
+            trace=source.dataset,
             carbon_start=carbon_start,
             seconds_per_slot=speed,
             signal=signal,
-            zone=zone if carbon_trace is not None else None,
+            zone=source.zone,
             provider=provider,
-            carbon_service_url=carbon_service,
+            carbon_service_url=source.service_url,
             public_url=public_url or f"http://{host}:{port}",
             tracker=TrackerConfig(
                 sample_interval_s=sample_interval,
@@ -103,7 +118,15 @@ def accounting_command(
             ),
         )
         app = create_app(config)
-    except (ValueError, ProviderError, TraceError, LedgerError, TrackerError, OSError) as exc:
+    except (
+        ValueError,
+        ProviderError,
+        TraceError,
+        DatasetError,
+        LedgerError,
+        TrackerError,
+        OSError,
+    ) as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(code=2) from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -11,10 +11,10 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from carbonscaler import datasets
 from carbonscaler.advisor import (
     FORECAST_MODELS,
     Conditions,
+    ForecastModel,
     ForecastSpec,
     SweepSpec,
     run_sweep,
@@ -24,10 +24,18 @@ from carbonscaler.advisor import (
     write_html,
     write_plots,
 )
-from carbonscaler.cli._common import console, err_console, user_errors
+from carbonscaler.cli._common import (
+    TRACE_FLAGS,
+    YEAR_FLAGS,
+    ZONE_FLAGS,
+    console,
+    err_console,
+    open_trace,
+    user_errors,
+)
 from carbonscaler.planner import POLICIES, PlanningError
 from carbonscaler.profile import parse_profile_spec
-from carbonscaler.trace import CarbonTrace, TraceError, load_trace
+from carbonscaler.trace import CarbonTrace, TraceError
 
 
 def _parse_starts(value: str) -> str | int | list[str]:
@@ -44,13 +52,16 @@ def advise_command(
         str, typer.Option(help="Profile CSV (nodes,throughput,power) or e.g. 'amdahl:0.05'.")
     ],
     trace: Annotated[
-        list[Path] | None, typer.Option(help="Carbon trace CSV; repeat for several regions.")
+        list[Path] | None,
+        typer.Option(*TRACE_FLAGS, help="Carbon trace CSV; repeat for several regions."),
     ] = None,
     zone: Annotated[
         list[str] | None,
-        typer.Option(help="Offline dataset zone (with --year); repeat for several."),
+        typer.Option(*ZONE_FLAGS, help="Offline dataset zone (with --year); repeat for several."),
     ] = None,
-    year: Annotated[int | None, typer.Option(help="Year for --zone (default: latest).")] = None,
+    year: Annotated[
+        int | None, typer.Option(*YEAR_FLAGS, help="Year for --zone (default: latest).")
+    ] = None,
     signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
     slack: Annotated[
         list[float] | None, typer.Option(help="Deadline = slack × length; repeat for several.")
@@ -67,7 +78,11 @@ def advise_command(
         float, typer.Option(help="Relative forecast error for uniform/gaussian (0.1 = ±10 %).")
     ] = 0.0,
     forecast_model: Annotated[
-        str | None, typer.Option(help=f"One of: {', '.join(FORECAST_MODELS)}.")
+        str | None,
+        typer.Option(
+            help=f"One of: {', '.join(FORECAST_MODELS)} (alias: real = perfect); default"
+            " uniform with --forecast-error, else perfect."
+        ),
     ] = None,
     profile_error: Annotated[
         float, typer.Option(help="Real throughput differs from the profile by up to ±x.")
@@ -77,6 +92,13 @@ def advise_command(
     ] = 0.0,
     replan_threshold: Annotated[
         float, typer.Option(help="Deviation that triggers a re-plan (0.05 = 5 %).")
+    ] = 0.05,
+    safety_margin: Annotated[
+        float,
+        typer.Option(
+            help="Extra share of the remaining work each plan covers where the deadline "
+            "leaves room (0.05 = 5 %, the job spec's default)."
+        ),
     ] = 0.05,
     price: Annotated[
         float | None, typer.Option(help="Price per server-hour, to report cost.")
@@ -113,6 +135,7 @@ def _advise(
     profile_error: float,
     rescale_overhead_s: float,
     replan_threshold: float,
+    safety_margin: float,
     price: float | None,
     seed: int,
     slot_minutes: int,
@@ -121,17 +144,22 @@ def _advise(
     plot: Path | None,
     report: Path | None,
 ) -> None:
-    traces: list[CarbonTrace] = [load_trace(p, signal=signal) for p in trace or []]
-    traces += [datasets.load(z, year) for z in zone or []]
+    traces: list[CarbonTrace] = [open_trace(p, signal=signal) for p in trace or []]
+    traces += [open_trace(None, z, year) for z in zone or []]
     if not traces:
         raise TraceError("give at least one --trace PATH or --zone ZONE")
-    model = forecast_model or ("uniform" if forecast_error > 0 else "perfect")
     try:
+        model = (
+            ForecastModel.parse(forecast_model)
+            if forecast_model
+            else (ForecastModel.UNIFORM if forecast_error > 0 else ForecastModel.PERFECT)
+        )
         conditions = Conditions(
             forecast=ForecastSpec(model, forecast_error, seed),
             profile_error=profile_error,
             rescale_overhead_s=rescale_overhead_s,
             replan_threshold=replan_threshold,
+            safety_margin=safety_margin,
             seed=seed,
         )
     except ValueError as exc:

@@ -1,7 +1,8 @@
 """``carbonscaler carbon-service``: the carbon service (trace replay or live), over HTTP.
 
-The options of the reference service keep their names (and short forms); the rest add
-live providers, an accelerated replay and an admin token. See docs/carbon-service.md.
+The options of the reference service keep their names (and short forms) beside the carbon
+source spellings every command shares (``--trace``, ``--zone``/``--year``, ``--provider``); the
+rest add an accelerated replay and an admin token. See docs/carbon-service.md.
 """
 
 from __future__ import annotations
@@ -13,7 +14,18 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from carbonscaler.cli._common import err_console
+from carbonscaler.cli._common import (
+    LIVE_ZONE_HELP,
+    PROVIDER_FLAGS,
+    PROVIDER_HELP,
+    TRACE_FLAGS,
+    YEAR_FLAGS,
+    YEAR_HELP,
+    ZONE_FLAGS,
+    err_console,
+    pick_carbon_source,
+)
+from carbonscaler.datasets import DatasetError
 from carbonscaler.providers import ProviderError, TTLCache, live_provider
 from carbonscaler.services._store import StoreError
 from carbonscaler.services.carbon import CarbonServiceConfig, create_app
@@ -26,6 +38,7 @@ def carbon_service_command(
     carbon_path: Annotated[
         Path | None,
         typer.Option(
+            *TRACE_FLAGS,
             "--carbon-path",
             "-f",
             help="Carbon trace to replay (any format `carbonscaler traces` reads).",
@@ -50,8 +63,10 @@ def carbon_service_command(
         typer.Option(
             "--prediction-method",
             "-m",
-            help="REAL (the trace future), PRED (the provider's forecast), or a forecaster:"
-            " real, uniform:PCT, gaussian:PCT, persistence, seasonal, provider.",
+            help="REAL (= perfect: the trace future), PRED (= provider: the provider's"
+            " forecast), or a forecast model: perfect, uniform:PCT, gaussian:PCT, persistence,"
+            " seasonal, provider. PCT is the noise in percent (uniform:30 = ±30 %; kept in"
+            " percent for existing command lines, unlike the fractions elsewhere).",
         ),
     ] = "REAL",
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
@@ -64,15 +79,9 @@ def carbon_service_command(
             " on hourly data; default: one slot per update, as the reference.",
         ),
     ] = None,
-    zone: Annotated[
-        str | None,
-        typer.Option(
-            "--zone",
-            help="With --carbon-path: the zone of a multi-zone file. Without it: live"
-            " providers, e.g. ukgrid:GB, em:DE, watttime:CAISO_NORTH, comma-separated for"
-            " fallback (keys: $ELECTRICITYMAPS_API_KEY, $WATTTIME_USER/$WATTTIME_PASSWORD).",
-        ),
-    ] = None,
+    zone: Annotated[str | None, typer.Option(*ZONE_FLAGS, help=LIVE_ZONE_HELP)] = None,
+    year: Annotated[int | None, typer.Option(*YEAR_FLAGS, help=YEAR_HELP)] = None,
+    provider_spec: Annotated[str | None, typer.Option(*PROVIDER_FLAGS, help=PROVIDER_HELP)] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -98,19 +107,22 @@ def carbon_service_command(
     try:
         if not db_path.parent.is_dir():
             raise ValueError(f"--db-path {db_path}: folder {db_path.parent} does not exist")
+        source = pick_carbon_source(trace=carbon_path, zone=zone, year=year, provider=provider_spec)
+        if source is None:
+            raise ValueError(
+                "give --trace PATH (or --carbon-path) to replay a trace, --zone ZONE --year YEAR"
+                " to replay the offline dataset, or --provider SPEC for live data (e.g."
+                " --provider ukgrid:GB)"
+            )
         provider = None
-        if carbon_path is None:
-            if zone is None:
-                raise ValueError(
-                    "give --carbon-path TRACE to replay a trace, or --zone for live data"
-                    " (e.g. --zone ukgrid:GB)"
-                )
-            provider = live_provider(zone, cache=TTLCache(db_path.with_suffix(".cache")))
+        if source.provider is not None:
+            provider = live_provider(source.provider, cache=TTLCache(db_path.with_suffix(".cache")))
         config = CarbonServiceConfig(
             db_path=db_path,
-            carbon_path=carbon_path,
+            carbon_path=source.trace_path,
+            trace=source.dataset,
             provider=provider,
-            zone=zone if carbon_path is not None else None,
+            zone=source.zone,
             signal=signal,
             start=start,
             update_interval_s=update_interval,
@@ -121,7 +133,7 @@ def carbon_service_command(
             token=token,
         )
         app = create_app(config)
-    except (ValueError, ProviderError, StoreError, OSError) as exc:
+    except (ValueError, ProviderError, DatasetError, StoreError, OSError) as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(code=2) from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

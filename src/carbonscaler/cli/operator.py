@@ -14,7 +14,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from carbonscaler.cli._common import err_console
+from carbonscaler.cli._common import (
+    LIVE_ZONE_HELP,
+    PROVIDER_FLAGS,
+    PROVIDER_HELP,
+    SERVICE_FLAGS,
+    TRACE_FLAGS,
+    YEAR_FLAGS,
+    YEAR_HELP,
+    ZONE_FLAGS,
+    CarbonSourceChoice,
+    err_console,
+    pick_carbon_source,
+)
 
 if TYPE_CHECKING:
     from carbonscaler.operator.carbon import CarbonBoard, Poller
@@ -51,11 +63,11 @@ def operator_command(
     ] = None,
     carbon_service: Annotated[
         str | None,
-        typer.Option("--carbon-service", help="Carbon service base URL to poll and subscribe to."),
+        typer.Option(*SERVICE_FLAGS, help="Carbon service base URL to poll and subscribe to."),
     ] = None,
     carbon_trace: Annotated[
         Path | None,
-        typer.Option("--carbon-trace", help="Replay this carbon trace instead (offline demos)."),
+        typer.Option(*TRACE_FLAGS, help="Replay this carbon trace instead (offline demos)."),
     ] = None,
     carbon_start: Annotated[
         str | None, typer.Option("--carbon-start", help="First replayed time (ISO 8601).")
@@ -64,12 +76,9 @@ def operator_command(
         float | None,
         typer.Option("--speed", help="Replay pace in seconds per trace slot; default real time."),
     ] = None,
-    zone: Annotated[
-        str | None,
-        typer.Option(
-            "--zone", help="Live providers instead, e.g. ukgrid:GB or em:DE (comma = fallback)."
-        ),
-    ] = None,
+    zone: Annotated[str | None, typer.Option(*ZONE_FLAGS, help=LIVE_ZONE_HELP)] = None,
+    year: Annotated[int | None, typer.Option(*YEAR_FLAGS, help=YEAR_HELP)] = None,
+    provider_spec: Annotated[str | None, typer.Option(*PROVIDER_FLAGS, help=PROVIDER_HELP)] = None,
     poll_interval: Annotated[
         float, typer.Option("--poll-interval", help="Seconds between carbon polls.")
     ] = 300.0,
@@ -109,14 +118,15 @@ def operator_command(
     if all_namespaces and namespace:
         err_console.print("[red]error:[/] give --namespace or --all-namespaces, not both")
         raise typer.Exit(code=2)
-    sources = [s for s in (carbon_service, carbon_trace, zone) if s]
-    if len(sources) > 1:
-        err_console.print(
-            "[red]error:[/] give one carbon source: --carbon-service, --carbon-trace or --zone"
-        )
-        raise typer.Exit(code=2)
     try:
-        poller = _poller(carbon_service, carbon_trace, carbon_start, speed, zone)
+        source = pick_carbon_source(
+            trace=carbon_trace,
+            zone=zone,
+            year=year,
+            provider=provider_spec,
+            carbon_service=carbon_service,
+        )
+        poller = _poller(source, carbon_start, speed)
         api = KubeflowApi(api_client(), instance=handlers.instance_name())
     except Exception as exc:  # any setup failure here is the user's to fix
         err_console.print(f"[red]error:[/] {exc}", highlight=False)
@@ -162,11 +172,7 @@ def operator_command(
 
 
 def _poller(
-    carbon_service: str | None,
-    carbon_trace: Path | None,
-    carbon_start: str | None,
-    speed: float | None,
-    zone: str | None,
+    source: CarbonSourceChoice | None, carbon_start: str | None, speed: float | None
 ) -> Poller | None:
     """The carbon poller for the chosen source, if any."""
     import httpx
@@ -174,13 +180,20 @@ def _poller(
     from carbonscaler.operator.carbon import ProviderPoller, ServicePoller
     from carbonscaler.providers import TraceReplay, live_provider
 
-    if carbon_service:
-        return ServicePoller(httpx.AsyncClient(timeout=10.0), carbon_service)
-    if carbon_trace is not None:
-        replay = TraceReplay.from_file(carbon_trace, start=carbon_start, seconds_per_slot=speed)
+    if source is None:
+        return None
+    if source.service_url:
+        return ServicePoller(httpx.AsyncClient(timeout=10.0), source.service_url)
+    if source.trace_path is not None:
+        replay = TraceReplay.from_file(
+            source.trace_path, zone=source.zone, start=carbon_start, seconds_per_slot=speed
+        )
         return ProviderPoller(replay)
-    if zone:
-        return ProviderPoller(live_provider(zone))
+    if source.dataset is not None:
+        replay = TraceReplay.from_trace(source.dataset, start=carbon_start, seconds_per_slot=speed)
+        return ProviderPoller(replay)
+    if source.provider:
+        return ProviderPoller(live_provider(source.provider))
     return None
 
 

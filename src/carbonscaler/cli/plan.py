@@ -11,7 +11,16 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from carbonscaler.cli._common import console, load_carbon, parse_start, user_errors
+from carbonscaler.cli._common import (
+    TRACE_FLAGS,
+    TRACE_HELP,
+    YEAR_FLAGS,
+    ZONE_FLAGS,
+    console,
+    load_carbon,
+    parse_start,
+    user_errors,
+)
 from carbonscaler.planner import (
     DEADLINE_AWARE,
     POLICIES,
@@ -130,17 +139,19 @@ def plan_command(
     profile: Annotated[
         str, typer.Option(help="Profile CSV (nodes,throughput,power) or e.g. 'amdahl:0.05'.")
     ],
-    trace: Annotated[
-        Path | None, typer.Option(help="Carbon-intensity CSV (any supported format).")
-    ] = None,
+    trace: Annotated[Path | None, typer.Option(*TRACE_FLAGS, help=TRACE_HELP)] = None,
     signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
     zone: Annotated[
         str | None,
         typer.Option(
+            *ZONE_FLAGS,
             help="With --trace: the zone to select in a file that names zones (or a label "
-            "for one that does not). Without --trace: a zone of the offline dataset, year "
-            "taken from --start."
+            "for one that does not). Without --trace: a zone of the offline dataset.",
         ),
+    ] = None,
+    year: Annotated[
+        int | None,
+        typer.Option(*YEAR_FLAGS, help="Offline-dataset year for --zone (default: --start's)."),
     ] = None,
     min_servers: Annotated[int, typer.Option("--min", help="Fewest servers (m).")] = 1,
     max_servers: Annotated[int, typer.Option("--max", help="Most servers (M).")] = 8,
@@ -166,6 +177,7 @@ def plan_command(
         trace=trace,
         signal=signal,
         zone=zone,
+        year=year,
         min_servers=min_servers,
         max_servers=max_servers,
         policy=policy,
@@ -187,6 +199,7 @@ def _plan(
     trace: Path | None,
     signal: str,
     zone: str | None,
+    year: int | None,
     min_servers: int,
     max_servers: int,
     policy: str,
@@ -197,7 +210,7 @@ def _plan(
     threshold_percentile: float,
 ) -> None:
     start = parse_start(start_text)
-    carbon_trace = load_carbon(trace, zone, signal, slot_minutes, start)
+    carbon_trace = load_carbon(trace, zone, signal, slot_minutes, start, year)
     profile = parse_profile_spec(profile_spec, default_servers=max(max_servers, 1))
     slot_hours = slot_minutes / 60.0
     if policy not in POLICIES:

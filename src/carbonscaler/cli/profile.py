@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from carbonscaler.backends.profiler import per_server_power, profile_workload
 from carbonscaler.cli._common import console, err_console, user_errors
-from carbonscaler.control.profiler import per_server_power, profile_workload
 from carbonscaler.control.spec import load_job_spec
 
 

@@ -16,8 +16,10 @@ from rich.live import Live
 from rich.table import Table
 
 from carbonscaler import datasets
-from carbonscaler.advisor import simulate_policy
+from carbonscaler.advisor import Conditions, simulate_policy
+from carbonscaler.backends.base import BackendError
 from carbonscaler.cli._common import console, err_console, user_errors
+from carbonscaler.cli._runner import build_controller, build_simulation
 from carbonscaler.control import (
     Controller,
     ControllerState,
@@ -26,9 +28,7 @@ from carbonscaler.control import (
     RunReport,
     SpecError,
 )
-from carbonscaler.control.backend import BackendError
 from carbonscaler.control.report import write_run_report
-from carbonscaler.control.runner import build_controller
 from carbonscaler.control.spec import load_job_spec
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -120,23 +120,55 @@ def execute(
             raise typer.Exit(code=130) from None
     folder = report_dir or Path(spec.checkpoint_dir)
     written = write_run_report(report, folder, spec.slot_hours)
+    _print_report(controller, report, as_json=as_json, written=written, extra_fn=extra_fn)
+    return report
+
+
+def _print_report(
+    controller: Controller,
+    report: RunReport,
+    *,
+    as_json: bool,
+    written: list[Path],
+    extra_fn: ExtraFn | None = None,
+) -> None:
     extra = extra_fn(controller, report) if extra_fn is not None else {}
     out = report.to_dict()
     out.update(extra)
     if as_json:
         typer.echo(json.dumps(out, indent=2, default=float))
-    else:
-        console.print(_report_table(report))
-        for key, value in extra.items():
-            shown = f"{value:.2f}" if isinstance(value, float) else str(value)
-            console.print(f"{key.replace('_', ' ')}: {shown}")
+        return
+    console.print(_report_table(report))
+    for key, value in extra.items():
+        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+        console.print(f"{key.replace('_', ' ')}: {shown}")
+    if written:
         console.print(f"report: {', '.join(str(p) for p in written)}")
+
+
+def simulate(spec: JobSpec, *, as_json: bool, report_dir: Path | None) -> RunReport:
+    """Run the job's controller on a virtual clock against a simulated workload and report.
+
+    Writes report files only into ``report_dir`` (never into the job's run folder).
+    """
+    controller = build_simulation(spec)
+    report = controller.run()
+    written = write_run_report(report, report_dir, spec.slot_hours) if report_dir else []
+    _print_report(controller, report, as_json=as_json, written=written)
     return report
 
 
 def run_command(
     job: Annotated[Path, typer.Argument(help="Job spec (YAML).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    simulate_only: Annotated[
+        bool,
+        typer.Option(
+            "--simulate",
+            help="Run the controller on a virtual clock against a simulated workload that "
+            "follows the profile (no processes): what the job will do, in under a second.",
+        ),
+    ] = False,
     report_dir: Annotated[
         Path | None,
         typer.Option(
@@ -148,12 +180,15 @@ def run_command(
 
     Re-running the same spec after an interruption resumes the job where it was.
     """
-    _run(job=job, as_json=as_json, report_dir=report_dir)
+    _run(job=job, as_json=as_json, report_dir=report_dir, simulate_only=simulate_only)
 
 
 @user_errors
-def _run(*, job: Path, as_json: bool, report_dir: Path | None) -> None:
+def _run(*, job: Path, as_json: bool, report_dir: Path | None, simulate_only: bool) -> None:
     spec = load_job_spec(job)
+    if simulate_only:
+        simulate(spec, as_json=as_json, report_dir=report_dir)
+        return
     try:
         report = execute(spec, as_json=as_json, report_dir=report_dir)
     except BackendError as exc:
@@ -202,8 +237,14 @@ def advisor_prediction(controller: Controller, report: RunReport) -> dict[str, A
         return {}
     start = np.array([feed.start_index])
     job = controller.job
-    cs = simulate_policy("carbonscaler", job, feed.values, start, spec.deadline_slots)
-    ag = simulate_policy("agnostic", job, feed.values, start, spec.deadline_slots)
+    # The advisor runs the same decision core with the same rules and the overhead measured.
+    conditions = Conditions(
+        rescale_overhead_s=controller.overhead_h() * 3600.0,
+        replan_threshold=spec.replan_threshold,
+        safety_margin=spec.safety_margin,
+    )
+    cs = simulate_policy("carbonscaler", job, feed.values, start, spec.deadline_slots, conditions)
+    ag = simulate_policy("agnostic", job, feed.values, start, spec.deadline_slots, conditions)
     predicted = float(100 * (1 - cs.emissions_g[0] / ag.emissions_g[0]))
     return {
         "advisor_emissions_g": float(cs.emissions_g[0]),

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from carbonscaler import datasets
+from carbonscaler.cli._common import TRACE_FLAGS, TRACE_HELP, YEAR_FLAGS, ZONE_FLAGS, open_trace
 from carbonscaler.datasets import DatasetError
 from carbonscaler.trace import CarbonTrace, TraceError, load_trace
 
@@ -109,14 +110,24 @@ def list_traces(
 @app.command("show")
 def show(
     zone_or_path: Annotated[
-        str,
+        str | None,
         typer.Argument(
-            metavar="ZONE_OR_PATH",
-            help="A trace CSV file, or an offline-dataset zone such as DE.",
+            metavar="[ZONE_OR_PATH]",
+            help="A trace CSV file, or an offline-dataset zone such as DE (or use --trace or "
+            "--zone).",
         ),
-    ],
+    ] = None,
+    trace_path: Annotated[Path | None, typer.Option(*TRACE_FLAGS, help=TRACE_HELP)] = None,
+    zone: Annotated[
+        str | None,
+        typer.Option(
+            *ZONE_FLAGS,
+            help="An offline-dataset zone; with --trace, the zone to select in the file.",
+        ),
+    ] = None,
     year: Annotated[
-        int | None, typer.Option(help="Dataset year (default: the latest available).")
+        int | None,
+        typer.Option(*YEAR_FLAGS, help="Dataset year (default: the latest available)."),
     ] = None,
     signal: Annotated[
         str | None,
@@ -125,17 +136,25 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show summary statistics of a trace file or an offline-dataset zone."""
-    path = Path(zone_or_path)
-    if path.is_file():
+    if zone_or_path is not None:
+        if trace_path is not None or zone is not None:
+            _fail("give ZONE_OR_PATH, or --trace PATH / --zone ZONE, not both")
+        path = Path(zone_or_path)
+        if path.is_file():
+            trace_path = path
+        elif "/" in zone_or_path or "\\" in zone_or_path or path.suffix.lower() == ".csv":
+            _fail(f"{zone_or_path}: no such file")
+        else:
+            zone = zone_or_path
+    if trace_path is None and zone is None:
+        _fail("give a trace file or an offline-dataset zone: ZONE_OR_PATH, --trace or --zone")
+    if trace_path is not None:
         if year is not None:
             _fail("--year selects a dataset year; it does not apply to a file")
-        trace, notes = _capture(lambda: load_trace(path, signal=signal or "direct"))
-    elif "/" in zone_or_path or "\\" in zone_or_path or path.suffix.lower() == ".csv":
-        _fail(f"{zone_or_path}: no such file")
-    else:
-        if signal is not None and signal.strip().lower() != "lca":
-            _fail(f"the offline dataset has only the 'lca' signal, not {signal!r}")
-        trace, notes = _capture(lambda: datasets.load(zone_or_path, year))
+    elif signal is not None and signal.strip().lower() != "lca":
+        _fail(f"the offline dataset has only the 'lca' signal, not {signal!r}")
+    file, name = trace_path, zone
+    trace, notes = _capture(lambda: open_trace(file, name, year, signal=signal or "direct"))
 
     stats = trace.stats()
     summary: dict[str, object] = {

@@ -14,13 +14,9 @@ import numpy as np
 
 from carbonscaler.forecast import Forecaster
 from carbonscaler.planner.model import FloatArray
-from carbonscaler.providers import CarbonProvider, ProviderError
+from carbonscaler.providers import CarbonProvider, CarbonUnavailable, ProviderError
 
 __all__ = ["CarbonFeed", "CarbonUnavailable", "ProviderFeed", "ReplayFeed"]
-
-
-class CarbonUnavailable(RuntimeError):
-    """The carbon source did not answer; the controller continues on what it last had."""
 
 
 class CarbonFeed(ABC):

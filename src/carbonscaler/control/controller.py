@@ -1,17 +1,19 @@
 """The engine-agnostic controller: run one job to its plan, re-plan, account, persist.
 
-Time is *job time*: hours since the job's arrival, wall seconds scaled by the spec's time scale
+The controller is a thin loop around the decision core (:mod:`carbonscaler.decision`), which
+makes every decision — the first plan, re-plans, the level to run — exactly as CarbonAdvisor's
+what-if simulation and the Kubernetes operator make them. What the controller adds is I/O: a
+clock (wall time, or virtual for ``run --simulate`` and tests), a backend that runs the workload
+(local processes, or simulated), a carbon feed, power readings and a state store.
+
+Time is *job time*: hours since the job's arrival, clock seconds scaled by the spec's time scale
 (``time_scale_s`` wall seconds per slot; real time when 0). At every tick the controller
 
 1. accounts the energy and carbon of the time since the last tick at the servers that were
-   running (power from the meter, or the profile's ``P(k)`` labelled as an estimate), splitting
-   at slot boundaries so each slot is charged its own intensity;
+   running, split at slot boundaries (:func:`~carbonscaler.accounting.integrate.charge_slots`);
 2. reads the workload's progress and state; a crashed workload is restarted from its checkpoint;
-3. at each slot boundary takes a new forecast and re-plans from the true progress when the
-   forecast or the progress drifted from the plan beyond the threshold, or whenever the job is
-   behind — if even the top level cannot meet the deadline any more it runs at the top level
-   and says so;
-4. sets the server count the plan asks for now (rescaling through the backend);
+3. at each slot boundary takes a new forecast and lets the core review the plan;
+4. sets the server count the core asks for now (rescaling through the backend);
 5. writes its whole state in one SQLite transaction.
 
 A controller killed at any point and started again loads that state, re-attaches to the
@@ -21,25 +23,30 @@ workload if it kept running, accounts the gap at the servers it had, and continu
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from carbonscaler.control.backend import Backend, WorkloadState
+from carbonscaler.accounting.integrate import charge_slots
+from carbonscaler.backends.base import Backend, WorkloadState
+from carbonscaler.clock import ControlClock, WallClock
 from carbonscaler.control.carbon import CarbonFeed, CarbonUnavailable
 from carbonscaler.control.spec import JobSpec
 from carbonscaler.control.state import ControllerState, Event, StateStore
-from carbonscaler.planner.baselines import plan_agnostic
-from carbonscaler.planner.batch import (
-    BatchPlan,
-    batch_greedy_with_overhead,
-    plans_from_schedules,
+from carbonscaler.decision import (
+    Plans,
+    Progress,
+    Reason,
+    first_plan,
+    next_change_h,
+    observed_rate,
+    review,
+    servers_now,
+    slot_of,
 )
-from carbonscaler.planner.exact import plan_exact
-from carbonscaler.planner.model import Job, PlanningError, check_feasible
+from carbonscaler.planner.model import Job, PlanningError
 from carbonscaler.profile import ScalingProfile
 
 __all__ = ["Controller", "RunReport"]
@@ -89,9 +96,10 @@ class Controller:
         store: persisted state.
         power: watts and a source label at ``k`` servers; default the profile's ``P(k)``,
             labelled ``estimated:profile``.
-        tick_s: the longest wall time between steps (default 0.25 s); steps also fall on
-            every slot boundary and planned change.
-        clock: wall-clock seconds (``time.time``), replaceable in tests.
+        tick_s: the longest wall time between steps (default 0.25 s; unbounded on a virtual
+            clock); steps also fall on every slot boundary, planned change and — where the
+            backend can tell — the workload's completion.
+        clock: the time and the waiting (default: wall time).
         on_step: called after every step with the state (for live views).
         profile_source: how the profile was obtained, for the report.
         workload_env: the workload's environment, saved so a restart launches the same job.
@@ -108,7 +116,7 @@ class Controller:
         *,
         power: PowerFunction | None = None,
         tick_s: float | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: ControlClock | None = None,
         on_step: Callable[[ControllerState], None] | None = None,
         profile_source: str = "",
         workload_env: dict[str, str] | None = None,
@@ -125,70 +133,43 @@ class Controller:
             min(spec.max_replicas, profile.max_servers),
             spec.slot_hours,
         )
+        self.rules = spec.rules()
         self.power = power or (lambda k: (float(profile.power_w[k]), "estimated:profile"))
-        self.tick_s = tick_s or 0.25
-        self.clock = clock
+        self.clock = clock or WallClock()
+        self.tick_s = tick_s or (math.inf if self.clock.virtual else 0.25)
         self.on_step = on_step
         self._pending: list[Event] = []
         self._carbon_cache: dict[int, float] = {}
         self.state: ControllerState | None = None
+        self.plans: Plans | None = None
         self.profile_source = profile_source
         self.save_every_s = 1.0
-        self._saved_at = 0.0
+        self._saved_at = -math.inf
         self.workload_env = dict(workload_env or {})
 
     # -- time ----------------------------------------------------------------------------
 
     def job_hours(self, state: ControllerState) -> float:
-        return (self.clock() - state.wall_start) / self.spec.seconds_per_slot * self.spec.slot_hours
+        elapsed_s = self.clock.now() - state.wall_start
+        return elapsed_s / self.spec.seconds_per_slot * self.spec.slot_hours
 
     def _event(self, kind: str, hours: float, **detail: Any) -> None:
-        self._pending.append(Event(kind, hours, detail))
+        self._pending.append(Event(kind, hours, detail, wall_time=self.clock.now()))
 
     # -- planning ------------------------------------------------------------------------
 
-    def _plan(
-        self, forecast: np.ndarray, target_work: float, previous: int, started: bool
-    ) -> BatchPlan:
-        policy = self.spec.policy_name
-        job = self.job
-        if policy == "suspend-resume":
-            job = job.with_bounds(job.min_servers, job.min_servers)
-        ladder = job.ladder()
-        target = np.array([target_work / job.slot_hours])
-        if policy == "exact" and not ladder.concave:
-            return plans_from_schedules(
-                [plan_exact(job.with_work(target_work), forecast)], len(forecast)
-            )
-        overhead_h = self._overhead_s() / self.spec.seconds_per_slot * self.spec.slot_hours
-        return batch_greedy_with_overhead(
-            ladder,
-            forecast[None, :],
-            target,
-            throughput=self.profile.throughput,
-            overhead_h=overhead_h,
-            slot_hours=job.slot_hours,
-            previous=np.array([previous]),
-            started=np.array([started]),
-        )
-
-    def _fastest(self) -> int:
-        """The most productive server count (more can be slower when throughput falls)."""
-        return int(self.job.ladder().levels[-1])
-
     def _overhead_s(self) -> float:
-        """Wall seconds of work a start or rescale loses: measured, else assumed."""
+        """Wall seconds of work a rescale loses: measured, else assumed."""
         if self.state is not None and self.state.rescale_seconds:
             return float(np.mean(self.state.rescale_seconds[-10:]))
-        assumed = self.spec.workload.restart_overhead_s
-        if assumed is not None:
-            return assumed
-        # Until measured: a process start (interpreter, imports, checkpoint load) rarely takes
-        # less than half a second, and a slot's 5 % covers slow restarts of long slots.
-        return max(0.05 * self.spec.seconds_per_slot, 0.5)
+        return self.spec.restart_overhead_s
+
+    def overhead_h(self) -> float:
+        """Job hours of work a rescale loses, as the plans reserve it."""
+        return self._overhead_s() / self.spec.seconds_per_slot * self.spec.slot_hours
 
     def _measure_overhead(self, state: ControllerState) -> None:
-        """Once work flows after a change, record the wall time it cost.
+        """Once work flows after a rescale, record the wall time it cost.
 
         The cost is the time from the change until now, less the time the work done since
         would take at the new level's profiled rate.
@@ -203,44 +184,12 @@ class Controller:
             * self.spec.slot_hours
             / self.spec.seconds_per_slot
         )
-        lost = (self.clock() - state.change_wall) - gained / rate_per_wall_s
+        lost = (self.clock.now() - state.change_wall) - gained / rate_per_wall_s
         state.rescale_seconds.append(max(lost, 0.0))
         state.change_wall = None
 
-    def _agnostic_plan(self, slots: int) -> BatchPlan:
-        """``m`` servers from arrival until done (the reference's ``fixed`` policy)."""
-        needed = math.ceil(self.job.length_hours / self.job.slot_hours) + 1
-        # Carbon-agnostic ignores intensity: any values of the right length will do.
-        schedule = plan_agnostic(self.job, np.ones(max(needed, slots)), deadline_slots=slots)
-        return plans_from_schedules([schedule], slots)
-
-    def _install(
-        self,
-        state: ControllerState,
-        first: int,
-        plans: BatchPlan,
-        forecast: np.ndarray,
-        observed: float,
-    ) -> None:
-        """Write a plan for slots ``first..`` into the state (absolute slots).
-
-        ``planned_done`` gets the progress the plan promises, its work scaled by ``observed``
-        (the throughput seen so far, less the safety margin).
-        """
-        n = state.deadline_slots
-        tp = self.profile.throughput
-        servers = plans.servers[0]
-        fraction = plans.fraction[0]
-        after = plans.after[0]
-        for i in range(first, n):
-            j = i - first
-            state.plan_servers[i] = int(servers[j])
-            state.plan_fraction[i] = float(fraction[j])
-            state.plan_after[i] = int(after[j])
-            state.plan_forecast[i] = float(forecast[j])
-        work = (tp[after] + (tp[servers] - tp[after]) * fraction) * self.job.slot_hours * observed
-        state.planned_done[first] = state.work_done
-        state.planned_done[first + 1 : n + 1] = (state.work_done + np.cumsum(work)).tolist()
+    def _progress(self, state: ControllerState) -> Progress:
+        return Progress(state.work_done, state.nominal_work, state.servers, state.started)
 
     def prepare(self) -> ControllerState:
         """Load the job's state, or plan it from scratch.
@@ -248,10 +197,12 @@ class Controller:
         Raises:
             InfeasibleError: if the deadline cannot be met even at maxReplicas — before
                 anything starts.
+            PlanningError: if there is no carbon forecast to plan on.
         """
         loaded = self.store.load(self.spec.name)
         if loaded is not None:
             self.state = loaded[1]
+            self.plans = Plans.from_dict(self.state.plan)
             self._event(
                 "resumed",
                 self.job_hours(self.state),
@@ -260,45 +211,29 @@ class Controller:
             )
             return self.state
         n = self.spec.deadline_slots
-        if self.spec.policy_name != "agnostic":
-            # Refuse an impossible deadline with the planner's explanation.
-            job = self.job
-            if self.spec.policy_name == "suspend-resume":
-                job = job.with_bounds(job.min_servers, job.min_servers)
-            check_feasible(job, job.ladder(), n, policy=self.spec.policy_name)
         try:
             forecast = self.feed.forecast(0, n)
-            degraded = False
         except CarbonUnavailable as exc:
             raise PlanningError(f"no carbon forecast to plan on: {exc}") from exc
+        decision = first_plan(self.job, self.rules, forecast, overhead_h=self.overhead_h())
+        self.plans = decision.plans
         state = ControllerState(
-            wall_start=self.clock(),
+            wall_start=self.clock.now(),
             work_required=self.job.work,
             deadline_slots=n,
-            plan_servers=[0] * n,
-            plan_fraction=[1.0] * n,
-            plan_after=[0] * n,
-            plan_forecast=[0.0] * n,
-            planned_done=[0.0] * (n + 1),
-            degraded=degraded,
+            plan=decision.plans.to_dict(),
             profile_throughput=self.profile.throughput.tolist(),
             profile_power_w=self.profile.power_w.tolist(),
             profile_source=self.profile_source,
             workload_env=self.workload_env,
         )
         self.state = state
-        if self.spec.policy_name == "agnostic":
-            plans = self._agnostic_plan(n)
-        else:
-            plans = self._plan(forecast, self.job.work * (1.0 + self.spec.safety_margin), 0, False)
-            if not plans.feasible[0]:  # no room for the margin: plan the bare work
-                plans = self._plan(forecast, self.job.work, 0, False)
-        self._install(state, 0, plans, forecast, 1.0 / (1.0 + self.spec.safety_margin))
         self._event(
             "planned",
             0.0,
-            servers=state.plan_servers,
-            policy=self.spec.policy_name,
+            servers=decision.servers,
+            policy=str(self.rules.policy),
+            reasons=decision.reasons.words,
             forecast=[round(x, 2) for x in forecast.tolist()],
         )
         self._save()
@@ -310,14 +245,18 @@ class Controller:
         """The actual intensity accounted for ``slot`` so far, if the slot has been seen."""
         return self._carbon_cache.get(slot)
 
-    def _carbon(self, slot: int, state: ControllerState) -> float:
+    def _carbon(self, slot: int) -> float:
+        """The slot's actual intensity; while the source is down, the last one known."""
+        state = self.state
+        assert state is not None
         if slot not in self._carbon_cache:
             try:
                 self._carbon_cache[slot] = self.feed.actual(slot)
             except CarbonUnavailable as exc:
                 fallback = self._carbon_cache.get(slot - 1)
                 if fallback is None:
-                    fallback = state.plan_forecast[min(slot, len(state.plan_forecast) - 1)]
+                    forecast = state.plan["forecast"]
+                    fallback = forecast[min(slot, len(forecast) - 1)]
                 if not state.degraded:
                     self._event("degraded", slot * self.spec.slot_hours, reason=str(exc))
                 state.degraded = True
@@ -326,48 +265,36 @@ class Controller:
 
     def _account(self, state: ControllerState, until_h: float) -> None:
         """Energy and carbon from ``state.accounted_hours`` to ``until_h`` at ``state.servers``."""
-        slot_h = self.spec.slot_hours
         start = state.accounted_hours
         if until_h <= start:
             return
-        watts, source = self.power(state.servers) if state.servers > 0 else (0.0, "")
-        if state.servers > 0:
+        k = state.servers
+        watts, source = self.power(k) if k > 0 else (0.0, "")
+        if k > 0:
             state.power_source = source
-        while start < until_h - 1e-12:
-            slot = math.floor(start / slot_h + 1e-12)
-            end = min(until_h, (slot + 1) * slot_h)
-            hours = end - start
-            energy = watts * hours / 1000.0
-            state.nominal_work += float(self.profile.throughput[state.servers]) * hours
-            state.profile_energy_kwh += float(self.profile.power_w[state.servers]) * hours / 1000
-            carbon = self._carbon(slot, state)
-            state.energy_kwh += energy
-            state.emissions_g += energy * carbon
-            key = str(slot)
-            state.emissions_by_slot[key] = state.emissions_by_slot.get(key, 0.0) + energy * carbon
+        hours = until_h - start
+        state.nominal_work += float(self.profile.throughput[k]) * hours
+        state.profile_energy_kwh += float(self.profile.power_w[k]) * hours / 1000
+        for part in charge_slots(start, until_h, self.spec.slot_hours, watts, self._carbon):
+            state.energy_kwh += part.energy_kwh
+            state.emissions_g += part.emissions_g
+            key = str(part.slot)
+            state.emissions_by_slot[key] = state.emissions_by_slot.get(key, 0.0) + part.emissions_g
             state.servers_by_slot[key] = (
-                state.servers_by_slot.get(key, 0.0) + state.servers * hours / slot_h
+                state.servers_by_slot.get(key, 0.0) + k * part.hours / self.spec.slot_hours
             )
-            start = end
         state.accounted_hours = until_h
 
-    def _desired(self, state: ControllerState, hours: float) -> int:
-        slot_h = self.spec.slot_hours
-        slot = math.floor(hours / slot_h + 1e-12)
-        if slot >= state.deadline_slots:
-            return self._fastest()  # late: finish as fast as possible
-        into = hours / slot_h - slot
-        if into < state.plan_fraction[slot]:
-            return state.plan_servers[slot]
-        return state.plan_after[slot]
-
-    def _maybe_replan(self, state: ControllerState, slot: int, hours: float) -> None:
+    def _review(self, state: ControllerState, slot: int, hours: float) -> None:
+        """At a slot boundary: a new forecast, and the core's review of the plan."""
+        plans = self.plans
+        assert plans is not None
         n = state.deadline_slots
-        if slot >= n or self.spec.policy_name == "agnostic":
+        if slot >= n:
             return
-        horizon = n - slot
+        forecast: np.ndarray | None
         try:
-            forecast = self.feed.forecast(slot, horizon)
+            forecast = self.feed.forecast(slot, n - slot)
             if state.degraded:
                 self._event("recovered", hours)
             state.degraded = False
@@ -375,64 +302,39 @@ class Controller:
             if not state.degraded:
                 self._event("degraded", hours, reason=str(exc))
             state.degraded = True
-            forecast = np.array(state.plan_forecast[slot:], dtype=np.float64)
-        expected = np.array(state.plan_forecast[slot:], dtype=np.float64)
-        threshold = self.spec.replan_threshold
-        gap = state.work_done - state.planned_done[slot]
-        behind = gap < -1e-9 * state.work_required
-        drift = abs(gap) > threshold * state.work_required
-        changed = bool(np.any(np.abs(forecast - expected) > threshold * np.maximum(expected, 1e-9)))
-        if not (behind or drift or changed):
+            forecast = None  # plan on the last forecast
+        reasons = review(
+            plans,
+            self.job,
+            self.rules,
+            slot,
+            self._progress(state),
+            forecast,
+            overhead_h=self.overhead_h(),
+        )
+        if not reasons:
             return
-        remaining = state.work_required - state.work_done
-        if remaining <= 0:
-            return
-        # Plan in the profile's units, corrected by the throughput actually observed.
-        observed = self._observed_rate(state)
-        margin = 1.0 + self.spec.safety_margin
-        plans = self._plan(forecast, remaining / observed * margin, state.servers, state.started)
-        if not plans.feasible[0]:  # no room for the margin: plan the bare work
-            margin = 1.0
-            plans = self._plan(forecast, remaining / observed, state.servers, state.started)
-        if not plans.feasible[0]:
-            top = self._fastest()
-            plans = BatchPlan(
-                np.full((1, horizon), top),
-                np.ones((1, horizon)),
-                np.full((1, horizon), top),
-                np.array([True]),
-            )
-            state.notes.append(f"behind at slot {slot}: running at {top} servers until done")
-            self._event("behind", hours, remaining=remaining)
-        # Progress is checked against the pace the bare work needs, not the margin's.
-        self._install(state, slot, plans, forecast, observed / margin)
+        state.plan = plans.to_dict()
         state.replans += 1
+        if Reason.OUT_OF_REACH in reasons:
+            top = int(plans.servers[0, slot])
+            state.notes.append(f"behind at slot {slot}: running at {top} servers until done")
+            self._event("behind", hours, remaining=state.work_required - state.work_done)
         self._event(
             "replanned",
             hours,
             slot=slot,
-            behind=behind,
-            drift=drift,
-            forecast_changed=changed,
-            servers=state.plan_servers[slot:],
-            observed_rate=round(observed, 4),
+            reasons=reasons.words,
+            servers=state.plan["servers"][slot:],
+            observed_rate=round(
+                float(observed_rate(np.array(state.work_done), np.array(state.nominal_work))), 4
+            ),
         )
-
-    @staticmethod
-    def _observed_rate(state: ControllerState) -> float:
-        """Work done per work the profile promised for the server-time run so far.
-
-        Below 1 when the profile overstates the job's speed or rescales cost time; bounded
-        so one odd reading cannot wreck a plan.
-        """
-        if state.nominal_work <= 0 or state.work_done <= 0:
-            return 1.0
-        return float(min(max(state.work_done / state.nominal_work, 0.25), 4.0))
 
     def step(self) -> bool:
         """One tick; True once the job is done."""
-        state = self.state
-        assert state is not None, "call prepare() first"
+        state, plans = self.state, self.plans
+        assert state is not None and plans is not None, "call prepare() first"
         hours = self.job_hours(state)
         self._account(state, hours)
         pct = self.backend.progress_pct()
@@ -456,21 +358,26 @@ class Controller:
             state.restarts += 1
             self._event("crashed", hours, servers=state.servers)
             state.servers = 0
-        slot = math.floor(hours / self.spec.slot_hours + 1e-12)
+        slot, _ = slot_of(hours, self.spec.slot_hours)
         if slot > state.slot:
             state.slot = slot
-            self._maybe_replan(state, slot, hours)
-        desired = self._desired(state, hours)
+            self._review(state, slot, hours)
+        desired, why = servers_now(plans, self.job, self.rules, hours, state.servers)
+        if int(why) != state.level_reason:
+            state.level_reason = int(why)
+            if why:  # late, or overrunning the plan: said once when it starts
+                self._event(why.words[0], hours, servers=desired)
         running = self.backend.workers
         if status is WorkloadState.CRASHED and desired > 0:
             self.backend.start(desired)  # resumes from the last checkpoint
             self._event("restarted", hours, servers=desired)
             state.servers = desired
         elif desired != running:
-            began = time.monotonic()
-            state.change_wall, state.change_work = self.clock(), state.work_done
+            began = self.clock.now()
+            if state.started and desired > 0:
+                state.change_wall, state.change_work = began, state.work_done
             self.backend.rescale(desired)
-            took = time.monotonic() - began
+            took = self.clock.now() - began
             if state.started:
                 state.rescales += 1
             state.started = state.started or desired > 0
@@ -479,7 +386,7 @@ class Controller:
         state.backend = self.backend.handle()
         # Accounting is an integral over time, so a restart recomputes the gap since the
         # last save; between events a save a second is enough and keeps the overhead small.
-        if self._pending or self.clock() - self._saved_at >= self.save_every_s:
+        if self._pending or self.clock.now() - self._saved_at >= self.save_every_s:
             self._save()
         elif self.on_step is not None:
             self.on_step(state)
@@ -487,7 +394,7 @@ class Controller:
 
     def _save(self) -> None:
         assert self.state is not None
-        self._saved_at = self.clock()
+        self._saved_at = self.clock.now()
         self.store.save(
             self.spec.name, self.spec.model_dump(mode="json"), self.state, self._pending
         )
@@ -506,20 +413,27 @@ class Controller:
         while not state.completed:
             if self.step():
                 break
-            time.sleep(self._sleep_s(state))
+            self.clock.sleep(self._sleep_s(state))
         return self.report()
 
     def _sleep_s(self, state: ControllerState) -> float:
-        """Until the next tick, or sooner if a slot boundary or planned change comes first."""
+        """Until the next tick, or sooner if a slot boundary, a planned change or the
+        workload's completion comes first."""
+        assert self.plans is not None
         slot_h = self.spec.slot_hours
         hours = self.job_hours(state)
-        slot = math.floor(hours / slot_h + 1e-12)
+        slot, _ = slot_of(hours, slot_h)
         next_h = (slot + 1) * slot_h
-        if slot < state.deadline_slots and state.plan_fraction[slot] < 1.0:
-            switch_h = (slot + state.plan_fraction[slot]) * slot_h
-            if switch_h > hours:
-                next_h = min(next_h, switch_h)
+        change = next_change_h(self.plans, 0, hours, state.servers, self.job)
+        if change is not None:
+            next_h = min(next_h, change)
         wall = (next_h - hours) / slot_h * self.spec.seconds_per_slot
+        eta = self.backend.eta_s()
+        if eta is not None:
+            wall = min(wall, eta)
+        if self.clock.virtual:
+            # Land exactly on the event: a virtual clock loses nothing by not overshooting.
+            return max(min(self.tick_s, wall), 1e-9)
         return max(0.002, min(self.tick_s, wall + 0.001))
 
     # -- reporting -----------------------------------------------------------------------
@@ -572,7 +486,11 @@ class Controller:
         well the profile guessed the machine.
         """
         m = self.job.min_servers
-        observed = self._observed_rate(self.state) if self.state is not None else 1.0
+        observed = 1.0
+        if self.state is not None:
+            observed = float(
+                observed_rate(np.array(self.state.work_done), np.array(self.state.nominal_work))
+            )
         rate = self.profile.throughput[m] * observed
         slots_needed = self.job.work / (rate * self.job.slot_hours)
         # Measured power (RAPL) and the profile's estimate can differ in level; scale the

@@ -6,6 +6,7 @@ import httpx
 import numpy as np
 
 from carbonscaler.control.carbon import CarbonFeed, CarbonUnavailable
+from carbonscaler.forecast import ForecastModel
 from carbonscaler.planner.model import FloatArray
 
 __all__ = ["ServiceFeed"]
@@ -20,14 +21,18 @@ class ServiceFeed(CarbonFeed):
 
     Args:
         url: the service's base URL, e.g. ``http://127.0.0.1:8080``.
-        forecaster_name: the service's forecaster to ask for (``real``, ``uniform``, ...);
-            ``provider`` means the service's default method.
+        forecaster_name: the service's forecast model to ask for (``perfect``, ``uniform``,
+            ..., or an alias such as ``real``); ``provider`` means the service's default
+            method.
         timeout_s: per-request timeout.
     """
 
-    def __init__(self, url: str, *, forecaster_name: str = "real", timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, forecaster_name: str = "perfect", timeout_s: float = 5.0
+    ) -> None:
         self.url = url.rstrip("/")
-        self.method = None if forecaster_name == "provider" else forecaster_name
+        model = ForecastModel.parse(forecaster_name)
+        self.method = None if model is ForecastModel.PROVIDER else str(model)
         self.source = f"carbon-service {self.url}"
         self._client = httpx.Client(base_url=self.url, timeout=timeout_s)
         self._seen: dict[int, float] = {}

@@ -33,10 +33,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from carbonscaler.decision import Rules
+from carbonscaler.forecast import ForecastModel, ForecastModelName
+from carbonscaler.planner.policies import Policy
+
 __all__ = ["CarbonSource", "JobSpec", "SpecError", "Workload", "load_job_spec"]
 
 POLICY_NAMES = ("carbonscaler", "exact", "suspend-resume", "agnostic", "fixed")
-FORECASTERS = ("real", "uniform", "gaussian", "persistence", "seasonal", "provider")
 
 
 class SpecError(ValueError):
@@ -152,10 +155,14 @@ class JobSpec(BaseModel):
     progress: float = Field(0.0, ge=0, le=100, description="reference field; informational")
     slot_minutes: int = Field(60, gt=0)
     carbon: CarbonSource
-    forecaster: Literal["real", "uniform", "gaussian", "persistence", "seasonal", "provider"] = (
-        "real"
+    forecaster: ForecastModelName = Field(
+        ForecastModel.PERFECT,
+        description="forecast model: perfect, uniform, gaussian, persistence, seasonal or "
+        "provider (aliases: real = perfect, pred = provider)",
     )
-    forecast_error: float = Field(0.0, ge=0, lt=1)
+    forecast_error: float = Field(
+        0.0, ge=0, lt=1, description="relative error of uniform/gaussian, a fraction (0.1 = ±10 %)"
+    )
     policy: Literal["carbonscaler", "exact", "suspend-resume", "agnostic", "fixed"] = "carbonscaler"
     checkpoint_dir: str
     time_scale_s: float = Field(0.0, ge=0)
@@ -223,9 +230,24 @@ class JobSpec(BaseModel):
         return max(math.floor(hours / self.slot_hours + 1e-9), 1)
 
     @property
+    def restart_overhead_s(self) -> float:
+        """Wall seconds of work a rescale loses until measured: the workload's stated
+        ``restart_overhead_s``, else an assumption — a process start (interpreter, imports,
+        checkpoint load) rarely takes less than half a second, and 5 % of a slot covers slow
+        restarts of long slots."""
+        stated = self.workload.restart_overhead_s
+        if stated is not None:
+            return stated
+        return max(0.05 * self.seconds_per_slot, 0.5)
+
+    @property
     def seconds_per_slot(self) -> float:
         """Wall seconds per slot: the time scale, or the slot's real length."""
         return self.time_scale_s or self.slot_minutes * 60.0
+
+    def rules(self) -> Rules:
+        """The decision rules this job runs by (policy, re-plan threshold, safety margin)."""
+        return Rules(Policy.parse(self.policy), self.replan_threshold, self.safety_margin)
 
     @property
     def policy_name(self) -> str:

@@ -53,18 +53,14 @@ class ControllerState:
     """Everything a restarted controller needs to continue a job where it was.
 
     Times are *job hours* since arrival: wall seconds scaled by the spec's time scale.
-    The plan is absolute: ``plan_servers[i]`` for slot ``i`` from arrival, with the partial
-    slot's ``plan_fraction``/``plan_after``.
+    The plan is the decision core's, absolute from arrival, in the form of
+    :meth:`carbonscaler.decision.Plans.to_dict`.
     """
 
     wall_start: float
     work_required: float
     deadline_slots: int
-    plan_servers: list[int]
-    plan_fraction: list[float]
-    plan_after: list[int]
-    plan_forecast: list[float]
-    planned_done: list[float]
+    plan: dict[str, Any]
     slot: int = 0
     accounted_hours: float = 0.0
     nominal_work: float = 0.0  # work the profile promises for the server-time run so far
@@ -93,6 +89,21 @@ class ControllerState:
     profile_source: str = ""
     workload_env: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    level_reason: int = 0  # why the level differs from the plan's (late, overrun), if it does
+
+    @property
+    def plan_servers(self) -> list[int]:
+        """Planned servers per slot from arrival."""
+        return list(self.plan["servers"])
+
+    @property
+    def plan_fraction(self) -> list[float]:
+        """Per slot, the share run at ``plan_servers`` (the rest at ``plan_after``)."""
+        return list(self.plan["fraction"])
+
+    @property
+    def plan_after(self) -> list[int]:
+        return list(self.plan["after"])
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -1,14 +1,15 @@
 """The Kubernetes operator: CarbonScaler jobs over the Kubeflow training operator.
 
-``crd`` defines the custom resources (``CarbonScalerMPIJob``, ``CarbonScalerPyTorchJob``),
-``resources`` builds the Kubeflow jobs and Events, ``reconcile`` decides — purely — what to do
-with a job now, ``carbon`` receives and polls carbon data, ``handlers`` are the kopf handlers
-that execute the decisions through :class:`carbonscaler.backends.kubernetes.KubeflowApi`, and
-``progress`` is the small reporter a job runs to raise its resource's ``progress``. Only the
-pure parts are imported here: kopf and the kubernetes client are needed only to run.
+:mod:`carbonscaler.kube` (shared with the Kubernetes backend) defines the custom resources
+(``CarbonScalerMPIJob``, ``CarbonScalerPyTorchJob``), builds the Kubeflow jobs and Events and
+names the API operations; ``reconcile`` decides — purely — what to do with a job now,
+``carbon`` receives and polls carbon data, ``handlers`` are the kopf handlers that execute the
+decisions through :class:`carbonscaler.backends.kubernetes.KubeflowApi`, and ``progress`` is
+the small reporter a job runs to raise its resource's ``progress``. Only the pure parts are
+imported here: kopf and the kubernetes client are needed only to run.
 """
 
-from carbonscaler.operator.crd import GROUP, KINDS, MPI, PYTORCH, VERSION, JobKind, crd_manifest
+from carbonscaler.kube.crd import GROUP, KINDS, MPI, PYTORCH, VERSION, JobKind, crd_manifest
 from carbonscaler.operator.reconcile import (
     CarbonSnapshot,
     ChildState,

@@ -29,10 +29,10 @@ from typing import Any
 
 import kopf
 
+from carbonscaler.backends.base import BackendError
 from carbonscaler.backends.kubernetes import KubeflowApi, ProfileUnavailable
-from carbonscaler.control.backend import BackendError
+from carbonscaler.kube.crd import GROUP, KINDS, VERSION, JobKind
 from carbonscaler.operator.carbon import CarbonBoard
-from carbonscaler.operator.crd import GROUP, KINDS, VERSION, JobKind
 from carbonscaler.operator.reconcile import Decision, DeleteChild, EventNote, Observation, reconcile
 from carbonscaler.profile import ScalingProfile
 

@@ -26,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 
 from carbonscaler.backends.kubernetes import api_client
 from carbonscaler.backends.local import read_progress_pct
-from carbonscaler.operator.crd import GROUP, KINDS, VERSION, JobKind
+from carbonscaler.kube.crd import GROUP, KINDS, VERSION, JobKind
 
 __all__ = ["ProgressReporter", "main"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,17 +18,47 @@ from carbonscaler.planner.exact import plan_exact
 from carbonscaler.planner.greedy import plan_greedy
 from carbonscaler.planner.model import FloatArray, Job, PlanningError, Schedule
 
-__all__ = ["DEADLINE_AWARE", "POLICIES", "compare", "plan", "replan", "savings_pct"]
+__all__ = ["DEADLINE_AWARE", "POLICIES", "Policy", "compare", "plan", "replan", "savings_pct"]
 
-POLICIES: tuple[str, ...] = (
-    "carbonscaler",
-    "exact",
-    "agnostic",
-    "suspend-resume",
-    "suspend-resume-threshold",
-    "static",
-    "static-best",
-)
+
+class Policy(enum.StrEnum):
+    """Every policy's one name. :meth:`parse` also takes the reference's names."""
+
+    CARBONSCALER = "carbonscaler"
+    EXACT = "exact"
+    AGNOSTIC = "agnostic"
+    SUSPEND_RESUME = "suspend-resume"
+    SUSPEND_RESUME_THRESHOLD = "suspend-resume-threshold"
+    STATIC = "static"
+    STATIC_BEST = "static-best"
+
+    @classmethod
+    def parse(cls, name: str | Policy) -> Policy:
+        """The policy called ``name`` (case-insensitive; ``scaler`` and ``fixed`` are the
+        reference's names for ``carbonscaler`` and ``agnostic``).
+
+        Raises:
+            PlanningError: for an unknown name, listing the known ones.
+        """
+        key = str(name).strip().lower()
+        key = _POLICY_ALIASES.get(key, key)
+        try:
+            return cls(key)
+        except ValueError:
+            raise PlanningError(
+                f"unknown policy {name!r}; choose one of: {', '.join(POLICIES)} "
+                f"(or the reference's {', '.join(_POLICY_ALIASES)})"
+            ) from None
+
+    @property
+    def runnable(self) -> bool:
+        """Whether a running job (controller, operator) can follow it: a plan it re-makes."""
+        return self in _RUNNABLE
+
+
+_POLICY_ALIASES = {"scaler": "carbonscaler", "fixed": "agnostic"}
+_RUNNABLE = frozenset({Policy.CARBONSCALER, Policy.EXACT, Policy.SUSPEND_RESUME, Policy.AGNOSTIC})
+POLICIES: tuple[str, ...] = tuple(p.value for p in Policy)
 # Policies that only ever look at the forecast up to the deadline.
 DEADLINE_AWARE: frozenset[str] = frozenset(
     {"carbonscaler", "exact", "suspend-resume", "static-best"}

@@ -11,6 +11,7 @@ API keys come from arguments or environment variables: ``ELECTRICITYMAPS_API_KEY
 
 from carbonscaler.providers.base import (
     CarbonProvider,
+    CarbonUnavailable,
     Forecast,
     ForecastUnavailable,
     IntensityReading,
@@ -42,6 +43,7 @@ from carbonscaler.providers.watttime import WattTime
 __all__ = [
     "CachedProvider",
     "CarbonProvider",
+    "CarbonUnavailable",
     "Clock",
     "ElectricityMaps",
     "FallbackChain",

@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "CarbonProvider",
+    "CarbonUnavailable",
     "Forecast",
     "ForecastUnavailable",
     "IntensityReading",
@@ -55,6 +56,17 @@ class ProviderError(Exception):
     def __init__(self, provider: str, message: str) -> None:
         super().__init__(f"{provider}: {message}")
         self.provider = provider
+
+
+class CarbonUnavailable(RuntimeError):
+    """No carbon intensity could be had where one was needed (the source did not answer, or no
+    value was ever known); the caller goes on with what it last had, or waits for a value.
+
+    Raised by the consumers of carbon data — the controller's feeds
+    (:mod:`carbonscaler.control.carbon`) and the accounting's feeds
+    (:mod:`carbonscaler.accounting.feeds`) — not by providers, which raise
+    :class:`ProviderError`.
+    """
 
 
 class ProviderConfigError(ProviderError):

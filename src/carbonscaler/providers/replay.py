@@ -191,6 +191,23 @@ class TraceReplay(CarbonProvider):
             ProviderRequestError: If ``start`` is outside the trace.
         """
         trace = load_trace(path, signal=signal, zone=zone)
+        return cls.from_trace(trace, start=start, seconds_per_slot=seconds_per_slot, wrap=wrap)
+
+    @classmethod
+    def from_trace(
+        cls,
+        trace: CarbonTrace,
+        *,
+        start: datetime | str | None = None,
+        seconds_per_slot: float | None = None,
+        wrap: bool = True,
+    ) -> TraceReplay:
+        """Replay a loaded trace (e.g. from the offline dataset), in real time or one slot
+        per ``seconds_per_slot``.
+
+        Raises:
+            ProviderRequestError: If ``start`` is outside the trace.
+        """
         first = trace.start.to_pydatetime() if start is None else to_utc(start)
         slot_s = trace.step.total_seconds()
         clock = ReplayClock.per_slot(

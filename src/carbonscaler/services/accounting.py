@@ -42,14 +42,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 
-from carbonscaler.accounting.feeds import IntensityFeed, ProviderFeed, PushedFeed, TimeMap
+from carbonscaler.accounting.feeds import IntensityFeed, ProviderIntensityFeed, PushedFeed, TimeMap
 from carbonscaler.accounting.integrate import j_to_kwh, measured_share
 from carbonscaler.accounting.ledger import JobRecord, Ledger, SampleRecord
 from carbonscaler.accounting.progress import ProgressError
 from carbonscaler.accounting.tracker import (
     JOB_ID_PATTERN,
     JobExistsError,
-    JobSpec,
+    TrackedJob,
     Tracker,
     TrackerConfig,
     TrackerError,
@@ -57,7 +57,8 @@ from carbonscaler.accounting.tracker import (
 )
 from carbonscaler.providers.base import CarbonProvider, to_utc
 from carbonscaler.providers.replay import ManualClock, TraceReplay
-from carbonscaler.trace import load_trace
+from carbonscaler.services._models import ErrorOut
+from carbonscaler.trace import CarbonTrace, load_trace
 
 __all__ = ["AccountingConfig", "create_app"]
 
@@ -70,12 +71,13 @@ _REPLAY_KEY = "replay_origin"
 class AccountingConfig:
     """Everything the accounting service needs; the CLI builds one from its options.
 
-    Give exactly one carbon source: ``carbon_trace`` (replay), ``provider`` (live), or
-    ``carbon_service_url`` (subscribe to the carbon service).
+    Give exactly one carbon source: ``carbon_trace`` or ``trace`` (replay), ``provider``
+    (live), or ``carbon_service_url`` (subscribe to the carbon service).
 
     Args:
         db_path: The ledger (SQLite, created if missing).
-        carbon_trace: Trace to replay.
+        carbon_trace: Trace file to replay.
+        trace: A trace already loaded (e.g. from the offline dataset) to replay instead.
         carbon_start: First replayed time (ISO 8601); default the trace start.
         seconds_per_slot: Replay pace; None replays in real time.
         signal: Trace signal (``direct``, ``lca``, ``avg``).
@@ -92,6 +94,7 @@ class AccountingConfig:
 
     db_path: Path
     carbon_trace: Path | None = None
+    trace: CarbonTrace | None = None
     carbon_start: str | None = None
     seconds_per_slot: float | None = None
     signal: str = "direct"
@@ -104,12 +107,14 @@ class AccountingConfig:
 
     def __post_init__(self) -> None:
         given = [
-            x for x in (self.carbon_trace, self.provider, self.carbon_service_url) if x is not None
+            x
+            for x in (self.carbon_trace, self.trace, self.provider, self.carbon_service_url)
+            if x is not None
         ]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one carbon source: --carbon-trace PATH (replay), --zone SPEC"
-                " (live providers) or --carbon-service URL"
+                "give exactly one carbon source: --trace PATH or --zone ZONE --year YEAR"
+                " (replay), --provider SPEC (live providers) or --carbon-service URL"
             )
         if self.carbon_service_url is not None and self.public_url is None:
             raise ValueError(
@@ -123,15 +128,19 @@ class AccountingConfig:
             )
 
 
-def _replay_feed(config: AccountingConfig, ledger: Ledger) -> ProviderFeed:
+def _replay_feed(config: AccountingConfig, ledger: Ledger) -> ProviderIntensityFeed:
     """A replay whose wall-to-trace time map survives restarts (kept in the ledger)."""
-    assert config.carbon_trace is not None
-    trace = load_trace(config.carbon_trace, signal=config.signal, zone=config.zone)
+    if config.trace is not None:
+        trace, origin = config.trace, config.trace.source
+    else:
+        assert config.carbon_trace is not None
+        trace = load_trace(config.carbon_trace, signal=config.signal, zone=config.zone)
+        origin = str(config.carbon_trace.resolve())
     start = to_utc(config.carbon_start) if config.carbon_start else trace.start.to_pydatetime()
     slot_s = trace.step.total_seconds()
     speedup = 1.0 if config.seconds_per_slot is None else slot_s / config.seconds_per_slot
     key = {
-        "trace": str(config.carbon_trace.resolve()),
+        "trace": origin,
         "start": start.isoformat(),
         "speedup": speedup,
     }
@@ -144,7 +153,7 @@ def _replay_feed(config: AccountingConfig, ledger: Ledger) -> ProviderFeed:
             log.info("resuming the carbon replay started at %s", datetime.fromtimestamp(wall0, UTC))
     ledger.set_meta(_REPLAY_KEY, json.dumps({**key, "wall0_s": wall0}))
     replay = TraceReplay(trace, start=start, clock=ManualClock(start), wrap=True)
-    return ProviderFeed(replay, time_map=TimeMap(wall0, start, speedup))
+    return ProviderIntensityFeed(replay, time_map=TimeMap(wall0, start, speedup))
 
 
 def build_feed(config: AccountingConfig, ledger: Ledger) -> IntensityFeed:
@@ -153,10 +162,10 @@ def build_feed(config: AccountingConfig, ledger: Ledger) -> IntensityFeed:
     Raises:
         TraceError, ProviderError: If the trace cannot be read or the start is outside it.
     """
-    if config.carbon_trace is not None:
+    if config.carbon_trace is not None or config.trace is not None:
         return _replay_feed(config, ledger)
     if config.provider is not None:
-        return ProviderFeed(config.provider)
+        return ProviderIntensityFeed(config.provider)
     assert config.carbon_service_url is not None
     return PushedFeed(ledger, source=config.carbon_service_url)
 
@@ -246,7 +255,7 @@ class JobOut(BaseModel):
     last_error: str | None
 
 
-class HealthOut(BaseModel):
+class AccountingHealthOut(BaseModel):
     """Liveness of the sampling loop."""
 
     status: Literal["ok", "waiting"]
@@ -254,12 +263,6 @@ class HealthOut(BaseModel):
     jobs_tracked: int
     rounds: int
     last_round: datetime | None
-
-
-class ErrorOut(BaseModel):
-    """An error and what to do about it (a list of field errors when the body is invalid)."""
-
-    detail: str | list[dict[str, Any]]
 
 
 _ERR = {"model": ErrorOut}
@@ -389,7 +392,7 @@ def _job_out(tracker: Tracker, record: JobRecord) -> JobOut:
     status = tracker.jobs.get(record.job_id)
     if status is not None:
         record = status.record
-    spec = JobSpec.from_json(record.spec)
+    spec = TrackedJob.from_json(record.spec)
     energy_kwh = j_to_kwh(record.energy_j)
     measured_kwh = j_to_kwh(record.measured_j)
     progress = record.progress_pct
@@ -505,7 +508,7 @@ def create_app(config: AccountingConfig) -> FastAPI:
         responses={400: _ERR, 409: _ERR, 422: _ERR},
     )
     async def register(body: JobIn) -> JobOut:
-        spec = JobSpec(
+        spec = TrackedJob(
             job_id=body.job_id,
             nodes=tuple(body.nodes),
             pods=tuple(body.pods),
@@ -591,10 +594,10 @@ def create_app(config: AccountingConfig) -> FastAPI:
                 pushed.forget_before(oldest)
             return {"ok": True}
 
-    @app.get("/healthz", response_model=HealthOut, tags=["operations"])
-    async def healthz() -> HealthOut:
+    @app.get("/healthz", response_model=AccountingHealthOut, tags=["operations"])
+    async def healthz() -> AccountingHealthOut:
         last = tracker.last_round_s
-        return HealthOut(
+        return AccountingHealthOut(
             status="ok" if tracker.rounds else "waiting",
             carbon_source=feed.source,
             jobs_tracked=len(tracker.jobs),

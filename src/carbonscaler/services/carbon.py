@@ -63,6 +63,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from carbonscaler.forecast import (
     Forecaster,
     ForecastError,
+    ForecastModel,
+    ForecastModelName,
     carbon_percentile,
     forecaster_from_spec,
     make_forecaster,
@@ -77,9 +79,10 @@ from carbonscaler.providers.base import (
     UnknownZoneError,
 )
 from carbonscaler.providers.replay import ManualClock, ReplayClock, TraceReplay
+from carbonscaler.services._models import ErrorOut
 from carbonscaler.services._push import PushResult, PushWorker
 from carbonscaler.services._store import PushOutcome, Subscriber, SubscriberStore
-from carbonscaler.trace import load_trace
+from carbonscaler.trace import CarbonTrace, load_trace
 
 __all__ = [
     "ADDRESS_PATTERN",
@@ -104,8 +107,9 @@ _ADDRESS = re.compile(ADDRESS_PATTERN)
 MAX_HORIZON_SLOTS = 2016
 """Longest forecast the API serves (a week of 5-minute slots)."""
 
-ForecasterName = Literal["real", "uniform", "gaussian", "persistence", "seasonal", "provider"]
-"""The forecasters of :data:`~carbonscaler.forecast.FORECASTERS`, as a type for the schema."""
+ForecasterName = ForecastModelName
+"""The forecast models of :class:`~carbonscaler.forecast.ForecastModel` (aliases such as
+``real`` accepted), as a type for the schema."""
 
 _MAX_ID = 2**63 - 1  # SQLite INTEGER range
 _REPLAY_STATE = "replay_index"
@@ -119,6 +123,8 @@ class CarbonServiceConfig:
         db_path: SQLite file for subscribers and the replay position (created if missing).
         carbon_path: Trace file to replay (any format :func:`~carbonscaler.trace.load_trace`
             reads). Ignored when ``provider`` is given.
+        trace: A trace already loaded (e.g. from the offline dataset) to replay instead of
+            ``carbon_path``. Ignored when ``provider`` is given.
         provider: A ready provider (live chain, or a replay) instead of ``carbon_path``.
         zone: Zone to select in a multi-zone trace file.
         signal: Trace signal (``direct``, ``lca``, ``avg``).
@@ -127,7 +133,8 @@ class CarbonServiceConfig:
         update_interval_s: Seconds between updates (pushes).
         prediction_window: Slots in each pushed prediction (the current slot included).
         percentile_window: Past slots the current value's percentile is computed over.
-        prediction_method: ``REAL``, ``PRED`` or a forecaster, e.g. ``gaussian:10``.
+        prediction_method: ``REAL``, ``PRED`` or a forecast model, e.g. ``gaussian:10`` (the
+            noisy models' error in percent here: ``gaussian:10`` is 10 %).
         seconds_per_slot: Replay pace; None means one slot per update (the reference).
         slot_minutes: Slot length for live providers (a replay uses its trace's step).
         token: Bearer token required by admin endpoints; None leaves them open.
@@ -146,6 +153,7 @@ class CarbonServiceConfig:
 
     db_path: Path
     carbon_path: Path | None = None
+    trace: CarbonTrace | None = None
     provider: CarbonProvider | None = None
     zone: str | None = None
     signal: str = "direct"
@@ -166,7 +174,7 @@ class CarbonServiceConfig:
     forecast_seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.provider is None and self.carbon_path is None:
+        if self.provider is None and self.carbon_path is None and self.trace is None:
             raise ValueError("give a trace to replay (carbon_path) or a live provider")
         positive = {
             "update interval": self.update_interval_s,
@@ -297,8 +305,11 @@ class CarbonService:
 
     def _replay(self) -> TraceReplay:
         cfg = self.config
-        assert cfg.carbon_path is not None  # checked by the config
-        trace = load_trace(cfg.carbon_path, signal=cfg.signal, zone=cfg.zone)
+        if cfg.trace is not None:
+            trace = cfg.trace
+        else:
+            assert cfg.carbon_path is not None  # checked by the config
+            trace = load_trace(cfg.carbon_path, signal=cfg.signal, zone=cfg.zone)
         start = cfg.start or trace.start.to_pydatetime()
         slot_s = trace.step.total_seconds()
         if cfg.seconds_per_slot is None:
@@ -657,7 +668,7 @@ class SubscriptionCreated(SubscriptionOut):
     )
 
 
-class HealthOut(BaseModel):
+class CarbonHealthOut(BaseModel):
     """Liveness and data freshness."""
 
     status: Literal["ok", "degraded"]
@@ -670,12 +681,6 @@ class HealthOut(BaseModel):
     subscribers_active: int
     subscribers_inactive: int
     replay_index: int | None
-
-
-class ErrorOut(BaseModel):
-    """An error and what to do about it: a message, or the list of invalid fields."""
-
-    detail: str | list[Any]
 
 
 def _subscription(sub: Subscriber) -> SubscriptionOut:
@@ -926,12 +931,12 @@ def create_app(config: CarbonServiceConfig) -> FastAPI:
 
     # -- operations
 
-    @app.get("/healthz", response_model=HealthOut, tags=["operations"])
-    async def healthz() -> HealthOut:
+    @app.get("/healthz", response_model=CarbonHealthOut, tags=["operations"])
+    async def healthz() -> CarbonHealthOut:
         snapshot = service.snapshot
         active, inactive = service.store.counts()
         stale = snapshot is None or snapshot.stale
-        return HealthOut(
+        return CarbonHealthOut(
             status="degraded" if stale else "ok",
             provider=service.provider.name,
             zone=service.provider.zone,
@@ -956,5 +961,5 @@ def create_app(config: CarbonServiceConfig) -> FastAPI:
     return app
 
 
-def _method_options(method: str, seed: int) -> dict[str, Any]:
-    return {"seed": seed} if method in ("uniform", "gaussian") else {}
+def _method_options(method: ForecastModel, seed: int) -> dict[str, Any]:
+    return {"seed": seed} if method.is_noisy else {}

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -54,6 +54,7 @@ from carbonscaler.power.nvml import NvmlMeter
 from carbonscaler.power.rapl import DEFAULT_POWERCAP_ROOT, RaplMeter
 from carbonscaler.power.sampler import EnergyWindow, NodeSampler
 from carbonscaler.profile import ProfileWarning, load_profile
+from carbonscaler.services._models import ErrorOut
 
 __all__ = ["PowerServerConfig", "build_meters", "create_app"]
 
@@ -167,7 +168,7 @@ class EnergyOut(BaseModel):
     samples: int
 
 
-class HealthOut(BaseModel):
+class PowerHealthOut(BaseModel):
     """What the server measures with."""
 
     status: Literal["ok", "estimating", "no-source"]
@@ -246,7 +247,7 @@ def create_app(config: PowerServerConfig) -> FastAPI:
         title="carbonscaler power server", version="1", description=__doc__, lifespan=lifespan
     )
     app.state.sampler = sampler
-    err = {"model": _ErrorOut}
+    err = {"model": ErrorOut}
 
     @app.get(
         "/",
@@ -304,8 +305,8 @@ def create_app(config: PowerServerConfig) -> FastAPI:
             }
         )
 
-    @app.get("/healthz", response_model=HealthOut, tags=["operations"])
-    async def healthz() -> HealthOut:
+    @app.get("/healthz", response_model=PowerHealthOut, tags=["operations"])
+    async def healthz() -> PowerHealthOut:
         latest = sampler.history.latest()
         skipped = dict(unavailable)
         sources: list[str] = []
@@ -315,7 +316,7 @@ def create_app(config: PowerServerConfig) -> FastAPI:
                 sources.extend(m.source for m in meter.meters if m.source not in skipped)
             else:
                 sources.append(meter.source)
-        return HealthOut(
+        return PowerHealthOut(
             status=_health_status(meters, latest.source if latest else None),
             sources=sources,
             active_source=latest.source if latest else None,
@@ -336,12 +337,6 @@ def create_app(config: PowerServerConfig) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-class _ErrorOut(BaseModel):
-    """An error and what to do about it (a list of field errors when a query is invalid)."""
-
-    detail: str | list[dict[str, Any]]
 
 
 _NO_SOURCE = (

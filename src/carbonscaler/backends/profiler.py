@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from carbonscaler.backends.base import WorkloadState
 from carbonscaler.backends.local import LocalBackend, read_progress
-from carbonscaler.control.backend import WorkloadState
 from carbonscaler.profile import ProfileError, ScalingProfile
 
 __all__ = ["ProfileResult", "per_server_power", "profile_workload"]

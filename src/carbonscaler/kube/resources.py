@@ -17,7 +17,7 @@ import copy
 from datetime import datetime
 from typing import Any
 
-from carbonscaler.operator.crd import GROUP, MPI, JobKind
+from carbonscaler.kube.crd import GROUP, MPI, JobKind
 
 __all__ = [
     "LABEL_JOB",

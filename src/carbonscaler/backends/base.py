@@ -73,5 +73,10 @@ class Backend(ABC):
         if workers > 0:
             self.start(workers)
 
+    def eta_s(self) -> float | None:
+        """Seconds until the workload finishes at its current size, where the backend can
+        know it (a simulation); None otherwise."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the workload is left as it is."""

@@ -1,4 +1,8 @@
-"""Assemble a controller from a job spec: profile, work, carbon feed, backend, state."""
+"""Assemble a controller from a job spec: profile, work, carbon feed, backend, state.
+
+The command line's (``carbonscaler run``/``demo``, and the benchmarks): it picks the concrete
+pieces — the local backend, a replay/provider/service feed, RAPL — that the engine-agnostic
+controller takes as arguments."""
 
 from __future__ import annotations
 
@@ -11,18 +15,20 @@ import numpy as np
 
 from carbonscaler import datasets
 from carbonscaler.backends.local import LocalBackend
-from carbonscaler.control.carbon import CarbonFeed, ProviderFeed, ReplayFeed
+from carbonscaler.backends.profiler import profile_workload
+from carbonscaler.backends.simulated import SimulatedBackend
+from carbonscaler.clock import VirtualClock
+from carbonscaler.control.carbon import CarbonFeed, CarbonUnavailable, ProviderFeed, ReplayFeed
 from carbonscaler.control.controller import Controller
-from carbonscaler.control.profiler import profile_workload
 from carbonscaler.control.spec import JobSpec, SpecError
 from carbonscaler.control.state import ControllerState, StateStore
-from carbonscaler.forecast import Forecaster, make_forecaster
+from carbonscaler.forecast import Forecaster, ForecastModel, make_forecaster
 from carbonscaler.power import DEFAULT_POWERCAP_ROOT, MeterError, MeterUnavailable, RaplMeter
 from carbonscaler.profile import ScalingProfile, parse_profile_spec
 from carbonscaler.providers import live_provider
 from carbonscaler.trace import load_trace
 
-__all__ = ["build_controller", "make_feed", "make_forecaster_for", "state_path"]
+__all__ = ["build_controller", "build_simulation", "make_feed", "make_forecaster_for", "state_path"]
 
 
 def state_path(spec: JobSpec) -> Path:
@@ -32,14 +38,15 @@ def state_path(spec: JobSpec) -> Path:
 
 def make_forecaster_for(spec: JobSpec) -> Forecaster | None:
     """The spec's forecaster (None means the provider's own forecast)."""
-    if spec.forecaster == "provider":
+    model = spec.forecaster
+    if model is ForecastModel.PROVIDER:
         return None
     options: dict[str, Any] = {}
-    if spec.forecaster in ("uniform", "gaussian"):
-        options = {"error_pct": spec.forecast_error * 100.0, "seed": spec.seed}
-    elif spec.forecaster in ("persistence", "seasonal"):
+    if model.is_noisy:
+        options = {"error": spec.forecast_error, "seed": spec.seed}
+    elif model.is_periodic:
         options = {"slots_per_day": max(round(24 / spec.slot_hours), 1)}
-    return make_forecaster(spec.forecaster, **options)
+    return make_forecaster(model, **options)
 
 
 def make_feed(spec: JobSpec) -> CarbonFeed:
@@ -54,7 +61,7 @@ def make_feed(spec: JobSpec) -> CarbonFeed:
         if forecaster is None:
             raise SpecError(
                 "forecaster 'provider' needs a live provider; a trace replay has "
-                "its own future: use 'real' or a noisy/persistence forecaster"
+                "its own future: use 'perfect' or a noisy/persistence forecaster"
             )
         start = source.start or ""
         if source.trace:
@@ -185,6 +192,53 @@ def build_controller(
         power=machine_power(spec, profile),
         on_step=on_step,
         tick_s=tick_s,
+        profile_source=source,
+        workload_env=env,
+    )
+
+
+def build_simulation(spec: JobSpec, *, start_s: float = 0.0) -> Controller:
+    """The real controller for ``spec`` on a virtual clock, against a simulated workload.
+
+    Nothing is written to the job's run folder (the state lives in memory), so a simulation
+    never disturbs a real run of the same spec. A live carbon source is simulated on its
+    forecast: the forecast taken now is assumed to come true.
+
+    Raises:
+        SpecError: if the spec's profile is ``auto`` (a simulation runs no workload to
+            measure), or the carbon source is unusable.
+    """
+    if spec.profile == "auto":
+        raise SpecError(
+            "run --simulate needs an explicit profile: a CSV (nodes,throughput,power, e.g. "
+            "from `carbonscaler profile`) or a parametric shape such as 'amdahl:0.05'; "
+            "'auto' measures the workload, which a simulation does not run"
+        )
+    profile, work, env, source = _profile_and_work(spec, None)
+    clock = VirtualClock(start_s)
+    feed = make_feed(spec)
+    if not spec.carbon.is_replay:
+        try:
+            expected = feed.forecast(0, spec.deadline_slots)
+        except CarbonUnavailable as exc:
+            raise SpecError(f"no carbon forecast to simulate on: {exc}") from exc
+        feed = ReplayFeed(expected, 0, make_forecaster("perfect"), f"{feed.source} forecast")
+    backend = SimulatedBackend(
+        profile,
+        work,
+        clock,
+        seconds_per_slot=spec.seconds_per_slot,
+        slot_hours=spec.slot_hours,
+        restart_overhead_s=spec.restart_overhead_s,
+    )
+    return Controller(
+        spec,
+        backend,
+        feed,
+        profile,
+        work,
+        StateStore(":memory:"),
+        clock=clock,
         profile_source=source,
         workload_env=env,
     )

@@ -1,0 +1,670 @@
+"""The decision core: every decision a running job needs, written once.
+
+The local controller, the Kubernetes operator and CarbonAdvisor's what-if executor all run a
+job the same way, so they all call this module — nothing here does I/O, reads a clock or sleeps.
+Times are *job hours* since the job's arrival; slot ``i`` covers ``[i·Δ, (i+1)·Δ)``; the deadline
+is ``n`` slots after arrival.
+
+**A plan** (:class:`Plans`, one row per job) is absolute: for every slot from arrival to the
+deadline the servers to run, the partial slot's fraction and the level after it, the forecast it
+was made on, and the progress it promises at each slot boundary.
+
+**Planning** (:func:`plan_rows`) covers the work still to do, in the profile's units corrected by
+the throughput observed so far (:func:`observed_rate`), plus a *safety margin* where the deadline
+leaves room for it (else the bare work), plus the work the plan's own rescales will lose (the
+rescale-overhead reservation). Where even the bare work no longer fits, the job runs at its top
+level until done — as it does past the deadline. Carbon-agnostic runs ``m`` servers throughout.
+
+**Re-planning** (:func:`review_rows`) happens only at slot boundaries, from the true progress,
+when one of three triggers fires (:class:`Reason`):
+
+* *behind* — the work done trails the plan's bare pace by more than :data:`BEHIND_SHARE` of the
+  job (a job is always a hair behind a plan that started on time; less is noise);
+* *ahead* — the work done leads the plan's own pace by more than the re-plan threshold;
+* *forecast* — the forecast now issued for any remaining slot differs from the one the plan was
+  made on by more than the threshold (relative). The current slot is observed, so this includes
+  the realised intensity of the slot that is starting.
+
+**Running** (:func:`level_rows`): the plan's level for the moment, the top level past the
+deadline, and — when the plan has nothing left but the work is not done (the job ran slower
+than planned) — the level already running, rather than stopping a job that is nearly finished.
+
+Every function works on many jobs at once (numpy rows), which CarbonAdvisor uses; the scalar
+forms (:func:`first_plan`, :func:`review`, :func:`servers_now`) are the same code with one row,
+so the runtimes and the advisor cannot disagree.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from carbonscaler.planner.batch import (
+    BatchPlan,
+    batch_greedy_with_overhead,
+    plans_from_schedules,
+)
+from carbonscaler.planner.exact import plan_exact
+from carbonscaler.planner.model import (
+    FloatArray,
+    IntArray,
+    Job,
+    PlanningError,
+    Schedule,
+    check_feasible,
+)
+from carbonscaler.planner.policies import Policy
+
+__all__ = [
+    "BEHIND_SHARE",
+    "NewPlan",
+    "Plans",
+    "Progress",
+    "Reason",
+    "Rules",
+    "first_plan",
+    "level_rows",
+    "next_change_h",
+    "observed_rate",
+    "plan_rows",
+    "review",
+    "review_rows",
+    "servers_now",
+    "slot_of",
+    "top_level",
+]
+
+BEHIND_SHARE = 0.01
+"""Behind the plan's pace by more than this share of the job's work re-plans at a boundary."""
+OBSERVED_RATE_BOUNDS = (0.25, 4.0)
+"""One odd progress reading must not wreck a plan: the throughput correction stays in here."""
+_EPS = 1e-12
+BoolArray = NDArray[np.bool_]
+
+
+class Reason(enum.IntFlag):
+    """Why a plan was (re-)made or a level chosen; several may hold at once."""
+
+    NONE = 0
+    FIRST = enum.auto()  # the job's first plan
+    BEHIND = enum.auto()  # progress trails the plan's pace
+    AHEAD = enum.auto()  # progress leads the plan beyond the threshold
+    FORECAST = enum.auto()  # the forecast changed beyond the threshold
+    OUT_OF_REACH = enum.auto()  # even the bare work no longer fits: top level until done
+    NO_MARGIN = enum.auto()  # the safety margin did not fit: the bare work is planned
+    LATE = enum.auto()  # past the deadline: top level until done
+    OVERRUN = enum.auto()  # the plan is used up but the work is not: keep running
+
+    @property
+    def words(self) -> list[str]:
+        """The reasons as lower-case words, for events and reports."""
+        return [r.name.lower().replace("_", "-") for r in Reason if r and r in self and r.name]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How a job is planned and re-planned.
+
+    Args:
+        policy: a runnable policy (carbonscaler, exact, suspend-resume, agnostic).
+        replan_threshold: relative deviation (forecast, or progress ahead) that re-plans.
+        safety_margin: extra share of the remaining work each plan covers, where it fits.
+
+    Raises:
+        PlanningError: for a policy a running job cannot follow, or values out of range.
+    """
+
+    policy: Policy = Policy.CARBONSCALER
+    replan_threshold: float = 0.05
+    safety_margin: float = 0.05
+
+    def __post_init__(self) -> None:
+        policy = Policy.parse(self.policy)
+        object.__setattr__(self, "policy", policy)
+        if not policy.runnable:
+            raise PlanningError(
+                f"policy {policy} follows fixed rules and cannot run a job; use carbonscaler, "
+                "exact, suspend-resume or agnostic"
+            )
+        if not 0 < self.replan_threshold < 1:
+            raise PlanningError(
+                f"the re-plan threshold must be in (0, 1), got {self.replan_threshold}"
+            )
+        if not 0 <= self.safety_margin < 1:
+            raise PlanningError(f"the safety margin must be in [0, 1), got {self.safety_margin}")
+
+    def planning_job(self, job: Job) -> Job:
+        """The job as this policy plans it (suspend-resume never scales above ``m``)."""
+        if self.policy is Policy.SUSPEND_RESUME:
+            return job.with_bounds(job.min_servers, job.min_servers)
+        return job
+
+
+def top_level(job: Job, rules: Rules) -> int:
+    """The level a job runs at when it must finish as fast as it can (late, out of reach):
+    the most productive level, or ``m`` for carbon-agnostic (which never scales)."""
+    if rules.policy is Policy.AGNOSTIC:
+        return job.min_servers
+    return int(rules.planning_job(job).ladder().levels[-1])
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+
+@dataclass
+class Plans:
+    """Plans of ``B`` jobs over ``n`` absolute slots (arrival to deadline), one row each.
+
+    In slot ``i`` row ``b`` runs ``servers[b, i]`` for ``fraction[b, i]`` of the slot and
+    ``after[b, i]`` for the rest. ``planned_done[b, i]`` is the work the plan promises by the
+    start of slot ``i`` at the bare pace (its own work divided by ``margin[b]``, the safety
+    factor it was made with); ``forecast`` is what it was made on; ``made_at`` the slot it was
+    made in; ``end_slot`` when its last planned server stops, in slots from arrival.
+    """
+
+    servers: IntArray
+    fraction: FloatArray
+    after: IntArray
+    forecast: FloatArray
+    planned_done: FloatArray
+    margin: FloatArray
+    made_at: IntArray
+    end_slot: FloatArray
+
+    @classmethod
+    def empty(cls, rows: int, slots: int) -> Plans:
+        return cls(
+            servers=np.zeros((rows, slots), dtype=np.int64),
+            fraction=np.ones((rows, slots)),
+            after=np.zeros((rows, slots), dtype=np.int64),
+            forecast=np.zeros((rows, slots)),
+            planned_done=np.zeros((rows, slots + 1)),
+            margin=np.ones(rows),
+            made_at=np.zeros(rows, dtype=np.int64),
+            end_slot=np.zeros(rows),
+        )
+
+    @property
+    def rows(self) -> int:
+        return int(self.servers.shape[0])
+
+    @property
+    def slots(self) -> int:
+        return int(self.servers.shape[1])
+
+    def to_dict(self, row: int = 0) -> dict[str, Any]:
+        """One row as JSON-ready lists (the controller's saved state, the operator's status)."""
+        return {
+            "servers": [int(x) for x in self.servers[row]],
+            "fraction": [float(x) for x in self.fraction[row]],
+            "after": [int(x) for x in self.after[row]],
+            "forecast": [float(x) for x in self.forecast[row]],
+            "plannedDone": [float(x) for x in self.planned_done[row]],
+            "margin": float(self.margin[row]),
+            "madeAtSlot": int(self.made_at[row]),
+            "endSlot": float(self.end_slot[row]),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plans:
+        """A one-row plan from :meth:`to_dict`'s form.
+
+        Raises:
+            PlanningError: if the lists disagree in length.
+        """
+        servers = np.asarray(data["servers"], dtype=np.int64)[None, :]
+        n = servers.shape[1]
+        plans = cls(
+            servers=servers,
+            fraction=np.asarray(data["fraction"], dtype=np.float64)[None, :],
+            after=np.asarray(data["after"], dtype=np.int64)[None, :],
+            forecast=np.asarray(data["forecast"], dtype=np.float64)[None, :],
+            planned_done=np.asarray(data["plannedDone"], dtype=np.float64)[None, :],
+            margin=np.array([float(data.get("margin", 1.0))]),
+            made_at=np.array([int(data.get("madeAtSlot", 0))], dtype=np.int64),
+            end_slot=np.array([float(data.get("endSlot", 0.0))]),
+        )
+        shapes = {a.shape[1] for a in (plans.fraction, plans.after, plans.forecast)} | {
+            plans.planned_done.shape[1] - 1
+        }
+        if shapes != {n}:
+            raise PlanningError(f"a saved plan's lists disagree in length ({sorted(shapes)})")
+        return plans
+
+
+def observed_rate(work_done: FloatArray, nominal_work: FloatArray) -> FloatArray:
+    """Work done per work the profile promised for the server-time run so far, bounded.
+
+    Below 1 when the profile overstates the job's speed or rescales cost time; 1 until both
+    are known.
+    """
+    done = np.asarray(work_done, dtype=np.float64)
+    nominal = np.asarray(nominal_work, dtype=np.float64)
+    known = (nominal > 0) & (done > 0)
+    ratio = np.divide(done, nominal, out=np.ones_like(done), where=known)
+    return np.clip(ratio, *OBSERVED_RATE_BOUNDS)
+
+
+def plan_rows(
+    job: Job,
+    rules: Rules,
+    forecast: FloatArray,
+    target_work: FloatArray,
+    *,
+    overhead_h: float,
+    previous: IntArray,
+    started: BoolArray,
+) -> BatchPlan:
+    """The policy's plans for ``target_work`` over each row's ``forecast`` (relative slots).
+
+    Carbon-agnostic runs ``m`` from the first slot; the others use the greedy, which also
+    covers the work its own rescales lose (``overhead_h`` hours per change), or the MILP for
+    ``exact`` where the greedy is not provably optimal (a non-concave profile).
+
+    Args:
+        job: the job (its profile, bounds and slot length; its work is not used).
+        rules: the policy.
+        forecast: ``(B, h)`` intensity per slot, gCO2eq/kWh.
+        target_work: ``(B,)`` work to cover, in the profile's units.
+        overhead_h: job hours of work lost per change of level.
+        previous: ``(B,)`` level running before the first slot.
+        started: ``(B,)`` whether the job has run before (so its next start is a rescale).
+    """
+    horizon = forecast.shape[1]
+    dt = job.slot_hours
+    target = np.asarray(target_work, dtype=np.float64) / dt
+    if rules.policy is Policy.AGNOSTIC:
+        return _agnostic_rows(job, target, horizon)
+    planning = rules.planning_job(job)
+    ladder = planning.ladder()
+    if rules.policy is Policy.EXACT and not ladder.concave:
+        schedules: list[Schedule | None] = []
+        for row, units in zip(forecast, target, strict=True):
+            try:
+                schedules.append(plan_exact(planning.with_work(float(units) * dt), row))
+            except PlanningError:
+                schedules.append(None)
+        return plans_from_schedules(schedules, horizon)
+    # On a concave ladder the exact optimum is the greedy's (the paper's theorem, checked by
+    # the property tests), so the greedy serves `exact` too.
+    return batch_greedy_with_overhead(
+        ladder,
+        forecast,
+        target,
+        throughput=job.profile.throughput,
+        overhead_h=overhead_h,
+        slot_hours=dt,
+        previous=previous,
+        started=started,
+    )
+
+
+def _agnostic_rows(job: Job, target: FloatArray, horizon: int) -> BatchPlan:
+    """``m`` servers from the first slot until ``target`` (work / slot hours) is covered."""
+    m = job.min_servers
+    need = target / float(job.profile.throughput[m])
+    rows = len(target)
+    slot = np.arange(horizon)[None, :]
+    servers = np.where(slot < np.ceil(need - _EPS)[:, None], m, 0).astype(np.int64)
+    fraction = np.ones((rows, horizon))
+    after = servers.copy()
+    whole = np.floor(need).astype(np.int64)
+    partial = (need - whole > _EPS) & (whole < horizon)
+    r = np.flatnonzero(partial)
+    fraction[r, whole[r]] = (need - whole)[r]
+    after[r, whole[r]] = 0
+    return BatchPlan(servers, fraction, after, need <= horizon + _EPS)
+
+
+def _install(
+    plans: Plans,
+    job: Job,
+    rules: Rules,
+    rows: IntArray,
+    first: int,
+    made: BatchPlan,
+    forecast: FloatArray,
+    start_work: FloatArray,
+    pace: FloatArray,
+    margin: FloatArray,
+) -> None:
+    """Write ``made`` into ``rows`` from slot ``first`` on; infeasible rows run at the top.
+
+    ``planned_done`` gets the work each plan promises at the bare pace: its own work in the
+    profile's units, times ``pace`` (the observed throughput over the margin factor).
+    """
+    n = plans.slots
+    top = top_level(job, rules)
+    feasible = made.feasible[:, None]
+    servers = np.where(feasible, made.servers, top)
+    share = np.where(feasible, made.fraction, 1.0)
+    tail = np.where(feasible, made.after, top)
+    plans.servers[rows, first:n] = servers
+    plans.fraction[rows, first:n] = share
+    plans.after[rows, first:n] = tail
+    plans.forecast[rows, first:n] = forecast
+    tp = job.profile.throughput
+    work = (tp[tail] + (tp[servers] - tp[tail]) * share) * job.slot_hours * pace[:, None]
+    plans.planned_done[rows, first] = start_work
+    plans.planned_done[rows, first + 1 :] = start_work[:, None] + np.cumsum(work, axis=1)
+    plans.margin[rows] = margin
+    plans.made_at[rows] = first
+    # Where the last planned server stops: the end of the last active slot, or the switch
+    # point of a partial last slot that drops to nothing.
+    active = (servers > 0) | (tail > 0)
+    width = n - first
+    last = width - 1 - np.argmax(active[:, ::-1], axis=1)
+    any_active = active.any(axis=1)
+    idx = np.arange(len(rows))
+    ends_inside = (tail[idx, last] == 0) & (share[idx, last] < 1.0)
+    end = first + last + np.where(ends_inside, share[idx, last], 1.0)
+    plans.end_slot[rows] = np.where(any_active, end, float(first))
+
+
+def _plan_and_install(
+    plans: Plans,
+    job: Job,
+    rules: Rules,
+    rows: IntArray,
+    first: int,
+    forecast: FloatArray,
+    work_done: FloatArray,
+    nominal_work: FloatArray,
+    previous: IntArray,
+    started: BoolArray,
+    overhead_h: float,
+) -> NDArray[np.int64]:
+    """Plan the rest of each row's job from ``first`` and install it; the reasons it adds."""
+    observed = observed_rate(work_done, nominal_work)
+    remaining = np.maximum(job.work - work_done, 0.0) / observed
+    # Carbon-agnostic runs until done whatever it plans: a margin would only blur its pace.
+    factor = 1.0 if rules.policy is Policy.AGNOSTIC else 1.0 + rules.safety_margin
+    made = plan_rows(
+        job,
+        rules,
+        forecast,
+        remaining * factor,
+        overhead_h=overhead_h,
+        previous=previous,
+        started=started,
+    )
+    margin = np.full(len(rows), factor)
+    reasons = np.zeros(len(rows), dtype=np.int64)
+    bare = np.flatnonzero(~made.feasible)
+    if factor > 1.0 and len(bare):
+        # No room for the margin: plan the bare work.
+        retry = plan_rows(
+            job,
+            rules,
+            forecast[bare],
+            remaining[bare],
+            overhead_h=overhead_h,
+            previous=previous[bare],
+            started=started[bare],
+        )
+        made = _merge(made, bare, retry)
+        margin[bare] = 1.0
+        reasons[bare] |= Reason.NO_MARGIN
+    reasons[~made.feasible] |= Reason.OUT_OF_REACH
+    margin[~made.feasible] = 1.0
+    _install(plans, job, rules, rows, first, made, forecast, work_done, observed / margin, margin)
+    return reasons
+
+
+def _merge(base: BatchPlan, rows: IntArray, other: BatchPlan) -> BatchPlan:
+    servers, fraction = base.servers.copy(), base.fraction.copy()
+    after, feasible = base.after.copy(), base.feasible.copy()
+    servers[rows], fraction[rows] = other.servers, other.fraction
+    after[rows], feasible[rows] = other.after, other.feasible
+    return BatchPlan(servers, fraction, after, feasible)
+
+
+def first_plans(
+    job: Job, rules: Rules, forecast: FloatArray, *, overhead_h: float = 0.0
+) -> tuple[Plans, NDArray[np.int64]]:
+    """Plans for ``B`` jobs arriving now, each over its ``(n,)`` forecast row.
+
+    Rows whose work cannot fit before the deadline run at the top level (reason
+    ``OUT_OF_REACH``); :func:`first_plan` refuses them instead.
+    """
+    rows, n = forecast.shape
+    plans = Plans.empty(rows, n)
+    index = np.arange(rows)
+    zeros = np.zeros(rows)
+    reasons = _plan_and_install(
+        plans,
+        job,
+        rules,
+        index,
+        0,
+        forecast,
+        zeros,
+        zeros,
+        np.zeros(rows, dtype=np.int64),
+        np.zeros(rows, dtype=bool),
+        overhead_h,
+    )
+    return plans, reasons | Reason.FIRST
+
+
+def review_rows(
+    plans: Plans,
+    job: Job,
+    rules: Rules,
+    rows: IntArray,
+    slot: int,
+    *,
+    work_done: FloatArray,
+    nominal_work: FloatArray,
+    running: IntArray,
+    started: BoolArray,
+    forecast: FloatArray | None,
+    overhead_h: float,
+) -> tuple[IntArray, NDArray[np.int64]]:
+    """At the start of ``slot``, re-plan the ``rows`` whose triggers fire (see module doc).
+
+    Args:
+        plans: every job's plan; re-planned rows are rewritten in place from ``slot`` on.
+        job: the job (all rows share its profile, bounds, work and slot length).
+        rules: policy, threshold and margin.
+        rows: ``(R,)`` rows to review (jobs not yet done).
+        slot: the slot now starting (before the deadline; later slots are never re-planned).
+        work_done: ``(R,)`` work done so far, in the profile's units.
+        nominal_work: ``(R,)`` work the profile promised for the server-time run so far.
+        running: ``(R,)`` level running now.
+        started: ``(R,)`` whether each job has run before.
+        forecast: ``(R, n - slot)`` forecast issued now, or None when it cannot have changed
+            (perfect foresight) or is unavailable (the runtime keeps the last one).
+        overhead_h: job hours of work lost per change of level.
+
+    Returns:
+        The rows re-planned and, for each, why (:class:`Reason` bits).
+    """
+    n = plans.slots
+    if rules.policy is Policy.AGNOSTIC or slot >= n or not len(rows):
+        return rows[:0], np.zeros(0, dtype=np.int64)
+    threshold = rules.replan_threshold
+    done_now = plans.planned_done[rows, slot]
+    made_at = plans.made_at[rows]
+    start_work = plans.planned_done[rows, made_at]
+    own_pace = start_work + (done_now - start_work) * plans.margin[rows]
+    reasons = np.zeros(len(rows), dtype=np.int64)
+    reasons[work_done - done_now < -BEHIND_SHARE * job.work] |= Reason.BEHIND
+    reasons[work_done - own_pace > threshold * job.work] |= Reason.AHEAD
+    if forecast is not None:
+        expected = plans.forecast[rows, slot:]
+        drift = np.abs(forecast - expected) > threshold * np.maximum(expected, _EPS)
+        reasons[drift.any(axis=1)] |= Reason.FORECAST
+    again = np.flatnonzero(reasons)
+    if not len(again):
+        return rows[:0], np.zeros(0, dtype=np.int64)
+    issued = plans.forecast[rows[again], slot:] if forecast is None else forecast[again]
+    added = _plan_and_install(
+        plans,
+        job,
+        rules,
+        rows[again],
+        slot,
+        issued,
+        work_done[again],
+        nominal_work[again],
+        running[again],
+        started[again],
+        overhead_h,
+    )
+    return rows[again], reasons[again] | added
+
+
+def slot_of(hours: float, slot_hours: float) -> tuple[int, float]:
+    """The slot containing job hour ``hours`` and how far into it (0 ≤ into < 1)."""
+    slot = math.floor(hours / slot_hours + _EPS)
+    return slot, max(hours / slot_hours - slot, 0.0)
+
+
+def level_rows(
+    plans: Plans,
+    job: Job,
+    rules: Rules,
+    rows: IntArray,
+    slot: IntArray,
+    into: FloatArray,
+    running: IntArray,
+) -> tuple[IntArray, NDArray[np.int64]]:
+    """The level each of ``rows`` runs at ``into`` (0..1) of its ``slot``, and why.
+
+    The plan's level; past the deadline the top level (``LATE``); where the plan has no more
+    servers but the job still runs, the level running (``OVERRUN``).
+    """
+    n = plans.slots
+    inside = slot < n
+    s = np.minimum(slot, n - 1)
+    planned = np.where(
+        into < plans.fraction[rows, s] - _EPS, plans.servers[rows, s], plans.after[rows, s]
+    )
+    level = np.where(inside, planned, top_level(job, rules))
+    reasons = np.where(inside, 0, int(Reason.LATE)).astype(np.int64)
+    overrun = inside & (level == 0) & (running > 0) & (slot + into >= plans.end_slot[rows] - 1e-9)
+    level = np.where(overrun, running, level)
+    reasons[overrun] |= Reason.OVERRUN
+    return level.astype(np.int64), reasons
+
+
+def next_change_h(plans: Plans, row: int, hours: float, current: int, job: Job) -> float | None:
+    """The next job hour after ``hours`` at which the plan of ``row`` changes level from
+    ``current`` (a slot boundary or a partial slot's switch point), or None before the deadline.
+    """
+    dt = job.slot_hours
+    slot = math.floor(hours / dt + _EPS)
+    for i in range(max(slot, 0), plans.slots):
+        points = [(float(i), int(plans.servers[row, i]))]
+        if plans.fraction[row, i] < 1.0:
+            points.append((i + float(plans.fraction[row, i]), int(plans.after[row, i])))
+        for at, level in points:
+            if at * dt <= hours + _EPS * dt:
+                continue
+            if level != current:
+                return at * dt
+    return None
+
+
+# -- one job -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a running job's runtime observed, in the profile's units.
+
+    Args:
+        work_done: work done so far.
+        nominal_work: work the profile promises for the server-time run so far.
+        running: the level running now.
+        started: whether the job has run before (its next start is a rescale).
+    """
+
+    work_done: float = 0.0
+    nominal_work: float = 0.0
+    running: int = 0
+    started: bool = False
+
+
+@dataclass(frozen=True)
+class NewPlan:
+    """A (re-)plan: the new plan and why it was made."""
+
+    plans: Plans
+    reasons: Reason
+
+    @property
+    def servers(self) -> list[int]:
+        return [int(x) for x in self.plans.servers[0]]
+
+
+def first_plan(
+    job: Job, rules: Rules, forecast: FloatArray, *, overhead_h: float = 0.0
+) -> NewPlan:
+    """The first plan of one job over its ``(n,)`` forecast (``n`` = slots to the deadline).
+
+    Raises:
+        InfeasibleError: if the work cannot fit before the deadline even at the top level,
+            saying what fits and what deadline would work (not for carbon-agnostic, which
+            does not look at the deadline).
+    """
+    forecast = np.asarray(forecast, dtype=np.float64)
+    if rules.policy is not Policy.AGNOSTIC:
+        planning = rules.planning_job(job)
+        check_feasible(planning, planning.ladder(), len(forecast), policy=str(rules.policy))
+    plans, reasons = first_plans(job, rules, forecast[None, :], overhead_h=overhead_h)
+    return NewPlan(plans, Reason(int(reasons[0])))
+
+
+def review(
+    plans: Plans,
+    job: Job,
+    rules: Rules,
+    slot: int,
+    progress: Progress,
+    forecast: FloatArray | None,
+    *,
+    overhead_h: float = 0.0,
+) -> Reason:
+    """Review one job's plan at the start of ``slot`` (see :func:`review_rows`).
+
+    Returns:
+        Why it was re-planned (the plan is rewritten in place), or ``Reason.NONE``.
+    """
+    done, reasons = review_rows(
+        plans,
+        job,
+        rules,
+        np.zeros(1, dtype=np.int64),
+        slot,
+        work_done=np.array([progress.work_done]),
+        nominal_work=np.array([progress.nominal_work]),
+        running=np.array([progress.running], dtype=np.int64),
+        started=np.array([progress.started]),
+        forecast=None if forecast is None else np.asarray(forecast, dtype=np.float64)[None, :],
+        overhead_h=overhead_h,
+    )
+    return Reason(int(reasons[0])) if len(done) else Reason.NONE
+
+
+def servers_now(
+    plans: Plans, job: Job, rules: Rules, hours: float, running: int
+) -> tuple[int, Reason]:
+    """The level one job runs at job hour ``hours`` and why (see :func:`level_rows`)."""
+    slot, into = slot_of(hours, job.slot_hours)
+    level, reasons = level_rows(
+        plans,
+        job,
+        rules,
+        np.zeros(1, dtype=np.int64),
+        np.array([slot], dtype=np.int64),
+        np.array([into]),
+        np.array([running], dtype=np.int64),
+    )
+    return int(level[0]), Reason(int(reasons[0]))
