@@ -280,7 +280,7 @@ def test_spec_validation(tmp_path: Path) -> None:
     for over, fragment in (
         ({"maxReplicas": 0}, "maxReplicas"),
         ({"minReplicas": 4}, "below minReplicas"),
-        ({"slack": 1.5}, "exactly one of deadline_hours"),
+        ({"slack": 1.5}, "exactly one of deadline"),
         ({"carbon": {"start": None}}, "needs start"),
         ({"name": "bad name!"}, "name"),
     ):

@@ -12,20 +12,21 @@ A YAML file such as::
     maxReplicas: 2
     length_hours: 24              # or: work
     slack: 1.5                    # or: deadline_hours, or deadline (slots, as the reference)
-    slot_minutes: 60
+    slot_seconds: 3600
     carbon: {dataset_zone: DE, start: "2020-03-02T00:00Z"}
     policy: carbonscaler
     time_scale_s: 3               # wall seconds per slot (0 = real time)
     checkpoint_dir: runs/nbody-demo
 
-Field names of the reference ``carbonScalerSpec`` (``minReplicas``, ``maxReplicas``,
-``deadline`` in slots, ``progress``, ``profileName``) are accepted, at the top level or nested
-under ``carbonScalerSpec``.
+The carbon-aware settings are :class:`carbonscaler.settings.JobSettings`, the same model as a
+Kubernetes resource's ``carbonScalerSpec``: camelCase (``minReplicas``, ``lengthHours``) or
+snake_case (``min_replicas``, ``length_hours``), at the top level or nested under
+``carbonScalerSpec`` as in the reference. Earlier spellings keep working: ``slot_minutes``, and
+``workload.restart_overhead_s`` for ``rescale_overhead_s``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -33,13 +34,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from carbonscaler.decision import Rules
 from carbonscaler.forecast import ForecastModel, ForecastModelName
-from carbonscaler.planner.policies import Policy
+from carbonscaler.settings import JobSettings
 
 __all__ = ["CarbonSource", "JobSpec", "SpecError", "Workload", "load_job_spec"]
 
 POLICY_NAMES = ("carbonscaler", "exact", "suspend-resume", "agnostic", "fixed")
+
+
+def _minutes_to_seconds(minutes: Any) -> Any:
+    try:
+        return int(minutes) * 60 if float(minutes) == int(minutes) else minutes
+    except (TypeError, ValueError):
+        return minutes  # left for validation to name
 
 
 class SpecError(ValueError):
@@ -84,12 +91,6 @@ class Workload(BaseModel):
             return self.command
         return f"{{python}} -m {self.module} {self.args}".strip()
 
-    restart_overhead_s: float | None = Field(
-        None,
-        ge=0,
-        description="wall seconds of work lost per start/rescale, until measured "
-        "(default 5 % of a slot, at least 0.5 s)",
-    )
 
 
 class CarbonSource(BaseModel):
@@ -137,23 +138,12 @@ class CarbonSource(BaseModel):
         return bool(self.trace or self.dataset_zone)
 
 
-class JobSpec(BaseModel):
-    """A job to run carbon-aware. See the module docstring for an example."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+class JobSpec(JobSettings):
+    """A job to run carbon-aware: its settings (:class:`~carbonscaler.settings.JobSettings`,
+    shared with the Kubernetes resources) and how to run it here. See the module docstring."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
     workload: Workload
-    profile: str = Field("auto", alias="profileName")
-    min_replicas: int = Field(1, ge=1, alias="minReplicas")
-    max_replicas: int = Field(ge=1, alias="maxReplicas")
-    length_hours: float | None = Field(None, gt=0)
-    work: float | None = Field(None, gt=0)
-    deadline_hours: float | None = Field(None, gt=0)
-    slack: float | None = Field(None, ge=1)
-    deadline: int | None = Field(None, ge=1, description="deadline in slots (reference)")
-    progress: float = Field(0.0, ge=0, le=100, description="reference field; informational")
-    slot_minutes: int = Field(60, gt=0)
     carbon: CarbonSource
     forecaster: ForecastModelName = Field(
         ForecastModel.PERFECT,
@@ -163,17 +153,8 @@ class JobSpec(BaseModel):
     forecast_error: float = Field(
         0.0, ge=0, lt=1, description="relative error of uniform/gaussian, a fraction (0.1 = ±10 %)"
     )
-    policy: Literal["carbonscaler", "exact", "suspend-resume", "agnostic", "fixed"] = "carbonscaler"
     checkpoint_dir: str
     time_scale_s: float = Field(0.0, ge=0)
-    replan_threshold: float = Field(0.05, gt=0, lt=1)
-    safety_margin: float = Field(
-        0.05,
-        ge=0,
-        lt=1,
-        description="extra share of the remaining work each plan covers, so "
-        "a slower-than-profiled stretch does not cost the deadline",
-    )
     profile_seconds: float = Field(6.0, gt=0)
     powercap_root: str | None = Field(
         None,
@@ -185,74 +166,48 @@ class JobSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _reference_nesting(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
         # The reference CRD keeps its fields under carbonScalerSpec; accept that layout.
-        if isinstance(data, dict) and isinstance(data.get("carbonScalerSpec"), dict):
-            merged = dict(data)
-            nested = merged.pop("carbonScalerSpec")
+        nested = merged.pop("carbonScalerSpec", None)
+        if isinstance(nested, dict):
             for key, value in nested.items():
                 merged.setdefault(key, value)
-            return merged
-        return data
+        # Earlier spellings: slot_minutes, and the overhead under workload.
+        minutes = merged.pop("slot_minutes", merged.pop("slotMinutes", None))
+        if minutes is not None:
+            merged.setdefault("slot_seconds", _minutes_to_seconds(minutes))
+        workload = merged.get("workload")
+        if isinstance(workload, dict) and "restart_overhead_s" in workload:
+            workload = dict(workload)
+            merged.setdefault("rescale_overhead_s", workload.pop("restart_overhead_s"))
+            merged["workload"] = workload
+        return merged
 
     @model_validator(mode="after")
-    def _consistent(self) -> JobSpec:
-        if self.max_replicas < self.min_replicas:
-            raise ValueError(
-                f"maxReplicas ({self.max_replicas}) is below minReplicas ({self.min_replicas})"
-            )
-        if (self.length_hours is None) == (self.work is None):
-            raise ValueError("give exactly one of length_hours (hours at minReplicas) or work")
-        deadlines = [x for x in (self.deadline_hours, self.slack, self.deadline) if x is not None]
-        if len(deadlines) != 1:
-            raise ValueError(
-                "give exactly one of deadline_hours, slack (deadline = slack × length) or "
-                "deadline (slots)"
-            )
-        if self.slack is not None and self.length_hours is None:
-            raise ValueError("slack needs length_hours (the deadline is slack × length)")
+    def _runnable_here(self) -> JobSpec:
         if self.workload.size_env and self.length_hours is None:
             raise ValueError("workload.size_env needs length_hours to size the job")
+        if self.carbon.is_replay and self.slot_seconds % 60:
+            raise ValueError(
+                f"a trace replay needs whole-minute slots; slot_seconds is {self.slot_seconds}"
+            )
         return self
 
     @property
-    def slot_hours(self) -> float:
-        return self.slot_minutes / 60.0
-
-    @property
-    def deadline_slots(self) -> int:
-        """Slots from arrival to the deadline (whole slots)."""
-        if self.deadline is not None:
-            return self.deadline
-        hours = self.deadline_hours
-        if hours is None:
-            assert self.slack is not None and self.length_hours is not None  # by validation
-            hours = self.slack * self.length_hours
-        return max(math.floor(hours / self.slot_hours + 1e-9), 1)
+    def slot_minutes(self) -> int:
+        return self.slot_seconds // 60
 
     @property
     def restart_overhead_s(self) -> float:
-        """Wall seconds of work a rescale loses until measured: the workload's stated
-        ``restart_overhead_s``, else an assumption — a process start (interpreter, imports,
-        checkpoint load) rarely takes less than half a second, and 5 % of a slot covers slow
-        restarts of long slots."""
-        stated = self.workload.restart_overhead_s
-        if stated is not None:
-            return stated
-        return max(0.05 * self.seconds_per_slot, 0.5)
+        """Wall seconds of work a rescale loses until measured, at this run's time scale."""
+        return self.overhead_s(self.seconds_per_slot)
 
     @property
     def seconds_per_slot(self) -> float:
         """Wall seconds per slot: the time scale, or the slot's real length."""
-        return self.time_scale_s or self.slot_minutes * 60.0
-
-    def rules(self) -> Rules:
-        """The decision rules this job runs by (policy, re-plan threshold, safety margin)."""
-        return Rules(Policy.parse(self.policy), self.replan_threshold, self.safety_margin)
-
-    @property
-    def policy_name(self) -> str:
-        """The planner's policy name (the reference's ``fixed`` is carbon-agnostic)."""
-        return "agnostic" if self.policy == "fixed" else self.policy
+        return self.time_scale_s or float(self.slot_seconds)
 
     def resolve_paths(self, base: Path) -> JobSpec:
         """Relative paths (checkpoint dir, trace, profile CSV, cwd) made relative to ``base``."""

@@ -16,9 +16,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, Field
+
+from carbonscaler.settings import JobSettings
 
 __all__ = [
     "GROUP",
@@ -88,8 +91,6 @@ PYTORCH = JobKind(
 )
 KINDS: dict[str, JobKind] = {MPI.kind: MPI, PYTORCH.kind: PYTORCH}
 
-# Accepted policy names: the reference's two, and the local runtime's.
-POLICIES = ("scaler", "fixed", "carbonscaler", "exact", "suspend-resume", "agnostic")
 CONDITION_TYPES = ("Created", "Running", "Paused", "Rescaling", "Succeeded", "Failed")
 PHASES = ("Pending", "Running", "Paused", "Rescaling", "Succeeded", "Failed")
 
@@ -210,102 +211,76 @@ def _pytorch_spec() -> dict[str, Any]:
     }
 
 
+class CarbonScalerSpec(JobSettings):
+    """A resource's ``carbonScalerSpec``: the job settings shared with local job specs, and
+    what only the operator needs."""
+
+    profile: str = Field(
+        alias="profileName",
+        min_length=1,
+        max_length=253,
+        description="ConfigMap in the job's namespace with the scaling profile (CSV "
+        "nodes,throughput,power).",
+    )
+    carbon_zone: str | None = Field(
+        None, max_length=64, description="Grid zone to plan on; default the carbon source's."
+    )
+    max_relaunches: int = Field(3, ge=0, description="Relaunches after the Kubeflow job failed.")
+    pause_mode: Literal["Delete", "Suspend"] = Field(
+        "Delete",
+        description="How a PyTorchJob pauses: Delete it (any training-operator v1), or "
+        "Suspend it with runPolicy.suspend (training-operator >= 1.7).",
+    )
+
+
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A structural OpenAPI v3 schema (as CRDs need) for a pydantic model's JSON form.
+
+    Pydantic writes JSON Schema 2020-12; CRDs take OpenAPI 3.0's dialect: optional fields as
+    plain types (not ``anyOf`` with ``null``), boolean ``exclusiveMinimum``, no ``$ref``, no
+    ``title``. The model's ``cel_rules`` become ``x-kubernetes-validations``.
+    """
+    source = model.model_json_schema(by_alias=True)
+    defs = source.get("$defs", {})
+
+    def convert(node: dict[str, Any]) -> dict[str, Any]:
+        if "$ref" in node and "enum" not in node:
+            node = {**defs[node["$ref"].rsplit("/", 1)[-1]], **node}
+        variants = [v for v in node.get("anyOf", []) if v.get("type") != "null"]
+        if len(variants) == 1:  # an optional field: its one real type
+            node = {**variants[0], **node}
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ("title", "$ref", "anyOf", "$defs", "additionalProperties"):
+                continue
+            if key == "default" and value is None:
+                continue
+            if key in ("exclusiveMinimum", "exclusiveMaximum"):
+                out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+                out[key] = True
+                continue
+            if key == "properties":
+                out[key] = {name: convert(sub) for name, sub in value.items()}
+                continue
+            out.setdefault(key, value)
+        if "enum" in out and "type" not in out:
+            out["type"] = "string"
+        return out
+
+    schema = convert(source)
+    rules = getattr(model, "cel_rules", None)
+    if rules:
+        schema["x-kubernetes-validations"] = list(rules)
+    return schema
+
+
 def _carbon_scaler_spec() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "description": "The carbon-aware settings (the reference's fields and ours).",
-        "required": ["minReplicas", "maxReplicas", "deadline", "profileName"],
-        "x-kubernetes-validations": [
-            {
-                "rule": "self.minReplicas <= self.maxReplicas",
-                "message": "maxReplicas must be at least minReplicas",
-            },
-            {
-                "rule": "has(self.lengthHours) != has(self.work)",
-                "message": "give exactly one of lengthHours (hours at minReplicas) or work "
-                "(in the profile's throughput units × hours)",
-            },
-        ],
-        "properties": {
-            "minReplicas": _int(1, description="Fewest workers the job runs on (m)."),
-            "maxReplicas": _int(1, description="Most workers the job may use (M)."),
-            "deadline": _int(1, description="Completion deadline in slots from creation."),
-            "progress": {
-                "type": "number",
-                "minimum": 0,
-                "maximum": 100,
-                "default": 0,
-                "description": "Percent done, raised by the job (or the accounting service).",
-            },
-            "profileName": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 253,
-                "description": "ConfigMap in the job's namespace with the scaling profile "
-                "(CSV nodes,throughput,power).",
-            },
-            "lengthHours": {
-                "type": "number",
-                "exclusiveMinimum": True,
-                "minimum": 0,
-                "description": "Job length: hours it takes at minReplicas.",
-            },
-            "work": {
-                "type": "number",
-                "exclusiveMinimum": True,
-                "minimum": 0,
-                "description": "Total work in the profile's units (throughput × hours).",
-            },
-            "policy": {
-                "type": "string",
-                "enum": list(POLICIES),
-                "default": "scaler",
-                "description": "scaler (CarbonScaler greedy), fixed (carbon-agnostic at "
-                "minReplicas), exact, suspend-resume, agnostic.",
-            },
-            "slotSeconds": _int(
-                10, 86400, default=3600, description="Slot length (the reference: one hour)."
-            ),
-            "carbonZone": {
-                "type": "string",
-                "maxLength": 64,
-                "description": "Grid zone to plan on; default the carbon source's.",
-            },
-            "replanThreshold": {
-                "type": "number",
-                "exclusiveMinimum": True,
-                "minimum": 0,
-                "exclusiveMaximum": True,
-                "maximum": 1,
-                "default": 0.05,
-                "description": "Re-plan when forecast or progress drift beyond this share.",
-            },
-            "safetyMargin": {
-                "type": "number",
-                "minimum": 0,
-                "exclusiveMaximum": True,
-                "maximum": 1,
-                "default": 0.05,
-                "description": "Extra share of the remaining work each plan covers.",
-            },
-            "rescaleOverheadSeconds": {
-                "type": "number",
-                "minimum": 0,
-                "default": 30,
-                "description": "Work time lost per rescale (checkpoint, stop, restart).",
-            },
-            "maxRelaunches": _int(
-                0, default=3, description="Relaunches after the Kubeflow job failed."
-            ),
-            "pauseMode": {
-                "type": "string",
-                "enum": ["Delete", "Suspend"],
-                "default": "Delete",
-                "description": "How a PyTorchJob pauses: Delete it (any training-operator "
-                "v1), or Suspend it with runPolicy.suspend (training-operator >= 1.7).",
-            },
-        },
-    }
+    schema = openapi_schema(CarbonScalerSpec)
+    schema["description"] = (
+        "The carbon-aware settings: carbonscaler.settings.JobSettings (the same fields as a "
+        "local job spec) and the operator's own."
+    )
+    return schema
 
 
 def _status() -> dict[str, Any]:

@@ -6,17 +6,27 @@ on first sight, the scaling profile — and returns a :class:`Decision`: the API
 perform on the Kubeflow job, the Events to post and the merge patch for the resource's status.
 No I/O happens here, so every transition is unit-testable and the handlers stay thin.
 
-**All state lives in the status**: the arrival time, the plan (absolute slots from arrival),
-the profile the plan was made with, progress, accounting and counters. An operator that
-restarts reads it back and continues every job where it was.
+**All state lives in the status**: the arrival time, the plan (the decision core's
+:class:`~carbonscaler.decision.Plans` in its saved form, absolute slots from arrival), the
+profile the plan was made with, progress, accounting, the intensity seen in every slot and the
+counters. An operator that restarts reads it back and continues every job where it was.
 
-The planning maths is the local controller's (:mod:`carbonscaler.control.controller`): a greedy
-plan that reserves the work rescales lose, covers a safety margin where the deadline leaves
-room, and is re-made from the true progress at slot boundaries when the forecast or the progress
-drifted beyond the threshold, or the job is behind. A carbon update between boundaries re-plans
-only the slots after the current one (a rescale costs tens of seconds of work, so the current
-slot keeps its level). Emissions are the profile's power ``P(k)`` times the intensity, labelled
-``estimated:profile``; the accounting service measures.
+**Every decision is the decision core's** (:mod:`carbonscaler.decision`), the code the local
+controller and CarbonAdvisor's what-if executor run too — nothing here re-implements it:
+
+* the first plan (and the plan after a spec edit, for the remaining work from the current slot)
+  is :func:`~carbonscaler.decision.first_plan`; an infeasible deadline fails the job;
+* re-plans happen only at slot boundaries (the first pass in a new slot), where
+  :func:`~carbonscaler.decision.review` checks the plan against the true progress and the
+  latest forecast; a carbon update between boundaries is used at the next boundary;
+* the level to run is :func:`~carbonscaler.decision.servers_now`: the plan's, the top level
+  past the deadline, or the level running when the job overruns its plan.
+
+Time is *job hours* since ``startTime``. Energy and emissions are the profile's power ``P(k)``
+over the time the workers ran, split at slot edges so each part is charged its own slot's
+intensity (:func:`~carbonscaler.accounting.integrate.charge_slots`; ``status.carbonBySlot``
+keeps the intensity seen in each slot), labelled ``estimated:profile``; the accounting service
+measures.
 
 Execution on Kubeflow:
 
@@ -41,6 +51,18 @@ from typing import Any
 
 import numpy as np
 
+from carbonscaler.accounting.integrate import charge_slots
+from carbonscaler.decision import (
+    Plans,
+    Progress,
+    Reason,
+    Rules,
+    first_plan,
+    next_change_h,
+    review,
+    servers_now,
+    slot_of,
+)
 from carbonscaler.kube.crd import MPI, PYTORCH, JobKind
 from carbonscaler.kube.operations import (
     ChildState,
@@ -51,9 +73,8 @@ from carbonscaler.kube.operations import (
     PatchChild,
 )
 from carbonscaler.kube.resources import child_body, replicas_patch, suspend_patch
-from carbonscaler.planner.batch import BatchPlan, batch_greedy_with_overhead
-from carbonscaler.planner.exact import plan_exact
-from carbonscaler.planner.model import FloatArray, Job, PlanningError, check_feasible
+from carbonscaler.planner.model import FloatArray, Job, PlanningError
+from carbonscaler.planner.policies import Policy
 from carbonscaler.profile import ProfileError, ScalingProfile
 
 __all__ = [
@@ -70,16 +91,9 @@ __all__ = [
     "reconcile",
 ]
 
-# The reference's policy names and the local runtime's, mapped to the planner's.
-_POLICY = {
-    "scaler": "carbonscaler",
-    "carbonscaler": "carbonscaler",
-    "fixed": "agnostic",
-    "agnostic": "agnostic",
-    "exact": "exact",
-    "suspend-resume": "suspend-resume",
-}
 # Status fields that change on every tick; alone, they are written at most this often.
+# The policy names a job may give: the reference's two and every runnable policy's own.
+_POLICY_NAMES = ("scaler", "fixed", *(p.value for p in Policy if p.runnable))
 _ACCOUNTING_FIELDS = frozenset(
     {
         "accountedUntil",
@@ -91,9 +105,6 @@ _ACCOUNTING_FIELDS = frozenset(
         "powerSource",
     }
 )
-# Behind the planned progress by more than this share of the work re-plans at a boundary;
-# passes come every few seconds, so a job is always a hair behind a plan that started on time.
-_BEHIND_SHARE = 0.01
 ACCOUNTING_WRITE_S = 60.0
 # A job that exits 0 below this reported progress was stopped, not finished.
 _DONE_PCT = 99.5
@@ -182,10 +193,15 @@ class Settings:
             )
         if (self.length_hours or self.work or 0.0) <= 0:
             raise SettingsError("carbonScalerSpec: lengthHours or work must be positive")
-        if self.policy not in _POLICY:
+        try:
+            policy: Policy | None = Policy.parse(self.policy)
+        except PlanningError:
+            policy = None
+        if policy is None or not policy.runnable:
+            what = "is unknown" if policy is None else "cannot run a job"
             raise SettingsError(
-                f"carbonScalerSpec.policy {self.policy!r} is unknown; use one of "
-                f"{', '.join(_POLICY)}"
+                f"carbonScalerSpec.policy {self.policy!r} {what}; use one of "
+                f"{', '.join(_POLICY_NAMES)}"
             )
         if self.slot_seconds < 10:
             raise SettingsError("carbonScalerSpec.slotSeconds must be at least 10")
@@ -223,7 +239,8 @@ class Settings:
 
     @property
     def planner_policy(self) -> str:
-        return _POLICY[self.policy]
+        """The policy's one name (``scaler`` → ``carbonscaler``, ``fixed`` → ``agnostic``)."""
+        return str(Policy.parse(self.policy))
 
 
 def settings_digest(resource: dict[str, Any]) -> str:
@@ -331,60 +348,22 @@ def _compact(servers: list[int]) -> str:
     return " ".join(runs)
 
 
-def _plan_work(
-    settings: Settings,
-    job: Job,
-    profile: ScalingProfile,
-    forecast: FloatArray,
-    target: float,
-    *,
-    previous: int,
-    started: bool,
-) -> BatchPlan:
-    """The policy's plan for ``target`` work over ``forecast`` (as the local controller)."""
-    policy = settings.planner_policy
-    if policy == "suspend-resume":
-        job = job.with_bounds(job.min_servers, job.min_servers)
-    ladder = job.ladder()
-    if policy == "exact" and not ladder.concave:
-        s = plan_exact(job.with_work(target), forecast)
-        n = len(forecast)
-        servers = np.zeros((1, n), dtype=np.int64)
-        servers[0, : len(s.servers)] = s.servers
-        fraction, after = np.ones((1, n)), servers.copy()
-        if s.partial_slot is not None:
-            fraction[0, s.partial_slot] = s.last_slot_fraction
-            after[0, s.partial_slot] = s.partial_servers_after
-        return BatchPlan(servers, fraction, after, np.array([True]))
-    return batch_greedy_with_overhead(
-        ladder,
-        forecast[None, :],
-        np.array([target / job.slot_hours]),
-        throughput=profile.throughput,
-        overhead_h=settings.overhead_s / 3600.0,
-        slot_hours=job.slot_hours,
-        previous=np.array([previous]),
-        started=np.array([started]),
-    )
+def _iso_precise(t: float) -> str:
+    """``_iso`` to the microsecond, for the accounting's saved point (passes land mid-second)."""
+    moment = datetime.fromtimestamp(t, UTC)
+    if moment.microsecond == 0:
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _agnostic_plan(job: Job, work: float, slots: int) -> BatchPlan:
-    """minReplicas from now until done (the reference's ``fixed``)."""
-    m = job.min_servers
-    need = work / (float(job.profile.throughput[m]) * job.slot_hours)
-    servers = np.zeros((1, slots), dtype=np.int64)
-    servers[0, : min(math.ceil(need - 1e-12), slots)] = m
-    fraction = np.ones((1, slots))
-    after = servers.copy()
-    whole = math.floor(need)
-    if whole < slots and need - whole > 1e-12:
-        fraction[0, whole] = need - whole
-        after[0, whole] = 0
-    return BatchPlan(servers, fraction, after, np.array([True]))
+def _rules(settings: Settings) -> Rules:
+    """The decision core's rules for these settings."""
+    return Rules(Policy.parse(settings.policy), settings.replan_threshold, settings.safety_margin)
 
 
-def _fastest(job: Job) -> int:
-    return int(job.ladder().levels[-1])
+def _overhead_h(settings: Settings) -> float:
+    """Job hours of work a rescale loses, as the plans reserve it."""
+    return settings.overhead_s / 3600.0
 
 
 class _Run:
@@ -501,40 +480,40 @@ def reconcile(obs: Observation) -> Decision:
         return run.finish()
     try:
         job = _job(settings, profile)
+        rules = _rules(settings)
     except (ProfileError, PlanningError) as exc:
         status["settingsDigest"] = digest
         return run.fail("InvalidSpec", str(exc))
 
-    start = _epoch(status.get("startTime")) or _epoch(run.meta.get("creationTimestamp")) or obs.now
+    start = _start_time(run)
     n = settings.deadline_slots
     status.setdefault("startTime", _iso(start))
     status["deadlineTime"] = _iso(start + n * settings.slot_seconds)
     status["slotSeconds"] = settings.slot_seconds
     status["workRequired"] = job.work
-    slot = max(math.floor((obs.now - start) / settings.slot_seconds + 1e-9), 0)
-    into = (obs.now - start) / settings.slot_seconds - slot
+    hours = max(obs.now - start, 0.0) / 3600.0  # job hours since arrival
+    slot, _ = slot_of(hours, job.slot_hours)
+    plans = _saved_plan(status)
 
-    _account(run, profile, settings)
+    _record_carbon(run, settings, start, slot)
+    _account(run, profile, settings, start, plans)
     done_pct = _progress(run, settings, job)
     work_done = done_pct / 100.0 * job.work
+    running = 0 if child is None or child.deleting or child.suspended else child.workers
+    started = int((status.get("child") or {}).get("launches", 0)) > 0
 
-    if "plan" not in status or status.get("settingsDigest") != digest:
+    if plans is None or status.get("settingsDigest") != digest:
         replanning = "plan" in status
         try:
-            _first_plan(run, settings, job, profile, slot, work_done)
+            plans = _first_plan(run, settings, job, rules, start, slot, work_done, plans)
         except PlanningError as exc:
             status["settingsDigest"] = digest
             return run.fail("Infeasible", str(exc))
         status["settingsDigest"] = digest
         if replanning:
             status["replans"] = int(status.get("replans", 0)) + 1
-    else:
-        if slot > int(status.get("slot", 0)):
-            _maybe_replan(run, settings, job, profile, slot, 0.0, work_done, boundary=True)
-        elif obs.carbon is not None and obs.carbon.received > (
-            _epoch(status["plan"].get("forecastTime")) or 0.0
-        ):
-            _maybe_replan(run, settings, job, profile, slot, into, work_done, boundary=False)
+    elif slot > int(status.get("slot", 0)):
+        _review(run, settings, job, rules, plans, start, slot, work_done, running, started)
     status["slot"] = slot
     run.condition("Created", True, "Planned", f"planned with policy {settings.policy}")
 
@@ -549,7 +528,7 @@ def reconcile(obs: Observation) -> Decision:
             )
             status["replicas"] = 0
             run.phase("Rescaling", "Interrupted", "relaunching after an outside stop")
-            _next_change(run, settings, start, slot, into, 0)
+            _next_change(run, plans, job, rules, start, hours, 0)
             return run.finish()
         return _succeeded(run, settings, start)
     if child is not None and not child.deleting and child.failed:
@@ -576,8 +555,8 @@ def reconcile(obs: Observation) -> Decision:
         run.phase("Rescaling", "Relaunching", "relaunching after a failure")
         return run.finish()
 
-    desired = _desired(status, slot, into, n, job)
-    if slot >= n and not status.get("pastDeadline"):
+    desired, why = servers_now(plans, job, rules, hours, running)
+    if Reason.LATE in why and not status.get("pastDeadline"):
         status["pastDeadline"] = True
         run.event(
             "Warning",
@@ -585,23 +564,29 @@ def reconcile(obs: Observation) -> Decision:
             f"the deadline ({status['deadlineTime']}) passed at {done_pct:.1f} %; running at "
             f"{desired} workers until done",
         )
-    running = 0 if child is None or child.deleting or child.suspended else child.workers
-    if desired == 0 and running > 0 and slot < n and not any(status["plan"]["servers"][slot + 1 :]):
+    if Reason.OVERRUN in why and not status.get("overrun"):
         # The plan's work is done but the job is not: it is slower than its profile. Stopping
-        # it now would leave it paused with nothing planned; let it finish at its size.
-        desired = running
-        if not status.get("overrun"):
-            status["overrun"] = True
-            run.event(
-                "Warning",
-                "Overrun",
-                f"the planned work is done but the job is not ({done_pct:.1f} %); keeping "
-                f"{running} workers until it finishes — report progress for better plans",
-            )
+        # it now would leave it paused with nothing planned; it finishes at its size.
+        status["overrun"] = True
+        run.event(
+            "Warning",
+            "Overrun",
+            f"the planned work is done but the job is not ({done_pct:.1f} %); keeping "
+            f"{running} workers until it finishes — report progress for better plans",
+        )
     status["desiredReplicas"] = desired
     _execute(run, settings, child, desired, slot)
-    _next_change(run, settings, start, slot, into, desired)
+    _next_change(run, plans, job, rules, start, hours, desired, overrun=Reason.OVERRUN in why)
     return run.finish()
+
+
+def _start_time(run: _Run) -> float:
+    """The job's arrival: the saved start, else the resource's creation, else now."""
+    for text in (run.status.get("startTime"), run.meta.get("creationTimestamp")):
+        at = _epoch(text)
+        if at is not None:
+            return at
+    return run.now
 
 
 def _profile(run: _Run, settings: Settings) -> ScalingProfile | None:
@@ -646,31 +631,60 @@ def _job(settings: Settings, profile: ScalingProfile) -> Job:
     )
 
 
-def _account(run: _Run, profile: ScalingProfile, settings: Settings) -> None:
-    """Energy and carbon since the last pass at the workers that ran (profile estimate)."""
+# -- carbon and accounting -------------------------------------------------------------------
+
+
+def _record_carbon(run: _Run, settings: Settings, start: float, slot: int) -> None:
+    """Keep the intensity of ``slot`` the first time a pass sees it with carbon data: the
+    snapshot's current value, or — for a snapshot from an earlier slot — its forecast for
+    this one."""
+    carbon = run.obs.carbon
+    if carbon is None:
+        return
+    seen: dict[str, float] = run.status.setdefault("carbonBySlot", {})
+    if str(slot) in seen:
+        return
+    issued = math.floor((carbon.received - start) / settings.slot_seconds + 1e-9)
+    if issued == slot:
+        seen[str(slot)] = float(carbon.intensity)
+    else:
+        seen[str(slot)] = float(carbon.ahead(run.now, start, settings.slot_seconds, 1)[0])
+
+
+def _account(
+    run: _Run, profile: ScalingProfile, settings: Settings, start: float, plans: Plans | None
+) -> None:
+    """Energy and carbon since the last pass at the workers that ran (profile estimate),
+    split at slot edges: each part at its slot's intensity as seen (``carbonBySlot``), or the
+    plan's forecast for a slot no pass saw with carbon data."""
     status = run.status
     since = _epoch(status.get("accountedUntil"))
-    status["accountedUntil"] = _iso(run.now)
+    status["accountedUntil"] = _iso_precise(run.now)
     status.setdefault("emissionsG", 0.0)
     status.setdefault("energyKWh", 0.0)
     status.setdefault("nominalWork", 0.0)
-    k = int(status.get("replicas", 0))
+    k = min(int(status.get("replicas", 0)), profile.max_servers)
     if since is None or k <= 0 or run.now <= since:
         return
-    hours = (run.now - since) / 3600.0
-    energy = float(profile.power_w[min(k, profile.max_servers)]) * hours / 1000.0
-    carbon = run.obs.carbon
-    if carbon is not None:
-        intensity = carbon.intensity
-    else:
-        plan = status.get("plan") or {}
-        forecast = plan.get("forecast") or [0.0]
-        intensity = float(forecast[min(int(status.get("slot", 0)), len(forecast) - 1)])
+    seen = status.get("carbonBySlot") or {}
+    forecast = plans.forecast[0] if plans is not None and plans.slots else np.zeros(1)
+
+    def intensity(slot: int) -> float:
+        value = seen.get(str(slot))
+        if value is not None:
+            return float(value)
+        return float(forecast[min(max(slot, 0), len(forecast) - 1)])
+
+    start_h, end_h = (since - start) / 3600.0, (run.now - start) / 3600.0
+    watts = float(profile.power_w[k])
+    energy = emissions = 0.0
+    for part in charge_slots(start_h, end_h, settings.slot_hours, watts, intensity):
+        energy += part.energy_kwh
+        emissions += part.emissions_g
     status["energyKWh"] = float(status["energyKWh"]) + energy
-    status["emissionsG"] = float(status["emissionsG"]) + energy * intensity
-    status["nominalWork"] = (
-        float(status["nominalWork"])
-        + float(profile.throughput[min(k, profile.max_servers)]) * hours
+    status["emissionsG"] = float(status["emissionsG"]) + emissions
+    status["nominalWork"] = float(status["nominalWork"]) + float(profile.throughput[k]) * (
+        end_h - start_h
     )
     status["powerSource"] = "estimated:profile"
 
@@ -689,230 +703,187 @@ def _progress(run: _Run, settings: Settings, job: Job) -> float:
     return pct
 
 
-def _observed_rate(status: dict[str, Any], work_done: float) -> float:
-    """Reported work per work the profile promised for the server-time so far (bounded)."""
-    nominal = float(status.get("nominalWork", 0.0))
-    if status.get("progressSource") != "reported" or nominal <= 0 or work_done <= 0:
-        return 1.0
-    return float(min(max(work_done / nominal, 0.25), 4.0))
+# -- plans -----------------------------------------------------------------------------------
 
 
-def _forecast(run: _Run, settings: Settings, slot: int, horizon: int) -> tuple[FloatArray, bool]:
+def _saved_plan(status: dict[str, Any]) -> Plans | None:
+    """The plan in the status, or None where there is none (or one an older operator saved
+    without the core's fields: it is re-made from the current slot, as after a spec edit)."""
+    saved = status.get("plan")
+    if not saved or "endSlot" not in saved:
+        return None
+    try:
+        return Plans.from_dict(saved)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _save_plan(run: _Run, plans: Plans, rules: Rules) -> None:
+    carbon = run.obs.carbon
+    run.status["plan"] = {
+        **plans.to_dict(),
+        "policy": str(rules.policy),
+        "forecastTime": _iso(carbon.received if carbon is not None else run.now),
+    }
+
+
+def _forecast(
+    run: _Run, settings: Settings, start: float, slot: int, horizon: int, old: Plans | None
+) -> tuple[FloatArray, bool]:
     """The forecast for ``horizon`` slots from ``slot``, and whether it is a stand-in.
 
-    Without carbon data the last plan's forecast stands in; with no plan either, a flat one
-    (earliest slots first) — a job re-plans as soon as data arrive rather than let its
-    deadline run out waiting.
+    Without carbon data the old plan's forecast stands in (after a spec edit); with no plan
+    either, a flat one (earliest slots first) — the next slot boundary with data re-plans.
     """
     carbon = run.obs.carbon
     if carbon is not None:
-        start = _epoch(run.status.get("startTime")) or run.now
         return carbon.ahead(run.now, start, settings.slot_seconds, horizon), False
-    known = list((run.status.get("plan") or {}).get("forecast") or [])[slot : slot + horizon]
+    known = [] if old is None else [float(x) for x in old.forecast[0, slot : slot + horizon]]
     if not known:
         return np.ones(horizon), True
     known += [known[-1]] * (horizon - len(known))
     return np.asarray(known, dtype=np.float64), True
 
 
-def _install(
-    run: _Run,
-    settings: Settings,
-    job: Job,
-    first: int,
-    plans: BatchPlan,
-    forecast: FloatArray,
-    *,
-    start_work: float,
-    observed: float,
-    degraded: bool,
-) -> None:
-    n = settings.deadline_slots
-    plan = run.status.setdefault("plan", {})
-    for key, fill in (("servers", 0), ("fraction", 1.0), ("after", 0), ("forecast", 0.0)):
-        values = list(plan.get(key) or [])
-        plan[key] = (values + [fill] * n)[:n]
-    done = list(plan.get("plannedDone") or [])
-    plan["plannedDone"] = (done + [0.0] * (n + 1))[: n + 1]
-    tp = job.profile.throughput
-    servers, fraction, after = plans.servers[0], plans.fraction[0], plans.after[0]
-    for i in range(first, n):
-        j = i - first
-        plan["servers"][i] = int(servers[j])
-        plan["fraction"][i] = float(fraction[j])
-        plan["after"][i] = int(after[j])
-        plan["forecast"][i] = float(forecast[j])
-    work = (tp[after] + (tp[servers] - tp[after]) * fraction) * job.slot_hours * observed
-    cumulative = start_work + np.cumsum(work)
-    plan["plannedDone"][first] = start_work
-    plan["plannedDone"][first + 1 : n + 1] = [float(x) for x in cumulative[: n - first]]
-    plan["policy"] = settings.planner_policy
-    plan["madeAtSlot"] = first
-    carbon = run.obs.carbon
-    plan["forecastTime"] = _iso(carbon.received if carbon is not None else run.now)
-    run.status["degraded"] = degraded
+def _from_slot(made: Plans, n: int, slot: int, work_done: float, old: Plans | None) -> Plans:
+    """``made`` — a plan for the slots from ``slot`` on, from no work done — as a plan from
+    arrival: the old plan's earlier slots in front (history), the promised progress counted
+    from ``work_done``."""
+    plans = Plans.empty(1, n)
+    if old is not None:
+        past = min(slot, old.slots)
+        plans.servers[0, :past] = old.servers[0, :past]
+        plans.fraction[0, :past] = old.fraction[0, :past]
+        plans.after[0, :past] = old.after[0, :past]
+        plans.forecast[0, :past] = old.forecast[0, :past]
+    plans.planned_done[0, :slot] = work_done
+    plans.servers[0, slot:] = made.servers[0]
+    plans.fraction[0, slot:] = made.fraction[0]
+    plans.after[0, slot:] = made.after[0]
+    plans.forecast[0, slot:] = made.forecast[0]
+    plans.planned_done[0, slot:] = work_done + made.planned_done[0]
+    plans.margin[0] = made.margin[0]
+    plans.made_at[0] = slot
+    plans.end_slot[0] = slot + made.end_slot[0]
+    return plans
 
 
 def _first_plan(
     run: _Run,
     settings: Settings,
     job: Job,
-    profile: ScalingProfile,
+    rules: Rules,
+    start: float,
     slot: int,
     work_done: float,
-) -> None:
-    """Plan (or, after a spec edit, re-plan) the whole remaining job from ``slot``.
+    old: Plans | None,
+) -> Plans:
+    """The core's first plan of the work still to do over the slots still left (from arrival,
+    or after a spec edit from the current slot); saved in the status and announced.
 
     Raises:
         InfeasibleError: if the deadline cannot be met even at maxReplicas.
+        PlanningError: if the deadline has passed.
     """
     n = settings.deadline_slots
     horizon = n - slot
-    remaining = job.work - work_done
     if horizon <= 0:
         raise PlanningError(
             f"the deadline ({n} slots) has already passed; raise carbonScalerSpec.deadline"
         )
-    policy = settings.planner_policy
-    check_job = job.with_work(remaining)
-    if policy == "suspend-resume":
-        check_job = check_job.with_bounds(job.min_servers, job.min_servers)
-    if policy != "agnostic":
-        check_feasible(check_job, check_job.ladder(), horizon, policy=settings.policy)
-    forecast, degraded = _forecast(run, settings, slot, horizon)
-    started = int((run.status.get("child") or {}).get("launches", 0)) > 0
-    previous = int(run.status.get("replicas", 0))
-    if policy == "agnostic":
-        plans = _agnostic_plan(job, remaining, horizon)
-        margin = 1.0
-    else:
-        margin = 1.0 + settings.safety_margin
-        plans = _plan_work(
-            settings, job, profile, forecast, remaining * margin, previous=previous, started=started
-        )
-        if not plans.feasible[0]:  # no room for the margin: plan the bare work
-            margin = 1.0
-            plans = _plan_work(
-                settings, job, profile, forecast, remaining, previous=previous, started=started
-            )
-    _install(
-        run,
-        settings,
-        job,
-        slot,
-        plans,
-        forecast,
-        start_work=work_done,
-        observed=1.0 / margin,
-        degraded=degraded,
-    )
-    servers = run.status["plan"]["servers"][slot:]
-    note = " (no carbon data yet: planned on a flat forecast)" if degraded else ""
+    forecast, degraded = _forecast(run, settings, start, slot, horizon, old)
+    rest = job if work_done <= 0 else job.with_work(max(job.work - work_done, job.work * 1e-9))
+    made = first_plan(rest, rules, forecast, overhead_h=_overhead_h(settings))
+    plans = _from_slot(made.plans, n, slot, work_done, old)
+    _save_plan(run, plans, rules)
+    run.status["degraded"] = degraded
+    notes = ""
+    if Reason.NO_MARGIN in made.reasons:
+        notes += "; no room for the safety margin: the bare work is planned"
+    if Reason.OUT_OF_REACH in made.reasons:
+        notes += "; out of reach with the rescales it needs: top level until done"
+    if degraded:
+        notes += " (no carbon data yet: planned on a flat forecast)"
     run.event(
         "Normal",
         "Planned",
-        f"{settings.policy}: workers per slot from slot {slot}: {_compact(servers)}; "
-        f"deadline {run.status['deadlineTime']}{note}",
+        f"{settings.policy}: workers per slot from slot {slot}: "
+        f"{_compact(made.servers)}; deadline {run.status['deadlineTime']}{notes}",
     )
+    return plans
 
 
-def _maybe_replan(
+def _review(
     run: _Run,
     settings: Settings,
     job: Job,
-    profile: ScalingProfile,
+    rules: Rules,
+    plans: Plans,
+    start: float,
     slot: int,
-    into: float,
     work_done: float,
-    *,
-    boundary: bool,
+    running: int,
+    started: bool,
 ) -> None:
-    """Re-plan from true progress when the forecast or progress drifted (see module doc)."""
+    """The first pass in a new slot: the core reviews the plan against the true progress and
+    the latest forecast (none without carbon data: the plan stands) and may re-plan."""
     status = run.status
-    plan = status["plan"]
     n = settings.deadline_slots
-    if settings.planner_policy == "agnostic" or slot >= n:
-        return
-    first = slot if boundary else slot + 1
-    if first >= n:
-        return
-    horizon = n - first
-    forecast_now, degraded = _forecast(run, settings, slot, n - slot)
-    forecast = forecast_now[first - slot :]
-    expected = np.asarray(plan["forecast"][first:], dtype=np.float64)
-    threshold = settings.replan_threshold
-    # An estimated progress follows the plan by construction: only reports can show drift.
-    reported = status.get("progressSource") == "reported"
-    gap = work_done - float(plan["plannedDone"][slot]) if boundary and reported else 0.0
-    behind = boundary and gap < -_BEHIND_SHARE * job.work
-    drift = boundary and abs(gap) > threshold * job.work
-    changed = not degraded and (
-        bool(status.get("degraded"))
-        or bool(np.any(np.abs(forecast - expected) > threshold * np.maximum(expected, 1e-9)))
+    if slot >= n:
+        return  # past the deadline nothing is planned: the top level runs until done
+    carbon = run.obs.carbon
+    forecast = (
+        None if carbon is None else carbon.ahead(run.now, start, settings.slot_seconds, n - slot)
     )
-    if not (behind or drift or changed):
-        if run.obs.carbon is not None:
-            plan["forecastTime"] = _iso(run.obs.carbon.received)
+    status["degraded"] = carbon is None
+    if status.get("progressSource") == "reported":
+        progress = Progress(work_done, float(status.get("nominalWork", 0.0)), running, started)
+    else:
+        # An estimate follows the plan by construction: only forecast changes can re-plan.
+        progress = Progress(float(plans.planned_done[0, slot]), 0.0, running, started)
+    reasons = review(plans, job, rules, slot, progress, forecast, overhead_h=_overhead_h(settings))
+    if not reasons:
         return
-    level = int(status.get("desiredReplicas", 0))
-    observed = _observed_rate(status, work_done)
-    # Mid-slot, the rest of this slot keeps its level; credit the work it will still do.
-    credit = 0.0 if boundary else float(job.profile.throughput[level]) * job.slot_hours * (1 - into)
-    credit *= observed
-    remaining = max(job.work - work_done - credit, job.work * 1e-6)
-    margin = 1.0 + settings.safety_margin
-    started = int((status.get("child") or {}).get("launches", 0)) > 0
-    plans = _plan_work(
-        settings, job, profile, forecast, remaining / observed * margin, previous=level,
-        started=started,
-    )  # fmt: skip
-    if not plans.feasible[0]:
-        margin = 1.0
-        plans = _plan_work(
-            settings, job, profile, forecast, remaining / observed, previous=level,
-            started=started,
-        )  # fmt: skip
-    behind_note = ""
-    if not plans.feasible[0]:
-        top = _fastest(job)
-        plans = BatchPlan(
-            np.full((1, horizon), top),
-            np.ones((1, horizon)),
-            np.full((1, horizon), top),
-            np.array([True]),
-        )
-        behind_note = f"; behind: running at {top} workers until done"
-        run.event(
-            "Warning", "Behind", f"the deadline is out of reach at the planned pace{behind_note}"
-        )
-    _install(
-        run,
-        settings,
-        job,
-        first,
-        plans,
-        forecast,
-        start_work=work_done + credit,
-        observed=observed / margin,
-        degraded=degraded,
-    )
+    _save_plan(run, plans, rules)
     status["replans"] = int(status.get("replans", 0)) + 1
-    why = [w for w, hit in (("behind", behind), ("drift", drift), ("forecast", changed)) if hit]
+    servers = [int(x) for x in plans.servers[0, slot:]]
+    if Reason.OUT_OF_REACH in reasons:
+        run.event(
+            "Warning",
+            "Behind",
+            f"slot {slot}: the deadline is out of reach at the planned pace "
+            f"({status['progress']:.1f} % done); running at {servers[0]} workers until done",
+        )
     run.event(
         "Normal",
         "Replanned",
-        f"slot {slot} ({', '.join(why)}; {run.status['progress']:.1f} % done): workers per "
-        f"slot from slot {first}: {_compact(run.status['plan']['servers'][first:])}",
+        f"slot {slot} ({', '.join(reasons.words)}; {status['progress']:.1f} % done): workers "
+        f"per slot from slot {slot}: {_compact(servers)}",
     )
 
 
-def _desired(status: dict[str, Any], slot: int, into: float, n: int, job: Job) -> int:
-    if slot >= n:
-        return _fastest(job)  # late: finish as fast as possible
-    plan = status["plan"]
-    if into < float(plan["fraction"][slot]):
-        return int(plan["servers"][slot])
-    return int(plan["after"][slot])
+def _next_change(
+    run: _Run,
+    plans: Plans,
+    job: Job,
+    rules: Rules,
+    start: float,
+    hours: float,
+    current: int,
+    *,
+    overrun: bool = False,
+) -> None:
+    """The next planned change of worker count (for ``kubectl get`` and the user); none past
+    the deadline or while the job overruns its plan (it runs until done)."""
+    at = None if overrun else next_change_h(plans, 0, hours, current, job)
+    if at is None:
+        run.status.pop("nextChange", None)
+        return
+    level, _ = servers_now(plans, job, rules, at, 0)  # the plan's level then
+    run.status["nextChange"] = {"time": _iso(start + at * 3600.0), "replicas": level}
+
+
+# -- execution -------------------------------------------------------------------------------
 
 
 def _execute(
@@ -1018,31 +989,6 @@ def _execute(
     status["replicas"] = running
     if status.get("phase") != "Running":
         run.phase("Running", "Running", f"running at {running} workers")
-
-
-def _next_change(
-    run: _Run, settings: Settings, start: float, slot: int, into: float, current: int
-) -> None:
-    """The next planned change of worker count (for ``kubectl get`` and the user)."""
-    plan = run.status["plan"]
-    n = settings.deadline_slots
-    found: dict[str, Any] | None = None
-    for i in range(slot, n):
-        points = [(float(i), int(plan["servers"][i]))]
-        if float(plan["fraction"][i]) < 1.0:
-            points.append((i + float(plan["fraction"][i]), int(plan["after"][i])))
-        for at, level in points:
-            if at < slot + into - 1e-9 and i == slot:
-                continue
-            if level != current:
-                found = {"time": _iso(start + at * settings.slot_seconds), "replicas": level}
-                break
-        if found:
-            break
-    if found is None:
-        run.status.pop("nextChange", None)
-    else:
-        run.status["nextChange"] = found
 
 
 def _succeeded(run: _Run, settings: Settings, start: float) -> Decision:
