@@ -443,6 +443,7 @@ def test_pause_and_resume(server: FakeApiServer) -> None:
     plan = resource["status"]["plan"]
     plan["servers"][3] = plan["after"][3] = 0
     plan["servers"][4] = plan["after"][4] = 1
+    plan["endSlot"] = 5.0  # the forged plan's last server stops at the end of slot 4
     server.put(h.path, resource)
     h.ctx.statuses.clear()
     paused = h.run(handlers.on_timer, at=T0 + 3 * HOUR + 5)
@@ -467,7 +468,8 @@ def test_progress_update_replans_from_the_reported_progress(server: FakeApiServe
     requests = h.run(handlers.on_update, at=T0 + 3 * HOUR + 5)
     status = status_patch(requests)
     assert status["progressSource"] == "reported" and status["progress"] == 5.0
-    assert "Replanned" in [e["reason"] for e in events(requests)]
+    assert [e["reason"] for e in events(requests)] == ["Replanned"]
+    assert status["replans"] == 1 and status["plan"]["madeAtSlot"] == 3
 
 
 def test_progress_reporter_merge_patches_the_resource(

@@ -342,6 +342,7 @@ def test_pause_deletes_and_resume_recreates() -> None:
     plan = cluster.resource["status"]["plan"]
     plan["servers"][3] = plan["after"][3] = 0
     plan["servers"][4] = plan["after"][4] = 1
+    plan["endSlot"] = 5.0  # the forged plan's last server stops at the end of slot 4
     paused = cluster.step(T0 + 3 * HOUR + 5, snapshot=carbon(T0 + 2 * HOUR + 5))
     assert paused.operations == [DeleteChild("nbody")]
     assert reasons(paused) == ["Paused"]
@@ -364,6 +365,7 @@ def test_pytorch_suspend_mode_pauses_without_deleting() -> None:
     plan = cluster.resource["status"]["plan"]
     plan["servers"][3] = plan["after"][3] = 0
     plan["servers"][4] = plan["after"][4] = 2
+    plan["endSlot"] = 5.0
     paused = cluster.step(T0 + 3 * HOUR + 5, snapshot=carbon(T0 + 2 * HOUR + 5))
     assert paused.operations == [PatchChild("nbody", {"spec": {"runPolicy": {"suspend": True}}})]
     resumed = cluster.step(T0 + 4 * HOUR + 5, snapshot=carbon(T0 + 2 * HOUR + 5))
@@ -381,41 +383,105 @@ def test_pytorch_suspend_mode_pauses_without_deleting() -> None:
 
 
 def test_progress_behind_at_a_boundary_replans() -> None:
-    cluster = run_to_slot2()
+    cluster = run_to_slot2()  # 4 workers in slot 2: the plan promises all 4 units by slot 3
     cluster.resource["carbonScalerSpec"]["progress"] = 5.0  # far behind the plan
     decision = cluster.step(T0 + 3 * HOUR + 5)
-    assert "Replanned" in reasons(decision)
+    assert reasons(decision) == ["Replanned"]
     assert decision.status["progressSource"] == "reported"
     assert decision.status["replans"] == 1
-    message = decision.events[reasons(decision).index("Replanned")].message
-    assert "behind" in message
+    (event,) = decision.events
+    assert event.message == "slot 3 (behind; 5.0 % done): workers per slot from slot 3: 4×4 0"
+    # 0.2 units done for 4 the profile promised: the rate (bounded at 0.25) stretches the
+    # remaining 3.8 units to 15.2 units of the profile's, four slots at 4 workers.
+    plan = decision.status["plan"]
+    assert plan["servers"] == [0, 0, 4, 4, 4, 4, 4, 0]
+    assert plan["madeAtSlot"] == 3
+    assert plan["plannedDone"][3] == pytest.approx(0.2)
+    assert decision.operations == [] and decision.status["desiredReplicas"] == 4
 
 
-def test_carbon_update_mid_slot_replans_the_following_slots() -> None:
+def test_estimated_progress_follows_the_plan_and_never_replans() -> None:
+    cluster = run_to_slot2()  # no progress reports: the estimate follows the plan
+    plan = cluster.resource["status"]["plan"]
+    decision = cluster.step(T0 + 3 * HOUR + 5)
+    assert "Replanned" not in reasons(decision)
+    assert decision.status["progressSource"] == "estimated"
+    assert decision.status["plan"] == plan
+
+
+def test_out_of_reach_runs_at_the_top_level_and_warns() -> None:
+    cluster = run_to_slot2()
+    cluster.resource["carbonScalerSpec"]["progress"] = 5.0
+    # The operator was away for four slots; 0.2 of 4 units done, two slots left.
+    decision = cluster.step(T0 + 6 * HOUR + 5)
+    assert reasons(decision) == ["Behind", "Replanned"]
+    behind, replanned = decision.events
+    assert behind.type == "Warning"
+    assert behind.message == (
+        "slot 6: the deadline is out of reach at the planned pace (5.0 % done); running at 4 "
+        "workers until done"
+    )
+    assert replanned.message.startswith("slot 6 (behind, out-of-reach; 5.0 % done)")
+    assert decision.status["plan"]["servers"][6:] == [4, 4]
+    assert decision.status["desiredReplicas"] == 4 and decision.operations == []
+
+
+def test_a_carbon_update_mid_slot_is_used_at_the_next_boundary() -> None:
     cluster = Cluster(MPI, mpi_resource())
-    cluster.step(T0 + 1)
-    # A new forecast half-way through slot 0: slots 5 and 6 became the clean ones.
+    planned = cluster.step(T0 + 1).status["plan"]
+    assert planned["servers"] == [0, 0, 4, 0, 0, 0, 0, 0]
+    # A new forecast half-way through slot 0: slot 5 became the clean one.
     news = (500.0, 480.0, 600.0, 610.0, 520.0, 50.0, 60.0, 540.0)
-    decision = cluster.step(T0 + 1800, snapshot=carbon(T0 + 1800, news))
-    assert reasons(decision) == ["Replanned"]
-    servers = decision.status["plan"]["servers"]
-    assert servers[0] == 0  # the current slot keeps its level
-    assert servers[2] == servers[3] == 0 and servers[5] > 0
-    unchanged = cluster.step(T0 + 1900, snapshot=carbon(T0 + 1800, news))
-    assert "Replanned" not in reasons(unchanged)
+    mid = cluster.step(T0 + 1800, snapshot=carbon(T0 + 1800, news))
+    assert mid.events == [] and mid.operations == []
+    assert mid.status["plan"] == planned  # no re-plan between boundaries
+    boundary = cluster.step(T0 + HOUR + 5, snapshot=carbon(T0 + HOUR + 5, news))
+    assert reasons(boundary) == ["Replanned"]
+    assert boundary.events[0].message == (
+        "slot 1 (forecast; 0.0 % done): workers per slot from slot 1: 0×4 4 0×2"
+    )
+    plan = boundary.status["plan"]
+    assert plan["servers"] == [0, 0, 0, 0, 0, 4, 0, 0]
+    assert plan["forecast"][1:] == list(news[1:]) and plan["madeAtSlot"] == 1
+    assert boundary.status["replans"] == 1
+    again = cluster.step(T0 + HOUR + 600, snapshot=carbon(T0 + HOUR + 5, news))
+    assert again.events == [] and again.status["plan"] == plan
 
 
-def test_no_carbon_data_plans_flat_and_replans_when_data_arrive() -> None:
-    cluster = Cluster(MPI, mpi_resource())
+def test_no_carbon_data_plans_flat_and_replans_at_the_next_boundary_with_data() -> None:
+    cluster = Cluster(MPI, mpi_resource(lengthHours=8))
     obs = Observation(MPI, copy.deepcopy(cluster.resource), T0 + 1, profile=PROFILE)
     first = reconcile(obs)
     assert first.status["degraded"] is True
-    assert "flat forecast" in first.events[0].message
+    assert first.status["plan"]["servers"] == [4, 4, 0, 0, 0, 0, 0, 0]  # earliest slots first
+    assert first.events[0].message.endswith("(no carbon data yet: planned on a flat forecast)")
     cluster.resource["status"] = first.status
-    cluster.child = copy.deepcopy(first.operations[0].body) if first.operations else None
-    later = cluster.step(T0 + 60)
-    assert "Replanned" in reasons(later)
+    (create,) = first.operations
+    assert isinstance(create, CreateChild)
+    cluster.child = copy.deepcopy(create.body)
+    # Data arrive mid-slot: the plan stands until the boundary.
+    mid = cluster.step(T0 + 60)
+    assert "Replanned" not in reasons(mid) and mid.status["degraded"] is True
+    # Slot 1: the estimate follows the plan, so only the forecast can re-plan, and it changed.
+    later = cluster.step(T0 + HOUR + 5)
+    assert reasons(later) == ["Replanned", "Paused"]  # the rest goes to clean slot 2
+    assert later.events[0].message == (
+        "slot 1 (forecast; 50.1 % done): workers per slot from slot 1: 0 4 0×5"
+    )
+    assert later.status["plan"]["servers"] == [4, 0, 4, 0, 0, 0, 0, 0]
     assert later.status["degraded"] is False
+
+
+def test_a_job_done_by_the_estimate_is_not_replanned_and_keeps_running() -> None:
+    cluster = Cluster(MPI, mpi_resource())
+    flat = (100.0,) * 8
+    cluster.step(T0 + 1, snapshot=carbon(T0 + 1, flat))  # 4 workers in slot 0: all the work
+    # Slot 1, a changed forecast: the plan's work is done by the estimate, not the job's.
+    news = (100.0, 300.0, 50.0, 100.0, 100.0, 100.0, 100.0, 100.0)
+    decision = cluster.step(T0 + HOUR + 5, snapshot=carbon(T0 + HOUR + 5, news))
+    assert reasons(decision) == ["Overrun"]
+    assert decision.status["progress"] == 99.0 and decision.operations == []
+    assert decision.status["desiredReplicas"] == 4
 
 
 def test_accounting_uses_profile_power_and_is_written_at_most_every_minute() -> None:
@@ -435,6 +501,87 @@ def test_accounting_uses_profile_power_and_is_written_at_most_every_minute() -> 
         "accountedUntil", "emissionsG", "energyKWh", "nominalWork", "workDone", "progress",
         "revision", "powerSource",
     }  # fmt: skip
+
+
+def test_accounting_splits_at_slot_edges_at_each_slots_intensity() -> None:
+    cluster = run_to_slot2()  # 4 workers (240 W) from T0 + 2 h + 5 s; slot 2 seen at 100
+    assert cluster.resource["status"]["carbonBySlot"] == {"0": 500.0, "1": 480.0, "2": 100.0}
+    # The next pass comes 600 s into slot 3 with slot 3's snapshot (110).
+    decision = cluster.step(T0 + 3 * HOUR + 600)
+    in_slot2, in_slot3 = (HOUR - 5) / HOUR, 600 / HOUR
+    assert decision.status["energyKWh"] == pytest.approx(0.24 * (in_slot2 + in_slot3))
+    assert decision.status["emissionsG"] == pytest.approx(
+        0.24 * (in_slot2 * 100.0 + in_slot3 * 110.0)
+    )
+    assert decision.status["nominalWork"] == pytest.approx(4.0 * (in_slot2 + in_slot3))
+    assert decision.status["carbonBySlot"]["3"] == 110.0
+
+
+def test_accounting_falls_back_to_the_plans_forecast_for_unseen_slots() -> None:
+    cluster = run_to_slot2()
+    # No pass in slots 3 and 4 (the operator was down); slot 5 seen at 510.
+    decision = cluster.step(T0 + 5 * HOUR)
+    status = decision.status
+    assert status["carbonBySlot"] == {"0": 500.0, "1": 480.0, "2": 100.0, "5": 510.0}
+    plan_forecast = status["plan"]["forecast"]  # 110 and 520 for slots 3 and 4
+    expected = 0.24 * ((HOUR - 5) / HOUR * 100.0 + plan_forecast[3] + plan_forecast[4])
+    assert status["emissionsG"] == pytest.approx(expected)
+
+
+def test_a_stale_snapshot_records_its_forecast_for_the_slot() -> None:
+    cluster = run_to_slot2()
+    stale = CarbonSnapshot(100.0, (100.0, 111.0, 520.0), T0 + 2 * HOUR + 5)
+    decision = cluster.step(T0 + 3 * HOUR + 5, snapshot=stale)
+    assert decision.status["carbonBySlot"]["3"] == 111.0
+
+
+def test_a_spec_edit_mid_run_replans_the_remaining_work_from_the_current_slot() -> None:
+    cluster = run_to_slot2()
+    cluster.resource["carbonScalerSpec"]["progress"] = 50.0
+    cluster.resource["carbonScalerSpec"]["deadline"] = 7
+    decision = cluster.step(T0 + 3 * HOUR + 5)
+    assert reasons(decision) == ["Planned", "Rescaling"]
+    assert decision.events[0].message == (
+        "scaler: workers per slot from slot 3: 2 0×3; deadline 2023-11-15T05:13:20Z"
+    )
+    plan = decision.status["plan"]
+    # Slots 0-2 as they were; the 2 units left in the cleanest remaining slot (3, at 110).
+    assert plan["servers"] == [0, 0, 4, 2, 0, 0, 0]
+    assert plan["madeAtSlot"] == 3 and plan["plannedDone"][3] == pytest.approx(2.0)
+    assert plan["endSlot"] == pytest.approx(4.0)
+    assert decision.status["replans"] == 1
+    assert decision.status["desiredReplicas"] == 2
+    assert decision.operations == [DeleteChild("nbody")]  # MPI: relaunch at 2 workers
+
+
+def test_every_status_field_is_declared_in_the_crd() -> None:
+    """A structural schema prunes undeclared fields: everything written must be declared."""
+    from carbonscaler.kube.crd import crd_manifest
+
+    schema = crd_manifest(MPI)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    status_schema = schema["properties"]["status"]
+
+    def undeclared(value: Any, node: dict[str, Any], path: str) -> list[str]:
+        if isinstance(value, dict):
+            if node.get("x-kubernetes-preserve-unknown-fields"):
+                return []
+            if "additionalProperties" in node:
+                extra = node["additionalProperties"]
+                return [p for k, v in value.items() for p in undeclared(v, extra, f"{path}.{k}")]
+            props = node.get("properties", {})
+            missing = [f"{path}.{k}" for k in value if k not in props]
+            return missing + [
+                p for k, v in value.items() if k in props
+                for p in undeclared(v, props[k], f"{path}.{k}")
+            ]  # fmt: skip
+        if isinstance(value, list) and "items" in node:
+            return [p for v in value for p in undeclared(v, node["items"], f"{path}[]")]
+        return []
+
+    cluster = run_to_slot2()
+    cluster.resource["carbonScalerSpec"]["progress"] = 5.0
+    status = cluster.step(T0 + 6 * HOUR + 5).status
+    assert undeclared(status, status_schema, "status") == []
 
 
 def test_operator_restart_continues_from_the_status_alone() -> None:
@@ -494,8 +641,12 @@ def test_past_the_deadline_runs_flat_out_and_warns_once() -> None:
     cluster = Cluster(MPI, mpi_resource(deadline=2, lengthHours=1))
     cluster.step(T0 + 1)
     late = cluster.step(T0 + 2 * HOUR + 5, snapshot=CarbonSnapshot(500.0, (500.0,), T0 + 2 * HOUR))
-    assert "DeadlineMissed" in reasons(late)
+    assert reasons(late) == ["DeadlineMissed", "Started"]
+    assert late.events[0].message == (
+        "the deadline (2023-11-15T00:13:20Z) passed at 0.0 %; running at 4 workers until done"
+    )
     assert late.status["desiredReplicas"] == 4
+    assert "nextChange" not in late.status
     again = cluster.step(
         T0 + 2 * HOUR + 15, snapshot=CarbonSnapshot(500.0, (500.0,), T0 + 2 * HOUR)
     )

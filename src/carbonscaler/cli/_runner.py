@@ -94,7 +94,8 @@ def _profile_and_work(
         else:
             assert spec.length_hours is not None
             work = spec.length_hours * float(profile.throughput[spec.min_replicas])
-        return profile, work, env, f"file:{spec.profile}"
+        kind = "file" if spec.profile.endswith(".csv") else "parametric"
+        return profile, work, env, f"{kind}:{spec.profile}"
     result = profile_workload(
         spec.workload.command_template,
         Path(spec.checkpoint_dir) / "profiling",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -153,6 +154,8 @@ def simulate(spec: JobSpec, *, as_json: bool, report_dir: Path | None) -> RunRep
     """
     controller = build_simulation(spec)
     report = controller.run()
+    note = "simulated: the controller on a virtual clock, the workload following its profile"
+    report = dataclasses.replace(report, notes=[*report.notes, note])
     written = write_run_report(report, report_dir, spec.slot_hours) if report_dir else []
     _print_report(controller, report, as_json=as_json, written=written)
     return report
@@ -169,6 +172,13 @@ def run_command(
             "follows the profile (no processes): what the job will do, in under a second.",
         ),
     ] = False,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            help="Use this profile instead of the spec's: a CSV (nodes,throughput,power) or a "
+            "parametric shape such as 'amdahl:0.1' (a simulation needs one if the spec says auto)."
+        ),
+    ] = None,
     report_dir: Annotated[
         Path | None,
         typer.Option(
@@ -180,12 +190,29 @@ def run_command(
 
     Re-running the same spec after an interruption resumes the job where it was.
     """
-    _run(job=job, as_json=as_json, report_dir=report_dir, simulate_only=simulate_only)
+    _run(
+        job=job,
+        as_json=as_json,
+        report_dir=report_dir,
+        simulate_only=simulate_only,
+        profile=profile,
+    )
 
 
 @user_errors
-def _run(*, job: Path, as_json: bool, report_dir: Path | None, simulate_only: bool) -> None:
+def _run(
+    *,
+    job: Path,
+    as_json: bool,
+    report_dir: Path | None,
+    simulate_only: bool,
+    profile: str | None,
+) -> None:
     spec = load_job_spec(job)
+    if profile is not None:
+        if profile.endswith(".csv"):
+            profile = str(Path(profile).resolve())
+        spec = spec.model_copy(update={"profile": profile})
     if simulate_only:
         simulate(spec, as_json=as_json, report_dir=report_dir)
         return

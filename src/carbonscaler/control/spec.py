@@ -92,7 +92,6 @@ class Workload(BaseModel):
         return f"{{python}} -m {self.module} {self.args}".strip()
 
 
-
 class CarbonSource(BaseModel):
     """Where carbon intensity comes from: exactly one of a trace file, an offline dataset
     zone, the carbon service, or a live provider."""

@@ -346,9 +346,16 @@ def _status() -> dict[str, Any]:
                     "after": {"type": "array", "items": integer},
                     "forecast": {"type": "array", "items": number},
                     "plannedDone": {"type": "array", "items": number},
+                    "margin": number,
                     "madeAtSlot": integer,
+                    "endSlot": number,
                     "forecastTime": time,
                 },
+            },
+            "carbonBySlot": {
+                "type": "object",
+                "description": "gCO2eq/kWh seen in each slot (by slot number), for accounting.",
+                "additionalProperties": number,
             },
             "profile": {
                 "type": "object",

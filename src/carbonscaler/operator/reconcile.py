@@ -841,6 +841,10 @@ def _review(
     else:
         # An estimate follows the plan by construction: only forecast changes can re-plan.
         progress = Progress(float(plans.planned_done[0, slot]), 0.0, running, started)
+    if progress.work_done >= job.work * (1 - 1e-9):
+        # Nothing is left to plan (reported done, awaiting the Kubeflow job's Succeeded, or
+        # the estimate has used up the plan): the job keeps its workers until it ends.
+        return
     reasons = review(plans, job, rules, slot, progress, forecast, overhead_h=_overhead_h(settings))
     if not reasons:
         return
