@@ -20,7 +20,6 @@ from carbonscaler.backends.base import WorkloadState
 from carbonscaler.backends.simulated import SimulatedBackend
 from carbonscaler.cli import app
 from carbonscaler.cli._runner import build_simulation
-from carbonscaler.clock import VirtualClock
 from carbonscaler.control import CarbonUnavailable, Controller, JobSpec, ReplayFeed, StateStore
 from carbonscaler.control.controller import RunReport
 from carbonscaler.forecast import ForecastSpec
@@ -228,26 +227,7 @@ def sim_controller(
     **over: Any,
 ) -> Controller:
     spec = spec_for(shared, tmp_path, **over)
-    built = build_simulation(spec)
-    clock = built.clock
-    assert isinstance(clock, VirtualClock)
-    backend = backend_cls(
-        built.profile,
-        built.job.work,
-        clock,
-        seconds_per_slot=spec.seconds_per_slot,
-        slot_hours=spec.slot_hours,
-        restart_overhead_s=spec.restart_overhead_s,
-    )
-    return Controller(
-        spec,
-        backend,
-        built.feed,
-        built.profile,
-        built.job.work,
-        StateStore(tmp_path / "state.db"),
-        clock=clock,
-    )
+    return build_simulation(spec, backend_cls=backend_cls, store=StateStore(tmp_path / "s.db"))
 
 
 class CrashOnce(SimulatedBackend):

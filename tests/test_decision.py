@@ -190,6 +190,19 @@ def test_levels_follow_the_plan_then_overrun() -> None:
     assert servers_now(plans, job, rules, 3.5, 0) == (0, Reason.NONE)
 
 
+def test_a_job_whose_work_is_done_keeps_running_until_it_ends() -> None:
+    carbon = np.array([100.0, 400.0, 200.0, 300.0])
+    job = paper_job()
+    rules = Rules(safety_margin=0.0)
+    plans = first_plan(job, rules, carbon).plans
+    before = plans.to_dict()
+    # Done by slot 3 (its runtime has not seen it exit yet), and the forecast moved: no re-plan.
+    done = Progress(job.work, job.work, 1, True)
+    assert review(plans, job, rules, 3, done, carbon[3:] * 2) is Reason.NONE
+    assert plans.to_dict() == before
+    assert servers_now(plans, job, rules, 3.2, 1) == (1, Reason.OVERRUN)
+
+
 def test_agnostic_never_replans() -> None:
     carbon = np.array([100.0, 400.0, 200.0, 300.0, 100.0])
     job = paper_job()

@@ -238,7 +238,9 @@ def test_invalid_settings_fail_with_the_field_to_fix() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"maxReplicas": 0, "minReplicas": 1}, "minReplicas <= maxReplicas"),
+        ({"maxReplicas": 0, "minReplicas": 1}, "maxReplicas: Input should be greater than"),
+        ({"maxReplicas": 2, "minReplicas": 3}, "maxReplicas (2) is below minReplicas (3)"),
+        ({"policy": "static"}, "policy static cannot run a job"),
         ({"work": 3.0}, "exactly one of lengthHours"),
         ({"policy": "greenest"}, "policy 'greenest' is unknown"),
         ({"minReplicas": 5, "maxReplicas": 9}, "describes 1..4 workers"),
@@ -542,7 +544,7 @@ def test_a_spec_edit_mid_run_replans_the_remaining_work_from_the_current_slot() 
     decision = cluster.step(T0 + 3 * HOUR + 5)
     assert reasons(decision) == ["Planned", "Rescaling"]
     assert decision.events[0].message == (
-        "scaler: workers per slot from slot 3: 2 0×3; deadline 2023-11-15T05:13:20Z"
+        "carbonscaler: workers per slot from slot 3: 2 0×3; deadline 2023-11-15T05:13:20Z"
     )
     plan = decision.status["plan"]
     # Slots 0-2 as they were; the 2 units left in the cleanest remaining slot (3, at 110).

@@ -488,6 +488,16 @@ def review_rows(
     n = plans.slots
     if rules.policy is Policy.AGNOSTIC or slot >= n or not len(rows):
         return rows[:0], np.zeros(0, dtype=np.int64)
+    # A job whose work is done (it is finishing, or its runtime has yet to see it end) has
+    # nothing left to plan: it keeps its level until it ends.
+    open_ = work_done < job.work * (1 - 1e-9)
+    if not open_.all():
+        keep = np.flatnonzero(open_)
+        rows, work_done, nominal_work = rows[keep], work_done[keep], nominal_work[keep]
+        running, started = running[keep], started[keep]
+        forecast = None if forecast is None else forecast[keep]
+        if not len(rows):
+            return rows, np.zeros(0, dtype=np.int64)
     threshold = rules.replan_threshold
     done_now = plans.planned_done[rows, slot]
     made_at = plans.made_at[rows]

@@ -21,6 +21,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from carbonscaler.decision import Rules
+from carbonscaler.planner.model import PlanningError
 from carbonscaler.planner.policies import Policy
 
 __all__ = ["RUNNABLE_POLICY_NAMES", "JobSettings"]
@@ -137,7 +138,13 @@ class JobSettings(BaseModel):
     def _aliases(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("policy"), str):
             data = dict(data)
-            data["policy"] = Policy.parse(data["policy"]).value
+            try:
+                data["policy"] = Policy.parse(data["policy"]).value
+            except PlanningError:
+                raise ValueError(
+                    f"policy {data['policy']!r} is unknown; use one of "
+                    f"{', '.join(RUNNABLE_POLICY_NAMES)}"
+                ) from None
         return data
 
     @model_validator(mode="after")
@@ -148,8 +155,8 @@ class JobSettings(BaseModel):
             )
         if not self.policy.runnable:
             raise ValueError(
-                f"policy {self.policy} cannot run a job; use carbonscaler, exact, "
-                "suspend-resume or agnostic"
+                f"policy {self.policy} cannot run a job; use one of "
+                f"{', '.join(RUNNABLE_POLICY_NAMES)}"
             )
         if (self.length_hours is None) == (self.work is None):
             raise ValueError(

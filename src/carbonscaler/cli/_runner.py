@@ -198,12 +198,24 @@ def build_controller(
     )
 
 
-def build_simulation(spec: JobSpec, *, start_s: float = 0.0) -> Controller:
+def build_simulation(
+    spec: JobSpec,
+    *,
+    start_s: float = 0.0,
+    backend_cls: type[SimulatedBackend] = SimulatedBackend,
+    store: StateStore | None = None,
+) -> Controller:
     """The real controller for ``spec`` on a virtual clock, against a simulated workload.
 
     Nothing is written to the job's run folder (the state lives in memory), so a simulation
     never disturbs a real run of the same spec. A live carbon source is simulated on its
     forecast: the forecast taken now is assumed to come true.
+
+    Args:
+        spec: the job.
+        start_s: the virtual clock's start (seconds).
+        backend_cls: the simulated workload (tests pass one that misbehaves).
+        store: where the state goes (default: memory).
 
     Raises:
         SpecError: if the spec's profile is ``auto`` (a simulation runs no workload to
@@ -224,7 +236,7 @@ def build_simulation(spec: JobSpec, *, start_s: float = 0.0) -> Controller:
         except CarbonUnavailable as exc:
             raise SpecError(f"no carbon forecast to simulate on: {exc}") from exc
         feed = ReplayFeed(expected, 0, make_forecaster("perfect"), f"{feed.source} forecast")
-    backend = SimulatedBackend(
+    backend = backend_cls(
         profile,
         work,
         clock,
@@ -238,7 +250,7 @@ def build_simulation(spec: JobSpec, *, start_s: float = 0.0) -> Controller:
         feed,
         profile,
         work,
-        StateStore(":memory:"),
+        store or StateStore(":memory:"),
         clock=clock,
         profile_source=source,
         workload_env=env,

@@ -50,6 +50,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from carbonscaler.accounting.integrate import charge_slots
 from carbonscaler.decision import (
@@ -63,7 +64,7 @@ from carbonscaler.decision import (
     servers_now,
     slot_of,
 )
-from carbonscaler.kube.crd import MPI, PYTORCH, JobKind
+from carbonscaler.kube.crd import MPI, PYTORCH, CarbonScalerSpec, JobKind
 from carbonscaler.kube.operations import (
     ChildState,
     CreateChild,
@@ -93,7 +94,6 @@ __all__ = [
 
 # Status fields that change on every tick; alone, they are written at most this often.
 # The policy names a job may give: the reference's two and every runnable policy's own.
-_POLICY_NAMES = ("scaler", "fixed", *(p.value for p in Policy if p.runnable))
 _ACCOUNTING_FIELDS = frozenset(
     {
         "accountedUntil",
@@ -144,7 +144,9 @@ class Settings:
 
     @classmethod
     def from_resource(cls, kind: JobKind, resource: dict[str, Any]) -> Settings:
-        """Read and check the settings of a CarbonScaler resource.
+        """Read and check the settings of a CarbonScaler resource through the one settings
+        model (:class:`~carbonscaler.kube.crd.CarbonScalerSpec`, which the CRD is generated
+        from) — the API server checks most of it, this checks all of it.
 
         Raises:
             SettingsError: naming the field and what to change.
@@ -154,61 +156,35 @@ class Settings:
         if not isinstance(cs, dict) or not isinstance(spec, dict):
             raise SettingsError("the resource needs both spec and carbonScalerSpec")
         try:
-            settings = cls(
-                min_replicas=int(cs["minReplicas"]),
-                max_replicas=int(cs["maxReplicas"]),
-                deadline_slots=int(cs["deadline"]),
-                progress_pct=float(cs.get("progress", 0.0)),
-                profile_name=str(cs["profileName"]),
-                policy=str(cs.get("policy", "scaler")),
-                slot_seconds=int(cs.get("slotSeconds", 3600)),
-                zone=str(cs["carbonZone"]) if cs.get("carbonZone") else None,
-                length_hours=None if cs.get("lengthHours") is None else float(cs["lengthHours"]),
-                work=None if cs.get("work") is None else float(cs["work"]),
-                replan_threshold=float(cs.get("replanThreshold", 0.05)),
-                safety_margin=float(cs.get("safetyMargin", 0.05)),
-                overhead_s=float(cs.get("rescaleOverheadSeconds", 30.0)),
-                max_relaunches=int(cs.get("maxRelaunches", 3)),
-                pause_mode=str(cs.get("pauseMode", "Delete")),
+            parsed = CarbonScalerSpec.model_validate(cs)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"carbonScalerSpec{''.join(f'.{p}' for p in err['loc'])}: "
+                f"{str(err['msg']).removeprefix('Value error, ')}"
+                for err in exc.errors()
             )
-        except KeyError as exc:
-            raise SettingsError(f"carbonScalerSpec.{exc.args[0]} is required") from None
-        except (TypeError, ValueError) as exc:
-            raise SettingsError(f"carbonScalerSpec has a malformed value: {exc}") from None
+            raise SettingsError(problems) from None
+        settings = cls(
+            min_replicas=parsed.min_replicas,
+            max_replicas=parsed.max_replicas,
+            deadline_slots=parsed.deadline_slots,
+            progress_pct=parsed.progress,
+            profile_name=parsed.profile,
+            policy=parsed.policy_name,
+            slot_seconds=parsed.slot_seconds,
+            zone=parsed.carbon_zone,
+            length_hours=parsed.length_hours,
+            work=parsed.work,
+            replan_threshold=parsed.replan_threshold,
+            safety_margin=parsed.safety_margin,
+            overhead_s=parsed.overhead_s(),
+            max_relaunches=parsed.max_relaunches,
+            pause_mode=parsed.pause_mode,
+        )
         settings._check(kind, spec)
         return settings
 
     def _check(self, kind: JobKind, spec: dict[str, Any]) -> None:
-        if not 1 <= self.min_replicas <= self.max_replicas:
-            raise SettingsError(
-                f"carbonScalerSpec: need 1 <= minReplicas <= maxReplicas, got "
-                f"{self.min_replicas} and {self.max_replicas}"
-            )
-        if self.deadline_slots < 1:
-            raise SettingsError("carbonScalerSpec.deadline must be at least 1 slot")
-        if (self.length_hours is None) == (self.work is None):
-            raise SettingsError(
-                "carbonScalerSpec: give exactly one of lengthHours (hours at minReplicas) or "
-                "work (the profile's throughput units × hours)"
-            )
-        if (self.length_hours or self.work or 0.0) <= 0:
-            raise SettingsError("carbonScalerSpec: lengthHours or work must be positive")
-        try:
-            policy: Policy | None = Policy.parse(self.policy)
-        except PlanningError:
-            policy = None
-        if policy is None or not policy.runnable:
-            what = "is unknown" if policy is None else "cannot run a job"
-            raise SettingsError(
-                f"carbonScalerSpec.policy {self.policy!r} {what}; use one of "
-                f"{', '.join(_POLICY_NAMES)}"
-            )
-        if self.slot_seconds < 10:
-            raise SettingsError("carbonScalerSpec.slotSeconds must be at least 10")
-        if not 0 < self.replan_threshold < 1 or not 0 <= self.safety_margin < 1:
-            raise SettingsError("carbonScalerSpec: replanThreshold in (0, 1), safetyMargin [0, 1)")
-        if self.pause_mode not in ("Delete", "Suspend"):
-            raise SettingsError("carbonScalerSpec.pauseMode must be Delete or Suspend")
         specs = spec.get(kind.replica_specs_key)
         if not isinstance(specs, dict) or not isinstance(specs.get("Worker"), dict):
             raise SettingsError(f"spec.{kind.replica_specs_key}.Worker is required")
@@ -240,7 +216,7 @@ class Settings:
     @property
     def planner_policy(self) -> str:
         """The policy's one name (``scaler`` → ``carbonscaler``, ``fixed`` → ``agnostic``)."""
-        return str(Policy.parse(self.policy))
+        return self.policy
 
 
 def settings_digest(resource: dict[str, Any]) -> str:
@@ -841,10 +817,6 @@ def _review(
     else:
         # An estimate follows the plan by construction: only forecast changes can re-plan.
         progress = Progress(float(plans.planned_done[0, slot]), 0.0, running, started)
-    if progress.work_done >= job.work * (1 - 1e-9):
-        # Nothing is left to plan (reported done, awaiting the Kubeflow job's Succeeded, or
-        # the estimate has used up the plan): the job keeps its workers until it ends.
-        return
     reasons = review(plans, job, rules, slot, progress, forecast, overhead_h=_overhead_h(settings))
     if not reasons:
         return
