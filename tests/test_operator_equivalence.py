@@ -10,7 +10,9 @@ at the same instant), the job's progress reaches the operator through
 carbon service pushes, at every slot, the slot's actual intensity and the trace's future as a
 (perfect) forecast. Passes come at every slot boundary, every planned change and the backend's
 completion, and repeat at the same instant while they act. The operator's emissions, completion,
-rescales, re-plans and servers per slot must be the executor's.
+rescales, re-plans and servers per slot must be the executor's — and the local controller's,
+run on a virtual clock against the same simulated workload: one advisor row == the controller ==
+``reconcile``, slot by slot.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from carbonscaler.advisor.executor import Conditions, simulate_policy
 from carbonscaler.backends.base import WorkloadState
 from carbonscaler.backends.simulated import SimulatedBackend
 from carbonscaler.clock import VirtualClock
+from carbonscaler.control import Controller, JobSpec, ReplayFeed, RunReport, StateStore
 from carbonscaler.decision import Plans, next_change_h, slot_of
-from carbonscaler.forecast import ForecastModel, ForecastSpec, issue_forecasts
+from carbonscaler.forecast import ForecastModel, ForecastSpec, issue_forecasts, make_forecaster
 from carbonscaler.kube.crd import MPI, PYTORCH, JobKind
 from carbonscaler.operator.reconcile import (
     CarbonSnapshot,
@@ -310,6 +313,53 @@ class FakeCluster:
         return mean
 
 
+def controller_run(case: Case, job: Job, trace: FloatArray, start: int) -> RunReport:
+    """The local controller on a virtual clock, against the same world as the cluster."""
+    spec = JobSpec.model_validate(
+        {
+            "name": "equivalence",
+            "workload": {"command": "true"},
+            "profile": case.profile,
+            "minReplicas": case.min_servers,
+            "maxReplicas": case.max_servers,
+            "work": job.work,
+            "deadline": case.deadline_slots,
+            "carbon": {"trace": "the-fixture-trace.csv", "start": "2022-01-01T00:00Z"},
+            "checkpoint_dir": "unused",
+            "safety_margin": case.safety_margin,
+            "replan_threshold": case.replan_threshold,
+            "rescale_overhead_s": case.overhead_s,
+        }
+    )
+    wanted = case.forecast
+    if wanted.model is ForecastModel.PERFECT:
+        forecaster = make_forecaster(ForecastModel.PERFECT)
+    else:
+        forecaster = make_forecaster(wanted.model, error=wanted.error, seed=wanted.seed)
+    clock = VirtualClock(T0)
+    backend = SimulatedBackend(
+        job.profile,
+        job.work,
+        clock,
+        seconds_per_slot=HOUR,
+        slot_hours=1.0,
+        restart_overhead_s=case.overhead_s,
+        rate_factor=case.rate_factor,
+    )
+    feed = ReplayFeed(trace, start, forecaster, "NL 2022")
+    controller = Controller(
+        spec,
+        backend,
+        feed,
+        job.profile,
+        job.work,
+        StateStore(":memory:"),
+        clock=clock,
+        measure_overhead=False,  # plan with the stated overhead, as the operator does
+    )
+    return controller.run()
+
+
 @pytest.fixture(scope="module")
 def nl_trace(shared_dir: Path) -> FloatArray:
     path = shared_dir / "traces" / "electricitymaps-fedstale" / "NL_2022_hourly.csv"
@@ -357,6 +407,19 @@ def test_the_operator_runs_a_job_as_the_executor_simulates_it(
             rtol=0,
             atol=1e-6,
             err_msg=where,
+        )
+        local = controller_run(case, job, nl_trace, int(start))
+        assert local.completion_hours is not None
+        assert abs(local.completion_hours - expected.completion_hours[0]) < 0.01, where
+        assert local.emissions_g == pytest.approx(expected.emissions_g[0], rel=1e-3), where
+        assert local.rescales == expected.rescales[0], where
+        assert local.replans == expected.replans[0], where
+        np.testing.assert_allclose(
+            local.servers_by_slot[: case.deadline_slots],
+            expected.servers_by_slot[0],
+            rtol=0,
+            atol=1e-6,
+            err_msg=f"controller: {where}",
         )
 
 

@@ -103,6 +103,9 @@ class Controller:
         on_step: called after every step with the state (for live views).
         profile_source: how the profile was obtained, for the report.
         workload_env: the workload's environment, saved so a restart launches the same job.
+        measure_overhead: measure what each rescale costs and plan with that (real runs);
+            off, plans reserve the spec's stated or assumed overhead throughout (a simulated
+            workload loses exactly that).
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class Controller:
         on_step: Callable[[ControllerState], None] | None = None,
         profile_source: str = "",
         workload_env: dict[str, str] | None = None,
+        measure_overhead: bool = True,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -146,6 +150,7 @@ class Controller:
         self.save_every_s = 1.0
         self._saved_at = -math.inf
         self.workload_env = dict(workload_env or {})
+        self.measure_overhead = measure_overhead
 
     # -- time ----------------------------------------------------------------------------
 
@@ -179,8 +184,11 @@ class Controller:
         gained = state.work_done - state.change_work
         if gained <= 0:
             return
+        # At the speed the job has shown (the profile can be off), not the profile's alone.
+        observed = float(observed_rate(np.array(state.change_work), np.array(state.change_nominal)))
         rate_per_wall_s = (
             float(self.profile.throughput[state.servers])
+            * observed
             * self.spec.slot_hours
             / self.spec.seconds_per_slot
         )
@@ -374,8 +382,9 @@ class Controller:
             state.servers = desired
         elif desired != running:
             began = self.clock.now()
-            if state.started and desired > 0:
+            if state.started and desired > 0 and self.measure_overhead:
                 state.change_wall, state.change_work = began, state.work_done
+                state.change_nominal = state.nominal_work
             self.backend.rescale(desired)
             took = self.clock.now() - began
             if state.started:

@@ -79,6 +79,7 @@ class ControllerState:
     rescale_seconds: list[float] = field(default_factory=list)  # wall s lost per change
     change_wall: float | None = None  # when the last start/rescale began
     change_work: float = 0.0  # work done at that moment
+    change_nominal: float = 0.0  # and the work the profile had promised by then
     degraded: bool = False
     completed: bool = False
     completion_hours: float | None = None
