@@ -542,18 +542,20 @@ def test_a_spec_edit_mid_run_replans_the_remaining_work_from_the_current_slot() 
     cluster.resource["carbonScalerSpec"]["progress"] = 50.0
     cluster.resource["carbonScalerSpec"]["deadline"] = 7
     decision = cluster.step(T0 + 3 * HOUR + 5)
-    assert reasons(decision) == ["Planned", "Rescaling"]
+    assert reasons(decision) == ["Planned"]
     assert decision.events[0].message == (
-        "carbonscaler: workers per slot from slot 3: 2 0×3; deadline 2023-11-15T05:13:20Z"
+        "carbonscaler: workers per slot from slot 3: 4 0×3; deadline 2023-11-15T05:13:20Z"
     )
     plan = decision.status["plan"]
-    # Slots 0-2 as they were; the 2 units left in the cleanest remaining slot (3, at 110).
-    assert plan["servers"] == [0, 0, 4, 2, 0, 0, 0]
-    assert plan["madeAtSlot"] == 3 and plan["plannedDone"][3] == pytest.approx(2.0)
+    # Slots 0-2 as they were. The job reported 2 units done after 4 workers ran slot 2 (the
+    # profile promised 4): at the speed it showed, the 2 units left take 4 profile units —
+    # 4 workers through slot 3, the cleanest left (110).
+    assert plan["servers"] == [0, 0, 4, 4, 0, 0, 0]
+    assert plan["madeAtSlot"] == 3 and plan["plannedDone"][3:5] == pytest.approx([2.0, 4.0])
     assert plan["endSlot"] == pytest.approx(4.0)
     assert decision.status["replans"] == 1
-    assert decision.status["desiredReplicas"] == 2
-    assert decision.operations == [DeleteChild("nbody")]  # MPI: relaunch at 2 workers
+    assert decision.status["desiredReplicas"] == 4
+    assert decision.operations == []  # 4 already run: nothing to relaunch
 
 
 def test_every_status_field_is_declared_in_the_crd() -> None:

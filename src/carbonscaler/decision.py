@@ -71,6 +71,7 @@ __all__ = [
     "level_rows",
     "next_change_h",
     "observed_rate",
+    "plan_from",
     "plan_rows",
     "review",
     "review_rows",
@@ -614,7 +615,9 @@ class NewPlan:
         return [int(x) for x in self.plans.servers[0]]
 
 
-def first_plan(job: Job, rules: Rules, forecast: FloatArray, *, overhead_h: float = 0.0) -> NewPlan:
+def first_plan(
+    job: Job, rules: Rules, forecast: FloatArray, *, overhead_h: float = 0.0
+) -> NewPlan:
     """The first plan of one job over its ``(n,)`` forecast (``n`` = slots to the deadline).
 
     Raises:
@@ -623,11 +626,52 @@ def first_plan(job: Job, rules: Rules, forecast: FloatArray, *, overhead_h: floa
             does not look at the deadline).
     """
     forecast = np.asarray(forecast, dtype=np.float64)
+    return plan_from(None, job, rules, 0, Progress(), forecast, overhead_h=overhead_h)
+
+
+def plan_from(
+    plans: Plans | None,
+    job: Job,
+    rules: Rules,
+    slot: int,
+    progress: Progress,
+    forecast: FloatArray,
+    *,
+    overhead_h: float = 0.0,
+) -> NewPlan:
+    """A plan for one job made at ``slot`` whatever the triggers say: its first plan (slot 0,
+    no plan yet), or a new one after its settings changed mid-run (the deadline may have
+    moved: the plan spans ``slot + len(forecast)`` slots, the old plan's earlier slots kept).
+
+    Raises:
+        InfeasibleError: if the remaining work cannot fit before the deadline even at the top
+            level (not for carbon-agnostic).
+    """
+    forecast = np.asarray(forecast, dtype=np.float64)
+    remaining = job.work - progress.work_done
     if rules.policy is not Policy.AGNOSTIC:
-        planning = rules.planning_job(job)
+        planning = rules.planning_job(job).with_work(max(remaining, job.work * 1e-9))
         check_feasible(planning, planning.ladder(), len(forecast), policy=str(rules.policy))
-    plans, reasons = first_plans(job, rules, forecast[None, :], overhead_h=overhead_h)
-    return NewPlan(plans, Reason(int(reasons[0])))
+    made = Plans.empty(1, slot + len(forecast))
+    if plans is not None:
+        past = min(slot, plans.slots)
+        for name in ("servers", "fraction", "after", "forecast"):
+            getattr(made, name)[0, :past] = getattr(plans, name)[0, :past]
+        made.planned_done[0, :past] = plans.planned_done[0, :past]
+    reasons = _plan_and_install(
+        made,
+        job,
+        rules,
+        np.zeros(1, dtype=np.int64),
+        slot,
+        forecast[None, :],
+        np.array([progress.work_done]),
+        np.array([progress.nominal_work]),
+        np.array([progress.running], dtype=np.int64),
+        np.array([progress.started]),
+        overhead_h,
+    )
+    return NewPlan(made, Reason(int(reasons[0])) | Reason.FIRST)
 
 
 def review(

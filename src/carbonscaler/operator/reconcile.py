@@ -58,8 +58,8 @@ from carbonscaler.decision import (
     Progress,
     Reason,
     Rules,
-    first_plan,
     next_change_h,
+    plan_from,
     review,
     servers_now,
     slot_of,
@@ -481,7 +481,8 @@ def reconcile(obs: Observation) -> Decision:
     if plans is None or status.get("settingsDigest") != digest:
         replanning = "plan" in status
         try:
-            plans = _first_plan(run, settings, job, rules, start, slot, work_done, plans)
+            progress = Progress(work_done, _nominal(status), running, started)
+            plans = _first_plan(run, settings, job, rules, start, slot, progress, plans)
         except PlanningError as exc:
             status["settingsDigest"] = digest
             return run.fail("Infeasible", str(exc))
@@ -721,29 +722,6 @@ def _forecast(
     return np.asarray(known, dtype=np.float64), True
 
 
-def _from_slot(made: Plans, n: int, slot: int, work_done: float, old: Plans | None) -> Plans:
-    """``made`` — a plan for the slots from ``slot`` on, from no work done — as a plan from
-    arrival: the old plan's earlier slots in front (history), the promised progress counted
-    from ``work_done``."""
-    plans = Plans.empty(1, n)
-    if old is not None:
-        past = min(slot, old.slots)
-        plans.servers[0, :past] = old.servers[0, :past]
-        plans.fraction[0, :past] = old.fraction[0, :past]
-        plans.after[0, :past] = old.after[0, :past]
-        plans.forecast[0, :past] = old.forecast[0, :past]
-    plans.planned_done[0, :slot] = work_done
-    plans.servers[0, slot:] = made.servers[0]
-    plans.fraction[0, slot:] = made.fraction[0]
-    plans.after[0, slot:] = made.after[0]
-    plans.forecast[0, slot:] = made.forecast[0]
-    plans.planned_done[0, slot:] = work_done + made.planned_done[0]
-    plans.margin[0] = made.margin[0]
-    plans.made_at[0] = slot
-    plans.end_slot[0] = slot + made.end_slot[0]
-    return plans
-
-
 def _first_plan(
     run: _Run,
     settings: Settings,
@@ -751,7 +729,7 @@ def _first_plan(
     rules: Rules,
     start: float,
     slot: int,
-    work_done: float,
+    progress: Progress,
     old: Plans | None,
 ) -> Plans:
     """The core's first plan of the work still to do over the slots still left (from arrival,
@@ -768,9 +746,8 @@ def _first_plan(
             f"the deadline ({n} slots) has already passed; raise carbonScalerSpec.deadline"
         )
     forecast, degraded = _forecast(run, settings, start, slot, horizon, old)
-    rest = job if work_done <= 0 else job.with_work(max(job.work - work_done, job.work * 1e-9))
-    made = first_plan(rest, rules, forecast, overhead_h=_overhead_h(settings))
-    plans = _from_slot(made.plans, n, slot, work_done, old)
+    made = plan_from(old, job, rules, slot, progress, forecast, overhead_h=_overhead_h(settings))
+    plans = made.plans
     _save_plan(run, plans, rules)
     run.status["degraded"] = degraded
     notes = ""
@@ -784,9 +761,17 @@ def _first_plan(
         "Normal",
         "Planned",
         f"{settings.policy}: workers per slot from slot {slot}: "
-        f"{_compact(made.servers)}; deadline {run.status['deadlineTime']}{notes}",
+        f"{_compact(made.servers[slot:])}; deadline {run.status['deadlineTime']}{notes}",
     )
     return plans
+
+
+def _nominal(status: dict[str, Any]) -> float:
+    """The work the profile promised for the server-time run — where progress is reported;
+    an estimate is made from it, so it says nothing about the job's real speed (0: unknown)."""
+    if status.get("progressSource") != "reported":
+        return 0.0
+    return float(status.get("nominalWork", 0.0))
 
 
 def _review(
@@ -813,7 +798,7 @@ def _review(
     )
     status["degraded"] = carbon is None
     if status.get("progressSource") == "reported":
-        progress = Progress(work_done, float(status.get("nominalWork", 0.0)), running, started)
+        progress = Progress(work_done, _nominal(status), running, started)
     else:
         # An estimate follows the plan by construction: only forecast changes can re-plan.
         progress = Progress(float(plans.planned_done[0, slot]), 0.0, running, started)
