@@ -615,9 +615,7 @@ class NewPlan:
         return [int(x) for x in self.plans.servers[0]]
 
 
-def first_plan(
-    job: Job, rules: Rules, forecast: FloatArray, *, overhead_h: float = 0.0
-) -> NewPlan:
+def first_plan(job: Job, rules: Rules, forecast: FloatArray, *, overhead_h: float = 0.0) -> NewPlan:
     """The first plan of one job over its ``(n,)`` forecast (``n`` = slots to the deadline).
 
     Raises:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
-__all__ = ["Backend", "BackendError", "WorkloadState"]
+__all__ = ["Backend", "BackendError", "ExitRecord", "WorkloadState"]
 
 
 class BackendError(RuntimeError):
@@ -19,6 +20,19 @@ class WorkloadState(enum.Enum):
     RUNNING = "running"
     DONE = "done"  # finished its work
     CRASHED = "crashed"  # exited abnormally; restart from the last checkpoint
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    """A workload's own record of how far it ran.
+
+    Attributes:
+        finished: whether it completed its work (not merely stopped or crashed).
+        at_s: when it last recorded anything (completion, or its last progress), epoch seconds.
+    """
+
+    finished: bool
+    at_s: float
 
 
 class Backend(ABC):
@@ -72,6 +86,11 @@ class Backend(ABC):
             self.stop()
         if workers > 0:
             self.start(workers)
+
+    def exit_record(self) -> ExitRecord | None:
+        """What the workload left behind about its end — for a controller restarted after it
+        exited — or None if the backend keeps no such record."""
+        return None
 
     def eta_s(self) -> float | None:
         """Seconds until the workload finishes at its current size, where the backend can

@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from carbonscaler.backends.base import Backend, BackendError, WorkloadState
+from carbonscaler.backends.base import Backend, BackendError, ExitRecord, WorkloadState
 
 __all__ = ["LocalBackend", "read_progress", "read_progress_pct"]
 
@@ -234,6 +234,15 @@ class LocalBackend(Backend):
 
     def progress_pct(self) -> float | None:
         return read_progress_pct(self.progress_file)
+
+    def exit_record(self) -> ExitRecord | None:
+        """The completion marker's time, else the progress file's last write."""
+        for marker, finished in ((self.done_marker, True), (self.progress_file, False)):
+            try:
+                return ExitRecord(finished, marker.stat().st_mtime)
+            except FileNotFoundError:
+                continue
+        return None
 
     def pids(self) -> list[int]:
         """Processes of the workload's group (launcher and workers)."""

@@ -18,7 +18,13 @@ from carbonscaler.backends.local import LocalBackend
 from carbonscaler.backends.profiler import profile_workload
 from carbonscaler.backends.simulated import SimulatedBackend
 from carbonscaler.clock import VirtualClock
-from carbonscaler.control.carbon import CarbonFeed, CarbonUnavailable, ProviderFeed, ReplayFeed
+from carbonscaler.control.carbon import (
+    BackgroundFeed,
+    CarbonFeed,
+    CarbonUnavailable,
+    ProviderFeed,
+    ReplayFeed,
+)
 from carbonscaler.control.controller import Controller
 from carbonscaler.control.spec import JobSpec, SpecError
 from carbonscaler.control.state import ControllerState, StateStore
@@ -183,10 +189,14 @@ def build_controller(
         launcher=spec.workload.launcher,
         stop_timeout_s=spec.workload.stop_timeout_s,
     )
+    feed = make_feed(spec)
+    if not isinstance(feed, ReplayFeed):
+        # A live source can hang: it is asked in the background, never in the control loop.
+        feed = BackgroundFeed(feed)
     return Controller(
         spec,
         backend,
-        make_feed(spec),
+        feed,
         profile,
         work,
         store,

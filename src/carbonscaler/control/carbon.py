@@ -8,7 +8,12 @@ forecasters of :mod:`carbonscaler.providers` and :mod:`carbonscaler.forecast`.
 
 from __future__ import annotations
 
+import threading
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
 
 import numpy as np
 
@@ -16,7 +21,9 @@ from carbonscaler.forecast import Forecaster
 from carbonscaler.planner.model import FloatArray
 from carbonscaler.providers import CarbonProvider, CarbonUnavailable, ProviderError
 
-__all__ = ["CarbonFeed", "CarbonUnavailable", "ProviderFeed", "ReplayFeed"]
+__all__ = ["BackgroundFeed", "CarbonFeed", "CarbonUnavailable", "ProviderFeed", "ReplayFeed"]
+
+_T = TypeVar("_T")
 
 
 class CarbonFeed(ABC):
@@ -120,3 +127,82 @@ class ProviderFeed(CarbonFeed):
         if len(values) < horizon:  # beyond the provider's horizon, assume the last value holds
             values = np.concatenate([values, np.full(horizon - len(values), values[-1])])
         return values[:horizon]
+
+
+class BackgroundFeed(CarbonFeed):
+    """A feed whose source may hang, asked on background threads so the control loop never
+    waits long for it.
+
+    Each question (a slot's intensity, a forecast) runs on a daemon thread; the caller waits
+    at most ``wait_s`` for the answer and otherwise gets :class:`CarbonUnavailable` at once —
+    the controller then carries on with what it last had (degraded) and the question keeps
+    running, so a late answer is used when the same question comes again. A question already
+    under way is never asked twice. Within ``tick_budget_s`` of wall time the waits add up to at
+    most that budget, so a dead source costs each controller step a bounded delay.
+
+    Args:
+        inner: the feed that talks to the source.
+        wait_s: the longest wait for one answer.
+        tick_budget_s: the longest total wait within any window of this length.
+        monotonic: wall-time source, replaceable in tests.
+    """
+
+    def __init__(
+        self,
+        inner: CarbonFeed,
+        *,
+        wait_s: float = 0.25,
+        tick_budget_s: float = 0.5,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inner = inner
+        self.source = inner.source
+        self.wait_s = wait_s
+        self.tick_budget_s = tick_budget_s
+        self._monotonic = monotonic
+        self._pending: dict[tuple[object, ...], Future[object]] = {}
+        self._lock = threading.Lock()
+        self._window_start = -float("inf")
+        self._waited_s = 0.0
+
+    def _budget(self) -> float:
+        now = self._monotonic()
+        if now - self._window_start >= self.tick_budget_s:
+            self._window_start, self._waited_s = now, 0.0
+        return max(min(self.wait_s, self.tick_budget_s - self._waited_s), 0.0)
+
+    def _ask(self, key: tuple[object, ...], question: Callable[[], _T]) -> _T:
+        with self._lock:
+            future = self._pending.get(key)
+            if future is None:
+                future = Future()
+                self._pending[key] = future
+                threading.Thread(target=self._answer, args=(future, question), daemon=True).start()
+        wait = self._budget()
+        began = self._monotonic()
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        answered = done.wait(wait)
+        # A wait that ran out used all it was given; an answer, only the time it took.
+        self._waited_s += (self._monotonic() - began) if answered else wait
+        if not answered:
+            raise CarbonUnavailable(
+                f"{self.source} did not answer within {wait:.2f} s; carrying on with the last "
+                "known values while it is asked again"
+            )
+        with self._lock:
+            self._pending.pop(key, None)
+        return future.result()  # type: ignore[return-value]
+
+    @staticmethod
+    def _answer(future: Future[object], question: Callable[[], object]) -> None:
+        try:
+            future.set_result(question())
+        except BaseException as exc:  # handed to the asker, who re-raises it
+            future.set_exception(exc)
+
+    def actual(self, slot: int) -> float:
+        return self._ask(("actual", slot), lambda: self.inner.actual(slot))
+
+    def forecast(self, slot: int, horizon: int) -> FloatArray:
+        return self._ask(("forecast", slot, horizon), lambda: self.inner.forecast(slot, horizon))

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from carbonscaler.accounting.integrate import charge_slots
+from carbonscaler.accounting.integrate import charge, charge_slots
 from carbonscaler.backends.base import Backend, WorkloadState
 from carbonscaler.clock import ControlClock, WallClock
 from carbonscaler.control.carbon import CarbonFeed, CarbonUnavailable
@@ -78,6 +78,7 @@ class RunReport:
     servers_by_slot: list[float]
     emissions_by_slot: list[float]
     carbon_by_slot: list[float]
+    unobserved_slots: list[int]
     notes: list[str]
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,7 +144,6 @@ class Controller:
         self.tick_s = tick_s or (math.inf if self.clock.virtual else 0.25)
         self.on_step = on_step
         self._pending: list[Event] = []
-        self._carbon_cache: dict[int, float] = {}
         self.state: ControllerState | None = None
         self.plans: Plans | None = None
         self.profile_source = profile_source
@@ -250,26 +250,40 @@ class Controller:
     # -- one step ------------------------------------------------------------------------
 
     def intensity_seen(self, slot: int) -> float | None:
-        """The actual intensity accounted for ``slot`` so far, if the slot has been seen."""
-        return self._carbon_cache.get(slot)
+        """The intensity ``slot`` is charged at, once the slot has been seen."""
+        if self.state is None:
+            return None
+        return self.state.carbon_by_slot.get(str(slot))
 
-    def _carbon(self, slot: int) -> float:
-        """The slot's actual intensity; while the source is down, the last one known."""
+    def _fallback_intensity(self, slot: int) -> float:
+        """For a slot the source could not tell: the last value known before it, else the
+        plan's forecast for it."""
         state = self.state
         assert state is not None
-        if slot not in self._carbon_cache:
-            try:
-                self._carbon_cache[slot] = self.feed.actual(slot)
-            except CarbonUnavailable as exc:
-                fallback = self._carbon_cache.get(slot - 1)
-                if fallback is None:
-                    forecast = state.plan["forecast"]
-                    fallback = forecast[min(slot, len(forecast) - 1)]
-                if not state.degraded:
-                    self._event("degraded", slot * self.spec.slot_hours, reason=str(exc))
-                state.degraded = True
-                return float(fallback)
-        return self._carbon_cache[slot]
+        earlier = [int(k) for k in state.carbon_by_slot if int(k) < slot]
+        if earlier:
+            return state.carbon_by_slot[str(max(earlier))]
+        forecast = state.plan["forecast"]
+        return float(forecast[min(slot, len(forecast) - 1)])
+
+    def _carbon(self, slot: int) -> float:
+        """The intensity ``slot`` is charged at: the source's actual value, fixed at its first
+        use; while the source is down, the fallback, and the slot is marked unobserved."""
+        state = self.state
+        assert state is not None
+        key = str(slot)
+        if key in state.carbon_by_slot:
+            return state.carbon_by_slot[key]
+        try:
+            value = float(self.feed.actual(slot))
+        except CarbonUnavailable as exc:
+            if not state.degraded:
+                self._event("degraded", slot * self.spec.slot_hours, reason=str(exc))
+            state.degraded = True
+            value = self._fallback_intensity(slot)
+            state.unobserved_slots.append(slot)
+        state.carbon_by_slot[key] = value
+        return value
 
     def _account(self, state: ControllerState, until_h: float) -> None:
         """Energy and carbon from ``state.accounted_hours`` to ``until_h`` at ``state.servers``."""
@@ -418,12 +432,35 @@ class Controller:
             if self.backend.attach(state.backend):
                 self._event("attached", self.job_hours(state), **state.backend)
             else:
+                self._settle_gap(state)
                 state.servers = 0
         while not state.completed:
             if self.step():
                 break
             self.clock.sleep(self._sleep_s(state))
         return self.report()
+
+    def _settle_gap(self, state: ControllerState) -> None:
+        """The workload ended while no controller watched: account the time it really ran
+        (until its last record — the completion marker, or its last progress line) at the
+        servers it had, and date its completion when it really finished."""
+        record = self.backend.exit_record()
+        if record is None or state.servers == 0:
+            return
+        now_h = self.job_hours(state)
+        ran_h = (record.at_s - state.wall_start) / self.spec.seconds_per_slot
+        until_h = min(max(ran_h * self.spec.slot_hours, state.accounted_hours), now_h)
+        self._account(state, until_h)
+        pct = self.backend.progress_pct()
+        if pct is not None:
+            state.progress_pct = pct
+            state.work_done = pct / 100.0 * state.work_required
+        self._event("settled", now_h, until_hours=until_h, finished=record.finished)
+        if record.finished or state.progress_pct >= 100.0:
+            state.completed = True
+            state.completion_hours = until_h
+            self._event("done", until_h, emissions_g=state.emissions_g)
+        self._save()
 
     def _sleep_s(self, state: ControllerState) -> float:
         """Until the next tick, or sooner if a slot boundary, a planned change or the
@@ -451,18 +488,21 @@ class Controller:
         state = self.state
         assert state is not None
         slots = max([int(k) + 1 for k in state.servers_by_slot] + [state.deadline_slots])
-        carbon = []
-        for i in range(slots):
-            try:
-                carbon.append(self.feed.actual(i))
-            except CarbonUnavailable:
-                carbon.append(float("nan"))
-        agnostic = self._agnostic_emissions(np.array(carbon))
+        agnostic = self._agnostic_emissions()
+        # The baseline may have needed slots the run never charged: they are in the map now.
+        slots = max(slots, max((int(k) + 1 for k in state.carbon_by_slot), default=0))
+        carbon = [state.carbon_by_slot.get(str(i), float("nan")) for i in range(slots)]
         deadline_h = state.deadline_slots * self.spec.slot_hours
         completed = state.completed
         done_h = state.completion_hours
         met = completed and done_h is not None and done_h <= deadline_h + 1e-9
         savings = 100.0 * (1 - state.emissions_g / agnostic) if agnostic > 0 else float("nan")
+        notes = list(state.notes)
+        if state.unobserved_slots:
+            notes.append(
+                f"{len(state.unobserved_slots)} slot(s) not observed (the carbon source was "
+                "down): charged at the last known intensity, in the run and the baseline alike"
+            )
         return RunReport(
             name=self.spec.name,
             completed=completed,
@@ -484,37 +524,33 @@ class Controller:
             servers_by_slot=[state.servers_by_slot.get(str(i), 0.0) for i in range(slots)],
             emissions_by_slot=[state.emissions_by_slot.get(str(i), 0.0) for i in range(slots)],
             carbon_by_slot=carbon,
-            notes=list(state.notes),
+            unobserved_slots=sorted(set(state.unobserved_slots)),
+            notes=notes,
         )
 
-    def _agnostic_emissions(self, carbon: np.ndarray) -> float:
-        """The same work at minReplicas from arrival on the same actual trace and profile.
+    def _agnostic_emissions(self) -> float:
+        """The same work at minReplicas from arrival, charged at the same intensity per slot
+        as the run (:meth:`_carbon`: observed, or the same fallback, marked unobserved).
 
         The profile's speed is corrected by the speed the job actually ran at, and its power by
         how measured power compared with it, so that the saving reflects the schedule, not how
         well the profile guessed the machine.
         """
+        state = self.state
+        assert state is not None
         m = self.job.min_servers
-        observed = 1.0
-        if self.state is not None:
-            observed = float(
-                observed_rate(np.array(self.state.work_done), np.array(self.state.nominal_work))
-            )
+        observed = float(observed_rate(np.array(state.work_done), np.array(state.nominal_work)))
         rate = self.profile.throughput[m] * observed
         slots_needed = self.job.work / (rate * self.job.slot_hours)
         # Measured power (RAPL) and the profile's estimate can differ in level; scale the
         # profile's P(m) by how the two compared over this run.
         scale = 1.0
-        if self.state is not None and self.state.profile_energy_kwh > 0:
-            scale = self.state.energy_kwh / self.state.profile_energy_kwh
+        if state.profile_energy_kwh > 0:
+            scale = state.energy_kwh / state.profile_energy_kwh
         watts = float(self.profile.power_w[m]) * scale
         total = 0.0
         for i in range(math.ceil(slots_needed - 1e-12)):
             share = min(1.0, slots_needed - i)
-            value = (
-                carbon[i]
-                if i < len(carbon) and not math.isnan(carbon[i])
-                else carbon[~np.isnan(carbon)][-1]
-            )
-            total += watts * share * self.job.slot_hours / 1000.0 * float(value)
+            _, emissions_g = charge(watts, share * self.job.slot_hours, self._carbon(i))
+            total += float(emissions_g)
         return total

@@ -72,6 +72,10 @@ class ControllerState:
     energy_kwh: float = 0.0
     profile_energy_kwh: float = 0.0  # the same server-time at the profile's P(k)
     emissions_by_slot: dict[str, float] = field(default_factory=dict)
+    # gCO2eq/kWh each slot is charged at (the run and its baseline alike), fixed at first use;
+    # slots charged at a fallback because the source was down are listed as unobserved.
+    carbon_by_slot: dict[str, float] = field(default_factory=dict)
+    unobserved_slots: list[int] = field(default_factory=list)
     servers_by_slot: dict[str, float] = field(default_factory=dict)
     replans: int = 0
     rescales: int = 0
