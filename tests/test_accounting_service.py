@@ -71,11 +71,15 @@ def trace_csv(path: Path, values: list[float]) -> Path:
 
 
 def config(tmp: Path, **options: Any) -> AccountingConfig:
+    (tmp / "progress").mkdir(exist_ok=True)
     defaults: dict[str, Any] = {
         "db_path": tmp / "acct.db",
         "carbon_trace": trace_csv(tmp / "trace.csv", [200.0, 400.0] * 12),
         "tracker": TrackerConfig(
-            sample_interval_s=0.1, request_timeout_s=0.5, allowed_hosts=frozenset({"127.0.0.1"})
+            sample_interval_s=0.1,
+            request_timeout_s=0.5,
+            allowed_hosts=frozenset({"127.0.0.1"}),
+            progress_root=tmp / "progress",
         ),
     }
     return AccountingConfig(**{**defaults, **options})
@@ -197,8 +201,13 @@ def node() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def acct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with ServiceThread(create_app(config(tmp_path_factory.mktemp("acct")))) as svc:
+def acct_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("acct")
+
+
+@pytest.fixture(scope="module")
+def acct(acct_dir: Path) -> Iterator[str]:
+    with ServiceThread(create_app(config(acct_dir))) as svc:
         yield svc.url
 
 
@@ -313,15 +322,16 @@ def test_duplicate_is_409(acct: str) -> None:
     assert httpx.post(acct + "/v1/jobs", json=body).status_code == 409
 
 
-def test_file_progress_and_its_errors(acct: str, tmp_path: Path) -> None:
-    progress = tmp_path / "progress.csv"
+def test_file_progress_and_its_errors(acct: str, acct_dir: Path) -> None:
+    progress = acct_dir / "progress" / "progress.csv"  # under the service's progress root
     progress.write_text("step,percent\n1,10\n2,20\n")
     body = {"job_id": "filed", "watts_per_server": 5, "progress_path": str(progress)}
     assert httpx.post(acct + "/v1/jobs", json=body).status_code == 201
     wait(lambda: httpx.get(acct + "/v1/jobs/filed").json()["progress_pct"] == 20.0)
     progress.write_text("step,percent\n1,10\n2,20\n3,garbage\n")
     job = wait(lambda: (j := httpx.get(acct + "/v1/jobs/filed").json())["progress_error"] and j)
-    assert "'garbage' is not a number" in job["progress_error"] and job["progress_pct"] == 20.0
+    assert "is not a number" in job["progress_error"] and job["progress_pct"] == 20.0
+    assert "garbage" not in job["progress_error"]  # the file's content is never echoed
     progress.write_text("step,percent\n1,10\n2,20\n3,30\n")
     wait(lambda: httpx.get(acct + "/v1/jobs/filed").json()["progress_pct"] == 30.0)
     assert httpx.get(acct + "/v1/jobs/filed").json()["progress_error"] is None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from carbonscaler.kube.crd import MPI, PYTORCH, JobKind
 from carbonscaler.operator.reconcile import (
@@ -22,7 +24,7 @@ from carbonscaler.operator.reconcile import (
     SettingsError,
     reconcile,
 )
-from carbonscaler.profile import linear_profile
+from carbonscaler.profile import ScalingProfile, linear_profile
 
 T0 = 1_700_000_000.0  # creation time (epoch s); slots are an hour long
 HOUR = 3600.0
@@ -90,9 +92,12 @@ def carbon(at: float, values: tuple[float, ...] = CARBON) -> CarbonSnapshot:
 class Cluster:
     """Applies decisions to a resource and a simulated Kubeflow job, like the API would."""
 
-    def __init__(self, kind: JobKind, resource: dict[str, Any]) -> None:
+    def __init__(
+        self, kind: JobKind, resource: dict[str, Any], profile: ScalingProfile = PROFILE
+    ) -> None:
         self.kind = kind
         self.resource = resource
+        self.profile = profile
         self.child: dict[str, Any] | None = None
         self.deleting = False
         self.decisions: list[Decision] = []
@@ -110,7 +115,7 @@ class Cluster:
             now=at,
             child=self.state(),
             carbon=snapshot if snapshot is not None else carbon(at),
-            profile=PROFILE,
+            profile=self.profile,
             **extra,
         )
         decision = reconcile(obs)
@@ -241,7 +246,7 @@ def test_invalid_settings_fail_with_the_field_to_fix() -> None:
         ({"maxReplicas": 0, "minReplicas": 1}, "maxReplicas: Input should be greater than"),
         ({"maxReplicas": 2, "minReplicas": 3}, "maxReplicas (2) is below minReplicas (3)"),
         ({"policy": "static"}, "policy static cannot run a job"),
-        ({"work": 3.0}, "exactly one of lengthHours"),
+        ({"work": 3.0}, "at most one of lengthHours"),
         ({"policy": "greenest"}, "policy 'greenest' is unknown"),
         ({"minReplicas": 5, "maxReplicas": 9}, "describes 1..4 workers"),
     ],
@@ -682,3 +687,135 @@ def test_a_job_slower_than_its_profile_keeps_running_past_its_plan() -> None:
     assert decision.status["desiredReplicas"] == cluster.workers()
     again = cluster.step(T0 + 3 * HOUR + 600)
     assert again.events == [] and again.operations == []
+
+
+# -- the reference's own jobs: sized by BODIES × ITERATIONS ----------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "deploy" / "examples"
+
+
+def reference_job() -> tuple[dict[str, Any], ScalingProfile]:
+    """deploy/examples/nbody-reference.yaml as the API server stores it, and its profile."""
+    doc = yaml.safe_load((EXAMPLES / "nbody-reference.yaml").read_text(encoding="utf-8"))
+    doc["metadata"].update(
+        namespace="default", uid="uid-ref", creationTimestamp="2023-11-14T22:13:20Z"
+    )
+    name = doc["carbonScalerSpec"]["profileName"]
+    for cm in yaml.safe_load_all((EXAMPLES / "profiles.yaml").read_text(encoding="utf-8")):
+        if cm["metadata"]["name"] == name:
+            rows = [line.split(",") for line in cm["data"]["profile.csv"].split()[1:]]
+            assert [int(r[0]) for r in rows] == list(range(len(rows)))  # 0, 1, ..., M
+            columns = np.asarray(rows, dtype=np.float64).T
+            return doc, ScalingProfile(columns[1], columns[2], name=name)
+    raise AssertionError(f"no profile ConfigMap {name}")
+
+
+def test_a_reference_job_is_sized_by_bodies_times_iterations_and_runs_carbon_scaled() -> None:
+    resource, profile = reference_job()
+    cs = resource["carbonScalerSpec"]
+    assert set(cs) == {"minReplicas", "maxReplicas", "deadline", "progress", "profileName"}
+    settings = Settings.from_resource(MPI, resource)
+    assert settings.work == 20000 * 3000 and settings.length_hours is None
+    assert settings.deadline_slots == 12 and settings.slot_seconds == 3600
+
+    cluster = Cluster(MPI, resource, profile)
+    # Dirty for two slots, clean for two, dirty after: a carbon-scaled plan, not a flat one.
+    values = (500.0, 480.0, 100.0, 110.0, 90.0, 120.0, 520.0, 510.0) + (530.0,) * 4
+    first = cluster.step(T0 + 1, snapshot=carbon(T0 + 1, values))
+    assert reasons(first) == ["Planned"]
+    assert "work 6e+07: BODIES × ITERATIONS = 20000 × 3000" in first.events[0].message
+    status = first.status
+    assert status["workRequired"] == pytest.approx(6e7)
+    servers = status["plan"]["servers"]
+    assert servers[:2] == [0, 0] and len(servers) == 12
+    assert max(servers) > 1  # scaled up in the clean slots
+    assert sum(profile.throughput[k] for k in servers) >= 6e7  # covers the work
+    assert status["phase"] == "Pending"
+
+    start = 2 + next(i for i, k in enumerate(servers[2:]) if k > 0)
+    decision = cluster.step(T0 + start * HOUR + 5, snapshot=carbon(T0 + start * HOUR + 5, values))
+    assert "Started" in reasons(decision)
+    (op,) = decision.operations
+    assert isinstance(op, CreateChild)
+    launcher = op.body["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in launcher["env"]}
+    workers = cluster.workers()
+    assert workers == servers[start] and env["WORKERS"] == str(workers)
+    assert env["BODIES"] == "20000" and env["ITERATIONS"] == "3000"
+    assert decision.status["phase"] == "Running"
+    assert decision.status["replicas"] == workers
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ([], "the job has no size"),
+        ([{"name": "BODIES", "value": "20000"}], "sets BODIES but not ITERATIONS"),
+        (
+            [{"name": "BODIES", "value": "20000"}, {"name": "ITERATIONS", "value": "many"}],
+            "env ITERATIONS is 'many', not a positive number",
+        ),
+        (
+            [
+                {"name": "BODIES", "valueFrom": {"configMapKeyRef": {"name": "x", "key": "b"}}},
+                {"name": "ITERATIONS", "value": "10"},
+            ],
+            "env BODIES is None",
+        ),
+    ],
+)
+def test_a_job_without_a_size_fails_saying_what_to_add(
+    env: list[dict[str, Any]], expected: str
+) -> None:
+    resource, profile = reference_job()
+    launcher = resource["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
+    launcher["containers"][0]["env"] = env
+    decision = Cluster(MPI, resource, profile).step(T0 + 1)
+    status = decision.status
+    assert decision.operations == []
+    assert status["phase"] == "Failed" and conditions(status)["Failed"] == "True"
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    for text in (expected, "carbonScalerSpec.lengthHours", "carbonScalerSpec.work"):
+        assert text in status["message"] and text in failed["message"]
+    assert "BODIES and ITERATIONS in the env of spec.mpiReplicaSpecs.Launcher" in status["message"]
+    (event,) = decision.events
+    assert event.type == "Warning" and event.message == status["message"]
+    # Adding the size (here lengthHours) is an edit of the spec: the job is retried.
+    cluster = Cluster(MPI, resource, profile)
+    cluster.step(T0 + 1)
+    cluster.resource["carbonScalerSpec"]["lengthHours"] = 6
+    assert "Planned" in reasons(cluster.step(T0 + 30))
+
+
+def test_a_pytorch_job_is_sized_from_its_workers_env() -> None:
+    resource = pytorch_resource()
+    del resource["carbonScalerSpec"]["lengthHours"]
+    worker = resource["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    worker["containers"][0]["env"] = [
+        {"name": "BODIES", "value": "2"},
+        {"name": "ITERATIONS", "value": "2"},
+    ]
+    settings = Settings.from_resource(PYTORCH, resource)
+    assert settings.work == 4.0
+    assert settings.work_source is not None and "pytorchReplicaSpecs.Worker" in settings.work_source
+    decision = Cluster(PYTORCH, resource).step(T0 + 1)
+    assert decision.status["workRequired"] == pytest.approx(4.0)
+    del worker["containers"][0]["env"]
+    with pytest.raises(SettingsError, match=r"env of spec\.pytorchReplicaSpecs\.Worker"):
+        Settings.from_resource(PYTORCH, resource)
+
+
+def test_env_sizing_in_other_units_than_the_profiles_says_so_when_infeasible() -> None:
+    resource, _ = reference_job()
+    decision = Cluster(MPI, resource, PROFILE).step(T0 + 1)  # a profile in job-hours per hour
+    assert decision.status["phase"] == "Failed"
+    message = decision.status["message"]
+    assert "BODIES × ITERATIONS" in message and "else set lengthHours" in message
+
+
+def test_explicit_sizes_still_win_over_the_env() -> None:
+    resource, _ = reference_job()
+    resource["carbonScalerSpec"]["lengthHours"] = 2
+    settings = Settings.from_resource(MPI, resource)
+    assert settings.length_hours == 2 and settings.work is None and settings.work_source is None

@@ -7,6 +7,7 @@ from typing import Any
 
 import celpy
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from carbonscaler.control.spec import JobSpec
@@ -17,6 +18,7 @@ from carbonscaler.settings import JobSettings
 CRD_SPEC = crd_manifest(KINDS["CarbonScalerMPIJob"])["spec"]["versions"][0]["schema"][
     "openAPIV3Schema"
 ]["properties"]["carbonScalerSpec"]
+EXAMPLES = Path(__file__).resolve().parents[1] / "deploy" / "examples"
 
 
 def local(tmp_path: Path, **over: Any) -> JobSpec:
@@ -153,3 +155,112 @@ BASE = {"minReplicas": 1, "maxReplicas": 4, "profileName": "nbody", "lengthHours
 )
 def test_the_crd_and_the_model_accept_the_same_settings(doc: dict[str, Any]) -> None:
     assert crd_accepts(doc) == model_accepts(doc)
+
+
+# -- the CEL rules, evaluated on valid and invalid objects -----------------------------------
+
+# A CarbonScalerMPIJob written as the reference documents it: its five carbonScalerSpec fields,
+# no lengthHours or work (the operator sizes it from BODIES × ITERATIONS in the launcher's env).
+REFERENCE_JOB = yaml.safe_load((EXAMPLES / "nbody-reference.yaml").read_text(encoding="utf-8"))
+REFERENCE = REFERENCE_JOB["carbonScalerSpec"]
+
+
+def cel_failures(schema: dict[str, Any], value: Any, where: str = "") -> list[str]:
+    """The messages of every CEL rule (``x-kubernetes-validations``) anywhere in ``schema``
+    that ``value`` breaks, each evaluated with cel-python on ``self`` = the value at its node,
+    defaults applied, as the API server does after structural validation."""
+    failures: list[str] = []
+    if not isinstance(value, dict):
+        return failures
+    properties = schema.get("properties", {})
+    if properties:
+        value = _with_defaults(schema, value)
+    env = celpy.Environment()
+    for rule in schema.get("x-kubernetes-validations", []):
+        result = env.program(env.compile(rule["rule"])).evaluate({"self": celpy.json_to_cel(value)})
+        if not isinstance(result, celpy.celtypes.BoolType):
+            raise AssertionError(f"{where}: rule {rule['rule']!r} gave {result!r}, not a bool")
+        if not result:
+            failures.append(rule["message"])
+    for name, sub in properties.items():
+        if name in value:
+            failures += cel_failures(sub, value[name], f"{where}.{name}")
+    return failures
+
+
+def test_the_crds_cel_rules_are_where_the_settings_are() -> None:
+    for kind in KINDS.values():
+        schema = crd_manifest(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        spec = schema["properties"]["carbonScalerSpec"]
+        assert spec["x-kubernetes-validations"] == CarbonScalerSpec.cel_rules
+        env = celpy.Environment()
+        for rule in spec["x-kubernetes-validations"]:
+            env.compile(rule["rule"])  # every rule compiles
+
+
+def test_a_reference_style_job_passes_the_crd_schema_and_the_cel_rules() -> None:
+    import jsonschema
+
+    assert set(REFERENCE) == {"minReplicas", "maxReplicas", "deadline", "progress", "profileName"}
+    schema = crd_manifest(KINDS[REFERENCE_JOB["kind"]])["spec"]["versions"][0]["schema"][
+        "openAPIV3Schema"
+    ]
+    doc = {**REFERENCE_JOB, "metadata": {"name": "nbody-reference", "namespace": "default"}}
+    assert sorted(e.message for e in jsonschema.Draft4Validator(schema).iter_errors(doc)) == []
+    assert cel_failures(schema, doc) == []
+    assert crd_accepts(REFERENCE) and model_accepts(REFERENCE)
+    # The reference's own example (jobs/mpi_job.yaml: one node, a one-slot deadline) too.
+    reference_example = {
+        "minReplicas": 1,
+        "maxReplicas": 1,
+        "deadline": 1,
+        "progress": 0,
+        "profileName": "nbody100k",
+    }
+    assert crd_accepts(reference_example) and model_accepts(reference_example)
+
+
+NO_SIZE = {k: v for k, v in REFERENCE.items() if k != "deadline"}
+
+
+@pytest.mark.parametrize(
+    ("doc", "broken"),
+    [
+        (REFERENCE, None),
+        ({**REFERENCE, "lengthHours": 6}, None),
+        ({**REFERENCE, "work": 6e7}, None),
+        ({**NO_SIZE, "deadlineHours": 12.0}, None),
+        ({**NO_SIZE, "lengthHours": 6, "slack": 2.0}, None),
+        ({"maxReplicas": 2, "profileName": "p", "deadline": 3}, None),  # minReplicas defaults
+        ({**REFERENCE, "lengthHours": 6, "work": 6e7}, "at most one of lengthHours"),
+        ({**REFERENCE, "minReplicas": 3, "maxReplicas": 2}, "at least minReplicas"),
+        ({"maxReplicas": 0, "profileName": "p", "deadline": 3}, "at least minReplicas"),
+        (NO_SIZE, "exactly one of deadline"),
+        ({**REFERENCE, "deadlineHours": 12.0}, "exactly one of deadline"),
+        ({**NO_SIZE, "slack": 2.0}, "slack needs lengthHours"),
+        ({**NO_SIZE, "work": 6e7, "slack": 2.0}, "slack needs lengthHours"),
+    ],
+)
+def test_cel_rules_on_valid_and_invalid_objects(doc: dict[str, Any], broken: str | None) -> None:
+    failures = cel_failures(CRD_SPEC, doc)
+    if broken is None:
+        assert failures == []
+    else:
+        assert any(broken in message for message in failures), failures
+    # The model checks the same (the operator reads resources through it).
+    assert model_accepts(doc) == (broken is None)
+
+
+def test_only_the_resource_may_leave_the_size_to_its_env(tmp_path: Path) -> None:
+    spec = CarbonScalerSpec.model_validate(REFERENCE)
+    assert spec.length_hours is None and spec.work is None and spec.deadline_slots == 12
+    with pytest.raises(ValidationError, match="at most one of lengthHours"):
+        CarbonScalerSpec.model_validate({**REFERENCE, "lengthHours": 6, "work": 6e7})
+    # A local job spec has nothing else to size it by: it still needs one of them.
+    with pytest.raises(ValidationError, match="give exactly one of lengthHours"):
+        local(tmp_path, deadline=12)
+    with pytest.raises(ValidationError, match="give exactly one of lengthHours"):
+        local(tmp_path, deadline=12, lengthHours=6, work=6.0)
+    assert JobSpec.size_required and JobSettings.size_required
+    assert not CarbonScalerSpec.size_required
+    assert local(tmp_path, deadline=12, work=6.0).work == 6.0

@@ -24,7 +24,7 @@ from carbonscaler.decision import Rules
 from carbonscaler.planner.model import PlanningError
 from carbonscaler.planner.policies import Policy
 
-__all__ = ["RUNNABLE_POLICY_NAMES", "JobSettings"]
+__all__ = ["RUNNABLE_POLICY_NAMES", "JobSettings", "cel_rules_for"]
 
 # What a job spec or resource may name: the runnable policies and the reference's aliases.
 RUNNABLE_POLICY_NAMES = ("carbonscaler", "exact", "suspend-resume", "agnostic", "scaler", "fixed")
@@ -36,36 +36,67 @@ def _assumed_overhead_s(seconds_per_slot: float) -> float:
     return min(max(0.05 * seconds_per_slot, 0.5), 30.0)
 
 
-class JobSettings(BaseModel):
-    """How a job is sized, bounded, given a deadline, planned and re-planned.
+_SIZES = "lengthHours (hours at minReplicas) or work (the profile's throughput units × hours)"
 
-    Exactly one of ``lengthHours`` (hours at ``minReplicas``) or ``work`` sizes the job;
-    exactly one of ``deadline`` (slots, the reference's), ``deadlineHours`` or ``slack``
-    (deadline = slack × length) sets its deadline.
+
+def cel_rules_for(*, size_required: bool) -> list[dict[str, str]]:
+    """The CEL rules (``x-kubernetes-validations``) of a settings object: those across fields,
+    the same as :meth:`JobSettings._consistent` checks.
+
+    Args:
+        size_required: whether exactly one of lengthHours/work must be given (local job
+            specs), or at most one (Kubernetes resources, which may be sized from their env).
     """
-
-    model_config = ConfigDict(
-        extra="forbid", populate_by_name=True, alias_generator=to_camel, use_enum_values=False
-    )
-    # CEL rules the CRD carries for what one field's schema cannot say (kept in step with
-    # :meth:`_consistent`, which checks the same for local specs).
-    cel_rules: ClassVar[list[dict[str, str]]] = [
+    if size_required:
+        size = {
+            "rule": "has(self.lengthHours) != has(self.work)",
+            "message": f"give exactly one of {_SIZES}",
+        }
+    else:
+        size = {
+            "rule": "!(has(self.lengthHours) && has(self.work))",
+            "message": f"give at most one of {_SIZES}; with neither, the job is sized from "
+            "BODIES × ITERATIONS in its launcher's (MPI) or worker's (PyTorch) env",
+        }
+    return [
         {
             "rule": "self.minReplicas <= self.maxReplicas",
             "message": "maxReplicas must be at least minReplicas",
         },
-        {
-            "rule": "has(self.lengthHours) != has(self.work)",
-            "message": "give exactly one of lengthHours (hours at minReplicas) or work "
-            "(in the profile's throughput units × hours)",
-        },
+        size,
         {
             "rule": "[has(self.deadline), has(self.deadlineHours), has(self.slack)]"
             ".exists_one(x, x)",
             "message": "give exactly one of deadline (slots), deadlineHours, or slack "
             "(deadline = slack × lengthHours)",
         },
+        {
+            "rule": "!has(self.slack) || has(self.lengthHours)",
+            "message": "slack needs lengthHours (the deadline is slack × lengthHours); or give "
+            "deadline (slots) or deadlineHours",
+        },
     ]
+
+
+class JobSettings(BaseModel):
+    """How a job is sized, bounded, given a deadline, planned and re-planned.
+
+    Exactly one of ``lengthHours`` (hours at ``minReplicas``) or ``work`` sizes the job (at
+    most one where :attr:`size_required` is false: the Kubernetes resources, which the operator
+    may size from their workload's env); exactly one of ``deadline`` (slots, the reference's),
+    ``deadlineHours`` or ``slack`` (deadline = slack × length) sets its deadline.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, alias_generator=to_camel, use_enum_values=False
+    )
+    # Whether the settings alone must size the job (lengthHours or work). A local job spec
+    # must: nothing else says how big it is. A Kubernetes resource need not: with neither, the
+    # operator sizes it from its workload's env as the reference did (BODIES × ITERATIONS).
+    size_required: ClassVar[bool] = True
+    # CEL rules the CRD carries for what one field's schema cannot say (kept in step with
+    # :meth:`_consistent`, which checks the same); see :func:`cel_rules_for`.
+    cel_rules: ClassVar[list[dict[str, str]]] = cel_rules_for(size_required=True)
 
     min_replicas: int = Field(1, ge=1, description="Fewest workers the job runs on (m).")
     max_replicas: int = Field(ge=1, description="Most workers the job may use (M).")
@@ -158,11 +189,11 @@ class JobSettings(BaseModel):
                 f"policy {self.policy} cannot run a job; use one of "
                 f"{', '.join(RUNNABLE_POLICY_NAMES)}"
             )
-        if (self.length_hours is None) == (self.work is None):
-            raise ValueError(
-                "give exactly one of lengthHours (hours at minReplicas) or work (the profile's "
-                "units)"
-            )
+        if self.length_hours is not None and self.work is not None:
+            how_many = "exactly" if self.size_required else "at most"
+            raise ValueError(f"give {how_many} one of {_SIZES}, not both")
+        if self.size_required and self.length_hours is None and self.work is None:
+            raise ValueError(f"give exactly one of {_SIZES}")
         deadlines = [x for x in (self.deadline_hours, self.slack, self.deadline) if x is not None]
         if len(deadlines) != 1:
             raise ValueError(

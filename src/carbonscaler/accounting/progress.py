@@ -4,19 +4,42 @@ The reference example job appends a row per checkpoint to ``progress.csv`` whose
 column is the percent done (0-100); a header row may lead. The job writes while we read,
 so the last line may be half-written: a line without its final newline is ignored until
 it is complete. Only the file's tail is read, so a long file costs nothing.
+
+A service reads files a caller named, so :class:`CsvProgress` reads defensively: with a
+``root``, only a file whose real path (symbolic links followed) is under it; only regular
+files (a FIFO would block, ``/dev/zero`` never ends); opened without blocking and without
+following a final symbolic link, checked on the open descriptor, and at most the last
+4 KiB read. Its errors say what is wrong and where, never what the file contains.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import stat
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-__all__ = ["ApiProgress", "CsvProgress", "ProgressError", "ProgressSource", "parse_percent"]
+__all__ = [
+    "ApiProgress",
+    "CsvProgress",
+    "ProgressError",
+    "ProgressSource",
+    "RefusedProgress",
+    "check_progress_path",
+    "parse_percent",
+]
 
 _TAIL_BYTES = 4096
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class ProgressError(ValueError):
@@ -52,27 +75,98 @@ class ProgressSource(ABC):
         """
 
 
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_progress_path(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> Path:
+    """The real path of a progress file, if it may be read: under ``root`` once symbolic
+    links are followed, and a regular file if it exists yet.
+
+    Raises:
+        ProgressError: If the path is relative, outside ``root``, or not a regular file.
+    """
+    given = Path(path)
+    if not given.is_absolute():
+        raise ProgressError(f"{given}: a progress path must be absolute")
+    real_root = Path(os.path.realpath(root))
+    real = Path(os.path.realpath(given))
+    if not _inside(real, real_root):
+        raise ProgressError(
+            f"{given}: outside the progress root {root} (symbolic links followed); progress"
+            " files must be under it"
+        )
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return real  # the job has not written it yet
+    except OSError as exc:
+        raise ProgressError(f"{given}: cannot check ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise ProgressError(f"{given}: not a regular file; progress comes from a plain file")
+    return real
+
+
+def _opened_inside(fd: int, root: Path) -> bool:
+    """Whether the open descriptor's file is under ``root`` (True where /proc is absent)."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return True
+    return _inside(Path(target), Path(os.path.realpath(root)))
+
+
 class CsvProgress(ProgressSource):
     """The reference ``progress.csv``: the second column of the last complete row.
 
     Args:
         path: The file the job writes.
+        root: If given, the file must be under this folder (symbolic links followed);
+            checked again at every read.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+    ) -> None:
         self.path = Path(path)
+        self.root = None if root is None else Path(root)
 
-    def read(self) -> float | None:
+    def _tail(self) -> tuple[bytes, int] | None:
+        """The last bytes of the file and their offset; None if it does not exist yet."""
+        flags = _OPEN_FLAGS
+        target = self.path
+        if self.root is not None:
+            target = check_progress_path(self.path, self.root)
+            flags |= _NOFOLLOW  # resolved already: a link now is one swapped in since
         try:
-            with self.path.open("rb") as fh:
-                size = fh.seek(0, os.SEEK_END)
-                start = max(0, size - _TAIL_BYTES)
-                fh.seek(start)
-                tail = fh.read()
+            fd = os.open(target, flags)
         except FileNotFoundError:
             return None  # the job has not started writing
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ProgressError(f"{self.path}: became a symbolic link; refused") from None
             raise ProgressError(f"{self.path}: cannot read ({exc.strerror})") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ProgressError(
+                    f"{self.path}: not a regular file; progress comes from a plain file"
+                )
+            if self.root is not None and not _opened_inside(fd, self.root):
+                raise ProgressError(f"{self.path}: moved outside the progress root; refused")
+            start = max(0, info.st_size - _TAIL_BYTES)
+            tail = os.pread(fd, min(_TAIL_BYTES, info.st_size - start), start)
+        except OSError as exc:
+            raise ProgressError(f"{self.path}: cannot read ({exc.strerror})") from None
+        finally:
+            os.close(fd)
+        return tail, start
+
+    def read(self) -> float | None:
+        got = self._tail()
+        if got is None:
+            return None
+        tail, start = got
         lines = tail.split(b"\n")
         complete = lines[:-1]  # the part after the last newline is still being written
         if start > 0 and complete:
@@ -82,18 +176,41 @@ class CsvProgress(ProgressSource):
             if not line:
                 continue
             cells = [c.strip() for c in line.split(",")]
+            # The messages never quote the row: the file may not be what it claims to be.
             if len(cells) < 2:
                 raise ProgressError(
-                    f"{self.path}: last row {line[:60]!r} has no second column; the reference"
-                    " format is 'step,percent' with percent done 0-100"
+                    f"{self.path}: the last row has no second column; the reference format"
+                    " is 'step,percent' with percent done 0-100"
                 )
-            try:
-                return parse_percent(cells[1], f"{self.path}: last row {line[:60]!r}")
-            except ProgressError:
-                if start == 0 and raw is complete[0] and not _is_number(cells[1]):
+            if not _is_number(cells[1]):
+                if start == 0 and raw is complete[0]:
                     return None  # only a header so far
-                raise
+                raise ProgressError(
+                    f"{self.path}: the second column of the last row is not a number;"
+                    " expected percent done, 0-100"
+                )
+            percent = float(cells[1])
+            if not (math.isfinite(percent) and 0 <= percent <= 100):
+                raise ProgressError(
+                    f"{self.path}: the second column of the last row is outside 0-100 percent done"
+                )
+            return percent
         return None
+
+
+class RefusedProgress(ProgressSource):
+    """A progress file this service may not read (e.g. no ``--progress-root`` after a
+    restart): every read says why, and the job's progress stays unknown.
+
+    Args:
+        reason: The message of every read's :class:`ProgressError`.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def read(self) -> float | None:
+        raise ProgressError(self.reason)
 
 
 def _is_number(text: str) -> bool:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import re
+import stat
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -36,11 +38,14 @@ from carbonscaler.accounting.progress import (
     CsvProgress,
     ProgressError,
     ProgressSource,
+    RefusedProgress,
+    check_progress_path,
 )
 from carbonscaler.power.client import NodeAnswer, NodeEnergy, PowerServerClient
 from carbonscaler.power.kepler import KeplerMeter
 from carbonscaler.power.meter import MeterError, ProfileMeter, is_measured
 from carbonscaler.profile import ProfileError, ProfileWarning, ScalingProfile, load_profile
+from carbonscaler.security.netguard import DestinationPolicy, DestinationRefused
 
 __all__ = [
     "JobExistsError",
@@ -61,6 +66,7 @@ _JOB_ID = re.compile(JOB_ID_PATTERN)
 _POD = re.compile(POD_PATTERN)
 _NODE = re.compile(NODE_PATTERN)
 MAX_SERVERS = 100_000
+_MAX_PROFILE_BYTES = 1 << 20
 
 
 class TrackerError(ValueError):
@@ -175,6 +181,11 @@ class TrackerConfig:
         kepler_window: ``rate`` window for Kepler counters.
         allowed_hosts: If set, node URLs must point to one of these hosts (the API makes
             the service send requests to the URLs it is given).
+        node_policy: Where node requests may go: never link-local or cloud-metadata
+            addresses; only the ``allow`` networks when given (``--allow-node-net``).
+            Every request connects to the address just checked.
+        progress_root: The folder progress files must be in (``--progress-root``); None
+            refuses every ``progress_path`` (jobs post their progress instead).
 
     Raises:
         ValueError: If a number is not positive.
@@ -186,12 +197,47 @@ class TrackerConfig:
     kepler_url: str | None = None
     kepler_window: str = "1m"
     allowed_hosts: frozenset[str] | None = None
+    node_policy: DestinationPolicy = field(
+        default_factory=lambda: DestinationPolicy(what="node URL")
+    )
+    progress_root: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("sample_interval_s", "request_timeout_s", "job_timeout_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value}")
+
+
+def _read_profile(job_id: str, path: str) -> ScalingProfile:
+    """A job's profile, read as a file a caller named: a regular file of bounded size
+    (never a FIFO or a device), and errors that do not quote it.
+
+    Raises:
+        TrackerError: If it cannot be read or is not a profile.
+    """
+    where = f"job {job_id}: cannot use its profile {path}"
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise TrackerError(f"{where}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise TrackerError(f"{where}: not a regular file")
+    if info.st_size > _MAX_PROFILE_BYTES:
+        raise TrackerError(f"{where}: larger than {_MAX_PROFILE_BYTES} bytes")
+    try:
+        with warnings.catch_warnings():
+            # Concavity matters to the planner, not to a power estimate.
+            warnings.simplefilter("ignore", ProfileWarning)
+            return load_profile(path)
+    except OSError as exc:
+        raise TrackerError(f"{where}: {exc.strerror or exc}") from None
+    except ProfileError:
+        # Not the parser's message: it quotes the file, which may be anything readable here.
+        raise TrackerError(
+            f"{where}: not a scaling profile (a CSV with the header nodes,throughput,power and"
+            " one row per server count)"
+        ) from None
 
 
 @dataclass
@@ -252,7 +298,9 @@ class Tracker:
         self.power = (
             power_client
             if power_client is not None
-            else PowerServerClient(timeout_s=self.config.request_timeout_s)
+            else PowerServerClient(
+                timeout_s=self.config.request_timeout_s, policy=self.config.node_policy
+            )
         )
         self.jobs: dict[str, JobStatus] = {}
         self.rounds = 0
@@ -273,13 +321,21 @@ class Tracker:
 
     # -- registration ---------------------------------------------------------------------
 
-    def _check_hosts(self, spec: TrackedJob) -> None:
+    def check_nodes(self, nodes: Iterable[str]) -> None:
+        """Refuse node URLs off ``allowed_hosts`` or refused by ``node_policy`` (what it
+        can tell without resolving; requests resolve, check and pin again).
+
+        Raises:
+            TrackerError: If a node URL is refused, saying why.
+        """
         allowed = self.config.allowed_hosts
-        if allowed is None:
-            return
-        for node in spec.nodes:
+        for node in nodes:
+            try:  # first: it also refuses what does not parse as a URL
+                self.config.node_policy.check_url(node)
+            except DestinationRefused as exc:
+                raise TrackerError(str(exc)) from None
             host = urlsplit(node).hostname
-            if host not in allowed:
+            if allowed is not None and host not in allowed:
                 raise TrackerError(
                     f"node {node[:80]!r}: host {host!r} is not allowed here; nodes must be on"
                     f" {', '.join(sorted(allowed))}"
@@ -288,18 +344,16 @@ class Tracker:
     def _status(self, spec: TrackedJob, record: JobRecord) -> JobStatus:
         profile = None
         if spec.profile_path is not None:
-            try:
-                with warnings.catch_warnings():
-                    # Concavity matters to the planner, not to a power estimate.
-                    warnings.simplefilter("ignore", ProfileWarning)
-                    profile = load_profile(spec.profile_path)
-            except (ProfileError, OSError) as exc:
-                raise TrackerError(f"job {spec.job_id}: cannot use its profile: {exc}") from None
-        progress: ProgressSource = (
-            CsvProgress(spec.progress_path)
-            if spec.progress_path is not None
-            else ApiProgress(record.progress_pct)
-        )
+            profile = _read_profile(spec.job_id, spec.profile_path)
+        progress: ProgressSource
+        if spec.progress_path is None:
+            progress = ApiProgress(record.progress_pct)
+        elif self.config.progress_root is None:  # a job resumed after a restart without it
+            progress = RefusedProgress(
+                f"{spec.progress_path}: not read, the service has no --progress-root"
+            )
+        else:
+            progress = CsvProgress(spec.progress_path, root=self.config.progress_root)
         status = JobStatus(spec, record, profile, progress)
         if spec.pods:
             if self.config.kepler_url is None:
@@ -324,9 +378,20 @@ class Tracker:
         Raises:
             TrackerError: If the id is taken, the profile unreadable, or pods lack Kepler.
         """
-        if spec.progress_path is not None and not Path(spec.progress_path).is_absolute():
-            raise TrackerError(f"progress_path must be absolute, not {spec.progress_path!r}")
-        self._check_hosts(spec)
+        if spec.progress_path is not None:
+            if not Path(spec.progress_path).is_absolute():
+                raise TrackerError(f"progress_path must be absolute, not {spec.progress_path!r}")
+            if self.config.progress_root is None:
+                raise TrackerError(
+                    "progress_path is refused: this service reads progress files only under a"
+                    " folder given with --progress-root; post progress to"
+                    " /v1/jobs/{id}/progress instead"
+                )
+            try:
+                check_progress_path(spec.progress_path, self.config.progress_root)
+            except ProgressError as exc:
+                raise TrackerError(str(exc)) from None
+        self.check_nodes(spec.nodes)
         if self.ledger.job(spec.job_id) is not None:
             raise JobExistsError(f"job {spec.job_id!r} exists; choose another id")
         probe = JobRecord(
@@ -388,7 +453,7 @@ class Tracker:
         if servers is not None:
             data["servers"] = servers
         new_spec = TrackedJob.from_json(data)
-        self._check_hosts(new_spec)
+        self.check_nodes(new_spec.nodes)
         if status.profile is not None and new_spec.initial_servers > status.profile.max_servers:
             raise TrackerError(
                 f"{new_spec.initial_servers} servers is beyond the job's profile"

@@ -23,6 +23,16 @@ from carbonscaler.cli._common import (
     err_console,
     pick_carbon_source,
 )
+from carbonscaler.cli._security import (
+    CarbonServiceTokenFileOption,
+    CarbonServiceTokenOption,
+    InsecureOption,
+    TokenFileOption,
+    TokenOption,
+    client_token,
+    destination_policy,
+    service_token,
+)
 from carbonscaler.datasets import DatasetError
 from carbonscaler.providers import ProviderError, TTLCache, live_provider
 from carbonscaler.services.accounting import AccountingConfig, create_app
@@ -81,9 +91,45 @@ def accounting_command(
             help="Only accept nodes on this host (repeatable); default any host.",
         ),
     ] = None,
+    allow_node_net: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-node-net",
+            help="Only ask node URLs in this network (CIDR, repeatable); link-local and"
+            " cloud-metadata addresses are refused in any case.",
+        ),
+    ] = None,
+    progress_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--progress-root",
+            help="Folder the jobs' progress files must be in; without it progress_path is"
+            " refused and jobs post their progress instead.",
+        ),
+    ] = None,
+    resubscribe_after: Annotated[
+        float,
+        typer.Option(
+            "--resubscribe-after",
+            help="Register with the carbon service again after this many seconds without a push.",
+        ),
+    ] = 300.0,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
+    carbon_service_token: CarbonServiceTokenOption = None,
+    carbon_service_token_file: CarbonServiceTokenFileOption = None,
 ) -> None:
     """Account each job's energy (kWh) and emissions (gCO2eq), measured vs estimated."""
     try:
+        resolved_token = service_token(
+            token, token_file, host=host, insecure=insecure, service="accounting service"
+        )
+        carbon_token = client_token(
+            carbon_service_token, carbon_service_token_file, default=resolved_token
+        )
+        if progress_root is not None and not progress_root.is_dir():
+            raise ValueError(f"--progress-root {progress_root} is not a folder")
         source = pick_carbon_source(
             trace=carbon_trace,
             zone=zone,
@@ -115,7 +161,12 @@ def accounting_command(
                 request_timeout_s=request_timeout,
                 kepler_url=kepler_url,
                 allowed_hosts=frozenset(allowed_host) if allowed_host else None,
+                node_policy=destination_policy(allow_node_net, "node URL"),
+                progress_root=None if progress_root is None else progress_root.resolve(),
             ),
+            token=resolved_token,
+            carbon_service_token=carbon_token,
+            resubscribe_after_s=resubscribe_after,
         )
         app = create_app(config)
     except (

@@ -25,13 +25,20 @@ from carbonscaler.cli._common import (
     err_console,
     pick_carbon_source,
 )
+from carbonscaler.cli._security import (
+    InsecureOption,
+    TokenFileOption,
+    TokenOption,
+    destination_policy,
+    service_token,
+)
 from carbonscaler.datasets import DatasetError
 from carbonscaler.providers import ProviderError, TTLCache, live_provider
+from carbonscaler.security.tokens import ENV_TOKEN
 from carbonscaler.services._store import StoreError
 from carbonscaler.services.carbon import CarbonServiceConfig, create_app
 
-ENV_TOKEN = "CARBONSCALER_TOKEN"
-"""Environment variable holding the admin bearer token."""
+__all__ = ["ENV_TOKEN", "carbon_service_command"]
 
 
 def carbon_service_command(
@@ -82,13 +89,15 @@ def carbon_service_command(
     zone: Annotated[str | None, typer.Option(*ZONE_FLAGS, help=LIVE_ZONE_HELP)] = None,
     year: Annotated[int | None, typer.Option(*YEAR_FLAGS, help=YEAR_HELP)] = None,
     provider_spec: Annotated[str | None, typer.Option(*PROVIDER_FLAGS, help=PROVIDER_HELP)] = None,
-    token: Annotated[
-        str | None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
+    allow_subscriber_net: Annotated[
+        list[str] | None,
         typer.Option(
-            "--token",
-            envvar=ENV_TOKEN,
-            help=f"Bearer token for admin endpoints (set_index, deleting others'"
-            f" subscriptions); also ${ENV_TOKEN}.",
+            "--allow-subscriber-net",
+            help="Push only to subscribers in this network (CIDR, repeatable); link-local and"
+            " cloud-metadata addresses are refused in any case.",
         ),
     ] = None,
     signal: Annotated[
@@ -105,6 +114,10 @@ def carbon_service_command(
 ) -> None:
     """Serve carbon intensity and forecasts, and push them to subscribers."""
     try:
+        resolved_token = service_token(
+            token, token_file, host=host, insecure=insecure, service="carbon service"
+        )
+        destinations = destination_policy(allow_subscriber_net, "subscriber address")
         if not db_path.parent.is_dir():
             raise ValueError(f"--db-path {db_path}: folder {db_path.parent} does not exist")
         source = pick_carbon_source(trace=carbon_path, zone=zone, year=year, provider=provider_spec)
@@ -130,7 +143,8 @@ def carbon_service_command(
             percentile_window=percentile_window,
             prediction_method=prediction_method,
             seconds_per_slot=speed,
-            token=token,
+            token=resolved_token,
+            destinations=destinations,
         )
         app = create_app(config)
     except (ValueError, ProviderError, DatasetError, StoreError, OSError) as exc:

@@ -27,6 +27,16 @@ from carbonscaler.cli._common import (
     err_console,
     pick_carbon_source,
 )
+from carbonscaler.cli._security import (
+    CarbonServiceTokenFileOption,
+    CarbonServiceTokenOption,
+    InsecureOption,
+    TokenFileOption,
+    TokenOption,
+    client_token,
+    service_token,
+)
+from carbonscaler.security.tokens import with_push_key
 
 if TYPE_CHECKING:
     from carbonscaler.operator.carbon import CarbonBoard, Poller
@@ -100,6 +110,11 @@ def operator_command(
         typer.Option("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
+    carbon_service_token: CarbonServiceTokenOption = None,
+    carbon_service_token_file: CarbonServiceTokenFileOption = None,
 ) -> None:
     """Run the CarbonScaler operator: plan and scale CarbonScalerMPIJob/PyTorchJob resources."""
     try:
@@ -119,6 +134,17 @@ def operator_command(
         err_console.print("[red]error:[/] give --namespace or --all-namespaces, not both")
         raise typer.Exit(code=2)
     try:
+        # The webhook is what listens: it alone needs the token (pushes change the plans).
+        webhook_token = service_token(
+            token,
+            token_file,
+            host=webhook_host if webhook_port else "127.0.0.1",
+            insecure=insecure,
+            service="operator's carbon webhook",
+        )
+        carbon_token = client_token(
+            carbon_service_token, carbon_service_token_file, default=webhook_token
+        )
         source = pick_carbon_source(
             trace=carbon_trace,
             zone=zone,
@@ -148,7 +174,15 @@ def operator_command(
 
     async def main() -> None:
         tasks = await _start_carbon(
-            board, poller, webhook_host, webhook_port, carbon_service, public_url, poll_interval
+            board,
+            poller,
+            webhook_host,
+            webhook_port,
+            carbon_service,
+            public_url,
+            poll_interval,
+            token=webhook_token,
+            carbon_token=carbon_token,
         )
         try:
             await kopf.operator(
@@ -205,8 +239,15 @@ async def _start_carbon(
     carbon_service: str | None,
     public_url: str | None,
     poll_interval: float,
+    *,
+    token: str | None = None,
+    carbon_token: str | None = None,
 ) -> list[asyncio.Task[None]]:
-    """Start the webhook, the poller and the subscription; their tasks, to cancel at exit."""
+    """Start the webhook, the poller and the subscription; their tasks, to cancel at exit.
+
+    With a ``token`` the webhook requires it or its push key, and the address registered
+    with the carbon service carries the push key; ``carbon_token`` is the carbon service's.
+    """
     import httpx
     from aiohttp import web
 
@@ -214,7 +255,7 @@ async def _start_carbon(
 
     tasks: list[asyncio.Task[None]] = []
     if port:
-        runner = web.AppRunner(webhook_app(board), access_log=None)
+        runner = web.AppRunner(webhook_app(board, token), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         log.info("carbon webhook listening on %s:%d", host, port)
@@ -229,13 +270,14 @@ async def _start_carbon(
     if poller is not None:
         tasks.append(asyncio.create_task(poll_forever(poller, board, poll_interval)))
     if carbon_service and public_url:
+        address = with_push_key(public_url, token)
 
         async def keep_subscribed() -> None:
             async with httpx.AsyncClient(timeout=10.0) as client:
                 delay = 5.0
                 while True:
                     try:
-                        await subscribe(client, carbon_service, public_url)
+                        await subscribe(client, carbon_service, address, carbon_token)
                         delay = RESUBSCRIBE_S  # re-register now and then: reactivates us
                     except httpx.HTTPError as exc:
                         log.warning("subscribing to %s failed: %s", carbon_service, exc)

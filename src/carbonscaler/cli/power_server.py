@@ -10,6 +10,7 @@ import typer
 import uvicorn
 
 from carbonscaler.cli._common import err_console
+from carbonscaler.cli._security import InsecureOption, TokenFileOption, TokenOption, service_token
 from carbonscaler.power.rapl import DEFAULT_POWERCAP_ROOT
 from carbonscaler.profile import ProfileError
 from carbonscaler.services.power import PowerServerConfig, create_app
@@ -52,9 +53,15 @@ def power_server_command(
     history: Annotated[
         float, typer.Option("--history", help="Seconds of readings kept for /v1/energy.")
     ] = 3600.0,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
 ) -> None:
     """Sample this node's power about once a second and serve it (reference GET / and /v1)."""
     try:
+        resolved_token = service_token(
+            token, token_file, host=host, insecure=insecure, service="power server"
+        )
         config = PowerServerConfig(
             powercap_root=powercap_root,
             include_dram=include_dram,
@@ -66,6 +73,7 @@ def power_server_command(
             estimate_watts=estimate_watts,
             sample_interval_s=sample_interval,
             history_s=history,
+            token=resolved_token,
         )
         app = create_app(config)
     except (ValueError, ProfileError, OSError) as exc:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, Field
 
-from carbonscaler.settings import JobSettings
+from carbonscaler.settings import JobSettings, cel_rules_for
 
 __all__ = [
     "GROUP",
@@ -213,7 +213,16 @@ def _pytorch_spec() -> dict[str, Any]:
 
 class CarbonScalerSpec(JobSettings):
     """A resource's ``carbonScalerSpec``: the job settings shared with local job specs, and
-    what only the operator needs."""
+    what only the operator needs.
+
+    Unlike a local job spec it may leave out the job's size (``lengthHours`` and ``work``), as
+    the reference's resources do: the operator then sizes the job from its workload's env,
+    ``BODIES`` × ``ITERATIONS`` in the profile's units (see
+    :meth:`carbonscaler.operator.reconcile.Settings.from_resource`).
+    """
+
+    size_required: ClassVar[bool] = False
+    cel_rules: ClassVar[list[dict[str, str]]] = cel_rules_for(size_required=False)
 
     profile: str = Field(
         alias="profileName",

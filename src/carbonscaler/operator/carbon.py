@@ -24,6 +24,7 @@ from aiohttp import web
 
 from carbonscaler.operator.reconcile import CarbonSnapshot
 from carbonscaler.providers import CarbonProvider, ProviderError
+from carbonscaler.security.tokens import PUSH_KEY_PARAM, push_authorized
 
 __all__ = [
     "CarbonBoard",
@@ -90,11 +91,22 @@ def snapshot_from_push(body: Any, received: float) -> tuple[CarbonSnapshot, str 
     return snapshot, str(zone) if zone else None
 
 
-def webhook_app(board: CarbonBoard) -> web.Application:
+def webhook_app(board: CarbonBoard, token: str | None = None) -> web.Application:
     """The webhook the carbon service pushes to: ``POST /`` (also ``/carbon``), and
-    ``GET /healthz``."""
+    ``GET /healthz``.
+
+    With a ``token``, a push needs it (``Authorization: Bearer``) or its push key (in the
+    ``key`` query parameter of the address the operator registers, or as bearer).
+    """
 
     async def push(request: web.Request) -> web.Response:
+        if not push_authorized(
+            request.headers.get("Authorization"), request.query.get(PUSH_KEY_PARAM), token
+        ):
+            detail = "a push needs the operator's token or its push key (?key=... in the address)"
+            return web.json_response(
+                {"detail": detail}, status=401, headers={"WWW-Authenticate": "Bearer"}
+            )
         try:
             body = await request.json()
             snapshot, zone = snapshot_from_push(body, board.clock())
@@ -119,18 +131,21 @@ def webhook_app(board: CarbonBoard) -> web.Application:
     return app
 
 
-async def subscribe(client: httpx.AsyncClient, service_url: str, address: str) -> None:
+async def subscribe(
+    client: httpx.AsyncClient, service_url: str, address: str, token: str | None = None
+) -> None:
     """Register ``address`` for pushes with the carbon service (v1 API, else the reference's
-    ``POST /``).
+    ``POST /``), with the carbon service's ``token`` when it has one.
 
     Raises:
         httpx.HTTPError: if the service cannot be reached or refuses.
     """
     body = {"app_name": "carbonscaler-operator", "address": address}
     base = service_url.rstrip("/")
-    response = await client.post(f"{base}/v1/subscriptions", json=body)
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    response = await client.post(f"{base}/v1/subscriptions", json=body, headers=headers)
     if response.status_code == 404:
-        response = await client.post(f"{base}/", json=body)
+        response = await client.post(f"{base}/", json=body, headers=headers)
     response.raise_for_status()
 
 

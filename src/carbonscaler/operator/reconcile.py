@@ -45,7 +45,7 @@ import copy
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -137,6 +137,8 @@ class Settings:
     overhead_s: float
     max_relaunches: int
     pause_mode: str
+    # Where ``work`` came from when the settings gave no size (the reference's env sizing).
+    work_source: str | None = None
 
     @property
     def slot_hours(self) -> float:
@@ -147,6 +149,10 @@ class Settings:
         """Read and check the settings of a CarbonScaler resource through the one settings
         model (:class:`~carbonscaler.kube.crd.CarbonScalerSpec`, which the CRD is generated
         from) — the API server checks most of it, this checks all of it.
+
+        A resource written as the reference's, without ``lengthHours`` or ``work``, is sized
+        as the reference sized it: work = ``BODIES`` × ``ITERATIONS`` (in the profile's
+        units), from the env of the launcher's (MPI) or worker's (PyTorch) container.
 
         Raises:
             SettingsError: naming the field and what to change.
@@ -182,6 +188,9 @@ class Settings:
             pause_mode=parsed.pause_mode,
         )
         settings._check(kind, spec)
+        if settings.length_hours is None and settings.work is None:
+            work, source = _work_from_env(kind, spec)
+            settings = replace(settings, work=work, work_source=source)
         return settings
 
     def _check(self, kind: JobKind, spec: dict[str, Any]) -> None:
@@ -217,6 +226,59 @@ class Settings:
     def planner_policy(self) -> str:
         """The policy's one name (``scaler`` → ``carbonscaler``, ``fixed`` → ``agnostic``)."""
         return self.policy
+
+
+_ENV_SIZE = ("BODIES", "ITERATIONS")
+
+
+def _work_from_env(kind: JobKind, spec: dict[str, Any]) -> tuple[float, str]:
+    """The reference's job size: ``BODIES`` × ``ITERATIONS`` from the env of the main
+    replica's (MPI: Launcher, PyTorch: Worker) first container that sets them; the work and
+    where it came from.
+
+    Raises:
+        SettingsError: saying exactly what to add where the env does not size the job.
+    """
+    where = f"spec.{kind.replica_specs_key}.{kind.main_replica}"
+    add = (
+        "add carbonScalerSpec.lengthHours (hours at minReplicas) or carbonScalerSpec.work (the "
+        "profile's throughput units × hours), or set BODIES and ITERATIONS in the env of "
+        f"{where}'s container (the reference's sizing: work = BODIES × ITERATIONS in the "
+        "profile's units)"
+    )
+    template = spec[kind.replica_specs_key][kind.main_replica].get("template")
+    pod = template.get("spec") if isinstance(template, dict) else None
+    containers = pod.get("containers") if isinstance(pod, dict) else None
+    for container in containers if isinstance(containers, list) else []:
+        if not isinstance(container, dict) or not isinstance(container.get("env"), list):
+            continue
+        env = {e.get("name"): e for e in container["env"] if isinstance(e, dict)}
+        named = [name for name in _ENV_SIZE if name in env]
+        if not named:
+            continue
+        label = f"{where} container {container.get('name', '?')}"
+        if len(named) < len(_ENV_SIZE):
+            missing = next(name for name in _ENV_SIZE if name not in env)
+            raise SettingsError(
+                f"the job has no size: {label} sets {named[0]} but not {missing}; {add}"
+            )
+        values = []
+        for name in _ENV_SIZE:
+            raw = env[name].get("value")
+            try:
+                value = float(str(raw).strip())
+            except ValueError:
+                value = math.nan
+            if not (math.isfinite(value) and value > 0):
+                raise SettingsError(
+                    f"the job has no size: {label} env {name} is {raw!r}, not a positive number "
+                    f"(a literal value, not valueFrom); {add}"
+                )
+            values.append(value)
+        bodies, iterations = values
+        source = f"BODIES × ITERATIONS = {bodies:g} × {iterations:g} from {label}'s env"
+        return bodies * iterations, source
+    raise SettingsError(f"the job has no size: {add}")
 
 
 def settings_digest(resource: dict[str, Any]) -> str:
@@ -485,7 +547,13 @@ def reconcile(obs: Observation) -> Decision:
             plans = _first_plan(run, settings, job, rules, start, slot, progress, plans)
         except PlanningError as exc:
             status["settingsDigest"] = digest
-            return run.fail("Infeasible", str(exc))
+            message = str(exc)
+            if settings.work_source:
+                message += (
+                    f" (the work, {job.work:g}, is {settings.work_source}: the profile's "
+                    "throughput must be in those units per hour, else set lengthHours)"
+                )
+            return run.fail("Infeasible", message)
         status["settingsDigest"] = digest
         if replanning:
             status["replans"] = int(status.get("replans", 0)) + 1
@@ -757,6 +825,8 @@ def _first_plan(
         notes += "; out of reach with the rescales it needs: top level until done"
     if degraded:
         notes += " (no carbon data yet: planned on a flat forecast)"
+    if settings.work_source:
+        notes += f"; work {job.work:g}: {settings.work_source}"
     run.event(
         "Normal",
         "Planned",

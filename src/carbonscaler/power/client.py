@@ -24,6 +24,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from carbonscaler.security.netguard import DestinationPolicy, DestinationRefused
+
 __all__ = ["NodeAnswer", "NodeEnergy", "PowerServerClient", "PowerServerError"]
 
 _MAX_RESPONSE_BYTES = 1 << 20
@@ -80,12 +82,22 @@ class PowerServerClient:
     Args:
         timeout_s: Deadline of each whole exchange (connect, send, receive).
         max_in_flight: Questions in flight at once (bounds sockets and bursts).
+        policy: Where questions may go: never link-local or cloud-metadata addresses. The
+            host is resolved and checked at every question, which then connects to the
+            checked address (the ``Host`` header and TLS keep the name).
     """
 
-    def __init__(self, *, timeout_s: float = 2.0, max_in_flight: int = 32) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 2.0,
+        max_in_flight: int = 32,
+        policy: DestinationPolicy | None = None,
+    ) -> None:
         if not (math.isfinite(timeout_s) and timeout_s > 0):
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout_s}")
         self.timeout_s = timeout_s
+        self.policy = policy if policy is not None else DestinationPolicy(what="node URL")
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tls: ssl.SSLContext | None = None
 
@@ -118,8 +130,10 @@ class PowerServerClient:
             tls = self._tls
         try:
             async with self._slots, asyncio.timeout(self.timeout_s):
+                port = port or (443 if tls else 80)
+                address = (await self.policy.resolve(parts.hostname, port))[0]
                 reader, writer = await asyncio.open_connection(
-                    parts.hostname, port or (443 if tls else 80), ssl=tls
+                    address, port, ssl=tls, server_hostname=parts.hostname if tls else None
                 )
                 try:
                     writer.write(request)
@@ -133,6 +147,8 @@ class PowerServerClient:
                     writer.close()
         except TimeoutError:
             raise PowerServerError(f"{url} did not answer within {self.timeout_s:g} s") from None
+        except DestinationRefused as exc:
+            raise PowerServerError(str(exc)) from None
         except (OSError, ssl.SSLError) as exc:
             raise PowerServerError(f"{url} unreachable: {type(exc).__name__}") from None
         return _parse_response(url, raw)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["PushClient", "PushProtocolError", "PushResult", "PushWorker"]
+from carbonscaler.security.netguard import DestinationPolicy
+
+__all__ = ["PushClient", "PushProtocolError", "PushResult"]
 
 _MAX_HEAD = 64 * 1024  # response status line + headers
 _MAX_BODY = 1024 * 1024  # response bodies are read (to reuse the connection) and dropped
@@ -38,16 +39,36 @@ class PushClient:
     Args:
         max_idle_per_origin: Idle connections kept per scheme/host/port.
         user_agent: Sent with every request.
+        policy: Where connections may go (link-local and metadata addresses never); each
+            new connection resolves the host, checks every address and connects to a
+            checked one.
     """
 
-    def __init__(self, *, max_idle_per_origin: int = 64, user_agent: str = "carbonscaler") -> None:
+    def __init__(
+        self,
+        *,
+        max_idle_per_origin: int = 64,
+        user_agent: str = "carbonscaler",
+        policy: DestinationPolicy | None = None,
+    ) -> None:
         self.max_idle_per_origin = max_idle_per_origin
         self.user_agent = user_agent
+        self.policy = policy if policy is not None else DestinationPolicy(what="subscriber address")
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._tls: ssl.SSLContext | None = None
 
-    async def post(self, url: str, body: bytes, content_type: str = "application/json") -> int:
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        content_type: str = "application/json",
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> int:
         """POST ``body`` to ``url``; returns the response status code.
+
+        ``on_sent`` is called once the request is written, before the response is awaited
+        (a caller bounding concurrent sends can free its slot there).
 
         Raises:
             ValueError: If ``url`` is not an http(s) URL with a host.
@@ -71,26 +92,37 @@ class PushClient:
             if connection[1].is_closing() or connection[0].at_eof():
                 continue
             try:
-                return await self._exchange(origin, connection, head + body)
+                return await self._exchange(origin, connection, head + body, on_sent)
             except (asyncio.IncompleteReadError, ConnectionError):
                 continue  # the subscriber closed this idle connection: try a fresh one
-        return await self._exchange(origin, await self._connect(origin), head + body)
+        return await self._exchange(origin, await self._connect(origin), head + body, on_sent)
 
     async def _connect(self, origin: tuple[str, str, int]) -> Connection:
         scheme, host, port = origin
+        # Pinned: connect to the address just checked (the Host header and TLS keep the
+        # name), so the name cannot resolve elsewhere between the check and the connection.
+        address = (await self.policy.resolve(host, port))[0]
         if scheme == "https":
             if self._tls is None:
                 self._tls = ssl.create_default_context()
-            return await asyncio.open_connection(host, port, ssl=self._tls, limit=_MAX_HEAD)
-        return await asyncio.open_connection(host, port, limit=_MAX_HEAD)
+            return await asyncio.open_connection(
+                address, port, ssl=self._tls, server_hostname=host, limit=_MAX_HEAD
+            )
+        return await asyncio.open_connection(address, port, limit=_MAX_HEAD)
 
     async def _exchange(
-        self, origin: tuple[str, str, int], connection: Connection, request: bytes
+        self,
+        origin: tuple[str, str, int],
+        connection: Connection,
+        request: bytes,
+        on_sent: Callable[[], None] | None = None,
     ) -> int:
         reader, writer = connection
         try:
             writer.write(request)
             await writer.drain()
+            if on_sent is not None:
+                on_sent()
             status, reusable = await _read_response(reader)
         except BaseException:
             writer.close()
@@ -164,96 +196,9 @@ async def _drain_chunked(reader: asyncio.StreamReader) -> None:
 
 @dataclass(frozen=True)
 class PushResult:
-    """One subscriber's push after its retries."""
+    """One push to one subscriber (see :mod:`carbonscaler.services._delivery`)."""
 
     subscriber_id: int
     ok: bool
     error: str | None
     attempts: int
-
-
-class PushWorker:
-    """Fan-outs on an event loop in a thread of their own.
-
-    Pushing one update to 1,000 subscribers costs some 0.3 s of CPU in Python. On the
-    service's event loop that time would sit in front of every API request; on its own
-    loop it only competes for the GIL, which the interpreter hands over every few ms.
-
-    Args:
-        concurrency: Pushes in flight at once (and idle connections kept per origin).
-        timeout_s: Timeout of one attempt (connect, send, response).
-        retries: Retries after a failed attempt.
-        backoff_s: First retry delay; doubles per retry.
-    """
-
-    def __init__(
-        self, *, concurrency: int, timeout_s: float, retries: int, backoff_s: float
-    ) -> None:
-        self.concurrency = concurrency
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self._loop = asyncio.new_event_loop()
-        self._client = PushClient(max_idle_per_origin=concurrency)
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="carbon-pushes", daemon=True
-        )
-        self._thread.start()
-        self._semaphore: asyncio.Semaphore | None = None
-
-    async def fan_out(
-        self,
-        body: bytes,
-        targets: list[tuple[int, str]],
-        on_done: Callable[[PushResult], None],
-    ) -> None:
-        """Push ``body`` to every (id, address); ``on_done`` is called (in the worker
-        thread) as each subscriber's push finishes. Cancelling this cancels the pushes."""
-        future = asyncio.run_coroutine_threadsafe(self._fan_out(body, targets, on_done), self._loop)
-        await asyncio.wrap_future(future)
-
-    async def _fan_out(
-        self,
-        body: bytes,
-        targets: list[tuple[int, str]],
-        on_done: Callable[[PushResult], None],
-    ) -> None:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.concurrency)
-        semaphore = self._semaphore
-
-        async def one(sub_id: int, address: str) -> None:
-            on_done(await self._push(semaphore, sub_id, address, body))
-
-        await asyncio.gather(*(one(i, a) for i, a in targets))
-
-    async def _push(
-        self, semaphore: asyncio.Semaphore, sub_id: int, address: str, body: bytes
-    ) -> PushResult:
-        error = "not attempted"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-            async with semaphore:
-                try:
-                    async with asyncio.timeout(self.timeout_s):
-                        status = await self._client.post(address, body)
-                    if 200 <= status < 300:
-                        return PushResult(sub_id, True, None, attempt + 1)
-                    error = f"HTTP {status}"
-                except TimeoutError:
-                    error = f"timed out after {self.timeout_s:g} s"
-                except Exception as exc:  # any failure is this subscriber's alone: record it
-                    error = f"{type(exc).__name__}: {exc}".rstrip(": ")
-        return PushResult(sub_id, False, error[:500], self.retries + 1)
-
-    def close(self) -> None:
-        """Close the connections and stop the thread."""
-        if not self._loop.is_running():
-            return
-        closing = asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop)
-        with contextlib.suppress(Exception):
-            closing.result(timeout=5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()

@@ -15,6 +15,11 @@ Endpoints: ``/v1/jobs`` (register, list), ``/v1/jobs/{id}`` (totals; ``PATCH`` a
 rescale), ``/v1/jobs/{id}/progress``, ``/v1/jobs/{id}/stop``, ``/v1/jobs/{id}/samples.csv``,
 ``/healthz`` and Prometheus ``/metrics`` (per job: emissions, energy, power, servers,
 progress, intensity, measured share; a registry per app).
+
+What it trusts: with a token set, every POST and PATCH needs it (``/carbon`` also takes
+the push key the service registers with the carbon service); GETs stay open. Node URLs
+never reach link-local or cloud-metadata addresses (and only ``--allow-node-net`` networks
+when given); progress files are read only under ``--progress-root``.
 """
 
 # No `from __future__ import annotations`: FastAPI evaluates the route signatures.
@@ -40,7 +45,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from carbonscaler.accounting.feeds import IntensityFeed, ProviderIntensityFeed, PushedFeed, TimeMap
 from carbonscaler.accounting.integrate import j_to_kwh, measured_share
@@ -57,7 +62,16 @@ from carbonscaler.accounting.tracker import (
 )
 from carbonscaler.providers.base import CarbonProvider, to_utc
 from carbonscaler.providers.replay import ManualClock, TraceReplay
+from carbonscaler.security.netguard import DestinationRefused
+from carbonscaler.security.tokens import with_push_key
+from carbonscaler.services._auth import TokenAuth
 from carbonscaler.services._models import ErrorOut
+from carbonscaler.services._validation import (
+    FiniteFloat,
+    Intensity,
+    StrictInt,
+    install_request_validation,
+)
 from carbonscaler.trace import CarbonTrace, load_trace
 
 __all__ = ["AccountingConfig", "create_app"]
@@ -85,8 +99,13 @@ class AccountingConfig:
         provider: A live provider (e.g. :func:`~carbonscaler.providers.live_provider`).
         carbon_service_url: The carbon service to subscribe to.
         public_url: This service's URL as the carbon service should reach it.
-        tracker: Sampling settings.
+        tracker: Sampling settings (also where node URLs may point and the progress root).
         clock: Wall time in Unix seconds, replaceable in tests.
+        token: Bearer token every POST and PATCH requires; None leaves them open. The
+            subscription to the carbon service carries its push key.
+        carbon_service_token: The carbon service's token, sent when registering with it.
+        resubscribe_after_s: Register with the carbon service again when no push came for
+            this long (the subscription may have been deleted or deactivated).
 
     Raises:
         ValueError: If no or several carbon sources are given, or a number is out of range.
@@ -104,8 +123,15 @@ class AccountingConfig:
     public_url: str | None = None
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     clock: Callable[[], float] = time.time
+    token: str | None = None
+    carbon_service_token: str | None = None
+    resubscribe_after_s: float = 300.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.resubscribe_after_s) and self.resubscribe_after_s > 0):
+            raise ValueError(
+                f"resubscribe_after_s must be a positive number, not {self.resubscribe_after_s}"
+            )
         given = [
             x
             for x in (self.carbon_trace, self.trace, self.provider, self.carbon_service_url)
@@ -187,9 +213,9 @@ class JobIn(BaseModel):
     pods: list[Annotated[str, Field(max_length=320)]] = Field(
         default_factory=list, max_length=1024, description="'namespace/name' via Kepler"
     )
-    servers: int | None = Field(default=None, ge=0, le=100_000, description="Current k")
+    servers: StrictInt | None = Field(default=None, ge=0, le=100_000, description="Current k")
     profile_path: str | None = Field(default=None, max_length=4096)
-    watts_per_server: float | None = Field(default=None, gt=0, le=1e6)
+    watts_per_server: FiniteFloat | None = Field(default=None, gt=0, le=1e6)
     progress_path: str | None = Field(
         default=None, max_length=4096, description="Absolute path of the job's progress.csv"
     )
@@ -200,7 +226,7 @@ class JobUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    servers: int | None = Field(default=None, ge=0, le=100_000)
+    servers: StrictInt | None = Field(default=None, ge=0, le=100_000)
     nodes: list[Annotated[str, Field(max_length=512, pattern=_NODE_URL)]] | None = Field(
         default=None, max_length=1024
     )
@@ -212,7 +238,7 @@ class ProgressIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    percent: float = Field(ge=0, le=100, description="Percent done, 0-100")
+    percent: FiniteFloat = Field(ge=0, le=100, description="Percent done, 0-100")
 
 
 class CarbonPush(BaseModel):
@@ -220,8 +246,8 @@ class CarbonPush(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    carbon_intensity: float = Field(ge=0, le=1e5, description="gCO2eq/kWh")
-    stale: bool = False
+    carbon_intensity: Intensity = Field(description="gCO2eq/kWh, 0-10000")
+    stale: StrictBool = False
 
 
 class JobOut(BaseModel):
@@ -439,24 +465,53 @@ def create_app(config: AccountingConfig) -> FastAPI:
     registry = CollectorRegistry()
     registry.register(_JobCollector(tracker))
 
-    async def subscribe() -> None:
-        """Register with the carbon service until it answers; its answer is the first value."""
+    last_push = [time.monotonic()]  # when the carbon service last gave a value
+
+    async def register_once(client: httpx.AsyncClient, body: dict[str, str]) -> bool:
+        """One registration with the carbon service; its answer is a value like a push."""
         assert config.carbon_service_url is not None and isinstance(feed, PushedFeed)
-        body = {"app_name": "carbonscaler-accounting", "address": f"{config.public_url}/carbon"}
-        async with httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False) as client:
+        try:
+            answer = await client.post(config.carbon_service_url.rstrip("/") + "/", json=body)
+            if answer.status_code == 401:
+                log.error(
+                    "the carbon service %s wants its token to register: give it with"
+                    " --carbon-service-token-file; retrying in 5 s",
+                    config.carbon_service_url,
+                )
+                return False
+            answer.raise_for_status()
+            push = CarbonPush.model_validate(answer.json())
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("carbon service not reachable yet (%s); retrying in 5 s", exc)
+            return False
+        feed.push(config.clock(), push.carbon_intensity, stale=push.stale)
+        last_push[0] = time.monotonic()
+        log.info("subscribed to the carbon service %s", config.carbon_service_url)
+        return True
+
+    async def subscribe() -> None:
+        """Register with the carbon service until it answers, and again whenever no push
+        came for ``resubscribe_after_s`` (the subscription was deleted, or deactivated
+        after failed pushes): re-registering is idempotent and revives it."""
+        address = with_push_key(f"{config.public_url}/carbon", config.token)
+        body = {"app_name": "carbonscaler-accounting", "address": address}
+        headers = {}
+        if config.carbon_service_token is not None:
+            headers["Authorization"] = f"Bearer {config.carbon_service_token}"
+        check_s = min(5.0, config.resubscribe_after_s / 4)
+        async with httpx.AsyncClient(
+            timeout=httpx.Timeout(5.0), trust_env=False, headers=headers
+        ) as client:
             while True:
-                try:
-                    answer = await client.post(
-                        config.carbon_service_url.rstrip("/") + "/", json=body
-                    )
-                    answer.raise_for_status()
-                    push = CarbonPush.model_validate(answer.json())
-                    feed.push(config.clock(), push.carbon_intensity, stale=push.stale)
-                    log.info("subscribed to the carbon service %s", config.carbon_service_url)
-                    return
-                except (httpx.HTTPError, ValueError) as exc:
-                    log.warning("carbon service not reachable yet (%s); retrying in 5 s", exc)
-                await asyncio.sleep(5.0)
+                while not await register_once(client, body):
+                    await asyncio.sleep(5.0)
+                while time.monotonic() - last_push[0] < config.resubscribe_after_s:
+                    await asyncio.sleep(check_s)
+                log.warning(
+                    "no push from the carbon service %s for %.0f s; registering again",
+                    config.carbon_service_url,
+                    time.monotonic() - last_push[0],
+                )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -478,6 +533,20 @@ def create_app(config: AccountingConfig) -> FastAPI:
         title="carbonscaler accounting", version="1", description=__doc__, lifespan=lifespan
     )
     app.state.tracker = tracker
+    install_request_validation(app)
+    auth = TokenAuth(config.token, "The token (--token-file, $CARBONSCALER_TOKEN or --token)")
+    guarded = auth.required  # every POST and PATCH when a token is set
+
+    async def _check_nodes(nodes: Iterable[str]) -> None:
+        """Refuse node URLs that are, or resolve to, refused destinations (422): first
+        what needs no resolution (``allowed_hosts`` too), then the names' addresses."""
+        nodes = list(nodes)
+        tracker.check_nodes(nodes)
+        policy = config.tracker.node_policy
+        try:
+            await asyncio.gather(*(policy.check_url_resolved(n) for n in dict.fromkeys(nodes)))
+        except DestinationRefused as exc:
+            raise HTTPException(422, str(exc)) from None
 
     @app.exception_handler(TrackerError)
     async def _tracker_error(_: Request, exc: TrackerError) -> JSONResponse:
@@ -505,9 +574,11 @@ def create_app(config: AccountingConfig) -> FastAPI:
         response_model=JobOut,
         status_code=201,
         tags=["jobs"],
-        responses={400: _ERR, 409: _ERR, 422: _ERR},
+        responses={400: _ERR, 409: _ERR, 422: _ERR, **auth.responses},
+        dependencies=guarded,
     )
     async def register(body: JobIn) -> JobOut:
+        await _check_nodes(body.nodes)
         spec = TrackedJob(
             job_id=body.job_id,
             nodes=tuple(body.nodes),
@@ -533,9 +604,11 @@ def create_app(config: AccountingConfig) -> FastAPI:
         response_model=JobOut,
         tags=["jobs"],
         summary="Record a rescale (servers, nodes, pods)",
-        responses={400: _ERR, 404: _ERR, 422: _ERR},
+        responses={400: _ERR, 404: _ERR, 422: _ERR, **auth.responses},
+        dependencies=guarded,
     )
     async def update_job(job_id: JobId, body: JobUpdate) -> JobOut:
+        await _check_nodes(body.nodes or ())
         status = await tracker.update(
             job_id, servers=body.servers, nodes=body.nodes, pods=body.pods
         )
@@ -545,7 +618,8 @@ def create_app(config: AccountingConfig) -> FastAPI:
         "/v1/jobs/{job_id}/progress",
         response_model=JobOut,
         tags=["jobs"],
-        responses={400: _ERR, 404: _ERR, 422: _ERR},
+        responses={400: _ERR, 404: _ERR, 422: _ERR, **auth.responses},
+        dependencies=guarded,
     )
     async def post_progress(job_id: JobId, body: ProgressIn) -> JobOut:
         tracker.post_progress(job_id, body.percent)
@@ -556,7 +630,8 @@ def create_app(config: AccountingConfig) -> FastAPI:
         response_model=JobOut,
         tags=["jobs"],
         summary="Stop accounting a job (its records stay)",
-        responses={404: _ERR},
+        responses={404: _ERR, **auth.responses},
+        dependencies=guarded,
     )
     async def stop_job(job_id: JobId) -> JobOut:
         _record(job_id)
@@ -584,11 +659,13 @@ def create_app(config: AccountingConfig) -> FastAPI:
         @app.post(
             "/carbon",
             tags=["carbon"],
-            summary="Receive the carbon service's push",
-            responses={400: _ERR, 422: _ERR},
+            summary="Receive the carbon service's push (the token or the push key, if set)",
+            responses={400: _ERR, 422: _ERR, **auth.responses},
+            dependencies=auth.push_required,
         )
         async def carbon_push(body: CarbonPush) -> dict[str, bool]:
             pushed.push(config.clock(), body.carbon_intensity, stale=body.stale)
+            last_push[0] = time.monotonic()
             oldest = min((s.record.last_end_s for s in tracker.jobs.values()), default=None)
             if oldest is not None:
                 pushed.forget_before(oldest)

@@ -32,13 +32,10 @@ resumes where it was.
 import asyncio
 import contextlib
 import gc
-import hmac
 import json
 import logging
 import math
-import re
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,7 +46,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -79,9 +76,17 @@ from carbonscaler.providers.base import (
     UnknownZoneError,
 )
 from carbonscaler.providers.replay import ManualClock, ReplayClock, TraceReplay
+from carbonscaler.security.netguard import DestinationPolicy
+from carbonscaler.services._auth import TokenAuth
+from carbonscaler.services._delivery import Deliveries
 from carbonscaler.services._models import ErrorOut
-from carbonscaler.services._push import PushResult, PushWorker
+from carbonscaler.services._push import PushResult
 from carbonscaler.services._store import PushOutcome, Subscriber, SubscriberStore
+from carbonscaler.services._validation import (
+    HTTP_URL_PATTERN,
+    check_http_url,
+    install_request_validation,
+)
 from carbonscaler.trace import CarbonTrace, load_trace
 
 __all__ = [
@@ -94,15 +99,9 @@ __all__ = [
 
 log = logging.getLogger("carbonscaler.carbon_service")
 
-_PORT = (  # 1..65535 without leading zeros, so every address the pattern admits is valid
-    r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
-)
-ADDRESS_PATTERN = (
-    r"^https?://(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])"
-    rf"(?::{_PORT})?(?:[/?#][\x21-\x7E]*)?$"
-)
-"""Subscriber addresses: an http(s) URL with a host, an optional valid port, no spaces."""
-_ADDRESS = re.compile(ADDRESS_PATTERN)
+ADDRESS_PATTERN = HTTP_URL_PATTERN
+"""Subscriber addresses: an http(s) URL with a valid host (name, IPv4, bracketed IPv6), an
+optional port 1-65535, no spaces; checked by parsing too (:func:`check_http_url`)."""
 
 MAX_HORIZON_SLOTS = 2016
 """Longest forecast the API serves (a week of 5-minute slots)."""
@@ -137,14 +136,23 @@ class CarbonServiceConfig:
             noisy models' error in percent here: ``gaussian:10`` is 10 %).
         seconds_per_slot: Replay pace; None means one slot per update (the reference).
         slot_minutes: Slot length for live providers (a replay uses its trace's step).
-        token: Bearer token required by admin endpoints; None leaves them open.
-        push_timeout_s: Timeout of one push attempt.
-        push_retries: Retries of a failed push within one update.
-        push_backoff_s: First retry delay; doubles per retry.
-        max_failures: Consecutive failed updates after which a subscriber goes inactive.
-        push_concurrency: Pushes in flight at once. 64 measured best here: more adds nothing
-            to a fan-out on loopback but starves the API thread of the GIL.
+        token: Bearer token required by admin endpoints (``set_index``, listing addresses,
+            deleting others' subscriptions) and by registration; None leaves them open.
+        push_timeout_s: Timeout of one push (connect, send, response).
+        push_backoff_s: Wait after a failed push before the subscriber is tried again (with
+            the newest update); doubles per consecutive failure.
+        push_max_backoff_s: Longest such wait.
+        max_failures: Consecutive failed pushes after which a subscriber goes inactive
+            (with the defaults, after about two minutes of failing).
+        push_concurrency: Requests being sent (connect, write) at once. A push frees its
+            slot once its request is written, so a subscriber that never answers delays
+            nobody; 64 measured best here (more adds nothing to a fan-out on loopback but
+            starves the API thread of the GIL).
         allowed_hosts: If set, subscriber addresses must point to one of these hosts.
+        destinations: Where pushes may go: link-local and cloud-metadata addresses are
+            always refused; ``DestinationPolicy(allow=...)`` restricts further
+            (``--allow-subscriber-net``). Checked at registration and at every connection,
+            which goes to the checked address.
         forecast_seed: Seed of the noisy forecasters.
 
     Raises:
@@ -166,11 +174,14 @@ class CarbonServiceConfig:
     slot_minutes: int = 60
     token: str | None = None
     push_timeout_s: float = 5.0
-    push_retries: int = 2
-    push_backoff_s: float = 0.2
-    max_failures: int = 5
+    push_backoff_s: float = 1.0
+    push_max_backoff_s: float = 300.0
+    max_failures: int = 8
     push_concurrency: int = 64
     allowed_hosts: frozenset[str] | None = None
+    destinations: DestinationPolicy = field(
+        default_factory=lambda: DestinationPolicy(what="subscriber address")
+    )
     forecast_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -179,6 +190,8 @@ class CarbonServiceConfig:
         positive = {
             "update interval": self.update_interval_s,
             "push timeout": self.push_timeout_s,
+            "push backoff": self.push_backoff_s,
+            "push max backoff": self.push_max_backoff_s,
             "seconds per slot": 1.0 if self.seconds_per_slot is None else self.seconds_per_slot,
         }
         for name, number in positive.items():
@@ -190,7 +203,6 @@ class CarbonServiceConfig:
             "slot minutes": self.slot_minutes,
             "push concurrency": self.push_concurrency,
             "max failures": self.max_failures,
-            "push retries + 1": self.push_retries + 1,
         }
         for name, count in at_least_one.items():
             if count < 1:
@@ -247,9 +259,14 @@ class ServiceMetrics:
         self.subscribers = Gauge(
             "carbonscaler_subscribers", "Subscribers by state", ["state"], registry=r
         )
+        self.superseded = Counter(
+            "carbonscaler_push_superseded",
+            "Updates replaced by a newer one before they went out to a subscriber",
+            registry=r,
+        )
         self.fanout = Histogram(
             "carbonscaler_push_fanout_seconds",
-            "Time to push one update to every subscriber",
+            "Time for one update to reach (or fail at, or be superseded at) every subscriber",
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
             registry=r,
         )
@@ -294,13 +311,15 @@ class CarbonService:
         self.updates = 0
         self._resume()
         self._update_subscriber_gauge()
-        self._pusher: PushWorker | None = None
+        self._deliveries: Deliveries | None = None
         self._loop_task: asyncio.Task[None] | None = None
-        self._fanouts: set[asyncio.Task[None]] = set()
-        # Touched by the push worker thread as pushes finish, and by the event loop.
+        self._flush_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Touched by the delivery thread as pushes finish, and by the event loop.
         self._lock = threading.Lock()
-        self._in_flight: set[int] = set()
         self._outcomes: list[PushOutcome] = []
+        self._outcomes_ready = asyncio.Event()
+        self._recordings: set[asyncio.Future[list[int]]] = set()
         self._wake = asyncio.Event()
 
     def _replay(self) -> TraceReplay:
@@ -411,24 +430,33 @@ class CarbonService:
     # -- the loop and the pushes ---------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the push client, compute the first snapshot, start the update loop."""
+        """Start the deliveries, the update loop and the bookkeeping of push outcomes."""
         cfg = self.config
-        self._pusher = PushWorker(
-            concurrency=cfg.push_concurrency,
+        self._loop = asyncio.get_running_loop()
+        self._deliveries = Deliveries(
             timeout_s=cfg.push_timeout_s,
-            retries=cfg.push_retries,
             backoff_s=cfg.push_backoff_s,
+            max_backoff_s=cfg.push_max_backoff_s,
+            max_failures=cfg.max_failures,
+            max_sending=cfg.push_concurrency,
+            on_result=self._push_done,
+            on_round=self._round_done,
+            on_superseded=self.metrics.superseded.inc,
+            policy=cfg.destinations,
         )
         self._loop_task = asyncio.create_task(self._run(), name="carbon-updates")
+        self._flush_task = asyncio.create_task(self._flush_soon(), name="carbon-outcomes")
 
     async def stop(self) -> None:
         """Stop the loop and in-flight pushes, close the client, the store and the provider."""
-        tasks = [t for t in (self._loop_task, *self._fanouts) if t is not None]
+        tasks = [t for t in (self._loop_task, self._flush_task) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._pusher is not None:
-            await asyncio.to_thread(self._pusher.close)
+        if self._deliveries is not None:
+            await asyncio.to_thread(self._deliveries.close)
+        await asyncio.gather(*self._recordings, return_exceptions=True)
+        await self.flush_outcomes()
         self.store.close()
         if self._owns_provider:
             self.provider.close()
@@ -437,15 +465,19 @@ class CarbonService:
         loop = asyncio.get_running_loop()
         interval = self.config.update_interval_s
         next_at = loop.time()
+        regular = True
         while True:
             await self.flush_outcomes()
             if await self.refresh():
                 assert self.snapshot is not None
-                self.start_fanout(self.snapshot)
-            next_at += interval
-            # Fell behind (a slow provider): carry on from now rather than burst to catch up.
-            next_at = max(next_at, loop.time())
+                self.push(self.snapshot)
+            if regular:
+                # Fell behind (a slow provider): carry on from now rather than burst to catch up.
+                next_at = max(next_at + interval, loop.time())
+            # An admin call (set_index) wakes the loop for an extra update in between; the
+            # regular schedule stays where it was, however many calls come.
             woken = await self._sleep_until(next_at)
+            regular = not woken
             if self.replay is not None:
                 if self.stepped and not woken:
                     assert isinstance(self.replay.clock, ManualClock)
@@ -474,55 +506,53 @@ class CarbonService:
         self.store.set_state(_REPLAY_STATE, str(index))
         self._wake.set()
 
-    def start_fanout(self, snapshot: Snapshot) -> asyncio.Task[None] | None:
-        """Push ``snapshot`` to every active subscriber not still busy with an earlier push."""
-        with self._lock:
-            targets = [t for t in self.store.targets() if t[0] not in self._in_flight]
-            self._in_flight.update(sub_id for sub_id, _ in targets)
-        if not targets:
-            return None
-        task = asyncio.create_task(self._fanout(snapshot.body_json, targets))
-        self._fanouts.add(task)
-        task.add_done_callback(self._fanouts.discard)
-        return task
+    def push(self, snapshot: Snapshot) -> None:
+        """Hand ``snapshot`` to every active subscriber's mailbox (it replaces an update
+        still waiting there); returns at once."""
+        if self._deliveries is not None:
+            self._deliveries.submit(snapshot.body_json, self.store.targets())
 
-    async def _fanout(self, body: bytes, targets: list[tuple[int, str]]) -> None:
-        assert self._pusher is not None
-        started = time.perf_counter()
-        try:
-            await self._pusher.fan_out(body, targets, self._push_done)
-        finally:  # cancelled: nothing is in flight any more
-            with self._lock:
-                self._in_flight.difference_update(sub_id for sub_id, _ in targets)
-        self.last_fanout_s = time.perf_counter() - started
-        self.metrics.fanout.observe(self.last_fanout_s)
-        await self.flush_outcomes()
+    def _round_done(self, seconds: float) -> None:
+        """One update reached every subscriber (called in the delivery thread)."""
+        self.last_fanout_s = seconds
+        self.metrics.fanout.observe(seconds)
 
     def _push_done(self, result: PushResult) -> None:
-        """One subscriber's push finished (called in the push worker thread)."""
+        """One push finished (called in the delivery thread)."""
         self.metrics.pushes_sent.inc(result.attempts)
         self.metrics.push_failures.inc(result.attempts - result.ok)
         with self._lock:
-            # Free for the next fan-out now, not when the slowest push of this one ends.
-            self._in_flight.discard(result.subscriber_id)
+            first = not self._outcomes
             self._outcomes.append(PushOutcome(result.subscriber_id, result.ok, result.error))
+        if first and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the service loop has closed
+                self._loop.call_soon_threadsafe(self._outcomes_ready.set)
+
+    async def _flush_soon(self) -> None:
+        """Store outcomes shortly after they arrive, batched (deactivations show at once)."""
+        while True:
+            await self._outcomes_ready.wait()
+            self._outcomes_ready.clear()
+            await asyncio.sleep(0.2)
+            await self.flush_outcomes()
 
     async def flush_outcomes(self) -> None:
-        """Store the push outcomes gathered so far in one transaction.
-
-        Called at every tick and at the end of every fan-out, so a slow subscriber delays
-        the bookkeeping of the others by one interval at most.
-        """
+        """Store the push outcomes gathered so far in one transaction."""
         with self._lock:
             outcomes, self._outcomes = self._outcomes, []
         if not outcomes:
             return
-        dropped = await asyncio.to_thread(
-            self.store.record, outcomes, max_failures=self.config.max_failures
+        # Shielded, and awaited by stop(): cancelling a caller must not close the store
+        # under a transaction still running in its thread.
+        recording = asyncio.ensure_future(
+            asyncio.to_thread(self.store.record, outcomes, max_failures=self.config.max_failures)
         )
+        self._recordings.add(recording)
+        recording.add_done_callback(self._recordings.discard)
+        dropped = await asyncio.shield(recording)
         for sub_id in dropped:
             log.warning(
-                "subscriber %d marked inactive after %d failed updates",
+                "subscriber %d marked inactive after %d failed pushes in a row",
                 sub_id,
                 self.config.max_failures,
             )
@@ -536,30 +566,46 @@ class CarbonService:
     # -- requests ------------------------------------------------------------------------
 
     def check_address(self, address: str) -> None:
-        """Enforce ``allowed_hosts``.
+        """Enforce ``allowed_hosts`` and what ``destinations`` can tell without resolving.
 
         Raises:
-            ValueError: If the address's host is not allowed.
+            ValueError: If the address's host is not allowed (a
+                :class:`~carbonscaler.security.netguard.DestinationRefused` for link-local,
+                metadata or disallowed destinations).
         """
         allowed = self.config.allowed_hosts
-        if allowed is None:
-            return
-        host = urlsplit(address).hostname
-        if host not in allowed:
-            raise ValueError(
-                f"host {host!r} is not allowed here; subscribers must be on"
-                f" {', '.join(sorted(allowed))}"
-            )
+        if allowed is not None:
+            host = urlsplit(address).hostname
+            if host not in allowed:
+                raise ValueError(
+                    f"host {host!r} is not allowed here; subscribers must be on"
+                    f" {', '.join(sorted(allowed))}"
+                )
+        self.config.destinations.check_url(address)
+
+    async def check_destination(self, address: str) -> None:
+        """:meth:`check_address`, then the addresses its host resolves to now (a name that
+        does not resolve yet is checked at every push instead).
+
+        Raises:
+            ValueError: If the address is refused.
+        """
+        self.check_address(address)
+        await self.config.destinations.check_url_resolved(address)
 
     def register(self, app_name: str, address: str) -> tuple[Subscriber, str | None]:
         """Add or reactivate a subscriber (see :meth:`SubscriberStore.register`)."""
         result = self.store.register(app_name, address)
+        if self._deliveries is not None:
+            self._deliveries.reset(result[0].id)  # no back-off left from before
         self._update_subscriber_gauge()
         return result
 
     def delete(self, subscriber_id: int) -> bool:
         """Remove a subscriber; False if unknown."""
         found = self.store.delete(subscriber_id)
+        if self._deliveries is not None:
+            self._deliveries.forget(subscriber_id)
         self._update_subscriber_gauge()
         return found
 
@@ -577,7 +623,7 @@ class Registration(BaseModel):
         max_length=2048,
         description="http(s) URL the updates are POSTed to",
         examples=["http://127.0.0.1:8899/"],
-        # Checked by the validator below with Python's re, as the schema's readers do.
+        # Checked by the validator below: the pattern, then parsed (IP literals, ports).
         json_schema_extra={"pattern": ADDRESS_PATTERN},
     )
 
@@ -593,12 +639,7 @@ class Registration(BaseModel):
     @field_validator("address")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not _ADDRESS.fullmatch(value):
-            raise ValueError(
-                "address must be an http:// or https:// URL with a host, an optional port"
-                " (1-65535) and no spaces, e.g. http://127.0.0.1:8899/"
-            )
-        return value
+        return check_http_url(value, "address")
 
 
 class CarbonStatus(BaseModel):
@@ -650,11 +691,15 @@ class SubscriptionOut(BaseModel):
 
     id: int
     app_name: str
-    address: str
+    address: str | None = Field(
+        description="null when a token is set and the caller did not send it"
+    )
     active: bool
     failures: int
     pushes_ok: int
-    last_error: str | None
+    last_error: str | None = Field(
+        description="The last push failure; null as the address when it is hidden"
+    )
     created_at: str
     last_success_at: str | None
     last_attempt_at: str | None
@@ -683,8 +728,13 @@ class CarbonHealthOut(BaseModel):
     replay_index: int | None
 
 
-def _subscription(sub: Subscriber) -> SubscriptionOut:
-    return SubscriptionOut(**sub.__dict__)
+def _subscription(sub: Subscriber, reveal: bool = True) -> SubscriptionOut:
+    """The API view; without ``reveal`` the address (and the push error, which may name
+    it) is left out."""
+    out = SubscriptionOut(**sub.__dict__)
+    if not reveal:
+        out.address = out.last_error = None
+    return out
 
 
 _ERR = {"model": ErrorOut}
@@ -722,7 +772,10 @@ def create_app(config: CarbonServiceConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
-    bearer = HTTPBearer(auto_error=False, description="The admin token (--token)")
+    install_request_validation(app)
+    auth = TokenAuth(config.token, "The admin token (--token-file, $CARBONSCALER_TOKEN or --token)")
+    bearer = auth.scheme
+    Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
     @app.exception_handler(ProviderError)
     async def _provider_error(_: Request, exc: ProviderError) -> JSONResponse:
@@ -745,30 +798,9 @@ def create_app(config: CarbonServiceConfig) -> FastAPI:
             )
         return service.snapshot
 
-    def _admin_ok(credentials: HTTPAuthorizationCredentials | None) -> bool:
-        token = config.token
-        if token is None:
-            return True
-        given = credentials.credentials if credentials is not None else ""
-        return hmac.compare_digest(given.encode(), token.encode())
-
-    def _unauthorized() -> HTTPException:
-        return HTTPException(
-            401,
-            "this endpoint needs the admin token: send 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-    admin_deps: list[Any] = []
-    if config.token is not None:
-
-        async def require_admin(
-            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-        ) -> None:
-            if not _admin_ok(credentials):
-                raise _unauthorized()
-
-        admin_deps = [Depends(require_admin)]
+    # With a token set: set_index and registration need it, deleting needs it or the
+    # subscription's own key, and listings show addresses only to callers who send it.
+    admin_deps = auth.required
 
     # -- the reference's endpoints
 
@@ -777,16 +809,17 @@ def create_app(config: CarbonServiceConfig) -> FastAPI:
         response_model=CarbonStatus,
         tags=["reference"],
         summary="Register a subscriber (reference-compatible)",
-        responses={400: _BAD_BODY, 422: {}, 503: _ERR},
+        responses={400: _BAD_BODY, 422: {}, 503: _ERR, **auth.responses},
+        dependencies=admin_deps,
     )
     async def register_reference(body: Registration) -> dict[str, Any]:
         snapshot = _snapshot()
-        _register(body)
+        await _register(body)
         return snapshot.body
 
-    def _register(body: Registration) -> tuple[Subscriber, str | None]:
+    async def _register(body: Registration) -> tuple[Subscriber, str | None]:
         try:
-            service.check_address(body.address)
+            await service.check_destination(body.address)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         return service.register(body.app_name, body.address)
@@ -874,15 +907,23 @@ def create_app(config: CarbonServiceConfig) -> FastAPI:
         response_model=SubscriptionCreated,
         status_code=201,
         tags=["v1"],
-        responses={400: _BAD_BODY, 422: {}},
+        responses={400: _BAD_BODY, 422: {}, **auth.responses},
+        dependencies=admin_deps,
     )
     async def create_subscription(body: Registration) -> SubscriptionCreated:
-        subscriber, key = _register(body)
+        subscriber, key = await _register(body)
         return SubscriptionCreated(**subscriber.__dict__, key=key)
 
-    @app.get("/v1/subscriptions", response_model=list[SubscriptionOut], tags=["v1"])
-    async def list_subscriptions() -> list[SubscriptionOut]:
-        return [_subscription(s) for s in service.store.subscribers()]
+    @app.get(
+        "/v1/subscriptions",
+        response_model=list[SubscriptionOut],
+        tags=["v1"],
+        summary="List subscriptions (addresses only with the token, when one is set)",
+    )
+    async def list_subscriptions(request: Request) -> list[SubscriptionOut]:
+        # Open to everyone (no security in the schema); addresses only for the token.
+        reveal = auth.authorized(auth.bearer(request))
+        return [_subscription(s, reveal) for s in service.store.subscribers()]
 
     SubscriptionId = Annotated[int, PathParam(ge=1, le=_MAX_ID)]
 
@@ -891,27 +932,31 @@ def create_app(config: CarbonServiceConfig) -> FastAPI:
         response_model=SubscriptionOut,
         tags=["v1"],
         responses={404: _ERR},
+        summary="One subscription (its address only with the token or its own key)",
     )
-    async def get_subscription(subscription_id: SubscriptionId) -> SubscriptionOut:
+    async def get_subscription(
+        subscription_id: SubscriptionId, request: Request
+    ) -> SubscriptionOut:
         subscriber = service.store.get(subscription_id)
         if subscriber is None:
             raise HTTPException(404, f"no subscription {subscription_id}")
-        return _subscription(subscriber)
+        given = auth.bearer(request)
+        reveal = auth.authorized(given) or (
+            given is not None and service.store.check_key(subscription_id, given)
+        )
+        return _subscription(subscriber, reveal)
 
     delete_responses: dict[int | str, dict[str, Any]] = {204: {}, 404: _ERR}
     delete_deps: list[Any] = []
     if config.token is not None:
         delete_responses[401] = _ERR
 
-        async def may_delete(
-            subscription_id: SubscriptionId,
-            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-        ) -> None:
+        async def may_delete(subscription_id: SubscriptionId, credentials: Credentials) -> None:
             own = credentials is not None and service.store.check_key(
                 subscription_id, credentials.credentials
             )
-            if not own and not _admin_ok(credentials):
-                raise _unauthorized()
+            if not own and not auth.authorized(credentials):
+                raise auth.unauthorized("the token or the subscription's own key")
 
         delete_deps = [Depends(may_delete)]
 

@@ -12,6 +12,9 @@ A thin FastAPI shell over :class:`~carbonscaler.power.NodeSampler`.
   any number of clients may ask, and asking again is safe).
 - ``GET /healthz``, Prometheus ``GET /metrics`` (a registry per app).
 
+With a token set, ``GET /`` (which hands readings out, so one caller takes them from the
+next) needs it; the other endpoints only read and stay open.
+
 Which meters: RAPL packages under the powercap root, else Kepler's node counters, else an
 estimate (``--profile`` with ``--servers``: the node's share P(k)/k; or
 ``--estimate-watts``), all labelled; NVIDIA GPUs add to the CPU figure. With no source at
@@ -54,11 +57,14 @@ from carbonscaler.power.nvml import NvmlMeter
 from carbonscaler.power.rapl import DEFAULT_POWERCAP_ROOT, RaplMeter
 from carbonscaler.power.sampler import EnergyWindow, NodeSampler
 from carbonscaler.profile import ProfileWarning, load_profile
+from carbonscaler.services._auth import TokenAuth
 from carbonscaler.services._models import ErrorOut
+from carbonscaler.services._validation import install_request_validation
 
 __all__ = ["PowerServerConfig", "build_meters", "create_app"]
 
 _MAX_WINDOW_S = 7 * 24 * 3600.0
+_MIN_WINDOW_S = 0.001  # below this, "now - window" is "now" again in float seconds
 
 
 @dataclass
@@ -77,6 +83,7 @@ class PowerServerConfig:
         sample_interval_s: Seconds between readings.
         history_s: How long readings are kept for ``/v1/energy``.
         meters: Ready meters (tests); replaces everything above but the intervals.
+        token: Bearer token ``GET /`` requires (it consumes readings); None leaves it open.
 
     Raises:
         ValueError: If numbers are out of range or options are incomplete.
@@ -93,8 +100,11 @@ class PowerServerConfig:
     sample_interval_s: float = 1.0
     history_s: float = 3600.0
     meters: list[PowerMeter] | None = None
+    token: str | None = None
 
     def __post_init__(self) -> None:
+        if self.token is not None and not self.token.strip():
+            raise ValueError("the token must not be empty")
         if not (math.isfinite(self.sample_interval_s) and 0 < self.sample_interval_s <= 60):
             raise ValueError(f"sample interval must be in (0, 60] s, not {self.sample_interval_s}")
         if not (math.isfinite(self.history_s) and self.sample_interval_s <= self.history_s):
@@ -247,13 +257,17 @@ def create_app(config: PowerServerConfig) -> FastAPI:
         title="carbonscaler power server", version="1", description=__doc__, lifespan=lifespan
     )
     app.state.sampler = sampler
+    install_request_validation(app)
     err = {"model": ErrorOut}
+    auth = TokenAuth(config.token)
 
     @app.get(
         "/",
         tags=["reference"],
         summary="Watt readings since the previous call (reference-compatible)",
         response_model=list[float],
+        dependencies=auth.required,
+        responses=auth.responses,
     )
     async def readings() -> JSONResponse:
         return JSONResponse(sampler.history.drain())
@@ -261,7 +275,13 @@ def create_app(config: PowerServerConfig) -> FastAPI:
     @app.get("/v1/power", response_model=PowerOut, tags=["v1"], responses={503: err})
     async def power(
         window_s: Annotated[
-            float, Query(gt=0, le=_MAX_WINDOW_S, description="Seconds back from now")
+            float,
+            Query(
+                ge=_MIN_WINDOW_S,
+                le=_MAX_WINDOW_S,
+                allow_inf_nan=False,
+                description=f"Seconds back from now, {_MIN_WINDOW_S:g} to {_MAX_WINDOW_S:.0f}",
+            ),
         ] = 10.0,
     ) -> JSONResponse:
         end = time.time()
@@ -282,15 +302,38 @@ def create_app(config: PowerServerConfig) -> FastAPI:
             }
         )
 
-    @app.get("/v1/energy", response_model=EnergyOut, tags=["v1"], responses={422: err})
+    range_rule = f"after start, by at most {_MAX_WINDOW_S:.0f} s (7 days)"
+
+    @app.get(
+        "/v1/energy",
+        response_model=EnergyOut,
+        tags=["v1"],
+        description=f"Energy between two Unix times; `end` must be {range_rule}.",
+        responses={
+            422: {
+                **err,
+                "description": f"A time is not a number in range, or end is not {range_rule}",
+            }
+        },
+    )
     async def energy(
-        start: Annotated[float, Query(ge=0, le=1e11, description="Unix seconds")],
-        end: Annotated[float, Query(ge=0, le=1e11, description="Unix seconds")],
+        start: Annotated[
+            float, Query(ge=0, le=1e11, allow_inf_nan=False, description="Unix seconds")
+        ],
+        end: Annotated[
+            float,
+            Query(
+                ge=0,
+                le=1e11,
+                allow_inf_nan=False,
+                description=f"Unix seconds, {range_rule}",
+            ),
+        ],
     ) -> JSONResponse:
         if not end > start:
-            raise HTTPException(422, f"end ({end}) must be after start ({start})")
+            raise HTTPException(422, f"end ({end}) must be {range_rule}; start is {start}")
         if end - start > _MAX_WINDOW_S:
-            raise HTTPException(422, f"ask for at most {_MAX_WINDOW_S:.0f} s at once")
+            raise HTTPException(422, f"end ({end}) must be {range_rule}; start is {start}")
         found: EnergyWindow = sampler.history.window(start, end)
         return JSONResponse(
             {

@@ -1,0 +1,32 @@
+"""What the services trust: bearer tokens (:mod:`.tokens`) and request destinations
+(:mod:`.netguard`). Pure standard-library code, below every other layer."""
+
+from carbonscaler.security.netguard import DestinationPolicy, DestinationRefused, parse_networks
+from carbonscaler.security.tokens import (
+    ENV_TOKEN,
+    ENV_TOKEN_FILE,
+    InsecureBindError,
+    TokenError,
+    check_bind,
+    load_token,
+    push_authorized,
+    push_key,
+    token_matches,
+    with_push_key,
+)
+
+__all__ = [
+    "ENV_TOKEN",
+    "ENV_TOKEN_FILE",
+    "DestinationPolicy",
+    "DestinationRefused",
+    "InsecureBindError",
+    "TokenError",
+    "check_bind",
+    "load_token",
+    "parse_networks",
+    "push_authorized",
+    "push_key",
+    "token_matches",
+    "with_push_key",
+]
