@@ -9,6 +9,8 @@ Models (:class:`ForecastModel`; names are case-insensitive, and the reference ca
   clipped at 0;
 - ``persistence``: the same slot yesterday (a day is ``round(24 h / slot length)`` slots);
 - ``seasonal``: the same slot last week (seasonal naive, seven such days);
+- ``learned``: a rolling regression trained on the trace's own past, with conformal quantiles
+  (:mod:`carbonscaler.learned`);
 - ``provider``: the provider's own forecast (for a trace replay, the trace future).
 
 A forecast issued at absolute trace slot ``a`` covers slots ``a .. a + horizon - 1``. Slot
@@ -29,7 +31,8 @@ fresh noise, since ``a`` changed.
 
 On a live provider, ``uniform``/``gaussian`` perturb the provider's forecast (the best known
 future; ``a`` is the slot number since the Unix epoch) and ``persistence``/``seasonal`` read
-the provider's history; ``perfect`` needs a trace.
+the provider's history; ``perfect`` and ``learned`` need a trace (on a live source, run the
+carbon service over a trace, or use ``persistence``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BeforeValidator
 
+from carbonscaler.learned import QUANTILES, learned_model
 from carbonscaler.providers.base import CarbonProvider, Forecast, ForecastUnavailable
 from carbonscaler.providers.replay import TraceReplay
 
@@ -87,6 +91,7 @@ class ForecastModel(StrEnum):
     GAUSSIAN = "gaussian"
     PERSISTENCE = "persistence"
     SEASONAL = "seasonal"
+    LEARNED = "learned"
     PROVIDER = "provider"
 
     @classmethod
@@ -164,6 +169,8 @@ class ForecastSpec:
         model: one of :data:`FORECAST_MODELS` (a name or alias is parsed).
         error: relative error ``x`` of the noise models, as a fraction (0.1 = ±10 %).
         seed: seed of the noise models.
+        quantile: for ``learned``, the quantile to forecast (0.5, the median; 0.9 plans on
+            a cautious, dirtier future): one of :data:`carbonscaler.learned.QUANTILES`.
 
     Raises:
         ForecastError: On an unknown model, ``provider`` (which needs a provider, not a
@@ -173,9 +180,15 @@ class ForecastSpec:
     model: ForecastModel = ForecastModel.PERFECT
     error: float = 0.0
     seed: int = 0
+    quantile: float = 0.5
 
     def __post_init__(self) -> None:
         model = ForecastModel.parse(self.model)
+        if self.quantile not in QUANTILES:
+            raise ForecastError(
+                f"a forecast quantile is one of {', '.join(map(str, QUANTILES))}, not "
+                f"{self.quantile}"
+            )
         if model is ForecastModel.PROVIDER:
             raise ForecastError(
                 "'provider' forecasts come from a live provider, not from a trace; use"
@@ -308,6 +321,14 @@ def issue_forecasts(
     size = values.size
     if at.size and (size == 0 or at.min() < 0 or at.max() >= size):
         raise ForecastError(f"issue slots must lie within the trace's {size} slots")
+    if spec.model is ForecastModel.LEARNED:
+        # It only looks back, and predicts past the trace's end: a looping replay needs nothing
+        # more (its history before the first slot is taken as the first value).
+        if at.size == 0 or horizon == 0:
+            return np.zeros((at.size, horizon))
+        model = learned_model(values, slot_hours, horizon=horizon)
+        learned: _Floats = model.predict(values, at, horizon, quantile=spec.quantile)
+        return learned
     ahead = np.arange(horizon, dtype=np.int64)[None, :]
     positions = at[:, None] + ahead
     if spec.model.is_periodic:
@@ -632,6 +653,36 @@ class SeasonalForecaster(_PeriodicForecaster):
     name = ForecastModel.SEASONAL
 
 
+class LearnedForecaster(_TraceForecaster):
+    """A model trained on the trace's own past (no look-ahead; see :mod:`carbonscaler.learned`).
+
+    Args:
+        quantile: the quantile to forecast (0.5, the median; e.g. 0.9 for a cautious plan).
+        slots_per_day: Slots in a day; default from the slot length (24 for arrays).
+    """
+
+    name = ForecastModel.LEARNED
+
+    def __init__(self, quantile: float = 0.5, slots_per_day: int | None = None) -> None:
+        self.spec = ForecastSpec(ForecastModel.LEARNED, quantile=quantile)
+        self.slots_per_day = slots_per_day
+
+    def _slot_hours(self, slot_s: int | None) -> float:
+        if self.slots_per_day is not None:
+            return 24.0 / self.slots_per_day
+        return super()._slot_hours(slot_s)
+
+    def _array(
+        self, values: np.ndarray, index: int, horizon: int, *, wrap: bool, slot_s: int | None
+    ) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        _check(values, index, horizon)
+        row: np.ndarray = issue_forecasts(
+            self.spec, values, np.array([index]), horizon, self._slot_hours(slot_s), wrap=wrap
+        )[0]
+        return row
+
+
 _CLASSES: dict[ForecastModel, type[Forecaster]] = {
     cls.name: cls
     for cls in (
@@ -640,6 +691,7 @@ _CLASSES: dict[ForecastModel, type[Forecaster]] = {
         GaussianForecaster,
         PersistenceForecaster,
         SeasonalForecaster,
+        LearnedForecaster,
         ProviderForecaster,
     )
 }
@@ -651,7 +703,8 @@ def make_forecaster(name: ForecastModel | str, **options: Any) -> Forecaster:
     Args:
         name: One of :data:`FORECASTERS` or an alias (case-insensitive).
         **options: ``error`` (a fraction, 0.1 = ±10 %) and ``seed`` for
-            ``uniform``/``gaussian``; ``slots_per_day`` for ``persistence``/``seasonal``.
+            ``uniform``/``gaussian``; ``slots_per_day`` for ``persistence``/``seasonal``/
+            ``learned``; ``quantile`` for ``learned``.
 
     Raises:
         ForecastError: If the name or an option is unknown or invalid.

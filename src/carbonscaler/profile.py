@@ -9,6 +9,7 @@ reference CSV format (``nodes,throughput,power``, one row per server count, an o
 from __future__ import annotations
 
 import csv
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -17,7 +18,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from carbonscaler.outputs import atomic_path
+
 __all__ = [
+    "MAX_SERVERS",
     "ProfileError",
     "ProfileWarning",
     "ScalingProfile",
@@ -29,6 +33,10 @@ __all__ = [
 ]
 
 FloatArray = NDArray[np.float64]
+
+MAX_SERVERS = 10_000
+"""Most servers a parametric profile (``amdahl:0.05,servers=N``) may have: bounds the work
+a command line can ask for."""
 
 
 class ProfileError(ValueError):
@@ -136,15 +144,16 @@ class ScalingProfile:
         )
 
     def to_csv(self, path: str | os.PathLike[str]) -> None:
-        """Write the profile in the reference CSV format (write-then-rename)."""
-        target = Path(path)
-        tmp = target.with_name(target.name + ".tmp")
-        with tmp.open("w", newline="") as fh:
+        """Write the profile in the reference CSV format (to a temporary file, then renamed).
+
+        Raises:
+            OutputError: If the file cannot be written.
+        """
+        with atomic_path(path, "profile") as tmp, tmp.open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["nodes", "throughput", "power"])
             for k in range(self.max_servers + 1):
                 writer.writerow([k, repr(float(self.throughput[k])), repr(float(self.power_w[k]))])
-        os.replace(tmp, target)
 
 
 def _efficiency(d_work: FloatArray, d_power: FloatArray) -> FloatArray:
@@ -341,7 +350,13 @@ def parse_profile_spec(spec: str, *, default_servers: int = 8) -> ScalingProfile
             options[key] = float(value)
         except ValueError:
             raise ProfileError(f"profile option {key} needs a number, got {value!r}") from None
-    servers = int(options.get("servers", default_servers))
+    wanted = options.get("servers", default_servers)
+    if not (math.isfinite(wanted) and wanted == int(wanted) and 1 <= wanted <= MAX_SERVERS):
+        raise ProfileError(
+            f"a parametric profile has 1 to {MAX_SERVERS} servers (servers= or --max),"
+            f" not {wanted:g}"
+        )
+    servers = int(wanted)
     power = options.get("power", 60.0)
     base = options.get("throughput", 1.0)
     try:

@@ -27,6 +27,8 @@ from pandas.tseries.offsets import Tick
 
 __all__ = [
     "FORMATS",
+    "MAX_SLOTS",
+    "MIN_STEP",
     "SIGNALS",
     "CarbonTrace",
     "TraceError",
@@ -58,6 +60,15 @@ FORMATS: tuple[str, ...] = tuple(_FORMAT_HEADERS)
 """Names of the accepted trace file formats."""
 
 SIGNALS: tuple[str, ...] = ("direct", "lca", "avg")
+MIN_STEP = pd.Timedelta(minutes=1)
+"""Shortest step a trace may have: planning slots are whole minutes."""
+
+MAX_SLOTS = 5_000_000
+"""Most slots a trace may span, gaps included (9.5 years of 1-minute steps, 570 years of
+hourly ones): bounds the memory and time any file can make a command spend."""
+
+_TIME_RANGE = (pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC"))
+_TIME_RANGE_TEXT = "1677-09-22 .. 2262-04-11"
 """Signal names: Electricity Maps' direct and life-cycle columns, or a file's only signal."""
 
 _TIME_NAMES = frozenset(
@@ -242,6 +253,12 @@ class CarbonTrace:
                     " use a divisor of the step"
                 )
             k = step // target
+            if len(self) * k > MAX_SLOTS:
+                raise TraceError(
+                    f"resampling {len(self)} {_minutes(step)}-minute values of {self.source} to"
+                    f" {slot_minutes}-minute slots would make {len(self) * k:,} slots, more than"
+                    f" the {MAX_SLOTS:,} supported; use longer slots or a shorter trace"
+                )
             values = np.repeat(self.series.to_numpy(), k)
             index = pd.date_range(self.start, periods=len(values), freq=target, unit="ns")
         else:
@@ -430,7 +447,15 @@ def from_series(
         values = series.to_numpy(dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise TraceError(f"{source}: values must be numeric ({exc})") from exc
-    s = pd.Series(values, index=index.as_unit("ns"), name="carbon_intensity")
+    try:
+        ns_index = index.as_unit("ns")
+    except (OverflowError, pd.errors.OutOfBoundsDatetime):
+        outside = (index < _TIME_RANGE[0]) | (index > _TIME_RANGE[1])
+        first = index[int(np.asarray(outside).argmax())]
+        raise TraceError(
+            f"{source}: timestamp {first} is outside the supported range {_TIME_RANGE_TEXT}"
+        ) from None
+    s = pd.Series(values, index=ns_index, name="carbon_intensity")
     if not s.index.is_monotonic_increasing:
         s = s.sort_index(kind="stable")
     index = cast(pd.DatetimeIndex, s.index)
@@ -456,6 +481,19 @@ def from_series(
     if len(s) < 2:
         raise TraceError(f"{source}: one row is not a time series; the step cannot be inferred")
     step = _common_step(index)
+    if step < MIN_STEP:
+        raise TraceError(
+            f"{source}: the step is {step.total_seconds():g} s; the shortest supported step is"
+            f" {MIN_STEP.total_seconds() / 60:g} minute: average the file to 1-minute or longer"
+            " steps first"
+        )
+    n_slots = (index[-1] - index[0]) // step + 1
+    if n_slots > MAX_SLOTS:
+        raise TraceError(
+            f"{source}: {_fmt(index[0])} .. {_fmt(index[-1])} at {_minutes(step)}-minute steps"
+            f" is {n_slots:,} slots, more than the {MAX_SLOTS:,} supported; check the timestamps"
+            " (a wrong year?) or split the file"
+        )
     off_grid = (index - index[0]) % step != pd.Timedelta(0)
     if off_grid.any():
         raise TraceError(
@@ -511,9 +549,15 @@ def from_values(
         raise TraceError(f"values must be finite and >= 0; value {i} is {arr[i]}")
     if step_minutes <= 0:
         raise TraceError(f"step_minutes must be positive, not {step_minutes}")
-    index = pd.date_range(
-        _to_utc(start), periods=arr.size, freq=pd.Timedelta(minutes=step_minutes), unit="ns"
-    )
+    try:
+        index = pd.date_range(
+            _to_utc(start), periods=arr.size, freq=pd.Timedelta(minutes=step_minutes), unit="ns"
+        )
+    except (OverflowError, pd.errors.OutOfBoundsDatetime):
+        raise TraceError(
+            f"{arr.size} slots of {step_minutes} minutes from {start} leave the supported range"
+            f" {_TIME_RANGE_TEXT}"
+        ) from None
     return CarbonTrace(
         series=pd.Series(arr, index=index, name="carbon_intensity"),
         zone=zone,
@@ -689,11 +733,23 @@ def _parse_times(raw: pd.Series, file: Path) -> pd.DatetimeIndex:
             parsed = pd.to_datetime(raw, unit=unit, utc=True)
         else:
             parsed = pd.to_datetime(raw.astype(str).str.strip(), format="ISO8601", utc=True)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, OverflowError | pd.errors.OutOfBoundsDatetime):
+            raise TraceError(
+                f"{file}: a timestamp in column {raw.name!r} is outside the supported range"
+                f" {_TIME_RANGE_TEXT} ({exc})"
+            ) from None
         raise TraceError(
             f"{file}: cannot parse timestamps in column {raw.name!r} ({exc}); use ISO 8601 such"
             " as 2022-01-01 00:00:00 or unix seconds"
         ) from exc
+    outside = np.asarray((parsed < _TIME_RANGE[0]) | (parsed > _TIME_RANGE[1]))
+    if outside.any():
+        label = raw.index[int(outside.argmax())]
+        raise TraceError(
+            f"{file}: line {int(label) + 2}: timestamp {str(raw[label]).strip()!r} is outside"
+            f" the supported range {_TIME_RANGE_TEXT}"
+        )
     return pd.DatetimeIndex(parsed)
 
 

@@ -17,6 +17,7 @@ follow fixed rules (static, threshold, static-best) never re-plan.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -70,8 +71,13 @@ class Conditions:
     def __post_init__(self) -> None:
         if not 0.0 <= self.profile_error < 1.0:
             raise ValueError(f"profile error must be within [0, 1), got {self.profile_error}")
-        if self.rescale_overhead_s < 0:
-            raise ValueError("rescale overhead cannot be negative")
+        if not (math.isfinite(self.rescale_overhead_s) and self.rescale_overhead_s >= 0):
+            raise ValueError(
+                f"rescale overhead must be a finite number of seconds >= 0, not"
+                f" {self.rescale_overhead_s}"
+            )
+        if self.seed < 0:
+            raise ValueError(f"the seed must be >= 0, not {self.seed}")
         if not 0 < self.replan_threshold < 1:
             raise ValueError("the re-planning threshold must be in (0, 1)")
         if not 0 <= self.safety_margin < 1:

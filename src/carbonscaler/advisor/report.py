@@ -21,6 +21,13 @@ from matplotlib.figure import Figure
 from rich.table import Table
 
 from carbonscaler.advisor.sweep import SweepResult
+from carbonscaler.outputs import (
+    OutputError,
+    atomic_path,
+    atomic_write,
+    check_output_file,
+    check_output_folder,
+)
 from carbonscaler.planner.model import Job
 from carbonscaler.planner.policies import plan
 
@@ -89,11 +96,13 @@ def scenario_tables(result: SweepResult) -> list[Table]:
 
 
 def write_csv(result: SweepResult, path: str | os.PathLike[str]) -> None:
-    """Every simulated run as CSV (write-then-rename)."""
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    result.runs.to_csv(tmp, index=False)
-    os.replace(tmp, target)
+    """Every simulated run as CSV (written to a temporary file, then renamed).
+
+    Raises:
+        OutputError: If the file cannot be written.
+    """
+    with atomic_path(check_output_file(path, "CSV"), "CSV") as tmp:
+        result.runs.to_csv(tmp, index=False)
 
 
 def _savings_distribution(runs: pd.DataFrame) -> Figure:
@@ -220,22 +229,37 @@ def figures(result: SweepResult) -> dict[str, Figure]:
 
 
 def write_plots(result: SweepResult, folder: str | os.PathLike[str]) -> list[Path]:
-    """Write the figures as PNG files into ``folder`` (created if missing)."""
-    target = Path(folder)
-    target.mkdir(parents=True, exist_ok=True)
+    """Write the figures as PNG files into ``folder`` (created if missing), each to a
+    temporary file first, then renamed.
+
+    Raises:
+        OutputError: If the folder or a file cannot be written.
+    """
+    target = check_output_folder(folder, "plot folder")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create plot folder {target}: {exc.strerror or exc}") from exc
     written = []
     for stem, fig in figures(result).items():
         path = target / f"{stem}.png"
-        tmp = target / f".{stem}.png.tmp"
-        fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
-        os.replace(tmp, path)
+        try:
+            with atomic_path(path, "figure") as tmp:
+                fig.savefig(tmp, dpi=110, format="png")
+        finally:
+            plt.close(fig)
         written.append(path)
     return written
 
 
 def write_html(result: SweepResult, path: str | os.PathLike[str], *, command: str = "") -> None:
-    """One self-contained HTML page (figures embedded) to mail to a colleague."""
+    """One self-contained HTML page (figures embedded) to mail to a colleague, written to a
+    temporary file, then renamed.
+
+    Raises:
+        OutputError: If the file cannot be written.
+    """
+    check_output_file(path, "report")
     images = []
     for stem, fig in figures(result).items():
         buffer = io.BytesIO()
@@ -298,7 +322,4 @@ code {{ background: #f6f6f6; padding: 0.1em 0.3em; }}
 suspend-resume on the same trace, then averaged. Emissions are gCO2eq.</p>
 </body></html>
 """
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, target)
+    atomic_write(path, page, "report")

@@ -23,7 +23,18 @@ from carbonscaler.planner.policies import POLICIES
 from carbonscaler.profile import ScalingProfile
 from carbonscaler.trace import CarbonTrace
 
-__all__ = ["Scenario", "SweepResult", "SweepSpec", "resolve_starts", "run_sweep"]
+__all__ = [
+    "MAX_SWEEP_CELLS",
+    "Scenario",
+    "SweepResult",
+    "SweepSpec",
+    "resolve_starts",
+    "run_sweep",
+]
+
+MAX_SWEEP_CELLS = 3_000_000
+"""Most (start, slot) cells one scenario may simulate (about 350 bytes each at the peak):
+bounds the memory a command line can make the advisor use."""
 
 BASELINES = ("agnostic", "suspend-resume")
 ProgressCallback = Callable[[int, int, str], None]
@@ -197,6 +208,15 @@ def run_sweep(spec: SweepSpec, progress: ProgressCallback | None = None) -> Swee
         )
         deadline_slots = math.floor(scenario.slack * spec.length_hours / slot_hours + 1e-9)
         starts = resolve_starts(trace, spec.starts, deadline_slots)
+        cells = len(starts) * deadline_slots
+        if cells > MAX_SWEEP_CELLS:
+            fit = max(1, MAX_SWEEP_CELLS // max(deadline_slots, 1))
+            raise PlanningError(
+                f"{scenario.label}: {len(starts):,} starts x {deadline_slots:,} slots to the"
+                f" deadline is {cells:,} simulated slots, more than the {MAX_SWEEP_CELLS:,} one"
+                f" sweep may hold (about 1 GB); use --starts {fit} (evenly spaced) or longer"
+                " --slot-minutes"
+            )
         for policy in policies:
             outcome = simulate_policy(
                 policy, job, trace.values, starts, deadline_slots, spec.conditions

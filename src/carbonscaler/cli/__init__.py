@@ -7,6 +7,7 @@ import typer
 from carbonscaler.cli.accounting import accounting_command
 from carbonscaler.cli.advise import advise_command
 from carbonscaler.cli.carbon_service import carbon_service_command
+from carbonscaler.cli.forecast import app as forecast_app
 from carbonscaler.cli.operator import operator_command
 from carbonscaler.cli.plan import plan_command
 from carbonscaler.cli.power_server import power_server_command
@@ -31,6 +32,7 @@ app.command("power-server")(power_server_command)
 app.command("accounting")(accounting_command)
 app.command("operator")(operator_command)
 app.add_typer(traces_app, name="traces")
+app.add_typer(forecast_app, name="forecast")
 
 
 def main() -> None:

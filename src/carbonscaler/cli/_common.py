@@ -32,6 +32,7 @@ from carbonscaler import datasets
 from carbonscaler.backends.base import BackendError
 from carbonscaler.control.spec import SpecError
 from carbonscaler.forecast import ForecastError
+from carbonscaler.outputs import OutputError
 from carbonscaler.planner.model import PlanningError
 from carbonscaler.profile import ProfileError
 from carbonscaler.providers import ProviderError
@@ -54,6 +55,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     BackendError,
     ProviderError,
     ForecastError,
+    OutputError,
     FileNotFoundError,
 )
 

@@ -52,6 +52,11 @@ def make_forecaster_for(spec: JobSpec) -> Forecaster | None:
         options = {"error": spec.forecast_error, "seed": spec.seed}
     elif model.is_periodic:
         options = {"slots_per_day": max(round(24 / spec.slot_hours), 1)}
+    elif model is ForecastModel.LEARNED:
+        options = {
+            "slots_per_day": max(round(24 / spec.slot_hours), 1),
+            "quantile": spec.forecast_quantile,
+        }
     return make_forecaster(model, **options)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ from carbonscaler.cli._common import (
     open_trace,
     user_errors,
 )
+from carbonscaler.outputs import check_output_file, check_output_folder
 from carbonscaler.planner import POLICIES, PlanningError
 from carbonscaler.profile import parse_profile_spec
 from carbonscaler.trace import CarbonTrace, TraceError
@@ -84,6 +86,13 @@ def advise_command(
             " uniform with --forecast-error, else perfect."
         ),
     ] = None,
+    forecast_quantile: Annotated[
+        float,
+        typer.Option(
+            help="For --forecast-model learned: the quantile to plan on (0.5 = the median; "
+            "0.9 plans on a dirtier future)."
+        ),
+    ] = 0.5,
     profile_error: Annotated[
         float, typer.Option(help="Real throughput differs from the profile by up to ±x.")
     ] = 0.0,
@@ -132,6 +141,7 @@ def _advise(
     starts: str,
     forecast_error: float,
     forecast_model: str | None,
+    forecast_quantile: float,
     profile_error: float,
     rescale_overhead_s: float,
     replan_threshold: float,
@@ -144,6 +154,13 @@ def _advise(
     plot: Path | None,
     report: Path | None,
 ) -> None:
+    # Every output is checked before minutes of simulation, not after.
+    if csv is not None:
+        check_output_file(csv, "--csv")
+    if plot is not None:
+        check_output_folder(plot, "--plot")
+    if report is not None:
+        check_output_file(report, "--report")
     traces: list[CarbonTrace] = [open_trace(p, signal=signal) for p in trace or []]
     traces += [open_trace(None, z, year) for z in zone or []]
     if not traces:
@@ -155,7 +172,7 @@ def _advise(
             else (ForecastModel.UNIFORM if forecast_error > 0 else ForecastModel.PERFECT)
         )
         conditions = Conditions(
-            forecast=ForecastSpec(model, forecast_error, seed),
+            forecast=ForecastSpec(model, forecast_error, seed, quantile=forecast_quantile),
             profile_error=profile_error,
             rescale_overhead_s=rescale_overhead_s,
             replan_threshold=replan_threshold,
@@ -164,6 +181,8 @@ def _advise(
         )
     except ValueError as exc:
         raise PlanningError(str(exc)) from None
+    if price is not None and not (math.isfinite(price) and price >= 0):
+        raise PlanningError(f"--price must be a finite number >= 0, not {price}")
     top = max(max_servers or [8])
     spec = SweepSpec(
         traces=traces,

@@ -12,6 +12,7 @@ from rich.table import Table
 from carbonscaler.backends.profiler import per_server_power, profile_workload
 from carbonscaler.cli._common import console, err_console, user_errors
 from carbonscaler.control.spec import load_job_spec
+from carbonscaler.outputs import check_output_file
 
 
 def profile_command(
@@ -68,6 +69,7 @@ def _profile(
         max_workers = min(max_workers, spec.max_replicas)
     if command is None:
         raise FileNotFoundError("give a job spec or --command")
+    check_output_file(out, "--out")  # before minutes of profiling, not after
     scratch = out.resolve().parent / f".{out.name}.profiling"
     result = profile_workload(
         command,

@@ -31,6 +31,7 @@ from carbonscaler.control import (
 )
 from carbonscaler.control.report import write_run_report
 from carbonscaler.control.spec import load_job_spec
+from carbonscaler.outputs import check_output_folder
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -101,6 +102,7 @@ def execute(
             f"profiling the workload at {k} of {top} workers ({spec.profile_seconds:g} s each)..."
         )
 
+    folder = check_output_folder(report_dir or Path(spec.checkpoint_dir), "report folder")
     controller = build_controller(spec, on_profile=profiling)
     live_enabled = console.is_terminal and not as_json
     last_draw = [0.0]
@@ -119,7 +121,6 @@ def execute(
             controller.backend.stop()
             err_console.print("stopped; run the same command again to resume")
             raise typer.Exit(code=130) from None
-    folder = report_dir or Path(spec.checkpoint_dir)
     written = write_run_report(report, folder, spec.slot_hours)
     _print_report(controller, report, as_json=as_json, written=written, extra_fn=extra_fn)
     return report

@@ -6,7 +6,6 @@ import base64
 import html
 import io
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from carbonscaler.control.controller import RunReport
+from carbonscaler.outputs import OutputError, atomic_write, check_output_folder
 
 __all__ = ["run_figure", "write_run_report"]
 
@@ -50,23 +50,26 @@ def run_figure(report: RunReport, slot_hours: float) -> Figure:
     return fig
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_run_report(report: RunReport, folder: Path, slot_hours: float) -> list[Path]:
-    """Write ``report.json``, ``report.png`` and ``report.html`` into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write ``report.json``, ``report.png`` and ``report.html`` into ``folder`` (created if
+    missing), each to a temporary file first, then renamed.
+
+    Raises:
+        OutputError: If the folder or a file cannot be written.
+    """
+    check_output_folder(folder, "report folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create report folder {folder}: {exc.strerror or exc}") from exc
     payload = json.dumps(report.to_dict(), indent=2, default=float).encode()
-    _atomic_write(folder / "report.json", payload)
+    atomic_write(folder / "report.json", payload)
     fig = run_figure(report, slot_hours)
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=100, format="png")
     plt.close(fig)
     png = buffer.getvalue()
-    _atomic_write(folder / "report.png", png)
+    atomic_write(folder / "report.png", png)
     rows = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
         for k, v in report.to_dict().items()
@@ -80,5 +83,5 @@ def write_run_report(report: RunReport, folder: Path, slot_hours: float) -> list
         f"<img alt='servers over carbon' src='data:image/png;base64,"
         f"{base64.b64encode(png).decode()}'><table>{rows}</table></body></html>"
     )
-    _atomic_write(folder / "report.html", page.encode())
+    atomic_write(folder / "report.html", page.encode())
     return [folder / "report.json", folder / "report.png", folder / "report.html"]

@@ -152,6 +152,11 @@ class JobSpec(JobSettings):
     forecast_error: float = Field(
         0.0, ge=0, lt=1, description="relative error of uniform/gaussian, a fraction (0.1 = ±10 %)"
     )
+    forecast_quantile: float = Field(
+        0.5,
+        description="for the learned forecaster: the quantile to plan on (0.5, the median; "
+        "0.9 assumes a dirtier future)",
+    )
     checkpoint_dir: str
     time_scale_s: float = Field(0.0, ge=0)
     profile_seconds: float = Field(6.0, gt=0)

@@ -149,7 +149,8 @@ def _url_problem(value: str) -> str | None:
         parsed = httpx.URL(value)
     except (httpx.InvalidURL, ValueError) as exc:
         return f" ({exc})"
-    if parsed.port != port or not parsed.host:
+    default = 443 if parsed.scheme == "https" else 80  # httpx leaves a default port out
+    if (parsed.port or default) != (port or default) or not parsed.host:
         return " (it does not parse to one host and port)"
     return None
 
