@@ -4,18 +4,23 @@ Two layers:
 
 * :class:`KubeflowApi` — the few API calls CarbonScaler makes (read, create, merge-patch and
   delete a Kubeflow job; patch a CarbonScaler resource's status; post an Event; read a profile
-  ConfigMap). The operator's handlers execute :mod:`carbonscaler.operator.reconcile`'s
-  decisions (the operations of :mod:`carbonscaler.kube.operations`) through it.
+  ConfigMap; create and read a job's progress ConfigMap). The operator's handlers execute
+  :mod:`carbonscaler.operator.reconcile`'s decisions (the operations of
+  :mod:`carbonscaler.kube.operations`) through it. Every call has a request timeout (connect,
+  read), so a half-open connection fails the call instead of wedging the pass.
 * :class:`KubernetesBackend` — the controller's :class:`~carbonscaler.backends.base.Backend`
   over one Kubeflow job, so the engine-agnostic controller can drive a job on a cluster
   without the operator (its state then lives in the controller's SQLite file).
 
 Errors of the API server become :class:`~carbonscaler.backends.base.BackendError` with the
-server's message and what to check (RBAC, the training operator being installed).
+server's message and what to check (RBAC, the training operator being installed); a refusal of
+a Kubeflow job that retrying cannot fix (:func:`permanent_refusal`) is a :class:`ChildRejected`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,12 +28,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from carbonscaler.backends.base import Backend, BackendError, WorkloadState
 from carbonscaler.kube.crd import GROUP, KUBEFLOW_GROUP, KUBEFLOW_VERSION, MPI, VERSION, JobKind
 from carbonscaler.kube.operations import (
+    ChildError,
     ChildState,
     CreateChild,
     DeleteChild,
@@ -36,14 +43,72 @@ from carbonscaler.kube.operations import (
     Operation,
     PatchChild,
 )
-from carbonscaler.kube.resources import child_body, event_body, replicas_patch
+from carbonscaler.kube.resources import (
+    PROGRESS_KEY,
+    child_body,
+    event_body,
+    progress_configmap_body,
+    progress_configmap_name,
+    replicas_patch,
+)
 from carbonscaler.profile import ScalingProfile, load_profile
 
-__all__ = ["KubeflowApi", "KubernetesBackend", "ProfileUnavailable", "api_client"]
+__all__ = [
+    "REQUEST_TIMEOUT",
+    "ChildRejected",
+    "KubeflowApi",
+    "KubernetesBackend",
+    "ProfileUnavailable",
+    "api_client",
+    "permanent_refusal",
+]
+
+REQUEST_TIMEOUT: tuple[float, float] = (10.0, 30.0)
+"""Seconds to connect and to wait for each read of an API call (the client's
+``_request_timeout``)."""
+
+# 4xx that a later attempt may pass: missing (404), conflict (409), throttled (429),
+# unauthenticated (401), timed out (408); a 403 is one too unless it is an admission denial
+# (RBAC and quota are fixed outside the job).
+_RETRYABLE_4XX = frozenset({401, 403, 404, 408, 409, 429})
 
 
 class ProfileUnavailable(RuntimeError):
     """The profile ConfigMap is missing or not a valid profile; the message says which."""
+
+
+class ChildRejected(BackendError):
+    """The API server refused an operation on a Kubeflow job for good (see
+    :func:`permanent_refusal`); ``error`` holds the code and the server's message."""
+
+    def __init__(self, message: str, error: ChildError) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+def _server_message(exc: ApiException) -> str:
+    """The ``message`` of the API server's Status body, else the raw body (shortened)."""
+    raw = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else exc.body
+    if not isinstance(raw, str):
+        return str(exc.reason or "")
+    try:
+        status = json.loads(raw)
+    except ValueError:
+        return raw[:500]
+    if isinstance(status, dict) and isinstance(status.get("message"), str):
+        return str(status["message"])
+    return raw[:500]
+
+
+def permanent_refusal(code: int, message: str) -> bool:
+    """Whether an API error on creating or patching a Kubeflow job is permanent: a 4xx other
+    than 401/404/408/409/429, and a 403 only when it is an admission webhook's or policy's
+    denial (``... denied the request ...``), not RBAC or a quota."""
+    if not 400 <= code < 500:
+        return False
+    if code == 403:
+        return "denied" in message and "request" in message
+    return code not in _RETRYABLE_4XX
 
 
 def api_client(context: str | None = None) -> client.ApiClient:
@@ -79,18 +144,33 @@ def _explain(exc: ApiException, what: str) -> BackendError:
     return BackendError(f"{what}: HTTP {exc.status} {exc.reason}{hint} {body}".rstrip())
 
 
+def _unreachable(exc: urllib3.exceptions.HTTPError, what: str) -> BackendError:
+    return BackendError(
+        f"{what}: the API server did not answer ({type(exc).__name__}: {exc}); "
+        "retrying on the next pass"
+    )
+
+
 class KubeflowApi:
     """The API calls of CarbonScaler, over an official-client :class:`ApiClient`.
 
     Args:
         api: the client (see :func:`api_client`); tests point one at a recording server.
         instance: this process's name in the Events it posts.
+        timeout: seconds to connect and to wait for each read, on every call.
     """
 
-    def __init__(self, api: client.ApiClient, *, instance: str = "carbonscaler") -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        instance: str = "carbonscaler",
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
+    ) -> None:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.instance = instance
+        self.timeout = timeout
 
     # -- Kubeflow jobs
 
@@ -100,14 +180,22 @@ class KubeflowApi:
         Raises:
             BackendError: on any other API error.
         """
+        what = f"reading kubeflow {kind.child_kind} {namespace}/{name}"
         try:
             found = self.custom.get_namespaced_custom_object(
-                KUBEFLOW_GROUP, KUBEFLOW_VERSION, namespace, kind.child_plural, name
+                KUBEFLOW_GROUP,
+                KUBEFLOW_VERSION,
+                namespace,
+                kind.child_plural,
+                name,
+                _request_timeout=self.timeout,
             )
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise _explain(exc, f"reading kubeflow {kind.child_kind} {namespace}/{name}") from None
+            raise _explain(exc, what) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise _unreachable(exc, what) from None
         return dict(found) if isinstance(found, dict) else None
 
     def child_state(
@@ -121,12 +209,20 @@ class KubeflowApi:
         not an error (a repeated pass after a lost status write does the same again).
 
         Raises:
-            BackendError: on any other API error.
+            ChildRejected: if the API server refused a creation or a patch for good
+                (:func:`permanent_refusal`): retrying the same request cannot pass.
+            BackendError: on any other API error, or no answer in time.
         """
+        what = f"{type(operation).__name__} on kubeflow {kind.child_kind} in {namespace}"
         try:
             if isinstance(operation, CreateChild):
                 self.custom.create_namespaced_custom_object(
-                    KUBEFLOW_GROUP, KUBEFLOW_VERSION, namespace, kind.child_plural, operation.body
+                    KUBEFLOW_GROUP,
+                    KUBEFLOW_VERSION,
+                    namespace,
+                    kind.child_plural,
+                    operation.body,
+                    _request_timeout=self.timeout,
                 )
             elif isinstance(operation, PatchChild):
                 self.custom.patch_namespaced_custom_object(
@@ -136,6 +232,7 @@ class KubeflowApi:
                     kind.child_plural,
                     operation.name,
                     operation.patch,
+                    _request_timeout=self.timeout,
                 )
             else:
                 self.custom.delete_namespaced_custom_object(
@@ -145,15 +242,24 @@ class KubeflowApi:
                     kind.child_plural,
                     operation.name,
                     body=client.V1DeleteOptions(propagation_policy=operation.propagation),
+                    _request_timeout=self.timeout,
                 )
         except ApiException as exc:
             if (isinstance(operation, CreateChild) and exc.status == 409) or (
                 isinstance(operation, DeleteChild) and exc.status == 404
             ):
                 return
-            raise _explain(
-                exc, f"{type(operation).__name__} on kubeflow {kind.child_kind} in {namespace}"
-            ) from None
+            message = _server_message(exc)
+            if not isinstance(operation, DeleteChild) and permanent_refusal(
+                int(exc.status or 0), message
+            ):
+                error = ChildError(type(operation).__name__, int(exc.status), message)
+                raise ChildRejected(
+                    f"{what}: HTTP {exc.status} {exc.reason}: {message}", error
+                ) from None
+            raise _explain(exc, what) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise _unreachable(exc, what) from None
 
     # -- CarbonScaler resources
 
@@ -165,12 +271,21 @@ class KubeflowApi:
         Raises:
             BackendError: on an API error.
         """
+        what = f"patching the status of {kind.kind} {namespace}/{name}"
         try:
             self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, kind.plural, name, {"status": status}
+                GROUP,
+                VERSION,
+                namespace,
+                kind.plural,
+                name,
+                {"status": status},
+                _request_timeout=self.timeout,
             )
         except ApiException as exc:
-            raise _explain(exc, f"patching the status of {kind.kind} {namespace}/{name}") from None
+            raise _explain(exc, what) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise _unreachable(exc, what) from None
 
     def post_event(self, owner: dict[str, Any], note: EventNote, now: float) -> None:
         """Post an Event about ``owner``; a failure is not worth failing the pass for.
@@ -187,10 +302,16 @@ class KubeflowApi:
             instance=self.instance,
         )
         try:
-            self.core.create_namespaced_event(owner["metadata"]["namespace"], body)  # type: ignore[arg-type]
+            self.core.create_namespaced_event(
+                owner["metadata"]["namespace"],
+                body,  # type: ignore[arg-type]
+                _request_timeout=self.timeout,
+            )
         except ApiException as exc:
             if exc.status == 403:
                 raise _explain(exc, "posting an Event") from None
+        except urllib3.exceptions.HTTPError:
+            pass  # an Event is not worth the pass; the status carries the same news
 
     def read_profile(self, namespace: str, name: str) -> ScalingProfile:
         """The scaling profile in ConfigMap ``name``: its key ``profile.csv``, or its only key
@@ -200,7 +321,9 @@ class KubeflowApi:
             ProfileUnavailable: if it is missing or malformed, saying what to fix.
         """
         try:
-            cm = self.core.read_namespaced_config_map(name, namespace)
+            cm = self.core.read_namespaced_config_map(
+                name, namespace, _request_timeout=self.timeout
+            )
         except ApiException as exc:
             if exc.status == 404:
                 raise ProfileUnavailable(
@@ -208,6 +331,8 @@ class KubeflowApi:
                     f"`kubectl create configmap {name} --from-file=profile.csv=PATH.csv`"
                 ) from None
             raise ProfileUnavailable(str(_explain(exc, f"reading ConfigMap {name}"))) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise ProfileUnavailable(str(_unreachable(exc, f"reading ConfigMap {name}"))) from None
         data = dict(cm.data or {})
         text = data.get("profile.csv")
         if text is None and len(data) == 1:
@@ -218,6 +343,55 @@ class KubeflowApi:
                 "under the key profile.csv"
             )
         return profile_from_csv(name, text)
+
+    # -- progress reports
+
+    def ensure_progress_channel(self, kind: JobKind, owner: dict[str, Any]) -> None:
+        """Create the job's progress ConfigMap (owned by the job) unless it exists.
+
+        Raises:
+            BackendError: on an API error other than "already exists".
+        """
+        body = progress_configmap_body(kind, owner)
+        namespace = owner["metadata"]["namespace"]
+        what = f"creating ConfigMap {namespace}/{body['metadata']['name']}"
+        try:
+            self.core.create_namespaced_config_map(
+                namespace,
+                body,  # type: ignore[arg-type]
+                _request_timeout=self.timeout,
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise _explain(exc, what) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise _unreachable(exc, what) from None
+
+    def read_progress(self, kind: JobKind, namespace: str, name: str) -> float | None:
+        """The percent done that job ``name``'s pods reported in its progress ConfigMap, or
+        None if there is none yet (no ConfigMap, no report, or not a number in 0..100).
+
+        Raises:
+            BackendError: on an API error other than "not found".
+        """
+        cm_name = progress_configmap_name(kind, name)
+        what = f"reading ConfigMap {namespace}/{cm_name}"
+        try:
+            cm = self.core.read_namespaced_config_map(
+                cm_name, namespace, _request_timeout=self.timeout
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _explain(exc, what) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise _unreachable(exc, what) from None
+        raw = (cm.data or {}).get(PROGRESS_KEY)
+        try:
+            pct = float(str(raw).strip())
+        except ValueError:
+            return None
+        return pct if math.isfinite(pct) and 0.0 <= pct <= 100.0 else None
 
 
 def profile_from_csv(name: str, text: str) -> ScalingProfile:

@@ -95,6 +95,18 @@ def operator_command(
     tick: Annotated[
         float, typer.Option("--tick", help="Seconds between passes over each job.")
     ] = 10.0,
+    slot_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--slot-seconds",
+            envvar="CARBONSCALER_SLOT_SECONDS",
+            min=1.0,
+            help="The carbon data's pace: wall-clock seconds per forecast entry (the carbon "
+            "service's --speed). Jobs must plan in slots of this length (slotSeconds); others "
+            "wait with a CarbonPaceMismatch event. Default: --speed, or the trace's step, when "
+            "replaying a trace here; unchecked otherwise.",
+        ),
+    ] = None,
     peering: Annotated[
         str | None,
         typer.Option(
@@ -152,7 +164,12 @@ def operator_command(
             provider=provider_spec,
             carbon_service=carbon_service,
         )
-        poller = _poller(source, carbon_start, speed)
+        poller, pace = _poller(source, carbon_start, speed)
+        if slot_seconds is not None and pace is not None and abs(slot_seconds - pace) > 1e-6:
+            raise ValueError(
+                f"--slot-seconds {slot_seconds:g} contradicts the replay's pace of {pace:g} s "
+                "per slot (--speed, or the trace's step)"
+            )
         api = KubeflowApi(api_client(), instance=handlers.instance_name())
     except Exception as exc:  # any setup failure here is the user's to fix
         err_console.print(f"[red]error:[/] {exc}", highlight=False)
@@ -163,7 +180,7 @@ def operator_command(
     )
     if poller is None and webhook_port == 0:
         log.warning("no carbon source and no webhook: jobs plan on a flat forecast")
-    board = CarbonBoard()
+    board = CarbonBoard(slot_seconds=slot_seconds if slot_seconds is not None else pace)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, tick_s=tick)
     settings = kopf.OperatorSettings()
@@ -207,28 +224,30 @@ def operator_command(
 
 def _poller(
     source: CarbonSourceChoice | None, carbon_start: str | None, speed: float | None
-) -> Poller | None:
-    """The carbon poller for the chosen source, if any."""
+) -> tuple[Poller | None, float | None]:
+    """The carbon poller for the chosen source, if any, and its pace (wall-clock seconds per
+    forecast entry) where it is known here: a trace replayed here runs one of its steps every
+    ``speed`` seconds, or in real time."""
     import httpx
 
     from carbonscaler.operator.carbon import ProviderPoller, ServicePoller
     from carbonscaler.providers import TraceReplay, live_provider
 
     if source is None:
-        return None
+        return None, None
     if source.service_url:
-        return ServicePoller(httpx.AsyncClient(timeout=10.0), source.service_url)
+        return ServicePoller(httpx.AsyncClient(timeout=10.0), source.service_url), None
     if source.trace_path is not None:
         replay = TraceReplay.from_file(
             source.trace_path, zone=source.zone, start=carbon_start, seconds_per_slot=speed
         )
-        return ProviderPoller(replay)
+        return ProviderPoller(replay), float(speed or replay.step_s)
     if source.dataset is not None:
         replay = TraceReplay.from_trace(source.dataset, start=carbon_start, seconds_per_slot=speed)
-        return ProviderPoller(replay)
+        return ProviderPoller(replay), float(speed or replay.step_s)
     if source.provider:
-        return ProviderPoller(live_provider(source.provider))
-    return None
+        return ProviderPoller(live_provider(source.provider)), None
+    return None, None
 
 
 async def _start_carbon(

@@ -153,6 +153,8 @@ def simulate(spec: JobSpec, *, as_json: bool, report_dir: Path | None) -> RunRep
 
     Writes report files only into ``report_dir`` (never into the job's run folder).
     """
+    if report_dir is not None:
+        check_output_folder(report_dir, "--report-dir")
     controller = build_simulation(spec)
     report = controller.run()
     note = "simulated: the controller on a virtual clock, the workload following its profile"

@@ -237,8 +237,10 @@ class CarbonScalerSpec(JobSettings):
     max_relaunches: int = Field(3, ge=0, description="Relaunches after the Kubeflow job failed.")
     pause_mode: Literal["Delete", "Suspend"] = Field(
         "Delete",
-        description="How a PyTorchJob pauses: Delete it (any training-operator v1), or "
-        "Suspend it with runPolicy.suspend (training-operator >= 1.7).",
+        description="How the Kubeflow job pauses (and an MPIJob rescales): Delete and "
+        "re-create it (any training-operator v1), or Suspend it with runPolicy.suspend and "
+        "resume it (training-operator >= 1.7; an MPIJob is resized while suspended). A "
+        "suspension the training operator drops or ignores falls back to Delete.",
     )
 
 
@@ -340,6 +342,7 @@ def _status() -> dict[str, Any]:
             "relaunches": integer,
             "settingsDigest": text,
             "degraded": {"type": "boolean"},
+            "carbonPaceMismatch": text,
             "pastDeadline": {"type": "boolean"},
             "overrun": {"type": "boolean"},
             "nextChange": {
@@ -383,6 +386,8 @@ def _status() -> dict[str, Any]:
                     "replicas": integer,
                     "launches": integer,
                     "suspended": {"type": "boolean"},
+                    "suspendedAt": time,
+                    "suspendUnsupported": {"type": "boolean"},
                 },
             },
         },

@@ -7,8 +7,15 @@ A child is named like its owner and carries an owner reference to it (``controll
 ``blockOwnerDeletion: true``): deleting a CarbonScaler job makes the garbage collector delete
 the Kubeflow job and its pods. MPI cannot change its world size, so an MPIJob is always built
 whole at one worker count: ``Worker.replicas = k`` and ``WORKERS=k`` in every container of the
-launcher (the reference's mechanism; the launcher starts ``mpirun -np $WORKERS``). A PyTorchJob
-changes size in place through its ``elasticPolicy``.
+launcher (the reference's mechanism; the launcher starts ``mpirun -np $WORKERS``) — created so,
+or, suspended, patched so before it resumes (:func:`resize_patch`). A PyTorchJob changes size in
+place through its ``elasticPolicy``.
+
+The operator owns the child's lifecycle: ``runPolicy.suspend`` and
+``runPolicy.ttlSecondsAfterFinished`` are left out of the child (a suspension is the operator's
+to make; a finished child deleted by its TTL before the operator saw it finish would look like
+one that was never started). A job reports its progress through a ConfigMap of its own
+(:func:`progress_configmap_body`), the only object its pods may write.
 """
 
 from __future__ import annotations
@@ -22,10 +29,14 @@ from carbonscaler.kube.crd import GROUP, MPI, JobKind
 __all__ = [
     "LABEL_JOB",
     "LABEL_KIND",
+    "PROGRESS_KEY",
     "child_body",
     "event_body",
     "owner_reference",
+    "progress_configmap_body",
+    "progress_configmap_name",
     "replicas_patch",
+    "resize_patch",
     "suspend_patch",
 ]
 
@@ -33,6 +44,9 @@ LABEL_JOB = f"{GROUP}/job"
 LABEL_KIND = f"{GROUP}/kind"
 WORKERS_ENV = "WORKERS"
 COMPONENT = "carbonscaler-operator"
+PROGRESS_KEY = "progress"
+# What the operator, not the user, decides about the child (see the module docstring).
+_OPERATOR_RUN_POLICY = ("suspend", "ttlSecondsAfterFinished")
 
 
 def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
@@ -52,6 +66,14 @@ def _set_env(container: dict[str, Any], name: str, value: str) -> None:
     env = [e for e in container.get("env", []) if e.get("name") != name]
     env.append({"name": name, "value": value})
     container["env"] = env
+
+
+def _set_workers(replica_specs: dict[str, Any], workers: int) -> None:
+    """An MPIJob's launcher at ``workers``: one replica, ``WORKERS`` in every container."""
+    launcher = replica_specs["Launcher"]
+    launcher["replicas"] = 1
+    for container in launcher["template"].get("spec", {}).get("containers", []):
+        _set_env(container, WORKERS_ENV, str(workers))
 
 
 def child_body(
@@ -79,13 +101,14 @@ def child_body(
             ``elasticPolicy`` where the user left them out.
     """
     spec = copy.deepcopy(spec)
+    run_policy = spec.get("runPolicy")
+    if isinstance(run_policy, dict):
+        for key in _OPERATOR_RUN_POLICY:
+            run_policy.pop(key, None)
     replica_specs = spec[kind.replica_specs_key]
     replica_specs["Worker"]["replicas"] = workers
     if kind is MPI:
-        launcher = replica_specs["Launcher"]
-        launcher["replicas"] = 1
-        for container in launcher["template"].get("spec", {}).get("containers", []):
-            _set_env(container, WORKERS_ENV, str(workers))
+        _set_workers(replica_specs, workers)
     elif elastic_bounds is not None:
         elastic = spec.setdefault("elasticPolicy", {})
         elastic.setdefault("minReplicas", elastic_bounds[0])
@@ -114,10 +137,49 @@ def replicas_patch(kind: JobKind, workers: int, *, resume: bool = False) -> dict
     return {"spec": spec}
 
 
+def resize_patch(
+    kind: JobKind, spec: dict[str, Any], workers: int, *, resume: bool = False
+) -> dict[str, Any]:
+    """A merge patch bringing a Kubeflow job to ``workers``: for a PyTorchJob its
+    ``Worker.replicas`` (:func:`replicas_patch`); for a (suspended) MPIJob also its launcher
+    with ``WORKERS`` set, whole (a merge patch replaces the container list), from the
+    resource's current ``spec``. ``resume`` lifts the suspension in the same patch."""
+    if kind is not MPI:
+        return replicas_patch(kind, workers, resume=resume)
+    replica_specs = copy.deepcopy(spec[kind.replica_specs_key])
+    _set_workers(replica_specs, workers)
+    patch = replicas_patch(kind, workers, resume=resume)
+    patch["spec"][kind.replica_specs_key]["Launcher"] = replica_specs["Launcher"]
+    return patch
+
+
 def suspend_patch() -> dict[str, Any]:
     """A merge patch that suspends a Kubeflow job (training-operator >= 1.7): its pods go, the
     job and its checkpoints stay."""
     return {"spec": {"runPolicy": {"suspend": True}}}
+
+
+def progress_configmap_name(kind: JobKind, name: str) -> str:
+    """The ConfigMap a job's pods report progress to: ``<job>-<short kind>-progress``
+    (``nbody-csmpi-progress``, ``resnet18-cspt-progress``)."""
+    return f"{name}-{kind.short_names[-1]}-progress"
+
+
+def progress_configmap_body(kind: JobKind, owner: dict[str, Any]) -> dict[str, Any]:
+    """The (empty) progress ConfigMap of ``owner``, owned by it (deleted with it). The job's
+    progress reporter writes ``data.progress`` (percent done); the operator reads it."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": progress_configmap_name(kind, meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {LABEL_JOB: meta["name"], LABEL_KIND: kind.kind},
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "data": {},
+    }
 
 
 def event_body(

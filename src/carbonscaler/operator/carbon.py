@@ -8,6 +8,9 @@ service's ``/v1`` API, or a carbon provider directly (a trace replay, a live API
 also what keeps a standby operator (kopf peering) and a missed push covered.
 
 The :class:`CarbonBoard` holds the latest :class:`CarbonSnapshot` per zone; handlers read it.
+It stamps every snapshot with the carbon source's pace (``slot_seconds``: wall-clock seconds per
+forecast entry — the carbon service's ``--speed``, given to the operator as ``--slot-seconds``),
+which each job's ``slotSeconds`` must equal (see :func:`carbonscaler.operator.reconcile`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -41,14 +45,27 @@ _DEFAULT = ""
 
 
 class CarbonBoard:
-    """The latest carbon snapshot per zone (``""`` is the source's default zone)."""
+    """The latest carbon snapshot per zone (``""`` is the source's default zone).
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    Args:
+        clock: epoch seconds.
+        slot_seconds: the carbon source's pace (wall-clock seconds per forecast entry), set on
+            every snapshot that does not carry its own; None: unknown (not checked).
+    """
+
+    def __init__(
+        self, clock: Callable[[], float] = time.time, slot_seconds: float | None = None
+    ) -> None:
+        if slot_seconds is not None and not (math.isfinite(slot_seconds) and slot_seconds > 0):
+            raise ValueError(f"slot seconds must be positive, not {slot_seconds}")
         self._latest: dict[str, CarbonSnapshot] = {}
         self.clock = clock
+        self.slot_seconds = slot_seconds
         self.wanted: set[str] = set()  # zones the jobs plan on, for the pollers
 
     def update(self, snapshot: CarbonSnapshot, zone: str | None = None) -> None:
+        if snapshot.slot_seconds is None and self.slot_seconds is not None:
+            snapshot = replace(snapshot, slot_seconds=self.slot_seconds)
         self._latest[(zone or _DEFAULT).lower()] = snapshot
 
     def get(self, zone: str | None = None) -> CarbonSnapshot | None:

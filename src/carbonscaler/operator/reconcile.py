@@ -22,6 +22,12 @@ controller and CarbonAdvisor's what-if executor run too — nothing here re-impl
 * the level to run is :func:`~carbonscaler.decision.servers_now`: the plan's, the top level
   past the deadline, or the level running when the job overruns its plan.
 
+What the operator observed besides the resource is fed back in as observations, and decided
+here: the API server's permanent refusal of a Kubeflow job (``Observation.child_error``: the job
+fails with the server's message), the progress the job's pods reported
+(``Observation.reported_progress``), and carbon data whose slots are not the job's
+(``CarbonSnapshot.slot_seconds``: a job not yet planned waits, a planned one keeps its plan).
+
 Time is *job hours* since ``startTime``. Energy and emissions are the profile's power ``P(k)``
 over the time the workers ran, split at slot edges so each part is charged its own slot's
 intensity (:func:`~carbonscaler.accounting.integrate.charge_slots`; ``status.carbonBySlot``
@@ -32,11 +38,17 @@ Execution on Kubeflow:
 
 * **MPIJob** — cannot change its world size: a new worker count deletes the MPIJob
   (foreground, so its pods are gone — checkpoint written — before it is), then creates it again
-  with ``Worker.replicas`` and the launcher's ``WORKERS`` updated. Pausing deletes it.
+  with ``Worker.replicas`` and the launcher's ``WORKERS`` updated. Pausing deletes it. With
+  ``pauseMode: Suspend`` (training-operator >= 1.7) it is suspended instead, and a rescale
+  suspends it, waits for its pods to stop, then patches the worker count and ``WORKERS`` and
+  resumes it in one patch.
 * **PyTorchJob** (elastic) — a new count patches ``Worker.replicas`` in place; torchrun's
   agents re-form the group and resume from the checkpoint. Pausing deletes the job (or, with
   ``pauseMode: Suspend``, sets ``runPolicy.suspend``): scaling a Worker-only PyTorchJob to 0
   replicas would make the training operator mark it Succeeded.
+* A suspension that did not take — the field pruned by an older training operator's CRD, read
+  back right after the patch, or the job still ``Running`` long after — is reported (Warning
+  ``SuspendUnsupported``) and the job falls back to deletion and re-creation for good.
 """
 
 from __future__ import annotations
@@ -66,6 +78,7 @@ from carbonscaler.decision import (
 )
 from carbonscaler.kube.crd import MPI, PYTORCH, CarbonScalerSpec, JobKind
 from carbonscaler.kube.operations import (
+    ChildError,
     ChildState,
     CreateChild,
     DeleteChild,
@@ -73,13 +86,14 @@ from carbonscaler.kube.operations import (
     Operation,
     PatchChild,
 )
-from carbonscaler.kube.resources import child_body, replicas_patch, suspend_patch
+from carbonscaler.kube.resources import child_body, resize_patch, suspend_patch
 from carbonscaler.planner.model import FloatArray, Job, PlanningError
 from carbonscaler.planner.policies import Policy
 from carbonscaler.profile import ProfileError, ScalingProfile
 
 __all__ = [
     "CarbonSnapshot",
+    "ChildError",
     "ChildState",
     "CreateChild",
     "Decision",
@@ -109,6 +123,9 @@ ACCOUNTING_WRITE_S = 60.0
 # A job that exits 0 below this reported progress was stopped, not finished.
 _DONE_PCT = 99.5
 _ESTIMATE_CAP_PCT = 99.0
+# A suspended Kubeflow job still Running (and not Suspended) this long after the patch: the
+# training operator ignores the suspension.
+SUSPEND_GRACE_S = 120.0
 
 
 class SettingsError(ValueError):
@@ -300,12 +317,17 @@ class CarbonSnapshot:
             ``prediction``); taken to be at the job's slot length.
         received: when it arrived (epoch seconds).
         source: where it came from, for the status.
+        slot_seconds: the carbon source's pace — wall-clock seconds per forecast entry (the
+            carbon service's ``--speed``, the operator's ``--slot-seconds``); None if unknown
+            (then taken to be the job's). A job whose ``slotSeconds`` differs is not planned on
+            it.
     """
 
     intensity: float
     forecast: tuple[float, ...]
     received: float
     source: str = "carbon"
+    slot_seconds: float | None = None
 
     def ahead(self, now: float, start: float, slot_seconds: int, horizon: int) -> FloatArray:
         """``horizon`` values from the job slot (slots of ``slot_seconds`` from ``start``) that
@@ -335,6 +357,10 @@ class Observation:
         profile: the scaling profile from its ConfigMap — needed only until the status holds
             one (the first plan stores it).
         profile_error: why the profile could not be read, if it could not.
+        child_error: the API server's permanent refusal of the last operation on the
+            Kubeflow job, if it refused one (the job fails with its message).
+        reported_progress: the percent done the job's pods reported in its progress
+            ConfigMap, if any (with ``carbonScalerSpec.progress``, the larger counts).
     """
 
     kind: JobKind
@@ -344,6 +370,8 @@ class Observation:
     carbon: CarbonSnapshot | None = None
     profile: ScalingProfile | None = None
     profile_error: str | None = None
+    child_error: ChildError | None = None
+    reported_progress: float | None = None
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -499,11 +527,16 @@ def reconcile(obs: Observation) -> Decision:
     digest = settings_digest(obs.resource)
     if status.get("phase") == "Failed" and status.get("settingsDigest") == digest:
         return run.finish()  # failed for these settings; an edit of the spec retries
+    if obs.child_error is not None:
+        status["settingsDigest"] = digest
+        return run.fail("ChildRejected", _rejected(obs.kind, run.meta["name"], obs.child_error))
     try:
         settings = Settings.from_resource(obs.kind, obs.resource)
     except SettingsError as exc:
         status["settingsDigest"] = digest
         return run.fail("InvalidSpec", str(exc))
+    if not _carbon_pace(run, settings):
+        return run.finish()
     child = obs.child
     if child is not None and not child.owned:
         status["settingsDigest"] = digest
@@ -625,6 +658,46 @@ def reconcile(obs: Observation) -> Decision:
     return run.finish()
 
 
+def _rejected(kind: JobKind, name: str, error: ChildError) -> str:
+    verb = "create" if error.operation == "CreateChild" else "change"
+    return (
+        f"the API server refused to {verb} {kind.child_kind} {name} (HTTP {error.code}): "
+        f"{error.message}; fix the job's spec (editing it retries)"
+    )
+
+
+def _carbon_pace(run: _Run, settings: Settings) -> bool:
+    """Check the carbon data's pace against the job's slot length; False if the job must wait.
+
+    Carbon data whose forecast entries are not the job's slots (``slot_seconds`` differs from
+    ``slotSeconds``) would plan the job on a stretched or compressed trace. A job without a
+    plan waits (``Pending``, Warning ``CarbonPaceMismatch``) until the two agree; a planned
+    one keeps its plan and is told once, and the data are not used for it.
+    """
+    carbon = run.obs.carbon
+    status = run.status
+    pace = None if carbon is None else carbon.slot_seconds
+    if pace is None or math.isclose(pace, settings.slot_seconds, rel_tol=1e-6):
+        status.pop("carbonPaceMismatch", None)
+        return True
+    message = (
+        f"the carbon data advance one slot every {pace:g} s but carbonScalerSpec.slotSeconds "
+        f"is {settings.slot_seconds}: set slotSeconds: {pace:g}, or run the carbon service "
+        "and the operator at this job's pace (SLOT_SECONDS in deploy/slot.yaml)"
+    )
+    if _saved_plan(status) is None:
+        if run.old.get("message") != message:
+            run.event("Warning", "CarbonPaceMismatch", message)
+        run.phase("Pending", "CarbonPaceMismatch", message)
+        run.condition("Created", False, "CarbonPaceMismatch", message)
+        return False
+    if status.get("carbonPaceMismatch") != message:
+        run.event("Warning", "CarbonPaceMismatch", f"{message}; the plan stands without them")
+    status["carbonPaceMismatch"] = message
+    run.obs = replace(run.obs, carbon=None)
+    return True
+
+
 def _start_time(run: _Run) -> float:
     """The job's arrival: the saved start, else the resource's creation, else now."""
     for text in (run.status.get("startTime"), run.meta.get("creationTimestamp")):
@@ -735,11 +808,13 @@ def _account(
 
 
 def _progress(run: _Run, settings: Settings, job: Job) -> float:
-    """Percent done: as the job reported it, else estimated from the profile's rate."""
+    """Percent done: as the job reported it (``carbonScalerSpec.progress`` or its progress
+    ConfigMap, the larger), else estimated from the profile's rate."""
     status = run.status
-    if settings.progress_pct > 0 or status.get("progressSource") == "reported":
+    reported = max(settings.progress_pct, run.obs.reported_progress or 0.0)
+    if reported > 0 or status.get("progressSource") == "reported":
         status["progressSource"] = "reported"
-        pct = settings.progress_pct
+        pct = reported
     else:
         status["progressSource"] = "estimated"
         pct = min(100.0 * float(status.get("nominalWork", 0.0)) / job.work, _ESTIMATE_CAP_PCT)
@@ -917,6 +992,33 @@ def _next_change(
 # -- execution -------------------------------------------------------------------------------
 
 
+def _suspend_failure(run: _Run, child: ChildState | None, info: dict[str, Any]) -> str | None:
+    """Why a suspension this operator asked for did not take, or None: the field was pruned
+    (read back without ``runPolicy.suspend``: a training operator before v1.7), or the job is
+    still ``Running`` and not ``Suspended`` :data:`SUSPEND_GRACE_S` after the patch."""
+    if not info.get("suspended") or child is None or child.deleting:
+        return None
+    what = f"{run.kind.child_kind} {child.name}"
+    if not child.suspend_field:
+        return (
+            f"the training operator dropped spec.runPolicy.suspend from {what} (its CRD "
+            "predates training-operator v1.7)"
+        )
+    since = _epoch(info.get("suspendedAt"))
+    if (
+        child.suspended
+        and child.running_condition
+        and not child.suspended_condition
+        and since is not None
+        and run.now - since > SUSPEND_GRACE_S
+    ):
+        return (
+            f"{what} is still Running {run.now - since:.0f} s after it was suspended (the "
+            "training operator ignores spec.runPolicy.suspend for it)"
+        )
+    return None
+
+
 def _execute(
     run: _Run, settings: Settings, child: ChildState | None, desired: int, slot: int
 ) -> None:
@@ -941,22 +1043,39 @@ def _execute(
         else:
             run.phase("Paused", "Stopping", f"waiting for {child.name} to stop")
         return
-    running = 0 if child is None or child.suspended else child.workers
+    suspended = child is not None and child.suspended
+    # A suspension that did not take: say so once, and delete/recreate from now on. The pause
+    # or rescale it was for was counted and announced when it was asked for.
+    failure = _suspend_failure(run, child, info)
+    if failure is not None:
+        info.update(suspendUnsupported=True, suspended=False)
+        info.pop("suspendedAt", None)
+        suspended = False
+        run.event(
+            "Warning",
+            "SuspendUnsupported",
+            f"{failure}: pausing and rescaling by deleting and re-creating it instead; set "
+            "pauseMode: Delete, or install training-operator v1.7 or newer",
+        )
+    retry = failure is not None
+    use_suspend = settings.pause_mode == "Suspend" and not info.get("suspendUnsupported")
+    running = 0 if child is None or suspended else child.workers
     if desired == 0:
         status["replicas"] = 0
         if running > 0:
             assert child is not None
-            if kind is PYTORCH and settings.pause_mode == "Suspend":
+            if use_suspend:
                 run.op(PatchChild(child.name, suspend_patch()))
-                info["suspended"] = True
+                info.update(suspended=True, suspendedAt=_iso(run.now))
             else:
                 run.op(DeleteChild(child.name))
-            status["rescales"] = int(status.get("rescales", 0)) + 1
-            run.event(
-                "Normal",
-                "Paused",
-                f"slot {slot}: {running} → 0 workers (paused; checkpoints stay on the volume)",
-            )
+            if not retry:
+                status["rescales"] = int(status.get("rescales", 0)) + 1
+                run.event(
+                    "Normal",
+                    "Paused",
+                    f"slot {slot}: {running} → 0 workers (paused; checkpoints stay on the volume)",
+                )
         if started:
             run.phase("Paused", "Planned", f"paused in slot {slot} (carbon-intensive)")
         else:
@@ -985,32 +1104,51 @@ def _execute(
         run.event("Normal", reason, message)
         info["launches"] = int(info.get("launches", 0)) + 1
         info.update(replicas=desired, suspended=False)
+        info.pop("suspendedAt", None)
         status["replicas"] = desired
         run.phase("Running", reason, message)
         return
-    if child.suspended:
-        run.op(PatchChild(child.name, replicas_patch(kind, desired, resume=True)))
-        status["rescales"] = int(status.get("rescales", 0)) + 1
-        message = f"slot {slot}: 0 → {desired} workers (resumed)"
-        run.event("Normal", "Resumed", message)
+    if suspended:
+        if pending and not child.pods_stopped:
+            # An MPI rescale through a suspension: the new size is patched in once the old
+            # pods are gone (the training operator says Suspended).
+            status["replicas"] = 0
+            run.phase("Rescaling", "Stopping", f"waiting for {child.name}'s pods to stop")
+            return
+        run.op(
+            PatchChild(child.name, resize_patch(kind, run.resource["spec"], desired, resume=True))
+        )
+        if pending:
+            reason = "Rescaled"
+            message = f"slot {slot}: resumed with WORKERS={desired}"
+        else:
+            status["rescales"] = int(status.get("rescales", 0)) + 1
+            reason, message = "Resumed", f"slot {slot}: 0 → {desired} workers (resumed)"
+        run.event("Normal", reason, message)
         info.update(replicas=desired, suspended=False)
+        info.pop("suspendedAt", None)
         status["replicas"] = desired
-        run.phase("Running", "Resumed", message)
+        run.phase("Running", reason, message)
         return
     if running != desired:
-        status["rescales"] = int(status.get("rescales", 0)) + 1
+        if not retry:
+            status["rescales"] = int(status.get("rescales", 0)) + 1
         if kind is MPI:
-            run.op(DeleteChild(child.name))
-            message = (
-                f"slot {slot}: {running} → {desired} workers: stopping the MPIJob to relaunch "
-                f"it with WORKERS={desired}"
-            )
-            run.event("Normal", "Rescaling", message)
+            if use_suspend:
+                run.op(PatchChild(child.name, suspend_patch()))
+                info.update(suspended=True, suspendedAt=_iso(run.now))
+                how = "suspending the MPIJob to resume it"
+            else:
+                run.op(DeleteChild(child.name))
+                how = "stopping the MPIJob to relaunch it"
+            message = f"slot {slot}: {running} → {desired} workers: {how} with WORKERS={desired}"
+            if not retry:
+                run.event("Normal", "Rescaling", message)
             info["replicas"] = desired
             status["replicas"] = 0
             run.phase("Rescaling", "Rescaling", message)
             return
-        run.op(PatchChild(child.name, replicas_patch(kind, desired)))
+        run.op(PatchChild(child.name, resize_patch(kind, run.resource["spec"], desired)))
         message = f"slot {slot}: {running} → {desired} workers (elastic)"
         run.event("Normal", "Rescaled", message)
         info["replicas"] = desired

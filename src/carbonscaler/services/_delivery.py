@@ -11,11 +11,14 @@ subscriber in its store (persisted, shown in its listing) until it registers aga
 Why not one fan-out with a shared limit on pushes in flight: hanging subscribers fill the
 limit's slots for a whole timeout each, and healthy ones queue behind them; with 10 % of
 1,000 subscribers hanging, healthy ones received 6-10 of ~30 updates. Here the shared limit
-(``max_sending``) bounds only the sending of requests (connect, write): a push gives its
-slot back as soon as its request is written, and waits for the answer on its own. A
-subscriber that accepts and never answers holds a socket and a coroutine, nothing anyone
-else waits for; one whose host does not even accept connections holds a slot for at most
-one timeout per attempt, and back-off makes its attempts rare.
+(``max_sending``) bounds the sending of requests: a subscriber whose last push failed (or
+that has not answered yet) gives its slot back as soon as its request is written and waits
+for the answer on its own; one that answered last time keeps it while it answers, at most
+0.25 s, so a fan-out to healthy subscribers is paced like a pool of connections. A hanging
+subscriber thus holds a socket and a coroutine, nothing anyone else waits for (one that
+starts hanging holds a slot for 0.25 s once); one whose host does not even accept
+connections holds a slot for at most one timeout per attempt, and back-off makes its
+attempts rare.
 
 Everything runs on an event loop in a thread of its own, so pushing to many subscribers
 does not hold up the API's event loop.
@@ -38,6 +41,7 @@ __all__ = ["Deliveries"]
 
 log = logging.getLogger("carbonscaler.carbon_service")
 
+_HOLD_S = 0.25  # longest a sending slot waits for an answer from a subscriber that answers
 _MAX_IDLE_PER_ORIGIN = 4096  # keep-alive connections kept per origin between updates
 _OPEN_FILES_WANTED = 65536  # one socket per subscriber waiting for an answer, and then some
 
@@ -65,6 +69,8 @@ class _Mailbox:
     task: asyncio.Task[None] | None = None
     failures: int = 0
     retry_at: float = 0.0
+    answered: bool = False
+    """Whether its last push succeeded (new subscribers have not)."""
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -207,10 +213,15 @@ class Deliveries:
                     continue
                 body, round_ = box.pending, box.round
                 box.pending = box.round = None
-                error = await self._push(box.address, body)
+                # A subscriber that answered last time keeps its slot while it answers (at
+                # most _HOLD_S), which paces a fan-out like a pool of `max_sending`
+                # connections; any other gives it back once its request is written.
+                hold_s = _HOLD_S if box.answered else 0.0
+                error = await self._push(box.address, body, hold_s)
                 if round_ is not None:
                     round_.done()
                     round_ = None
+                box.answered = error is None
                 if error is None:
                     box.failures, box.retry_at = 0, 0.0
                 else:
@@ -227,18 +238,30 @@ class Deliveries:
                 round_.done()
             box.task = None
 
-    async def _push(self, address: str, body: bytes) -> str | None:
-        """One push; None if the subscriber took it (2xx), else why not."""
+    async def _push(self, address: str, body: bytes, hold_s: float) -> str | None:
+        """One push; None if the subscriber took it (2xx), else why not.
+
+        The sending slot is given back ``hold_s`` after the request is written, or when the
+        answer comes if that is sooner.
+        """
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_sending)
         slots = self._slots
         held = False
+        timer: asyncio.TimerHandle | None = None
 
-        def sent() -> None:  # written: wait for the answer without holding a slot
+        def release() -> None:
             nonlocal held
             if held:
                 held = False
                 slots.release()
+
+        def sent() -> None:
+            nonlocal timer
+            if hold_s <= 0:
+                release()
+            else:
+                timer = self._loop.call_later(hold_s, release)
 
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -250,7 +273,9 @@ class Deliveries:
         except Exception as exc:  # any failure is this subscriber's alone: record it
             return (f"{type(exc).__name__}: {exc}".rstrip(": "))[:500]
         finally:
-            sent()
+            if timer is not None:
+                timer.cancel()
+            release()
         return None if 200 <= status < 300 else f"HTTP {status}"
 
     async def _shutdown(self) -> None:
