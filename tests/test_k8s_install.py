@@ -8,7 +8,8 @@
   while each :class:`~carbonscaler.backends.kubernetes.KubeflowApi` method runs — plus what
   kopf does on its own and the ``update`` on the owner's finalizers that an owner reference
   with ``blockOwnerDeletion: true`` needs, is granted by the ClusterRole, which grants nothing
-  else; the progress reporter's calls are granted by the examples' Role.
+  else; the progress reporter's calls are granted by the examples' Role, on its job's progress
+  ConfigMap only. Every one of those calls carries a request timeout.
 * Exactly one active operator: one replica, ``Recreate``, kopf standalone (no peering).
 * The image: a pinned base, one install, non-root, and a ``.dockerignore``.
 """
@@ -32,6 +33,7 @@ import yaml
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 pytest.importorskip("kubernetes")
 
+import urllib3  # noqa: E402
 from kubernetes import client  # noqa: E402
 
 from carbonscaler.backends.kubernetes import KubeflowApi  # noqa: E402
@@ -42,7 +44,13 @@ from carbonscaler.kube.operations import (  # noqa: E402
     EventNote,
     PatchChild,
 )
-from carbonscaler.kube.resources import child_body, replicas_patch, suspend_patch  # noqa: E402
+from carbonscaler.kube.resources import (  # noqa: E402
+    child_body,
+    progress_configmap_name,
+    replicas_patch,
+    resize_patch,
+    suspend_patch,
+)
 from carbonscaler.operator.progress import ProgressReporter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,6 +239,7 @@ class Call:
     path: str
     query: dict[str, list[str]]
     body: Any
+    timeout: Any = None
 
 
 class _Response:
@@ -253,10 +262,12 @@ class RecordingPool:
         self.calls: list[Call] = []
         self.objects: dict[str, Any] = {}
 
-    def request(self, method: str, url: str, body: Any = None, **_: Any) -> _Response:
+    def request(
+        self, method: str, url: str, body: Any = None, timeout: Any = None, **_: Any
+    ) -> _Response:
         parts = urlsplit(url)
         payload = json.loads(body) if isinstance(body, str | bytes) and body else None
-        self.calls.append(Call(method, parts.path, parse_qs(parts.query), payload))
+        self.calls.append(Call(method, parts.path, parse_qs(parts.query), payload, timeout))
         path = parts.path
         if method == "POST":
             name = (payload.get("metadata") or {}).get("name") or "generated"
@@ -382,10 +393,15 @@ def operator_calls() -> tuple[list[Call], set[str]]:
         assert state is not None and state.owned
         kubeflow.apply(kind, "jobs", PatchChild("job", replicas_patch(kind, 3)))
         kubeflow.apply(kind, "jobs", PatchChild("job", suspend_patch()))
+        spec = SPECS[kind.kind]
+        kubeflow.apply(kind, "jobs", PatchChild("job", resize_patch(kind, spec, 2, resume=True)))
         kubeflow.apply(kind, "jobs", DeleteChild("job"))
         kubeflow.patch_status(kind, "jobs", "job", {"phase": "Running"})
         kubeflow.post_event(owner, EventNote("Normal", "Planned", "planned"), 1_700_000_000.0)
         assert kubeflow.read_profile("jobs", "profile").max_servers == 2
+        assert kubeflow.read_progress(kind, "jobs", "job") is None
+        kubeflow.ensure_progress_channel(kind, owner)
+        assert kubeflow.read_progress(kind, "jobs", "job") is None  # created empty
     return pool.calls, kubeflow.ran
 
 
@@ -444,12 +460,48 @@ def test_the_cluster_role_grants_every_call_the_operator_makes_and_nothing_else(
         (GROUP, "carbonscalerpytorchjobs/finalizers", "update"),
         ("", "events", "create"),
         ("", "configmaps", "get"),
+        ("", "configmaps", "create"),
     } <= needed
     needed |= KOPF_NEEDS
     role = only(FIRST_APPLY, "ClusterRole", "carbonscaler-operator")
     have = granted(role)
     assert sorted(needed - have) == [], "missing from deploy/operator/rbac.yaml"
     assert sorted(have - needed) == [], "granted but never used (least privilege)"
+
+
+def test_every_api_call_has_a_request_timeout() -> None:
+    """A half-open connection cannot wedge a pass: every request the operator's API layer
+    makes (each KubeflowApi method, for both kinds) carries a finite connect and read timeout
+    (the progress reporter's: in the examples' Role test)."""
+    calls, _ = operator_calls()
+    assert len(calls) > 20
+    for call in calls:
+        assert isinstance(call.timeout, urllib3.Timeout), (call.method, call.path)
+        assert call.timeout.connect_timeout is not None and call.timeout.connect_timeout > 0
+        assert call.timeout.read_timeout is not None and call.timeout.read_timeout > 0
+
+
+def test_a_silent_api_server_fails_the_call_within_its_timeout() -> None:
+    """A server that accepts the connection and never answers (a half-open connection): the
+    call fails with a BackendError within the read timeout instead of hanging the pass."""
+    import socket
+    import time
+
+    from carbonscaler.backends.base import BackendError
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        configuration = client.Configuration()
+        configuration.host = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        configuration.retries = False
+        api = KubeflowApi(client.ApiClient(configuration), timeout=(1.0, 0.5))
+        started = time.monotonic()
+        with pytest.raises(BackendError, match="did not answer"):
+            api.get_child(MPI, "jobs", "job")
+        with pytest.raises(BackendError, match="did not answer"):
+            api.apply(MPI, "jobs", DeleteChild("job"))
+        assert time.monotonic() - started < 20
 
 
 def test_the_operators_service_account_holds_the_cluster_role() -> None:
@@ -469,32 +521,63 @@ def test_the_operators_service_account_holds_the_cluster_role() -> None:
 
 
 def test_the_examples_role_grants_what_the_progress_reporter_calls(tmp_path: Path) -> None:
-    api, pool = recording_client()
-    progress = tmp_path / "progress.csv"
-    progress.write_text("step,percent\n1,12.5\n")
-    for kind in KINDS.values():
-        reporter = ProgressReporter(
-            client.CustomObjectsApi(api), kind, "default", "job", progress, tmp_path / "DONE"
-        )
-        reporter.once()
-    needed = {permission(call) for call in pool.calls}
-    assert needed, "the reporter made no call"
+    """The reporter only patches its job's progress ConfigMap, and the examples' Role grants
+    exactly that: ``patch`` on those ConfigMaps by name — nothing on the CarbonScaler jobs (a
+    patch of a job could rewrite its pod templates)."""
     role = only(EXAMPLES_APPLY, "Role", "carbonscaler-progress")
-    assert sorted(needed - granted(role)) == []
     binding = only(EXAMPLES_APPLY, "RoleBinding", "carbonscaler-progress")
     (subject,) = binding["subjects"]
-    # The example pods that run the reporter use that service account.
+    assert granted(role) == {("", "configmaps", "patch")}
+    (rule,) = role["rules"]
+    reporting = 0
     for doc in EXAMPLES_APPLY:
         if doc["kind"] not in KINDS:
             continue
-        for replica in doc["spec"][KINDS[doc["kind"]].replica_specs_key].values():
+        kind = KINDS[doc["kind"]]
+        for replica in doc["spec"][kind.replica_specs_key].values():
             pod = replica["template"]["spec"]
-            commands = [" ".join(c.get("command", [])) for c in pod["containers"]]
-            if any("carbonscaler.operator.progress" in c for c in commands):
+            for container in pod["containers"]:
+                if "carbonscaler.operator.progress" not in " ".join(container.get("command", [])):
+                    continue
+                reporting += 1
+                # The example pods that run the reporter use that service account ...
                 assert pod["serviceAccountName"] == subject["name"]
+                # ... and report for their own job, whose ConfigMap the Role names.
+                args = dict(a.split("=", 1) for a in container["command"] if "=" in a)
+                assert args["--kind"] == doc["kind"]
+                assert args["--name"] == doc["metadata"]["name"]
+                progress = tmp_path / "progress.csv"
+                progress.write_text("step,percent\n1,12.5\n")
+                api, pool = recording_client()
+                reporter = ProgressReporter(
+                    client.CoreV1Api(api), kind, "default", args["--name"], progress, tmp_path / "D"
+                )
+                reporter.once()
+                (call,) = pool.calls
+                assert permission(call) == ("", "configmaps", "patch")
+                name = progress_configmap_name(kind, doc["metadata"]["name"])
+                assert call.path == f"/api/v1/namespaces/default/configmaps/{name}"
+                assert name in rule["resourceNames"]
+                assert isinstance(call.timeout, urllib3.Timeout)
+    assert reporting, "no example runs the progress reporter"
 
 
 # -- exactly one active operator ---------------------------------------------------------------
+
+
+def expanded(container: dict[str, Any], namespace: str) -> list[str]:
+    """A container's args with ``$(VAR)`` expanded from its env (literal values, or keys of
+    ConfigMaps in the first apply), as the kubelet does."""
+    env: dict[str, str] = {}
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = str(entry["value"])
+        elif "configMapKeyRef" in entry.get("valueFrom", {}):
+            ref = entry["valueFrom"]["configMapKeyRef"]
+            cm = only(FIRST_APPLY, "ConfigMap", ref["name"])
+            assert cm["metadata"]["namespace"] == namespace
+            env[entry["name"]] = str(cm["data"][ref["key"]])
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg) for arg in container["args"]]
 
 
 def test_exactly_one_operator_runs_standalone() -> None:
@@ -507,7 +590,7 @@ def test_exactly_one_operator_runs_standalone() -> None:
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}  # the old pod stops before the new starts
     (container,) = spec["template"]["spec"]["containers"]
-    args = container["args"]
+    args = expanded(container, deployment["metadata"]["namespace"])
     assert args[0] == "operator"
     # Without --peering the command runs kopf standalone: it never waits on a peering object.
     assert not any(a.startswith(("--peering", "--priority")) for a in args)

@@ -5,6 +5,7 @@ parse with the CLI they run."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -202,16 +203,49 @@ def test_operator_rbac_is_least_privilege() -> None:
     kubeflow = {(g, r, v) for g, r, v in granted if g == "kubeflow.org"}
     assert {v for _, _, v in kubeflow} == {"get", "create", "patch", "delete"}
     assert ("", "configmaps", "get") in granted and ("", "configmaps", "list") not in granted
+    assert ("", "configmaps", "patch") not in granted  # only the jobs' own pods write progress
     assert ("carbonscaler.io", "carbonscalermpijobs/status", "patch") in granted
     assert not any(r in {"secrets", "pods"} for _, r, _ in granted)
+
+
+def env_value(entry: dict[str, Any], namespace: str) -> str:
+    """An env entry's value: literal, or from a ConfigMap key of these manifests."""
+    if "value" in entry:
+        return str(entry["value"])
+    ref = entry["valueFrom"]["configMapKeyRef"]
+    (cm,) = [
+        d
+        for _, d in DOCS
+        if d["kind"] == "ConfigMap"
+        and d["metadata"]["name"] == ref["name"]
+        and d["metadata"].get("namespace") == namespace
+    ]
+    return str(cm["data"][ref["key"]])
+
+
+def expanded_args(container: dict[str, Any], namespace: str) -> list[str]:
+    """The container's args with ``$(VAR)`` expanded from its env, as the kubelet does; a
+    reference to an env var that is not defined fails."""
+    env = {
+        e["name"]: e
+        for e in container.get("env", [])
+        if "value" in e or "configMapKeyRef" in e.get("valueFrom", {})
+    }
+
+    def value(match: re.Match[str]) -> str:
+        assert match.group(1) in env, f"$({match.group(1)}) is not in the container's env"
+        return env_value(env[match.group(1)], namespace)
+
+    return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", value, arg) for arg in container["args"]]
 
 
 def container_args() -> list[tuple[str, list[str]]]:
     found = []
     for _, doc in DOCS:
         if doc["kind"] in {"Deployment", "DaemonSet"}:
+            namespace = doc["metadata"]["namespace"]
             for container in doc["spec"]["template"]["spec"]["containers"]:
-                found.append((doc["metadata"]["name"], container["args"]))
+                found.append((doc["metadata"]["name"], expanded_args(container, namespace)))
     return found
 
 
@@ -225,6 +259,38 @@ def test_container_arguments_parse_with_the_cli(name: str, args: list[str]) -> N
     command = group.commands[args[0]]  # type: ignore[attr-defined]
     context = command.make_context(args[0], list(args[1:]))
     assert context.params  # parsed without error
+
+
+def test_one_slot_length_paces_the_carbon_service_the_operator_and_the_jobs() -> None:
+    """The carbon service replays one trace slot every SLOT_SECONDS (--speed) and the operator
+    plans on that pace (--slot-seconds): both from the one key in deploy/slot.yaml, which is
+    also the jobs' default slotSeconds and every example job's slot."""
+    import typer.main
+
+    from carbonscaler.cli import app
+    from carbonscaler.kube.crd import CarbonScalerSpec
+
+    group = typer.main.get_command(app)
+    paces = {}
+    for name, args in container_args():
+        command = group.commands[args[0]]  # type: ignore[attr-defined]
+        params = command.make_context(args[0], list(args[1:])).params
+        if name == "carbon-service":
+            paces[name] = params["speed"]
+        elif name == "carbonscaler-operator":
+            paces[name] = params["slot_seconds"]
+    (slot,) = [d for p, d in DOCS if p.name == "slot.yaml"]
+    pace = float(slot["data"]["slotSeconds"])
+    assert paces == {"carbon-service": pace, "carbonscaler-operator": pace}
+    deployments = [d for _, d in DOCS if d["kind"] == "Deployment"]
+    for container in [c for d in deployments for c in d["spec"]["template"]["spec"]["containers"]]:
+        if any("SLOT_SECONDS" in a for a in container["args"]):
+            (entry,) = [e for e in container["env"] if e["name"] == "SLOT_SECONDS"]
+            assert entry["valueFrom"]["configMapKeyRef"]["name"] == "carbonscaler-slot"
+    assert CarbonScalerSpec.model_fields["slot_seconds"].default == pace
+    for _, doc in DOCS:
+        if doc["kind"] in OURS:
+            assert doc["carbonScalerSpec"].get("slotSeconds", pace) == pace, doc["metadata"]
 
 
 def test_dockerfile_copies_what_exists() -> None:

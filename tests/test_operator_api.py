@@ -44,6 +44,7 @@ PROFILE_CSV = (
     "nodes,throughput,power\n0,0.0,0.0\n1,1.0,60.0\n2,2.0,120.0\n3,3.0,180.0\n4,4.0,240.0\n"
 )
 CR_PATH = "/apis/carbonscaler.io/v1/namespaces/jobs/{plural}/{name}"
+PROGRESS_CM = "/api/v1/namespaces/jobs/configmaps/nbody-csmpi-progress"
 
 
 @dataclass
@@ -63,6 +64,10 @@ class FakeApiServer:
         self.requests: list[Request] = []
         self.uids = 0
         self.forbidden: set[str] = set()  # path parts answered with 403
+        # (method, path part) answered with (code, reason, message): an admission refusal
+        self.refusals: dict[tuple[str, str], tuple[int, str, str]] = {}
+        # A training operator before v1.7: its CRDs prune spec.runPolicy.suspend
+        self.prune_suspend = False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -112,6 +117,9 @@ class FakeApiServer:
         path = req.path
         if any(part in path for part in self.forbidden):
             return self._status(403, "Forbidden", f"cannot {req.method} {path}")
+        for (method, part), (code, reason, message) in self.refusals.items():
+            if req.method == method and part in path:
+                return self._status(code, reason, message)
         if req.method == "POST":
             body = copy.deepcopy(req.body)
             meta = body.setdefault("metadata", {})
@@ -137,6 +145,8 @@ class FakeApiServer:
             assert req.content_type == "application/merge-patch+json", req.content_type
             patch = req.body if not sub_status else {"status": req.body["status"]}
             _merge(found, patch)
+            if self.prune_suspend and "/kubeflow.org/" in path:
+                (found.get("spec") or {}).get("runPolicy", {}).pop("suspend", None)
             return 200, found
         if req.method == "DELETE":
             policy = (req.body or {}).get("propagationPolicy") or req.query.get(
@@ -324,11 +334,17 @@ def test_create_reads_profile_plans_posts_event_and_patches_status(server: FakeA
     h = Harness(server, mpi_resource())
     requests = h.run(handlers.on_create)
     assert calls(requests) == [
+        ("POST", "/api/v1/namespaces/jobs/configmaps"),  # the job's progress ConfigMap
         ("GET", child_path(MPI, "nbody")),
+        ("GET", PROGRESS_CM),
         ("GET", "/api/v1/namespaces/jobs/configmaps/linear4"),
         ("POST", "/api/v1/namespaces/jobs/events"),
         ("PATCH", "/apis/carbonscaler.io/v1/namespaces/jobs/carbonscalermpijobs/nbody/status"),
     ]
+    channel = requests[0].body
+    assert channel["metadata"]["name"] == "nbody-csmpi-progress"
+    assert channel["metadata"]["ownerReferences"][0]["uid"] == "cr-uid"
+    kubernetes_validate.validate(channel, "1.27", strict=True)
     (event,) = events(requests)
     assert event["involvedObject"] == {
         "apiVersion": "carbonscaler.io/v1",
@@ -351,11 +367,12 @@ def test_scale_up_creates_the_mpijob_with_owner_reference(server: FakeApiServer)
     h = Harness(server, mpi_resource())
     h.run(handlers.on_create)
     requests = h.run(handlers.on_timer, at=T0 + 2 * HOUR + 5)
-    assert calls(requests)[:2] == [
+    assert calls(requests)[:3] == [
         ("GET", child_path(MPI, "nbody")),
+        ("GET", PROGRESS_CM),
         ("POST", "/apis/kubeflow.org/v1/namespaces/jobs/mpijobs"),
     ]
-    body = requests[1].body
+    body = requests[2].body
     workers = h.resource["status"]["plan"]["servers"][2]
     assert body["metadata"] == {
         "name": "nbody",
@@ -472,28 +489,66 @@ def test_progress_update_replans_from_the_reported_progress(server: FakeApiServe
     assert status["replans"] == 1 and status["plan"]["madeAtSlot"] == 3
 
 
-def test_progress_reporter_merge_patches_the_resource(
+def test_progress_reporter_merge_patches_the_progress_configmap(
     server: FakeApiServer, tmp_path: Path
 ) -> None:
     h = Harness(server, mpi_resource())
+    h.run(handlers.on_create)  # the operator creates the job's progress ConfigMap
     progress, done = tmp_path / "progress.csv", tmp_path / "DONE"
     reporter = ProgressReporter(
-        client.CustomObjectsApi(h.ctx.api.custom.api_client), MPI, "jobs", "nbody", progress, done
+        client.CoreV1Api(h.ctx.api.core.api_client), MPI, "jobs", "nbody", progress, done
     )
     assert reporter.once() is False and server.take() == []  # nothing reported yet
     progress.write_text("step,percent\n10,12.5\n")
     assert reporter.once() is False
     (request,) = server.take()
-    assert (request.method, request.path) == ("PATCH", h.path)
+    assert (request.method, request.path) == ("PATCH", PROGRESS_CM)
     assert request.content_type == "application/merge-patch+json"
-    assert request.body == {"carbonScalerSpec": {"progress": 12.5}}
+    assert request.body == {"data": {"progress": "12.5"}}
     progress.write_text("step,percent\n10,12.5\n11,13.0\n")
     reporter.once()
     assert server.take() == []  # below the 1-point step
+    # The operator's next pass reads it: the job's progress is reported, not estimated.
+    requests = h.run(handlers.on_timer, at=T0 + 2 * HOUR + 5)
+    assert ("GET", PROGRESS_CM) in calls(requests)
+    status = h.resource["status"]
+    assert status["progressSource"] == "reported" and status["progress"] == 12.5
     done.write_text("")
     assert reporter.once() is True
-    assert server.take()[0].body == {"carbonScalerSpec": {"progress": 100.0}}
-    assert h.resource["carbonScalerSpec"]["progress"] == 100.0
+    assert server.take()[0].body == {"data": {"progress": "100"}}
+    assert server.objects[PROGRESS_CM]["data"] == {"progress": "100"}
+    assert h.resource["carbonScalerSpec"]["progress"] == 0  # its pods never write the job
+
+
+def test_progress_reporter_backs_off_and_gives_up(
+    server: FakeApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reporter refused (403: no Role on its ConfigMap) waits longer after each failure and
+    gives up after max_failures in a row, saying what to fix — it never retries forever."""
+    Harness(server, mpi_resource())
+    server.forbidden.add("/configmaps/nbody-csmpi-progress")
+    progress = tmp_path / "progress.csv"
+    progress.write_text("step,percent\n10,12.5\n")
+    configuration = client.Configuration()
+    configuration.host = server.url
+    reporter = ProgressReporter(
+        client.CoreV1Api(client.ApiClient(configuration)),
+        MPI,
+        "jobs",
+        "nbody",
+        progress,
+        tmp_path / "DONE",
+        max_failures=5,
+        backoff_s=1.0,
+        max_backoff_s=4.0,
+    )
+    slept: list[float] = []
+    with caplog.at_level("WARNING", logger="carbonscaler.progress"):
+        assert reporter.run(0.5, sleep=slept.append) is False
+    assert slept == [1.0, 2.0, 4.0, 4.0]  # doubling, capped; no sleep after the last failure
+    assert len(server.take()) == 5
+    assert "giving up after 5 failed reports" in caplog.text
+    assert "resourceName" in caplog.text  # the fix: a Role on that ConfigMap
 
 
 def test_finish_marks_succeeded_without_touching_the_job(server: FakeApiServer) -> None:
@@ -508,7 +563,7 @@ def test_finish_marks_succeeded_without_touching_the_job(server: FakeApiServer) 
     status = status_patch(requests)
     assert status["phase"] == "Succeeded" and status["progress"] == 100.0
     later = h.run(handlers.on_timer, at=T0 + 4 * HOUR)
-    assert calls(later) == [("GET", child_path(MPI, "nbody"))]
+    assert calls(later) == []  # a finished job is not polled: not even its Kubeflow job
 
 
 def test_delete_stops_the_job_in_the_foreground(server: FakeApiServer) -> None:
@@ -537,10 +592,14 @@ def test_operator_restart_mid_job_resumes_without_touching_the_job(
     # A new operator process: nothing in memory, no carbon data yet.
     h.ctx = make_context(server, h.clock)
     requests = h.run(handlers.on_resume, at=T0 + 2 * HOUR + 15)
-    assert calls(requests) == [("GET", child_path(MPI, "nbody"))]
+    assert calls(requests) == [
+        ("POST", "/api/v1/namespaces/jobs/configmaps"),  # exists already: 409, fine
+        ("GET", child_path(MPI, "nbody")),
+        ("GET", PROGRESS_CM),
+    ]
     assert h.resource["status"] == before
     later = h.run(handlers.on_timer, at=T0 + 2 * HOUR + 200)
-    assert [m for m, _ in calls(later)] == ["GET", "PATCH"]  # accounting only
+    assert [m for m, _ in calls(later)] == ["GET", "GET", "PATCH"]  # accounting only
     assert status_patch(later)["emissionsG"] > 0
 
 
@@ -564,6 +623,178 @@ def test_api_errors_become_temporary_errors_with_the_fix(server: FakeApiServer) 
         h.run(handlers.on_create)
 
 
+@pytest.mark.parametrize(
+    ("code", "reason", "message"),
+    [
+        (422, "Invalid", 'MPIJob.kubeflow.org "nbody" is invalid: spec.slotsPerWorker: Invalid'),
+        (400, "BadRequest", "the body of the request was in an unknown format"),
+        (
+            403,
+            "Forbidden",
+            'admission webhook "quota.example.com" denied the request: at most 2 workers',
+        ),
+    ],
+)
+def test_a_refused_child_fails_the_job_with_the_servers_message(
+    server: FakeApiServer, code: int, reason: str, message: str
+) -> None:
+    h = Harness(server, mpi_resource())
+    h.run(handlers.on_create)
+    server.refusals[("POST", "/mpijobs")] = (code, reason, message)
+    requests = h.run(handlers.on_timer, at=T0 + 2 * HOUR + 5)
+    # One creation attempt, then the job is Failed with the server's own words; no retry.
+    assert [c for c in calls(requests) if c[1].endswith("/mpijobs")] == [
+        ("POST", "/apis/kubeflow.org/v1/namespaces/jobs/mpijobs")
+    ]
+    (event,) = events(requests)
+    assert (event["type"], event["reason"]) == ("Warning", "ChildRejected")
+    assert message in event["message"] and f"HTTP {code}" in event["message"]
+    status = h.resource["status"]
+    assert status["phase"] == "Failed" and message in status["message"]
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "ChildRejected"
+    assert h.run(handlers.on_timer, at=T0 + 2 * HOUR + 15) == []  # not polled any more
+    # Editing the spec retries it.
+    resource = h.resource
+    resource["carbonScalerSpec"]["maxReplicas"] = 2
+    server.put(h.path, resource)
+    del server.refusals[("POST", "/mpijobs")]
+    retried = h.run(handlers.on_update, at=T0 + 2 * HOUR + 25)
+    assert ("POST", "/apis/kubeflow.org/v1/namespaces/jobs/mpijobs") in calls(retried)
+    assert h.resource["status"]["phase"] == "Running"
+
+
+def test_rbac_and_quota_refusals_stay_temporary(server: FakeApiServer) -> None:
+    """A 403 that is not an admission denial (RBAC, a quota) and a 429 are fixed outside the
+    job: the pass is retried (kopf TemporaryError), the job is not failed."""
+    import kopf
+
+    h = Harness(server, mpi_resource())
+    h.run(handlers.on_create)
+    for code, reason, message in [
+        (403, "Forbidden", 'mpijobs.kubeflow.org is forbidden: User "x" cannot create'),
+        (403, "Forbidden", "exceeded quota: compute, requested: pods=5, limited: pods=4"),
+        (429, "TooManyRequests", "slow down"),
+    ]:
+        server.refusals[("POST", "/mpijobs")] = (code, reason, message)
+        with pytest.raises(kopf.TemporaryError, match=f"HTTP {code}"):
+            h.run(handlers.on_timer, at=T0 + 2 * HOUR + 5)
+        assert h.resource["status"]["phase"] == "Pending"
+
+
+def test_a_pruned_suspension_falls_back_to_deletion_in_the_same_pass(
+    server: FakeApiServer,
+) -> None:
+    """pauseMode: Suspend on a training operator whose CRD lacks runPolicy.suspend (v1.6):
+    the patch 'succeeds' but the field is pruned. The handler reads the job back, and the
+    same pass deletes it instead, with a Warning; later pauses delete directly."""
+    resource = pytorch_resource()
+    resource["carbonScalerSpec"]["pauseMode"] = "Suspend"
+    h = Harness(server, resource)
+    server.prune_suspend = True
+    h.run(handlers.on_create)
+    h.run(handlers.on_timer, at=T0 + 2 * HOUR + 5)
+    forged = h.resource
+    plan = forged["status"]["plan"]
+    plan["servers"][3] = plan["after"][3] = 0
+    plan["servers"][4] = plan["after"][4] = 1
+    plan["endSlot"] = 5.0
+    server.put(h.path, forged)
+    h.ctx.statuses.clear()
+    paused = h.run(handlers.on_timer, at=T0 + 3 * HOUR + 5)
+    path = child_path(PYTORCH, "resnet")
+    assert [c for c in calls(paused) if c[1] == path] == [
+        ("GET", path),
+        ("PATCH", path),  # suspend: pruned by the old CRD
+        ("GET", path),  # read back: no runPolicy.suspend
+        ("DELETE", path),  # the fallback
+    ]
+    assert [(e["type"], e["reason"]) for e in events(paused)] == [
+        ("Normal", "Paused"),
+        ("Warning", "SuspendUnsupported"),
+    ]
+    assert "training-operator v1.7" in events(paused)[1]["message"]
+    status = h.resource["status"]
+    assert status["phase"] == "Paused" and status["rescales"] == 1
+    assert status["child"]["suspendUnsupported"] is True
+    server.finish_deletion(path)
+    resumed = h.run(handlers.on_timer, at=T0 + 4 * HOUR + 5)
+    assert ("POST", "/apis/kubeflow.org/v1/namespaces/jobs/pytorchjobs") in calls(resumed)
+
+
+def test_mpi_suspend_mode_rescales_through_a_suspension(server: FakeApiServer) -> None:
+    """pauseMode: Suspend on an MPIJob (training-operator >= 1.7): a rescale suspends the
+    MPIJob, waits until the training operator says its pods are gone (Suspended), then patches
+    the worker count and the launcher's WORKERS and resumes it in one patch — no deletion."""
+    resource = mpi_resource()
+    resource["carbonScalerSpec"]["pauseMode"] = "Suspend"
+    h = Harness(server, resource)
+    h.run(handlers.on_create)
+    h.run(handlers.on_timer, at=T0 + 2 * HOUR + 5)
+    path = child_path(MPI, "nbody")
+    server.objects[path]["status"] = {"conditions": [{"type": "Running", "status": "True"}]}
+    forged = h.resource
+    forged["status"]["plan"]["servers"][3] = forged["status"]["plan"]["after"][3] = 2
+    server.put(h.path, forged)
+    h.ctx.statuses.clear()
+    suspending = h.run(handlers.on_timer, at=T0 + 3 * HOUR + 5)
+    (patch,) = [r for r in suspending if r.method == "PATCH" and r.path == path]
+    assert patch.body == {"spec": {"runPolicy": {"suspend": True}}}
+    assert not [r for r in suspending if r.method in ("DELETE", "POST") and "mpijobs" in r.path]
+    assert [e["reason"] for e in events(suspending)] == ["Rescaling"]
+    assert h.resource["status"]["phase"] == "Rescaling"
+    # Still Running: the pods have not stopped yet; nothing to do but wait.
+    waiting = h.run(handlers.on_timer, at=T0 + 3 * HOUR + 15)
+    assert not [r for r in waiting if r.method != "GET" and "mpijobs" in r.path]
+    server.objects[path]["status"] = {
+        "conditions": [
+            {"type": "Running", "status": "False"},
+            {"type": "Suspended", "status": "True"},
+        ]
+    }
+    resumed = h.run(handlers.on_timer, at=T0 + 3 * HOUR + 25)
+    (patch,) = [r for r in resumed if r.method == "PATCH" and r.path == path]
+    spec = patch.body["spec"]
+    assert spec["runPolicy"] == {"suspend": False}
+    assert spec["mpiReplicaSpecs"]["Worker"] == {"replicas": 2}
+    launcher = spec["mpiReplicaSpecs"]["Launcher"]
+    assert launcher["replicas"] == 1
+    assert {"name": "WORKERS", "value": "2"} in launcher["template"]["spec"]["containers"][0]["env"]
+    validate_child(server.objects[path])
+    assert [e["reason"] for e in events(resumed)] == ["Rescaled"]
+    status = h.resource["status"]
+    assert status["phase"] == "Running" and status["replicas"] == 2 and status["rescales"] == 1
+
+
+def test_the_operator_owns_suspend_and_ttl_so_a_finished_job_is_never_recreated(
+    server: FakeApiServer,
+) -> None:
+    """ttlSecondsAfterFinished (and suspend) in the job's runPolicy are not passed to the
+    Kubeflow job: the training operator never deletes a finished job before the operator has
+    seen it finish. And once Succeeded, a job whose Kubeflow job is gone stays Succeeded: no
+    pass reads or creates it again."""
+    resource = mpi_resource()
+    resource["spec"]["runPolicy"] = {
+        "cleanPodPolicy": "Running",
+        "ttlSecondsAfterFinished": 0,
+        "suspend": True,
+    }
+    h = Harness(server, resource)
+    h.run(handlers.on_create)
+    created = h.run(handlers.on_timer, at=T0 + 2 * HOUR + 5)
+    body = next(r.body for r in created if r.path.endswith("/mpijobs"))
+    assert body["spec"]["runPolicy"] == {"cleanPodPolicy": "Running"}
+    path = child_path(MPI, "nbody")
+    server.objects[path]["status"] = {"conditions": [{"type": "Succeeded", "status": "True"}]}
+    h.run(handlers.on_timer, at=T0 + 3 * HOUR)
+    assert h.resource["status"]["phase"] == "Succeeded"
+    del server.objects[path]  # deleted later, by hand or by a TTL of another tool
+    for at in (T0 + 3 * HOUR + 10, T0 + 5 * HOUR):
+        assert h.run(handlers.on_timer, at=at) == []
+        assert h.run(handlers.on_resume, at=at) == []
+    assert path not in server.objects
+
+
 def test_register_attaches_every_handler_for_both_kinds() -> None:
     import kopf
 
@@ -576,9 +807,19 @@ def test_register_attaches_every_handler_for_both_kinds() -> None:
     assert {n for n, _ in names} == {"on_create", "on_resume", "on_update", "on_delete"}
     timers = registry._spawning.get_all_handlers()
     assert len(timers) == 2 and all(t.interval == 5 for t in timers)
+    # Finished jobs are not polled: the timer is filtered out for them.
+    assert all(t.when is handlers.active for t in timers)
+    assert handlers.active(status={"phase": "Running"}) is True
+    assert handlers.active(status={}) is True
+    assert handlers.active(status={"phase": "Succeeded"}) is False
+    assert handlers.active(status={"phase": "Failed"}) is False
     settings = kopf.OperatorSettings()
     handlers.configure(settings)
     assert settings.persistence.finalizer == "carbonscaler.io/finalizer"
+    # Every call kopf makes has a timeout.
+    assert settings.networking.request_timeout and settings.networking.connect_timeout
+    assert settings.watching.server_timeout and settings.watching.connect_timeout
+    assert settings.watching.client_timeout > settings.watching.server_timeout
 
 
 # -- the carbon webhook ----------------------------------------------------------------------

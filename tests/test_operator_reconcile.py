@@ -13,7 +13,9 @@ import yaml
 from carbonscaler.kube.crd import MPI, PYTORCH, JobKind
 from carbonscaler.operator.reconcile import (
     ACCOUNTING_WRITE_S,
+    SUSPEND_GRACE_S,
     CarbonSnapshot,
+    ChildError,
     ChildState,
     CreateChild,
     Decision,
@@ -591,6 +593,19 @@ def test_every_status_field_is_declared_in_the_crd() -> None:
     cluster.resource["carbonScalerSpec"]["progress"] = 5.0
     status = cluster.step(T0 + 6 * HOUR + 5).status
     assert undeclared(status, status_schema, "status") == []
+    # And what the suspension and the carbon pace write.
+    suspended = Cluster(PYTORCH, pytorch_resource(pauseMode="Suspend"))
+    suspended.step(T0 + 1)
+    suspended.step(T0 + 2 * HOUR + 5)
+    plan = suspended.resource["status"]["plan"]
+    plan["servers"][3] = plan["after"][3] = 0
+    plan["servers"][4] = plan["after"][4] = 2
+    plan["endSlot"] = 5.0
+    status = suspended.step(T0 + 3 * HOUR + 5, snapshot=carbon(T0 + 2 * HOUR + 5)).status
+    assert status["child"]["suspended"] and status["child"]["suspendedAt"]
+    paced = suspended.step(T0 + 3 * HOUR + 9, snapshot=paced_carbon(T0 + 3 * HOUR, 60.0))
+    assert paced.status["carbonPaceMismatch"]
+    assert undeclared(paced.status, status_schema, "status") == []
 
 
 def test_operator_restart_continues_from_the_status_alone() -> None:
@@ -819,3 +834,139 @@ def test_explicit_sizes_still_win_over_the_env() -> None:
     resource["carbonScalerSpec"]["lengthHours"] = 2
     settings = Settings.from_resource(MPI, resource)
     assert settings.length_hours == 2 and settings.work is None and settings.work_source is None
+
+
+# -- what the API server answered, fed back as observations ------------------------------------
+
+
+def test_a_child_refused_for_good_fails_the_job_with_the_servers_message() -> None:
+    cluster = Cluster(MPI, mpi_resource())
+    cluster.step(T0 + 1)
+    error = ChildError("CreateChild", 422, 'MPIJob.kubeflow.org "nbody" is invalid: spec.x')
+    decision = cluster.step(T0 + 2 * HOUR + 5, child_error=error)
+    assert decision.operations == []  # nothing to stop: it was never created
+    assert reasons(decision) == ["ChildRejected"]
+    (event,) = decision.events
+    assert event.type == "Warning"
+    assert event.message == (
+        "the API server refused to create MPIJob nbody (HTTP 422): MPIJob.kubeflow.org "
+        '"nbody" is invalid: spec.x; fix the job\'s spec (editing it retries)'
+    )
+    assert decision.status["phase"] == "Failed"
+    assert conditions(decision.status)["Failed"] == "True"
+    # The same spec stays failed without another word; an edit retries.
+    assert cluster.step(T0 + 2 * HOUR + 15).events == []
+    cluster.resource["carbonScalerSpec"]["maxReplicas"] = 3
+    retried = cluster.step(T0 + 2 * HOUR + 25)
+    assert isinstance(retried.operations[-1], CreateChild)
+    assert retried.status["phase"] == "Running"
+
+
+def test_a_refused_patch_stops_the_running_child() -> None:
+    cluster = run_to_slot2()
+    error = ChildError("PatchChild", 403, 'admission webhook "x" denied the request: no')
+    decision = cluster.step(T0 + 2 * HOUR + 15, child_error=error)
+    assert decision.operations == [DeleteChild("nbody")]
+    assert reasons(decision) == ["ChildRejected", "Stopped"]
+    assert "refused to change MPIJob nbody (HTTP 403)" in decision.events[0].message
+
+
+def test_reported_progress_in_the_progress_configmap_counts() -> None:
+    cluster = run_to_slot2()
+    decision = cluster.step(T0 + 2 * HOUR + 70, reported_progress=30.0)
+    assert decision.status["progressSource"] == "reported"
+    assert decision.status["progress"] == 30.0
+    # The larger of the ConfigMap's and carbonScalerSpec.progress counts.
+    cluster.resource["carbonScalerSpec"]["progress"] = 40.0
+    later = cluster.step(T0 + 2 * HOUR + 140, reported_progress=35.0)
+    assert later.status["progress"] == 40.0
+
+
+def paced_carbon(at: float, slot_seconds: float) -> CarbonSnapshot:
+    snapshot = carbon(at)
+    return CarbonSnapshot(
+        snapshot.intensity, snapshot.forecast, at, source="test", slot_seconds=slot_seconds
+    )
+
+
+def test_carbon_data_at_another_pace_than_the_jobs_slots_is_refused() -> None:
+    """The carbon source advances one forecast entry every 60 s, the job plans in hours: a new
+    job waits (Pending, one Warning) instead of planning on a compressed trace; once the pace
+    agrees it plans."""
+    cluster = Cluster(MPI, mpi_resource())
+    waiting = cluster.step(T0 + 1, snapshot=paced_carbon(T0 + 1, 60.0))
+    assert waiting.operations == [] and "plan" not in waiting.status
+    assert reasons(waiting) == ["CarbonPaceMismatch"]
+    assert waiting.status["phase"] == "Pending"
+    assert "set slotSeconds: 60" in waiting.events[0].message
+    assert conditions(waiting.status)["Created"] == "False"
+    again = cluster.step(T0 + 11, snapshot=paced_carbon(T0 + 11, 60.0))
+    assert again.events == [] and again.status_patch == {}
+    planned = cluster.step(T0 + 21, snapshot=paced_carbon(T0 + 21, HOUR))
+    assert reasons(planned) == ["Planned"] and "plan" in planned.status
+    assert "carbonPaceMismatch" not in planned.status
+
+
+def test_a_planned_job_keeps_its_plan_when_the_carbon_pace_changes() -> None:
+    cluster = run_to_slot2()
+    plan = copy.deepcopy(cluster.resource["status"]["plan"])
+    dirty = CarbonSnapshot(900.0, (900.0,) * 8, T0 + 3 * HOUR + 5, slot_seconds=60.0)
+    decision = cluster.step(T0 + 3 * HOUR + 5, snapshot=dirty)
+    assert "CarbonPaceMismatch" in reasons(decision)
+    assert "Replanned" not in reasons(decision)  # not on the foreign forecast
+    assert decision.status["plan"] == plan
+    assert decision.status["degraded"] is True
+    assert cluster.step(T0 + 3 * HOUR + 15, snapshot=dirty).events == []  # said once
+
+
+def test_an_mpi_suspend_mode_rescale_suspends_waits_and_resizes() -> None:
+    cluster = Cluster(MPI, mpi_resource(pauseMode="Suspend"))
+    cluster.step(T0 + 1)
+    cluster.step(T0 + HOUR + 5)
+    cluster.step(T0 + 2 * HOUR + 5)
+    assert cluster.child is not None
+    cluster.child["status"] = {"conditions": [{"type": "Running", "status": "True"}]}
+    plan = cluster.resource["status"]["plan"]
+    target = 2 if cluster.workers() != 2 else 3
+    plan["servers"][3] = plan["after"][3] = target
+    old = carbon(T0 + 2 * HOUR + 5)
+    suspending = cluster.step(T0 + 3 * HOUR + 5, snapshot=old)
+    assert suspending.operations == [
+        PatchChild("nbody", {"spec": {"runPolicy": {"suspend": True}}})
+    ]
+    assert reasons(suspending) == ["Rescaling"]
+    waiting = cluster.step(T0 + 3 * HOUR + 15, snapshot=old)  # still Running: wait
+    assert waiting.operations == [] and waiting.status["phase"] == "Rescaling"
+    cluster.child["status"] = {"conditions": [{"type": "Suspended", "status": "True"}]}
+    resumed = cluster.step(T0 + 3 * HOUR + 25, snapshot=old)
+    (op,) = resumed.operations
+    assert isinstance(op, PatchChild)
+    assert op.patch["spec"]["runPolicy"] == {"suspend": False}
+    assert cluster.workers() == target
+    launcher = cluster.child["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
+    assert {"name": "WORKERS", "value": str(target)} in launcher["containers"][0]["env"]
+    assert reasons(resumed) == ["Rescaled"] and resumed.status["rescales"] == 1
+
+
+def test_a_suspension_the_training_operator_ignores_falls_back_to_deletion() -> None:
+    """The field is kept but the job stays Running (a training operator that does not
+    implement suspend for this kind): after SUSPEND_GRACE_S it is deleted instead, once."""
+    cluster = Cluster(PYTORCH, pytorch_resource(pauseMode="Suspend"))
+    cluster.step(T0 + 1)
+    cluster.step(T0 + 2 * HOUR + 5)
+    assert cluster.child is not None
+    cluster.child["status"] = {"conditions": [{"type": "Running", "status": "True"}]}
+    plan = cluster.resource["status"]["plan"]
+    plan["servers"][3] = plan["after"][3] = 0
+    plan["servers"][4] = plan["after"][4] = 2
+    plan["endSlot"] = 5.0
+    old = carbon(T0 + 2 * HOUR + 5)
+    paused = cluster.step(T0 + 3 * HOUR + 5, snapshot=old)
+    assert isinstance(paused.operations[0], PatchChild)
+    early = cluster.step(T0 + 3 * HOUR + 5 + SUSPEND_GRACE_S - 1, snapshot=old)
+    assert early.operations == []
+    late = cluster.step(T0 + 3 * HOUR + 5 + SUSPEND_GRACE_S + 1, snapshot=old)
+    assert late.operations == [DeleteChild("nbody")]
+    assert reasons(late) == ["SuspendUnsupported"]
+    assert late.status["child"]["suspendUnsupported"] is True
+    assert late.status["rescales"] == 1  # the pause was counted once

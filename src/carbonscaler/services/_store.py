@@ -60,9 +60,9 @@ class Subscriber:
     app_name: str
     address: str
     active: bool
-    """False once pushes failed ``max_failures`` updates in a row; re-registering revives."""
+    """False once ``max_failures`` pushes in a row failed; re-registering revives."""
     failures: int
-    """Consecutive failed updates."""
+    """Consecutive failed pushes."""
     pushes_ok: int
     last_error: str | None
     created_at: str
@@ -72,7 +72,7 @@ class Subscriber:
 
 @dataclass(frozen=True)
 class PushOutcome:
-    """The result of pushing one update to one subscriber (after its retries)."""
+    """The result of one push to one subscriber."""
 
     subscriber_id: int
     ok: bool

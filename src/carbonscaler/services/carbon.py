@@ -13,13 +13,14 @@ subscriptions), ``/healthz`` and Prometheus ``/metrics`` on a registry of its ow
 
 How updates work: a background task started in the app's lifespan computes one snapshot
 per interval (live provider calls run in a worker thread, since providers are synchronous)
-and hands it to the push worker, which POSTs it to all subscribers concurrently on an event
-loop of its own thread (so a large fan-out does not hold up API requests), each push with
-its own timeout and retries with backoff. The update loop does not wait for fan-outs, so a
-slow or dead subscriber delays nobody; while one subscriber's push is still in flight it is
-skipped by the next fan-out rather than piled up. Outcomes are stored once per interval; a
-subscriber whose pushes fail ``max_failures`` updates in a row is marked inactive (visible
-in the API) until it registers again.
+and hands it to every subscriber's mailbox (:mod:`carbonscaler.services._delivery`): on an
+event loop of its own thread (so a large fan-out does not hold up API requests) each
+subscriber gets the newest update, one push at a time, each with its own timeout; an update
+not yet sent is replaced by the next (latest value wins), and a failing subscriber backs
+off. The update loop waits for nobody, and no push waits for another subscriber's, so a
+slow, hanging or dead subscriber costs only itself. Outcomes are stored in batches as they
+come; a subscriber whose pushes fail ``max_failures`` times in a row is marked inactive
+(persisted, visible in the API) until it registers again.
 
 A trace replay advances one slot per update, as the reference does, unless
 ``seconds_per_slot`` sets its own pace; its position is saved so that a restarted service
