@@ -178,6 +178,30 @@ def test_accounting_numbers_are_strict_and_bounded(
     assert reason in str(assert_4xx(r)["detail"])
 
 
+@pytest.mark.parametrize("url", ["http://[da]/", "http://[:::::]:1/", "http://a b/", "ftp://x/"])
+def test_node_urls_are_parsed_not_only_matched(accounting: TestClient, url: str) -> None:
+    r = accounting.post("/v1/jobs", json={"job_id": "nodes", "nodes": [url]})
+    assert "node URL" in str(assert_4xx(r, 422)["detail"])
+    r = accounting.patch("/v1/jobs/j1", json={"nodes": [url]})
+    assert_4xx(r, 404, 422)
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [(True, False), ("100", False), (float("nan"), False), (1e5, False), (-1, False), (250, True)],
+)
+def test_the_operator_webhook_takes_only_real_intensities(value: Any, accepted: bool) -> None:
+    from carbonscaler.operator.carbon import snapshot_from_push
+
+    body = {"carbon_intensity": value, "prediction": [value]}
+    if accepted:
+        snapshot, _ = snapshot_from_push(body, 0.0)
+        assert snapshot.intensity == value and snapshot.forecast == (value,)
+    else:
+        with pytest.raises(ValueError, match="gCO2eq/kWh"):
+            snapshot_from_push(body, 0.0)
+
+
 def test_accounting_patch_is_strict(accounting: TestClient) -> None:
     r = accounting.patch("/v1/jobs/j1", json={"servers": True})
     assert "valid integer" in str(assert_4xx(r)["detail"])

@@ -80,10 +80,16 @@ class CarbonBoard:
         return {zone or "default": round(now - s.received, 1) for zone, s in self._latest.items()}
 
 
+_MAX_G_PER_KWH = 10_000.0  # no grid comes near; beyond it a value is a unit mistake
+
+
 def _number(value: Any, what: str) -> float:
+    # A JSON number, nothing coerced: `true` is not 1 g/kWh, nor "5" five.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} must be a number (gCO2eq/kWh), got {value!r:.40}")
     number = float(value)
-    if not math.isfinite(number) or number < 0:
-        raise ValueError(f"{what} must be a finite non-negative number, got {value!r}")
+    if not (math.isfinite(number) and 0 <= number <= _MAX_G_PER_KWH):
+        raise ValueError(f"{what} must be a finite number in 0..10000 gCO2eq/kWh, got {value!r}")
     return number
 
 

@@ -45,7 +45,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
 from carbonscaler.accounting.feeds import IntensityFeed, ProviderIntensityFeed, PushedFeed, TimeMap
 from carbonscaler.accounting.integrate import j_to_kwh, measured_share
@@ -67,9 +67,11 @@ from carbonscaler.security.tokens import with_push_key
 from carbonscaler.services._auth import TokenAuth
 from carbonscaler.services._models import ErrorOut
 from carbonscaler.services._validation import (
+    HTTP_URL_PATTERN,
     FiniteFloat,
     Intensity,
     StrictInt,
+    check_http_url,
     install_request_validation,
 )
 from carbonscaler.trace import CarbonTrace, load_trace
@@ -198,7 +200,17 @@ def build_feed(config: AccountingConfig, ledger: Ledger) -> IntensityFeed:
 
 # -- HTTP models ---------------------------------------------------------------------------
 
-_NODE_URL = r"^https?://[A-Za-z0-9._~\[\]:-]+(/[A-Za-z0-9._~/-]*)?$"
+
+def _node_url(value: str) -> str:
+    return check_http_url(value, "a node URL")
+
+
+# A power server's base URL: the subscriber addresses' pattern for the schema, and parsed.
+NodeUrl = Annotated[
+    str,
+    Field(max_length=512, json_schema_extra={"pattern": HTTP_URL_PATTERN}),
+    AfterValidator(_node_url),
+]
 
 
 class JobIn(BaseModel):
@@ -207,7 +219,7 @@ class JobIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: str = Field(pattern=JOB_ID_PATTERN, description="Unique id")
-    nodes: list[Annotated[str, Field(max_length=512, pattern=_NODE_URL)]] = Field(
+    nodes: list[NodeUrl] = Field(
         default_factory=list, max_length=1024, description="Power-server base URLs"
     )
     pods: list[Annotated[str, Field(max_length=320)]] = Field(
@@ -227,9 +239,7 @@ class JobUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     servers: StrictInt | None = Field(default=None, ge=0, le=100_000)
-    nodes: list[Annotated[str, Field(max_length=512, pattern=_NODE_URL)]] | None = Field(
-        default=None, max_length=1024
-    )
+    nodes: list[NodeUrl] | None = Field(default=None, max_length=1024)
     pods: list[Annotated[str, Field(max_length=320)]] | None = Field(default=None, max_length=1024)
 
 
