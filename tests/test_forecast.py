@@ -43,7 +43,15 @@ VALUES = np.arange(24 * 9, dtype=np.float64)  # nine days of hourly slots, value
 
 
 def test_names() -> None:
-    assert FORECASTERS == ("perfect", "uniform", "gaussian", "persistence", "seasonal", "provider")
+    assert FORECASTERS == (
+        "perfect",
+        "uniform",
+        "gaussian",
+        "persistence",
+        "seasonal",
+        "learned",
+        "provider",
+    )
     assert FORECASTERS[:-1] == FORECAST_MODELS
     assert all(isinstance(m, ForecastModel) for m in FORECASTERS)
     for name, model in [
@@ -260,14 +268,16 @@ def test_batch_and_single_forecasts_are_identical(
     options: dict[str, object] = {}
     if model.is_noisy:
         options = {"error": error, "seed": seed}
-    elif model.is_periodic:
+    elif model.is_periodic or model is ForecastModel.LEARNED:
         options = {"slots_per_day": round(24 / slot_hours)}
     forecaster = make_forecaster(model, **options)
     for row, index in enumerate(issued):
         available = min(horizon, slots - index)
         single = forecaster.predict_array(values, index, available)
         assert np.array_equal(batch[row, :available], single)
-        assert np.isnan(batch[row, available:]).all() or model.is_periodic
+        # Past the trace's end only the models that look back still forecast.
+        looks_back = model.is_periodic or model is ForecastModel.LEARNED
+        assert np.isnan(batch[row, available:]).all() or looks_back
         # Alone, or in another batch: the row is the same.
         alone = issue_forecasts(spec, values, np.array([index]), horizon, slot_hours)
         assert np.array_equal(alone[0], batch[row], equal_nan=True)

@@ -219,10 +219,6 @@ class Operator:
         settings = kopf.OperatorSettings()
         handlers.configure(settings)
         settings.posting.enabled = False
-        # Test pace only: workers of idle objects exit, and kopf stops, in a fraction of a
-        # second instead of seconds.
-        settings.queueing.idle_timeout = 0.5
-        settings.queueing.exit_timeout = 0.5
         ready = threading.Event()
         self.stop_flag = threading.Event()
 

@@ -48,6 +48,7 @@ QUANTILES = (0.05, 0.1, 0.5, 0.9, 0.95)
 _LAGS = (0, 1, 2, 3, 4, 6, 9, 12, 18, 23, 47, 167)
 _VERSION = 1
 _MIN_TRAIN_DAYS = 14
+_LOG_CEILING = float(np.log(1e6))  # no grid comes near 1e6 g/kWh: a wild fit is cut here
 _CALIBRATION_DAYS = 28
 _MEMORY: dict[str, LearnedForecast] = {}
 
@@ -177,7 +178,7 @@ class LearnedModel:
                     quantiles[k, lead] = np.quantile(errors, QUANTILES)
         fingerprint = _fingerprint(values, slot_hours, horizon, start_weekday_slot, ridge)
         if log_space:
-            predicted = np.exp(predicted)
+            predicted = np.exp(np.minimum(predicted, _LOG_CEILING))
         return cls(
             slot_hours,
             horizon,
@@ -227,7 +228,7 @@ class LearnedModel:
                 fitted = fitted + np.where(known, shift, 0.0)
             out[:, lead] = np.where(known, fitted, fallback)
         if self.log_space:
-            out = np.exp(out)
+            out = np.exp(np.minimum(out, _LOG_CEILING))
         out[:, 0] = observed[issued]  # the current slot is observed
         return np.maximum(out, 0.0)
 

@@ -12,6 +12,7 @@ imported here: kopf and the kubernetes client are needed only to run.
 from carbonscaler.kube.crd import GROUP, KINDS, MPI, PYTORCH, VERSION, JobKind, crd_manifest
 from carbonscaler.operator.reconcile import (
     CarbonSnapshot,
+    ChildError,
     ChildState,
     CreateChild,
     Decision,
@@ -31,6 +32,7 @@ __all__ = [
     "PYTORCH",
     "VERSION",
     "CarbonSnapshot",
+    "ChildError",
     "ChildState",
     "CreateChild",
     "Decision",

@@ -269,11 +269,13 @@ async def on_delete(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
         raise kopf.TemporaryError(str(exc), delay=15) from None
     memo.statuses.pop(meta["uid"], None)
     memo.locks.pop(meta["uid"], None)
+    memo.channels.discard(meta["uid"])
 
 
 WATCH_SERVER_TIMEOUT_S = 300
 CONNECT_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 60.0
+TIMER_EXIT_POLL_S = 2.0
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -295,6 +297,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.connect_timeout = CONNECT_TIMEOUT_S
     settings.networking.request_timeout = REQUEST_TIMEOUT_S
     settings.networking.connect_timeout = CONNECT_TIMEOUT_S
+    # A job deleted while its timer runs a pass: kopf removes the finalizer once the timer has
+    # exited, and checks for that every cancellation_polling seconds (default 60).
+    settings.background.cancellation_polling = TIMER_EXIT_POLL_S
 
 
 def register(registry: kopf.OperatorRegistry, *, tick_s: float = 10.0) -> None:

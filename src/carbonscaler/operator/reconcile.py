@@ -1057,7 +1057,8 @@ def _execute(
             f"{failure}: pausing and rescaling by deleting and re-creating it instead; set "
             "pauseMode: Delete, or install training-operator v1.7 or newer",
         )
-    retry = failure is not None
+    # Redoing that pause or rescale by deletion: it was counted and announced already.
+    retry = failure is not None and (desired == 0 or status.get("phase") == "Rescaling")
     use_suspend = settings.pause_mode == "Suspend" and not info.get("suspendUnsupported")
     running = 0 if child is None or suspended else child.workers
     if desired == 0:
