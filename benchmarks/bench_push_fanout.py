@@ -32,7 +32,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -45,30 +44,10 @@ from typing import Any
 import httpx
 import numpy as np
 
+# The carbon service in a child process, started and awaited as the service benchmark does.
+from bench_carbon_service import serve, start, wait_healthy
+
 # -- processes -----------------------------------------------------------------------------
-
-
-def serve(ready: Any, db: str, interval_s: float) -> None:
-    """The carbon service on a free 127.0.0.1 port (child process)."""
-    import uvicorn
-
-    from carbonscaler.providers import ManualClock, TraceReplay
-    from carbonscaler.services import CarbonServiceConfig, create_app
-    from carbonscaler.trace import from_values
-
-    hours = np.arange(24 * 365)
-    trace = from_values(300 + 100 * np.sin(hours / 24 * 2 * np.pi), zone="synthetic")
-    config = CarbonServiceConfig(
-        db_path=Path(db),
-        provider=TraceReplay(trace, clock=ManualClock(trace.start.to_pydatetime())),
-        update_interval_s=interval_s,
-        push_timeout_s=5.0,
-    )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    ready.put(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
-    server.run(sockets=[sock])
 
 
 def healthy_subscribers(ready: Any) -> None:
@@ -133,15 +112,6 @@ def hanging_subscribers(ready: Any) -> None:
     asyncio.run(main())
 
 
-def start(target: Any, *args: Any) -> tuple[mp.process.BaseProcess, int]:
-    ctx = mp.get_context("spawn")
-    ready = ctx.Queue()
-    proc = ctx.Process(target=target, args=(ready, *args), daemon=True)
-    proc.start()
-    port = ready.get(timeout=60)
-    return proc, port
-
-
 def stop(*procs: mp.process.BaseProcess) -> None:
     for proc in procs:
         proc.terminate()
@@ -149,18 +119,6 @@ def stop(*procs: mp.process.BaseProcess) -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def wait_healthy(base: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("the service did not come up")
 
 
 def metric(text: str, name: str) -> float:

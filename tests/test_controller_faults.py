@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from _jobs import spec_for
 from carbonscaler.backends.local import LocalBackend
 from carbonscaler.cli._runner import build_simulation
 from carbonscaler.clock import VirtualClock
@@ -32,24 +33,6 @@ from carbonscaler.control import (
 from carbonscaler.control.carbon import BackgroundFeed
 from carbonscaler.planner.model import FloatArray
 from carbonscaler.profile import linear_profile
-
-NL = "electricitymaps-fedstale/NL_2022_hourly.csv"
-
-
-def spec_for(shared: Path, tmp_path: Path, **over: Any) -> JobSpec:
-    data: dict[str, Any] = {
-        "name": "faults",
-        "workload": {"command": "true"},
-        "profile": str(shared / "profiles" / "nbody10k.csv"),
-        "minReplicas": 1,
-        "maxReplicas": 7,
-        "length_hours": 24,
-        "slack": 1.5,
-        "carbon": {"trace": str(shared / "traces" / NL), "start": "2022-03-01T00:00Z"},
-        "checkpoint_dir": str(tmp_path / "run"),
-        **over,
-    }
-    return JobSpec.model_validate(data)
 
 
 class DownFrom(CarbonFeed):

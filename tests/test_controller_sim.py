@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from _jobs import NL, spec_for
 from carbonscaler.advisor.executor import Conditions, simulate_policy
 from carbonscaler.backends.base import WorkloadState
 from carbonscaler.backends.simulated import SimulatedBackend
@@ -26,27 +27,6 @@ from carbonscaler.forecast import ForecastSpec
 from carbonscaler.planner import InfeasibleError, plan
 
 runner = CliRunner()
-NL = "electricitymaps-fedstale/NL_2022_hourly.csv"
-
-
-def spec_for(shared: Path, tmp_path: Path, **over: Any) -> JobSpec:
-    data: dict[str, Any] = {
-        "name": "sim",
-        "workload": {"command": "true"},
-        "profile": str(shared / "profiles" / "nbody10k.csv"),
-        "minReplicas": 1,
-        "maxReplicas": 7,
-        "length_hours": 24,
-        "slack": 1.5,
-        "carbon": {"trace": str(shared / "traces" / NL), "start": "2022-03-01T00:00Z"},
-        "checkpoint_dir": str(tmp_path / "run"),
-    }
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return JobSpec.model_validate(data)
 
 
 def advisor_row(controller: Controller, spec: JobSpec, **conditions: Any) -> Any:
