@@ -14,6 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import uvicorn
 
+from carbonscaler.power import PowerMeter, PowerReading
+
 
 @dataclass
 class Request:
@@ -184,3 +186,18 @@ class ServiceThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Measured(PowerMeter):
+    """A node whose hardware meter reads a constant power."""
+
+    source = "measured:rapl"
+
+    def __init__(self, watts: float) -> None:
+        self.watts = watts
+        self.last = time.monotonic()
+
+    def read(self) -> PowerReading:
+        now = time.monotonic()
+        interval, self.last = now - self.last, now
+        return PowerReading(self.watts, interval, self.source)

@@ -30,10 +30,9 @@ from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from typer.testing import CliRunner
 
-from _servers import ServiceThread
+from _servers import Measured, ServiceThread
 from carbonscaler.accounting import TrackerConfig
 from carbonscaler.cli.accounting import accounting_command
-from carbonscaler.power import PowerMeter, PowerReading
 from carbonscaler.profile import ScalingProfile
 from carbonscaler.providers import ManualClock, TraceReplay
 from carbonscaler.services.accounting import AccountingConfig, create_app
@@ -44,21 +43,6 @@ from carbonscaler.services.power import create_app as power_app
 from carbonscaler.trace import from_values
 
 pytestmark = pytest.mark.integration  # starts real processes or servers
-
-
-class Measured(PowerMeter):
-    """A node whose hardware meter reads a constant power."""
-
-    source = "measured:rapl"
-
-    def __init__(self, watts: float) -> None:
-        self.watts = watts
-        self.last = time.monotonic()
-
-    def read(self) -> PowerReading:
-        now = time.monotonic()
-        interval, self.last = now - self.last, now
-        return PowerReading(self.watts, interval, self.source)
 
 
 def trace_csv(path: Path, values: list[float]) -> Path:

@@ -27,9 +27,8 @@ import typer
 import uvicorn
 from typer.testing import CliRunner
 
-from _servers import Receiver, ServiceThread
+from _servers import Measured, Receiver, ServiceThread
 from carbonscaler.accounting import TrackerConfig
-from carbonscaler.power import PowerMeter, PowerReading
 from carbonscaler.providers import ManualClock, TraceReplay
 from carbonscaler.security import DestinationPolicy, parse_networks, push_key
 from carbonscaler.services.accounting import AccountingConfig
@@ -288,21 +287,6 @@ def test_admin_calls_do_not_hold_up_the_regular_updates(tmp_path: Path, receiver
 
 
 # -- the accounting service -------------------------------------------------------------------
-
-
-class Measured(PowerMeter):
-    """A node whose hardware meter reads a constant power."""
-
-    source = "measured:rapl"
-
-    def __init__(self, watts: float) -> None:
-        self.watts = watts
-        self.last = time.monotonic()
-
-    def read(self) -> PowerReading:
-        now = time.monotonic()
-        interval, self.last = now - self.last, now
-        return PowerReading(self.watts, interval, self.source)
 
 
 def test_accounting_state_changes_need_the_token(tmp_path: Path) -> None:
