@@ -46,33 +46,45 @@ Floats = NDArray[np.float64]
 QUANTILES = (0.05, 0.1, 0.5, 0.9, 0.95)
 """The quantiles a learned forecast can be asked at."""
 _LAGS = (0, 1, 2, 3, 4, 6, 9, 12, 18, 23, 47, 167)
-_VERSION = 1
+_VERSION = 2  # raise whenever the model changes: cached fits are keyed by it
 _MIN_TRAIN_DAYS = 14
 _LOG_CEILING = float(np.log(1e6))  # no grid comes near 1e6 g/kWh: a wild fit is cut here
 _CALIBRATION_DAYS = 28
 _MEMORY: dict[str, LearnedForecast] = {}
 
 
+def _recent(values: Floats, issued: NDArray[np.int64], per_day: int) -> Floats:
+    """The features that do not depend on the lead time: an intercept, the latest values and
+    the mean of the last day, as known at each issue slot."""
+    n = values.size
+    cols = [np.ones(issued.size)]
+    cols += [values[np.clip(issued - lag, 0, n - 1)] for lag in _LAGS]
+    day = np.cumsum(np.concatenate([[0.0], values]))
+    lo = np.clip(issued - per_day + 1, 0, n)
+    hi = np.clip(issued + 1, 0, n)
+    cols.append((day[hi] - day[lo]) / np.maximum(hi - lo, 1))
+    return np.column_stack(cols)
+
+
 def _features(
-    values: Floats, issued: NDArray[np.int64], lead: int, per_day: int, first_index: int
+    recent: Floats,
+    values: Floats,
+    issued: NDArray[np.int64],
+    lead: int,
+    per_day: int,
+    first_index: int,
 ) -> Floats:
-    """Feature rows for forecasts issued at ``issued`` for ``lead`` slots ahead."""
+    """Feature rows for forecasts issued at ``issued`` for ``lead`` slots ahead: ``recent``
+    (from :func:`_recent`), then the seasonal naive values and the target's calendar."""
     n = values.size
 
     def clip(idx: NDArray[np.int64]) -> Floats:
         return values[np.clip(idx, 0, n - 1)]  # history before the start: the first value
 
-    cols = [np.ones(issued.size)]
-    cols += [clip(issued - lag) for lag in _LAGS]
-    day = np.cumsum(np.concatenate([[0.0], values]))
-    lo = np.clip(issued - per_day + 1, 0, n)
-    hi = np.clip(issued + 1, 0, n)
-    cols.append((day[hi] - day[lo]) / np.maximum(hi - lo, 1))
     target = issued + lead
     daily = -(-lead // per_day) * per_day
-    cols.append(clip(target - daily))
     week = per_day * 7
-    cols.append(clip(target - (-(-lead // week) * week)))
+    cols = [clip(target - daily), clip(target - (-(-lead // week) * week))]
     slot_of_day = (first_index + target) % per_day
     weekday = ((first_index + target) // per_day) % 7
     for k in (1, 2, 3):
@@ -80,7 +92,7 @@ def _features(
         cols += [np.sin(angle), np.cos(angle)]
     wangle = 2 * np.pi * weekday / 7
     cols += [np.sin(wangle), np.cos(wangle), (weekday >= 5).astype(np.float64)]
-    return np.column_stack(cols)
+    return np.column_stack([recent, *cols])
 
 
 @dataclass(frozen=True)
@@ -139,14 +151,18 @@ class LearnedModel:
         per_day = max(round(24.0 / slot_hours), 1)
         every = per_day * 7
         refits = max(-(-n // every), 1)
-        n_features = _features(values, np.array([0]), 1, per_day, start_weekday_slot).shape[1]
+        recent = _recent(values, np.arange(n, dtype=np.int64), per_day)
+        first = np.array([0], dtype=np.int64)
+        n_features = _features(recent[:1], values, first, 1, per_day, start_weekday_slot).shape[1]
         weights = np.full((refits, horizon + 1, n_features), np.nan)
         quantiles = np.zeros((refits, horizon + 1, len(QUANTILES)))
         # Out-of-sample predictions, per lead time, of the model in force at each issue slot.
         predicted = np.full((horizon + 1, n), np.nan)
         for lead in range(1, horizon + 1):
             issued = np.arange(max(n - lead, 0), dtype=np.int64)
-            feats = _features(values, issued, lead, per_day, start_weekday_slot)
+            feats = _features(
+                recent[: issued.size], values, issued, lead, per_day, start_weekday_slot
+            )
             targets = values[issued + lead]
             gram = np.zeros((n_features, n_features))
             moment = np.zeros(n_features)
@@ -217,8 +233,9 @@ class LearnedModel:
             return out
         refit = np.minimum(issued // self.refit_every, self.weights.shape[0] - 1)
         per_day = self.per_day
+        recent = _recent(values, issued, per_day)
         for lead in range(1, horizon):
-            feats = _features(values, issued, lead, per_day, self.start_weekday_slot)
+            feats = _features(recent, values, issued, lead, per_day, self.start_weekday_slot)
             w = self.weights[refit, lead]
             fitted = np.einsum("bf,bf->b", feats, np.nan_to_num(w))
             fallback = feats[:, 1 + len(_LAGS) + 1]  # the same slot a day before: persistence
