@@ -58,7 +58,7 @@ from carbonscaler.planner.model import (
     Schedule,
     check_feasible,
 )
-from carbonscaler.planner.policies import Policy
+from carbonscaler.planner.policies import RUNNABLE_POLICIES, Policy
 
 __all__ = [
     "BEHIND_SHARE",
@@ -129,8 +129,8 @@ class Rules:
         object.__setattr__(self, "policy", policy)
         if not policy.runnable:
             raise PlanningError(
-                f"policy {policy} follows fixed rules and cannot run a job; use carbonscaler, "
-                "exact, suspend-resume or agnostic"
+                f"policy {policy} follows fixed rules and cannot run a job; use one of "
+                f"{', '.join(RUNNABLE_POLICIES)}"
             )
         if not 0 < self.replan_threshold < 1:
             raise PlanningError(

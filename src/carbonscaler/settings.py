@@ -22,12 +22,9 @@ from pydantic.alias_generators import to_camel
 
 from carbonscaler.decision import Rules
 from carbonscaler.planner.model import PlanningError
-from carbonscaler.planner.policies import Policy
+from carbonscaler.planner.policies import RUNNABLE_POLICY_NAMES, Policy
 
 __all__ = ["RUNNABLE_POLICY_NAMES", "JobSettings", "cel_rules_for"]
-
-# What a job spec or resource may name: the runnable policies and the reference's aliases.
-RUNNABLE_POLICY_NAMES = ("carbonscaler", "exact", "suspend-resume", "agnostic", "scaler", "fixed")
 
 
 def _assumed_overhead_s(seconds_per_slot: float) -> float:

@@ -5,7 +5,7 @@ forecast error, profile error, rescaling overhead and re-planning, then summaris
 figures and a shareable report.
 """
 
-from carbonscaler.advisor.executor import PLANNED_POLICIES, Conditions, Outcome, simulate_policy
+from carbonscaler.advisor.executor import Conditions, Outcome, simulate_policy
 from carbonscaler.advisor.report import (
     figures,
     scenario_tables,
@@ -19,7 +19,6 @@ from carbonscaler.forecast import FORECAST_MODELS, ForecastModel, ForecastSpec, 
 
 __all__ = [
     "FORECAST_MODELS",
-    "PLANNED_POLICIES",
     "Conditions",
     "ForecastModel",
     "ForecastSpec",

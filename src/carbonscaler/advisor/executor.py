@@ -34,9 +34,8 @@ from carbonscaler.forecast import ForecastSpec, issue_forecasts
 from carbonscaler.planner.model import FloatArray, IntArray, Job
 from carbonscaler.planner.policies import Policy
 
-__all__ = ["PLANNED_POLICIES", "Conditions", "Outcome", "simulate_policy"]
+__all__ = ["Conditions", "Outcome", "simulate_policy"]
 
-PLANNED_POLICIES = frozenset(p.value for p in Policy if p.runnable)
 _EPS = 1e-12
 
 

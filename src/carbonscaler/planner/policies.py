@@ -18,7 +18,17 @@ from carbonscaler.planner.exact import plan_exact
 from carbonscaler.planner.greedy import plan_greedy
 from carbonscaler.planner.model import FloatArray, Job, PlanningError, Schedule
 
-__all__ = ["DEADLINE_AWARE", "POLICIES", "Policy", "compare", "plan", "replan", "savings_pct"]
+__all__ = [
+    "DEADLINE_AWARE",
+    "POLICIES",
+    "RUNNABLE_POLICIES",
+    "RUNNABLE_POLICY_NAMES",
+    "Policy",
+    "compare",
+    "plan",
+    "replan",
+    "savings_pct",
+]
 
 
 class Policy(enum.StrEnum):
@@ -57,7 +67,11 @@ class Policy(enum.StrEnum):
 
 
 _POLICY_ALIASES = {"scaler": "carbonscaler", "fixed": "agnostic"}
-_RUNNABLE = frozenset({Policy.CARBONSCALER, Policy.EXACT, Policy.SUSPEND_RESUME, Policy.AGNOSTIC})
+RUNNABLE_POLICIES: tuple[str, ...] = ("carbonscaler", "exact", "suspend-resume", "agnostic")
+"""The policies a running job can follow (the controller, the operator)."""
+RUNNABLE_POLICY_NAMES: tuple[str, ...] = (*RUNNABLE_POLICIES, *_POLICY_ALIASES)
+"""What a job spec or resource may name: the runnable policies and the reference's aliases."""
+_RUNNABLE = frozenset(Policy(p) for p in RUNNABLE_POLICIES)
 POLICIES: tuple[str, ...] = tuple(p.value for p in Policy)
 # Policies that only ever look at the forecast up to the deadline.
 DEADLINE_AWARE: frozenset[str] = frozenset(
