@@ -67,8 +67,10 @@ __all__ = [
     "Progress",
     "Reason",
     "Rules",
+    "deciding_policy",
     "first_plan",
     "level_rows",
+    "level_stretch",
     "next_change_h",
     "observed_rate",
     "plan_from",
@@ -144,6 +146,15 @@ class Rules:
         if self.policy is Policy.SUSPEND_RESUME:
             return job.with_bounds(job.min_servers, job.min_servers)
         return job
+
+
+def deciding_policy(policy: Policy, job: Job) -> Policy:
+    """The policy whose decisions ``policy`` makes for ``job``: on a concave ladder the exact
+    optimum is the greedy's (the paper's theorem, checked by the property tests), so there
+    ``exact`` decides exactly as ``carbonscaler`` and one simulation serves both."""
+    if policy is Policy.EXACT and job.ladder().concave:
+        return Policy.CARBONSCALER
+    return policy
 
 
 def top_level(job: Job, rules: Rules) -> int:
@@ -283,7 +294,7 @@ def plan_rows(
         return _agnostic_rows(job, target, horizon)
     planning = rules.planning_job(job)
     ladder = planning.ladder()
-    if rules.policy is Policy.EXACT and not ladder.concave:
+    if deciding_policy(rules.policy, job) is Policy.EXACT:
         schedules: list[Schedule | None] = []
         for row, units in zip(forecast, target, strict=True):
             try:
@@ -291,8 +302,6 @@ def plan_rows(
             except PlanningError:
                 schedules.append(None)
         return plans_from_schedules(schedules, horizon)
-    # On a concave ladder the exact optimum is the greedy's (the paper's theorem, checked by
-    # the property tests), so the greedy serves `exact` too.
     return batch_greedy_with_overhead(
         ladder,
         forecast,
@@ -557,12 +566,71 @@ def level_rows(
     planned = np.where(
         into < plans.fraction[rows, s] - _EPS, plans.servers[rows, s], plans.after[rows, s]
     )
-    level = np.where(inside, planned, top_level(job, rules))
+    level, reasons = _running_rules(
+        plans, job, rules, rows, planned[:, None], inside[:, None], (slot + into)[:, None], running
+    )
+    return level[:, 0], reasons[:, 0]
+
+
+def level_stretch(
+    plans: Plans,
+    job: Job,
+    rules: Rules,
+    rows: IntArray,
+    first: int,
+    span: int,
+    running: IntArray,
+) -> tuple[IntArray, NDArray[np.int64]]:
+    """:func:`level_rows` through a stretch without re-plans: slots ``first .. first+span-1``.
+
+    Returns ``(R, 2·span)`` levels and reasons: for each slot, the level from its start and
+    the level from its switch point (``fraction``; past the deadline, the slot's end). An
+    overrun keeps the level of the moment before it (``running`` before the first).
+    """
+    n = plans.slots
+    stop = min(first + span, n)
+    inside_slots = max(stop - first, 0)
+    planned = np.zeros((len(rows), 2 * span), dtype=np.int64)
+    at = np.repeat(first + np.arange(span, dtype=np.float64), 2)[None, :].repeat(len(rows), 0)
+    if inside_slots:
+        fraction = plans.fraction[rows, first:stop]
+        after = plans.after[rows, first:stop]
+        width = 2 * inside_slots
+        planned[:, 0:width:2] = np.where(fraction > _EPS, plans.servers[rows, first:stop], after)
+        planned[:, 1:width:2] = after
+        at[:, 1:width:2] += fraction
+    inside = np.arange(2 * span)[None, :] < 2 * inside_slots
+    return _running_rules(plans, job, rules, rows, planned, inside, at, running)
+
+
+def _running_rules(
+    plans: Plans,
+    job: Job,
+    rules: Rules,
+    rows: IntArray,
+    planned: IntArray,
+    inside: BoolArray,
+    at: FloatArray,
+    running: IntArray,
+) -> tuple[IntArray, NDArray[np.int64]]:
+    """The plan's ``(R, K)`` levels at successive moments ``at`` (slots since arrival) with the
+    running rules applied: top level past the deadline, and an overrun keeps the level before.
+    """
+    level = np.where(inside, planned, top_level(job, rules)).astype(np.int64)
     reasons = np.where(inside, 0, int(Reason.LATE)).astype(np.int64)
-    overrun = inside & (level == 0) & (running > 0) & (slot + into >= plans.end_slot[rows] - 1e-9)
-    level = np.where(overrun, running, level)
-    reasons[overrun] |= Reason.OVERRUN
-    return level.astype(np.int64), reasons
+    reasons = np.broadcast_to(reasons, level.shape).copy()
+    overrun = inside & (level == 0) & (at >= plans.end_slot[rows][:, None] - 1e-9)
+    if overrun.any():
+        # After its end a plan has only zeros, so the overrun moments of a row are a suffix:
+        # they keep the level of the moment before it (``running`` before the first moment).
+        start = np.argmax(overrun, axis=1)
+        row = np.arange(len(rows))
+        before = np.where(
+            start > 0, level[row, np.maximum(start - 1, 0)], np.asarray(running, dtype=np.int64)
+        )
+        level = np.where(overrun, before[:, None], level)
+        reasons[overrun & (before[:, None] > 0)] |= Reason.OVERRUN
+    return level, reasons
 
 
 def next_change_h(plans: Plans, row: int, hours: float, current: int, job: Job) -> float | None:

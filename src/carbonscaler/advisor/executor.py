@@ -16,18 +16,16 @@ follow fixed rules (static, threshold, static-best) never re-plan.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
-from carbonscaler.accounting.integrate import charge
 from carbonscaler.decision import (
     Rules,
     first_plans,
-    level_rows,
+    level_stretch,
     review_rows,
 )
 from carbonscaler.forecast import ForecastSpec, issue_forecasts
@@ -111,6 +109,7 @@ def simulate_policy(
     cond: Conditions = Conditions(),
     *,
     record_slots: int = 0,
+    stepwise: bool = False,
 ) -> Outcome:
     """Simulate ``policy`` for a job arriving at each of ``starts`` (absolute slots of ``trace``).
 
@@ -122,6 +121,8 @@ def simulate_policy(
         deadline_slots: slots from arrival to the deadline.
         cond: forecast, profile error, overhead and re-planning settings.
         record_slots: also return the mean servers of each run's first ``record_slots`` slots.
+        stepwise: advance one slot at a time even where nothing can re-plan (the reference
+            path the tests hold the one-stretch path to).
 
     Raises:
         ValueError: for an unknown policy or starts too close to the trace's end.
@@ -174,74 +175,86 @@ def simulate_policy(
     completion = np.full(rows, np.nan)
     rescales = np.zeros(rows, dtype=np.int64)
     replans = np.zeros(rows, dtype=np.int64)
-    by_slot = np.zeros((rows, record_slots)) if record_slots else None
+    by_slot = np.zeros((rows, record_slots))
     live = np.arange(rows)  # runs neither finished nor past the trace's end
+    # Re-plans are possible only where the world can drift from the plan (carbon-agnostic never
+    # re-plans); elsewhere a plan is followed to the deadline in one stretch, and fixed-rule
+    # policies run in stretches to the end. The decisions are the same either way.
+    exact_world = (
+        cond.forecast.is_perfect and cond.profile_error == 0 and cond.rescale_overhead_s == 0
+    )
+    drifts = planned and (stepwise or (name is not Policy.AGNOSTIC and not exact_world))
+    chunk = max(deadline_slots, 24)
+    from carbonscaler.advisor import _world  # numba: imported when first needed
 
     t = 0
     while len(live):
-        carbon = padded[np.minimum(starts[live] + t, last_index)]
-        live = live[~np.isnan(carbon)]  # the trace ended before these finished
-        carbon = carbon[~np.isnan(carbon)]
-        if not len(live):
-            break
-        ones = np.ones(len(live))
-        if planned:
-            switch = plans.fraction[live, t] if t < deadline_slots else ones
-            bounds: tuple[FloatArray, ...] = (np.zeros(len(live)), switch, ones)
+        if (drifts and t + 1 < deadline_slots) or stepwise:
+            span = 1
+        elif planned and t < deadline_slots:
+            span = deadline_slots - t
         else:
-            bounds = (np.zeros(len(live)), ones)
-        run_done, run_prev, run_started = done[live], previous[live], started[live]
-        run_nominal = nominal[live]
-        ending = np.zeros(len(live), dtype=bool)
-        slot_index = np.full(len(live), t, dtype=np.int64)
-        for begin, end in itertools.pairwise(bounds):
-            if planned:
-                level, _ = level_rows(plans, job, rules, live, slot_index, begin, run_prev)
-            elif name is Policy.SUSPEND_RESUME_THRESHOLD:
-                level = np.where(carbon <= threshold[live], job.min_servers, 0)
-            else:
-                level = np.full(len(live), fixed_level)
-            duration = (end - begin) * dt
-            runs = ~ending & (duration > _EPS)
-            change = runs & (level != run_prev)
-            rescales[live] += change & run_started
-            lost = np.where(
-                change & run_started & (level > 0), np.minimum(overhead_h, duration), 0.0
-            )
-            rate = tp[level] * rate_factor[live]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                need = lost + np.where(rate > 0, (job.work - run_done) / rate, np.inf)
-            ends = runs & (level > 0) & (need <= duration + _EPS)
-            used = np.where(runs, np.where(ends, need, duration), 0.0)
-            gained = rate * np.maximum(used - lost, 0.0)
-            run_done = np.where(ends, job.work, run_done + gained)
-            run_nominal = run_nominal + tp[level] * used
-            spent_kwh, spent_g = charge(np.where(runs, power[level], 0.0), used, carbon)
-            energy[live] += spent_kwh
-            emissions[live] += spent_g
-            server_hours[live] += level * used
-            if by_slot is not None and t < record_slots:
-                by_slot[live, t] += level * used / dt
-            completion[live] = np.where(ends, (t + begin) * dt + need, completion[live])
-            ending |= ends
-            run_prev = np.where(runs, level, run_prev)
-            run_started |= runs & (level > 0)
-        done[live], previous[live], started[live] = run_done, run_prev, run_started
-        nominal[live] = run_nominal
-        finished[live] |= ending
-        live = live[~ending]
-        if planned and t + 1 < deadline_slots and len(live):
+            span = chunk
+        slots = t + np.arange(span)
+        carbon = padded[np.minimum(starts[live, None] + slots[None, :], last_index)]
+        # Two sub-intervals per slot: the plan's level up to its switch point, then the next.
+        switch = np.ones((len(live), span))
+        if planned:
+            inside = min(deadline_slots, t + span) - t
+            if inside > 0:
+                switch[:, :inside] = plans.fraction[live, t : t + inside]
+            level, _ = level_stretch(plans, job, rules, live, t, span, previous[live])
+        elif name is Policy.SUSPEND_RESUME_THRESHOLD:
+            level = np.where(carbon <= threshold[live, None], job.min_servers, 0).repeat(2, axis=1)
+        else:
+            level = np.full((len(live), 2 * span), fixed_level, dtype=np.int64)
+        begin = np.empty((len(live), 2 * span))
+        begin[:, 0::2] = slots
+        begin[:, 1::2] = slots + switch
+        width = np.empty_like(begin)
+        width[:, 0::2], width[:, 1::2] = switch, 1.0 - switch
+        carbon = carbon.repeat(2, axis=1)
+        status = np.empty(len(live), dtype=np.int8)
+        _world.advance(
+            live,
+            t,
+            np.ascontiguousarray(level, dtype=np.int64),
+            begin * dt,
+            width * dt,
+            carbon,
+            tp,
+            power,
+            rate_factor,
+            overhead_h,
+            float(job.work),
+            dt,
+            done,
+            nominal,
+            previous,
+            started,
+            completion,
+            rescales,
+            energy,
+            emissions,
+            server_hours,
+            by_slot,
+            status,
+        )
+        finished[live] |= status == _world.WORK_DONE
+        live = live[status == _world.RUNNING]
+        t += span
+        if drifts and t < deadline_slots and len(live):
             issued = None
             if not cond.forecast.is_perfect:
                 issued = issue_forecasts(
-                    cond.forecast, trace, starts[live] + t + 1, deadline_slots - t - 1, dt
+                    cond.forecast, trace, starts[live] + t, deadline_slots - t, dt
                 )
             again, _ = review_rows(
                 plans,
                 job,
                 rules,
                 live,
-                t + 1,
+                t,
                 work_done=done[live],
                 nominal_work=nominal[live],
                 running=previous[live],
@@ -250,11 +263,18 @@ def simulate_policy(
                 overhead_h=overhead_h,
             )
             replans[again] += 1
-        t += 1
 
     met = finished & (completion <= deadline_slots * dt + 1e-9)
     return Outcome(
-        emissions, energy, completion, met, rescales, replans, server_hours, done, by_slot
+        emissions,
+        energy,
+        completion,
+        met,
+        rescales,
+        replans,
+        server_hours,
+        done,
+        by_slot if record_slots else None,
     )
 
 

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from carbonscaler.advisor.executor import Conditions, Outcome, simulate_policy
+from carbonscaler.decision import deciding_policy
 from carbonscaler.planner.model import Job, PlanningError
-from carbonscaler.planner.policies import POLICIES
+from carbonscaler.planner.policies import POLICIES, Policy
 from carbonscaler.profile import ScalingProfile
 from carbonscaler.trace import CarbonTrace
 
@@ -217,10 +218,16 @@ def run_sweep(spec: SweepSpec, progress: ProgressCallback | None = None) -> Swee
                 f" sweep may hold (about 1 GB); use --starts {fit} (evenly spaced) or longer"
                 " --slot-minutes"
             )
+        outcomes: dict[str, Outcome] = {}
         for policy in policies:
-            outcome = simulate_policy(
-                policy, job, trace.values, starts, deadline_slots, spec.conditions
-            )
+            # Policies that decide alike for this job (exact on a concave ladder) share a run.
+            parsed = Policy.parse(policy)
+            twin = str(deciding_policy(parsed, job)) if parsed.runnable else policy
+            if twin not in outcomes:
+                outcomes[twin] = simulate_policy(
+                    twin, job, trace.values, starts, deadline_slots, spec.conditions
+                )
+            outcome = outcomes[twin]
             frames.append(
                 _frame(outcome, scenario, policy, starts, trace, spec.price_per_server_hour)
             )

@@ -1,0 +1,198 @@
+"""The fast paths give the reference paths' results on random instances.
+
+* The compiled batch greedy (:mod:`carbonscaler.planner._kernels`) against the single-plan greedy
+  (:func:`carbonscaler.planner.greedy.select_increments`), with ties, zero carbon and non-concave
+  ladders; with a rescale overhead, against the rounds written out here in plain Python.
+* The executor's one-stretch path (plans followed to the deadline at once where nothing can
+  re-plan, fixed-rule policies in stretches) against advancing one slot at a time.
+* ``exact`` on a concave ladder decides as ``carbonscaler`` (one simulation serves both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from carbonscaler.advisor import Conditions, ForecastSpec, simulate_policy
+from carbonscaler.decision import deciding_policy
+from carbonscaler.planner import Job
+from carbonscaler.planner.batch import BatchPlan, batch_greedy, batch_greedy_with_overhead
+from carbonscaler.planner.greedy import select_increments
+from carbonscaler.planner.model import Ladder
+from carbonscaler.planner.policies import Policy
+from carbonscaler.profile import ScalingProfile, amdahl_profile, power_law_profile
+
+
+def _profile(kind: int, servers: int) -> ScalingProfile:
+    if kind == 0:
+        return amdahl_profile(servers, 0.07)
+    if kind == 1:
+        return power_law_profile(servers, 0.8)
+    # Non-concave: a super-linear step in the middle.
+    throughput = np.concatenate([[0.0], np.cumsum([1.0, 0.6, 1.4, 0.5, 0.9, 0.3, 0.2, 0.1])])
+    return ScalingProfile(throughput[: servers + 1], np.arange(servers + 1) * 100.0, name="bumpy")
+
+
+def _carbon(rng: np.random.Generator, rows: int, n: int, ties: bool) -> np.ndarray:
+    values = rng.uniform(20, 600, (rows, n))
+    if ties:  # integer intensities, so many slots tie; and a few free slots
+        values = np.round(values / 50) * 50
+        values[rng.random((rows, n)) < 0.05] = 0.0
+    return values
+
+
+def _single(ladder: Ladder, carbon: np.ndarray, target: float) -> BatchPlan | None:
+    """One row by the single-plan greedy, in the batch form; None if it cannot fit."""
+    if target * (1 - 1e-12) > ladder.d_work.sum() * len(carbon):
+        return None
+    chosen = select_increments(ladder, carbon, target)
+    servers = ladder.levels[chosen.steps]
+    fraction = np.ones(len(carbon))
+    after = servers.copy()
+    if chosen.partial_slot is not None:
+        fraction[chosen.partial_slot] = chosen.fraction
+        after[chosen.partial_slot] = ladder.levels[chosen.steps[chosen.partial_slot] - 1]
+    return BatchPlan(servers[None], fraction[None], after[None], np.array([True]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    kind=st.integers(0, 2),
+    servers=st.integers(1, 8),
+    low=st.integers(1, 3),
+    n=st.integers(1, 40),
+    share=st.floats(0.05, 1.1),
+    ties=st.booleans(),
+)
+def test_compiled_greedy_equals_single_plans(
+    seed: int, kind: int, servers: int, low: int, n: int, share: float, ties: bool
+) -> None:
+    low = min(low, servers)
+    ladder = Job.from_length(_profile(kind, servers), 1.0, low, servers).ladder()
+    rng = np.random.default_rng(seed)
+    carbon = _carbon(rng, 6, n, ties)
+    targets = share * ladder.d_work.sum() * n * rng.uniform(0.5, 1.0, 6)
+    batch = batch_greedy(ladder, carbon, targets)
+    for row in range(6):
+        single = _single(ladder, carbon[row], float(targets[row]))
+        assert batch.feasible[row] == (single is not None)
+        if single is None:
+            assert not batch.servers[row].any()
+            continue
+        assert batch.servers[row].tolist() == single.servers[0].tolist()
+        assert batch.after[row].tolist() == single.after[0].tolist()
+        np.testing.assert_allclose(batch.fraction[row], single.fraction[0], rtol=1e-9)
+
+
+def _losses_by_hand(
+    plan: BatchPlan, row: int, throughput: np.ndarray, overhead_h: float, previous: int
+) -> float:
+    """The work a fresh job's plan loses to rescaling, walked through in plain Python."""
+    last, first, lost = previous, True, 0.0
+    for i in range(plan.servers.shape[1]):
+        f = float(plan.fraction[row, i])
+        for level, hours in ((int(plan.servers[row, i]), f), (int(plan.after[row, i]), 1 - f)):
+            if hours <= 1e-12:
+                continue
+            if level != last and level > 0:
+                if first:
+                    first = False
+                else:
+                    lost += float(throughput[level]) * min(overhead_h, hours)
+            last = level
+    return lost
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), n=st.integers(4, 36), overhead_s=st.sampled_from([30, 600]))
+def test_compiled_overhead_rounds_equal_the_rounds_by_hand(
+    seed: int, n: int, overhead_s: int
+) -> None:
+    job = Job.from_length(amdahl_profile(6, 0.05), 1.0, 1, 6)
+    ladder, throughput = job.ladder(), job.profile.throughput
+    rng = np.random.default_rng(seed)
+    carbon = _carbon(rng, 5, n, ties=bool(seed % 2))
+    base = 0.4 * ladder.d_work.sum() * n * rng.uniform(0.3, 1.0, 5)
+    overhead_h = overhead_s / 3600
+    fast = batch_greedy_with_overhead(
+        ladder, carbon, base, throughput=throughput, overhead_h=overhead_h, slot_hours=1.0
+    )
+    for row in range(5):
+        # The documented rule: re-plan for base + the last plan's losses, at most 3 rounds.
+        plan = batch_greedy(ladder, carbon[row : row + 1], base[row])
+        for _ in range(3):
+            losses = _losses_by_hand(plan, 0, throughput, overhead_h, 0)
+            plan = batch_greedy(ladder, carbon[row : row + 1], base[row] + losses)
+        assert fast.feasible[row] == plan.feasible[0]
+        assert fast.servers[row].tolist() == plan.servers[0].tolist()
+        np.testing.assert_allclose(fast.fraction[row], plan.fraction[0], rtol=1e-9)
+
+
+def _outcomes_equal(a: object, b: object) -> None:
+    for field in dataclasses.fields(a):  # type: ignore[arg-type]
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if x is None:
+            assert y is None
+            continue
+        if np.asarray(x).dtype.kind in "biu":
+            assert np.array_equal(x, y), field.name
+        else:
+            np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-9, err_msg=field.name)
+
+
+CONDITIONS = [
+    Conditions(),
+    Conditions(profile_error=0.1, seed=3),
+    Conditions(rescale_overhead_s=120),
+    Conditions(forecast=ForecastSpec("uniform", 0.2, seed=5), safety_margin=0.0),
+]
+
+
+@pytest.mark.parametrize("policy", [p.value for p in Policy if p is not Policy.STATIC_BEST])
+@pytest.mark.parametrize("cond", CONDITIONS, ids=["exact", "profile", "overhead", "noise"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_one_stretch_equals_slot_by_slot(policy: str, cond: Conditions, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    trace = rng.uniform(50, 500, 400)
+    trace[rng.random(400) < 0.2] = 200.0  # ties
+    servers = 6 if seed else 4
+    job = Job.from_length(amdahl_profile(servers, 0.1), 10.0, 1 + seed, servers)
+    starts = np.arange(0, 400 - 16, 7)
+    fast = simulate_policy(policy, job, trace, starts, 16, cond, record_slots=12)
+    slow = simulate_policy(policy, job, trace, starts, 16, cond, record_slots=12, stepwise=True)
+    _outcomes_equal(fast, slow)
+
+
+def test_runs_past_the_trace_end_stop_alike() -> None:
+    trace = np.linspace(100, 400, 60)
+    job = Job.from_length(amdahl_profile(4, 0.1), 30.0, 1, 4)
+    starts = np.arange(0, 60 - 20)
+    for policy in ("static", "suspend-resume-threshold", "carbonscaler"):
+        fast = simulate_policy(policy, job, trace, starts, 20)
+        slow = simulate_policy(policy, job, trace, starts, 20, stepwise=True)
+        _outcomes_equal(fast, slow)
+    # A rising trace is never below its past percentile: the threshold runs never finish.
+    assert np.isnan(fast.completion_hours).sum() == 0
+    stalled = simulate_policy("suspend-resume-threshold", job, trace, starts, 20)
+    assert np.isnan(stalled.completion_hours).any()
+
+
+def test_exact_decides_as_carbonscaler_only_on_concave_ladders() -> None:
+    concave = Job.from_length(amdahl_profile(6, 0.05), 10, 1, 6)
+    bumpy = Job.from_length(_profile(2, 6), 10, 1, 6)
+    assert concave.ladder().concave and not bumpy.ladder().concave
+    assert deciding_policy(Policy.EXACT, concave) is Policy.CARBONSCALER
+    assert deciding_policy(Policy.EXACT, bumpy) is Policy.EXACT
+    assert deciding_policy(Policy.SUSPEND_RESUME, concave) is Policy.SUSPEND_RESUME
+    trace = np.random.default_rng(4).uniform(50, 500, 200)
+    starts = np.arange(0, 180, 5)
+    cond = Conditions(forecast=ForecastSpec("uniform", 0.1, seed=2), profile_error=0.05)
+    _outcomes_equal(
+        simulate_policy("exact", concave, trace, starts, 16, cond),
+        simulate_policy("carbonscaler", concave, trace, starts, 16, cond),
+    )
