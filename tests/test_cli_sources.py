@@ -11,6 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+import carbonscaler.services.accounting as accounting_service
+import carbonscaler.services.carbon as carbon_service
 from carbonscaler import datasets
 from carbonscaler.cli import accounting as accounting_cli
 from carbonscaler.cli import app
@@ -114,8 +116,9 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
         return create_app
 
-    monkeypatch.setattr(carbon_service_cli, "create_app", capture("carbon"))
-    monkeypatch.setattr(accounting_cli, "create_app", capture("accounting"))
+    # The commands import their service when they run: patch it where they find it.
+    monkeypatch.setattr(carbon_service, "create_app", capture("carbon"))
+    monkeypatch.setattr(accounting_service, "create_app", capture("accounting"))
     return seen
 
 

@@ -42,13 +42,19 @@ from abc import ABC
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BeforeValidator
 
+from carbonscaler.forecast_names import (
+    FORECAST_ALIASES,
+    FORECAST_MODELS,
+    FORECASTERS,
+    ForecastError,
+    ForecastModel,
+)
 from carbonscaler.learned import QUANTILES, learned_model
 from carbonscaler.providers.base import CarbonProvider, Forecast, ForecastUnavailable
 from carbonscaler.providers.replay import TraceReplay
@@ -77,80 +83,6 @@ __all__ = [
 ]
 
 _Floats = NDArray[np.float64]
-
-
-class ForecastError(ValueError):
-    """A forecast cannot be made as asked; the message says why and what to change."""
-
-
-class ForecastModel(StrEnum):
-    """How a forecast is made (see the module docstring)."""
-
-    PERFECT = "perfect"
-    UNIFORM = "uniform"
-    GAUSSIAN = "gaussian"
-    PERSISTENCE = "persistence"
-    SEASONAL = "seasonal"
-    LEARNED = "learned"
-    PROVIDER = "provider"
-
-    @classmethod
-    def parse(cls, name: str) -> ForecastModel:
-        """The model called ``name`` (case-insensitive; ``real`` and ``pred`` are aliases).
-
-        Raises:
-            ForecastError: If no model has that name.
-        """
-        if isinstance(name, cls):
-            return name
-        if not isinstance(name, str):
-            raise ForecastError(f"a forecast model is named by a string, not {name!r}")
-        key = name.strip().lower()
-        model = FORECAST_ALIASES.get(key)
-        if model is not None:
-            return model
-        try:
-            return cls(key)
-        except ValueError:
-            aliases = ", ".join(f"{a} = {m}" for a, m in FORECAST_ALIASES.items())
-            raise ForecastError(
-                f"unknown forecaster {name!r}; use one of {', '.join(cls)} (aliases: {aliases})"
-            ) from None
-
-    @classmethod
-    def from_name(cls, name: str) -> ForecastModel:
-        """Same as :meth:`parse`."""
-        return cls.parse(name)
-
-    @property
-    def is_noisy(self) -> bool:
-        """``uniform`` or ``gaussian``: the actual values with seeded noise."""
-        return self in (ForecastModel.UNIFORM, ForecastModel.GAUSSIAN)
-
-    @property
-    def is_periodic(self) -> bool:
-        """``persistence`` or ``seasonal``: past values repeated."""
-        return self in (ForecastModel.PERSISTENCE, ForecastModel.SEASONAL)
-
-    @property
-    def period_days(self) -> int:
-        """Days per period of a history model (0 for the others)."""
-        return {ForecastModel.PERSISTENCE: 1, ForecastModel.SEASONAL: 7}.get(self, 0)
-
-
-FORECAST_ALIASES: dict[str, ForecastModel] = {
-    "real": ForecastModel.PERFECT,
-    "pred": ForecastModel.PROVIDER,
-}
-"""Other names accepted for models: the reference carbon service's ``REAL`` and ``PRED``."""
-
-FORECASTERS: tuple[ForecastModel, ...] = tuple(ForecastModel)
-"""Every model, as accepted by :func:`make_forecaster`."""
-
-FORECAST_MODELS: tuple[ForecastModel, ...] = tuple(
-    m for m in ForecastModel if m is not ForecastModel.PROVIDER
-)
-"""The models that forecast from a trace's values alone (:func:`issue_forecasts`)."""
 
 
 def _coerce_model(value: object) -> object:

@@ -3,19 +3,60 @@
 Plans are made for many start times at once and executed against the actual trace, with
 forecast error, profile error, rescaling overhead and re-planning, then summarised into tables,
 figures and a shareable report.
+
+The names are imported on first use (the report needs matplotlib).
 """
 
-from carbonscaler.advisor.executor import Conditions, Outcome, simulate_policy
-from carbonscaler.advisor.report import (
-    figures,
-    scenario_tables,
-    summary_records,
-    write_csv,
-    write_html,
-    write_plots,
-)
-from carbonscaler.advisor.sweep import Scenario, SweepResult, SweepSpec, resolve_starts, run_sweep
-from carbonscaler.forecast import FORECAST_MODELS, ForecastModel, ForecastSpec, issue_forecasts
+from typing import TYPE_CHECKING
+
+from carbonscaler._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from carbonscaler.advisor.executor import Conditions, Outcome, simulate_policy
+    from carbonscaler.advisor.report import (
+        figures,
+        scenario_tables,
+        summary_records,
+        write_csv,
+        write_html,
+        write_plots,
+    )
+    from carbonscaler.advisor.sweep import (
+        Scenario,
+        SweepResult,
+        SweepSpec,
+        resolve_starts,
+        run_sweep,
+    )
+    from carbonscaler.forecast import FORECAST_MODELS, ForecastModel, ForecastSpec, issue_forecasts
+else:
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "carbonscaler.advisor.executor": ("Conditions", "Outcome", "simulate_policy"),
+            "carbonscaler.advisor.report": (
+                "figures",
+                "scenario_tables",
+                "summary_records",
+                "write_csv",
+                "write_html",
+                "write_plots",
+            ),
+            "carbonscaler.advisor.sweep": (
+                "Scenario",
+                "SweepResult",
+                "SweepSpec",
+                "resolve_starts",
+                "run_sweep",
+            ),
+            "carbonscaler.forecast": (
+                "FORECAST_MODELS",
+                "ForecastModel",
+                "ForecastSpec",
+                "issue_forecasts",
+            ),
+        },
+    )
 
 __all__ = [
     "FORECAST_MODELS",

@@ -1,4 +1,12 @@
-"""The ``carbonscaler`` command line: one module per command group."""
+"""The ``carbonscaler`` command line: one module per command group.
+
+Every command module is imported to build the command line, so ``carbonscaler --help`` costs
+what they import at module level: the standard library, typer and light modules only. Each
+command imports what it needs (numpy, pandas, the planner, the services...) in its function,
+when it runs; tests/test_cli_startup.py checks it, benchmarks/bench_startup.py times it. Help is
+plain click help (``rich_markup_mode=None``): typer's rich help would import rich's markdown
+renderer, a large share of the start-up budget.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +28,9 @@ app = typer.Typer(
     help="Carbon-aware autoscaling of elastic batch jobs.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
+    # Plain help uses the terminal's width (click's default stops at 80 columns).
+    context_settings={"max_content_width": 120},
     pretty_exceptions_show_locals=False,
 )
 app.command("plan")(plan_command)

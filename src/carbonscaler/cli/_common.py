@@ -22,42 +22,65 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-import pandas as pd
 import typer
-from rich.console import Console
 
-from carbonscaler import datasets
-from carbonscaler.backends.base import BackendError
-from carbonscaler.control.spec import SpecError
-from carbonscaler.forecast import ForecastError
-from carbonscaler.outputs import OutputError
-from carbonscaler.planner.model import PlanningError
-from carbonscaler.profile import ProfileError
-from carbonscaler.providers import ProviderError
-from carbonscaler.trace import CarbonTrace, TraceError, load_trace
+# Light at module level, as every command module (see carbonscaler.cli): what is heavier is
+# imported inside the functions that use it.
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.console import Console
+
+    from carbonscaler.trace import CarbonTrace
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# Piped output (files, CI logs) gets a wide fixed width so tables are not folded to 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
+
+@functools.cache
+def console() -> Console:
+    """The console for results, on standard output (made on first use)."""
+    from rich.console import Console
+
+    # Piped output (files, CI logs) gets a wide fixed width so tables are not folded to 80
+    # columns.
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+@functools.cache
+def err_console() -> Console:
+    """The console for progress, warnings and errors, on standard error (made on first use)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
 
 # Errors that are the user's input, not our bug: one red line, exit code 2, no traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (
-    PlanningError,
-    ProfileError,
-    TraceError,
-    datasets.DatasetError,
-    SpecError,
-    BackendError,
-    ProviderError,
-    ForecastError,
-    OutputError,
-    FileNotFoundError,
+# Named, not imported: their modules are heavy, and an error cannot have been raised unless its
+# module was imported, so :func:`user_errors` looks only at the modules loaded by then.
+USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("carbonscaler.planner.model", "PlanningError"),
+    ("carbonscaler.profile", "ProfileError"),
+    ("carbonscaler.trace", "TraceError"),
+    ("carbonscaler.datasets", "DatasetError"),
+    ("carbonscaler.control.spec", "SpecError"),
+    ("carbonscaler.backends.base", "BackendError"),
+    ("carbonscaler.providers.base", "ProviderError"),
+    ("carbonscaler.forecast_names", "ForecastError"),
+    ("carbonscaler.outputs", "OutputError"),
+    ("builtins", "FileNotFoundError"),
 )
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The classes of :data:`USER_ERRORS` whose modules have been imported."""
+    loaded = (sys.modules.get(module) for module, _ in USER_ERRORS)
+    return tuple(
+        getattr(module, name)
+        for module, (_, name) in zip(loaded, USER_ERRORS, strict=True)
+        if module is not None
+    )
 
 
 def user_errors(func: Callable[P, R]) -> Callable[P, R]:
@@ -70,12 +93,14 @@ def user_errors(func: Callable[P, R]) -> Callable[P, R]:
                 warnings.simplefilter("always")
                 result = func(*args, **kwargs)
             for w in caught:
-                err_console.print(
+                err_console().print(
                     f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True
                 )
             return result
-        except USER_ERRORS as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        except Exception as exc:
+            if not isinstance(exc, user_error_types()):
+                raise
+            err_console().print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -83,6 +108,10 @@ def user_errors(func: Callable[P, R]) -> Callable[P, R]:
 
 def parse_start(value: str) -> pd.Timestamp:
     """An ISO 8601 time as a UTC timestamp (naive means UTC)."""
+    import pandas as pd
+
+    from carbonscaler.trace import TraceError
+
     try:
         ts = pd.Timestamp(value)
     except (ValueError, TypeError):
@@ -138,6 +167,9 @@ def open_trace(
             the file cannot be read.
         DatasetError: if the offline dataset is missing or lacks the zone/year.
     """
+    from carbonscaler import datasets
+    from carbonscaler.trace import TraceError, load_trace
+
     if trace is not None:
         if year is not None:
             raise TraceError("--year selects a dataset year; it does not apply to a file")
@@ -165,6 +197,8 @@ def load_carbon(
         TraceError: if neither a trace nor a zone is given, or the file cannot be read.
         DatasetError: if the offline dataset is missing or lacks the zone/year.
     """
+    from carbonscaler.trace import TraceError
+
     if trace is None and zone is not None and year is None:
         year = start.year
     loaded = open_trace(trace, zone, year, signal=signal)

@@ -4,12 +4,14 @@ and the networks its requests may go to. See :mod:`carbonscaler.security`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from carbonscaler.security.netguard import DestinationPolicy, parse_networks
 from carbonscaler.security.tokens import ENV_TOKEN, ENV_TOKEN_FILE, check_bind, load_token
+
+if TYPE_CHECKING:
+    from carbonscaler.security.netguard import DestinationPolicy
 
 __all__ = [
     "ENV_CARBON_SERVICE_TOKEN",
@@ -105,4 +107,6 @@ def destination_policy(networks: list[str] | None, what: str) -> DestinationPoli
     Raises:
         ValueError: If a value is not a CIDR block.
     """
+    from carbonscaler.security.netguard import DestinationPolicy, parse_networks
+
     return DestinationPolicy(allow=parse_networks(networks or ()), what=what)

@@ -7,10 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 
-from carbonscaler.accounting.ledger import LedgerError
-from carbonscaler.accounting.tracker import TrackerConfig, TrackerError
 from carbonscaler.cli._common import (
     LIVE_ZONE_HELP,
     PROVIDER_FLAGS,
@@ -33,10 +30,6 @@ from carbonscaler.cli._security import (
     destination_policy,
     service_token,
 )
-from carbonscaler.datasets import DatasetError
-from carbonscaler.providers import ProviderError, TTLCache, live_provider
-from carbonscaler.services.accounting import AccountingConfig, create_app
-from carbonscaler.trace import TraceError
 
 
 def accounting_command(
@@ -121,6 +114,15 @@ def accounting_command(
     carbon_service_token_file: CarbonServiceTokenFileOption = None,
 ) -> None:
     """Account each job's energy (kWh) and emissions (gCO2eq), measured vs estimated."""
+    import uvicorn
+
+    from carbonscaler.accounting.ledger import LedgerError
+    from carbonscaler.accounting.tracker import TrackerConfig, TrackerError
+    from carbonscaler.datasets import DatasetError
+    from carbonscaler.providers import ProviderError, TTLCache, live_provider
+    from carbonscaler.services.accounting import AccountingConfig, create_app
+    from carbonscaler.trace import TraceError
+
     try:
         resolved_token = service_token(
             token, token_file, host=host, insecure=insecure, service="accounting service"
@@ -178,7 +180,7 @@ def accounting_command(
         TrackerError,
         OSError,
     ) as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        err_console().print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(code=2) from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -7,24 +7,10 @@ import math
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from carbonscaler.advisor import (
-    FORECAST_MODELS,
-    Conditions,
-    ForecastModel,
-    ForecastSpec,
-    SweepSpec,
-    run_sweep,
-    scenario_tables,
-    summary_records,
-    write_csv,
-    write_html,
-    write_plots,
-)
 from carbonscaler.cli._common import (
     TRACE_FLAGS,
     YEAR_FLAGS,
@@ -34,10 +20,11 @@ from carbonscaler.cli._common import (
     open_trace,
     user_errors,
 )
-from carbonscaler.outputs import check_output_file, check_output_folder
-from carbonscaler.planner import POLICIES, PlanningError
-from carbonscaler.profile import parse_profile_spec
-from carbonscaler.trace import CarbonTrace, TraceError
+from carbonscaler.forecast_names import FORECAST_MODELS
+from carbonscaler.planner.names import POLICIES
+
+if TYPE_CHECKING:
+    from carbonscaler.trace import CarbonTrace
 
 
 def _parse_starts(value: str) -> str | int | list[str]:
@@ -154,6 +141,25 @@ def _advise(
     plot: Path | None,
     report: Path | None,
 ) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from carbonscaler.advisor import (
+        Conditions,
+        ForecastModel,
+        ForecastSpec,
+        SweepSpec,
+        run_sweep,
+        scenario_tables,
+        summary_records,
+        write_csv,
+        write_html,
+        write_plots,
+    )
+    from carbonscaler.outputs import check_output_file, check_output_folder
+    from carbonscaler.planner import PlanningError
+    from carbonscaler.profile import parse_profile_spec
+    from carbonscaler.trace import TraceError
+
     # Every output is checked before minutes of simulation, not after.
     if csv is not None:
         check_output_file(csv, "--csv")
@@ -202,9 +208,9 @@ def _advise(
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
-        console=err_console,
+        console=err_console(),
         transient=True,
-        disable=not err_console.is_terminal,
+        disable=not err_console().is_terminal,
     ) as bar:
         task = bar.add_task("simulating", total=None)
 
@@ -216,12 +222,12 @@ def _advise(
         write_csv(result, csv)
     if plot is not None:
         written = write_plots(result, plot)
-        err_console.print(f"wrote {len(written)} figures to {plot}")
+        err_console().print(f"wrote {len(written)} figures to {plot}")
     if report is not None:
         write_html(result, report, command=shlex.join(["carbonscaler", *sys.argv[1:]]))
-        err_console.print(f"wrote report {report}")
+        err_console().print(f"wrote report {report}")
     if as_json:
         typer.echo(json.dumps(summary_records(result), indent=2))
         return
     for table in scenario_tables(result):
-        console.print(table)
+        console().print(table)

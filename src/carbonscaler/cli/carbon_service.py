@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from carbonscaler.cli._common import (
     LIVE_ZONE_HELP,
@@ -32,11 +31,7 @@ from carbonscaler.cli._security import (
     destination_policy,
     service_token,
 )
-from carbonscaler.datasets import DatasetError
-from carbonscaler.providers import ProviderError, TTLCache, live_provider
 from carbonscaler.security.tokens import ENV_TOKEN
-from carbonscaler.services._store import StoreError
-from carbonscaler.services.carbon import CarbonServiceConfig, create_app
 
 __all__ = ["ENV_TOKEN", "carbon_service_command"]
 
@@ -113,6 +108,13 @@ def carbon_service_command(
     ] = None,
 ) -> None:
     """Serve carbon intensity and forecasts, and push them to subscribers."""
+    import uvicorn
+
+    from carbonscaler.datasets import DatasetError
+    from carbonscaler.providers import ProviderError, TTLCache, live_provider
+    from carbonscaler.services._store import StoreError
+    from carbonscaler.services.carbon import CarbonServiceConfig, create_app
+
     try:
         resolved_token = service_token(
             token, token_file, host=host, insecure=insecure, service="carbon service"
@@ -148,7 +150,7 @@ def carbon_service_command(
         )
         app = create_app(config)
     except (ValueError, ProviderError, DatasetError, StoreError, OSError) as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        err_console().print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(code=2) from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     uvicorn.run(app, host=host, port=port, log_level="info")

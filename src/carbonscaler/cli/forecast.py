@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from carbonscaler.cli._common import (
     TRACE_FLAGS,
@@ -20,10 +19,13 @@ from carbonscaler.cli._common import (
     open_trace,
     user_errors,
 )
-from carbonscaler.forecast import FORECAST_MODELS, ForecastModel, ForecastSpec
-from carbonscaler.forecast_evaluation import evaluate_forecasts
+from carbonscaler.forecast_names import FORECAST_MODELS
 
-app = typer.Typer(help="Forecast models: how good they are on a trace.", no_args_is_help=True)
+app = typer.Typer(
+    help="Forecast models: how good they are on a trace.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 
 @app.command("evaluate")
@@ -69,12 +71,17 @@ def _evaluate(
     seed: int,
     as_json: bool,
 ) -> None:
+    from rich.table import Table
+
+    from carbonscaler.forecast import ForecastModel, ForecastSpec
+    from carbonscaler.forecast_evaluation import evaluate_forecasts
+
     chosen = ForecastModel.parse(model)
     spec = ForecastSpec(chosen, error if chosen.is_noisy else 0.0, seed)
     series = open_trace(trace, zone, year)
     slot_hours = series.step.total_seconds() / 3600.0
     if chosen is ForecastModel.LEARNED and not as_json:
-        err_console.print("training the learned model on the trace (cached for next time)...")
+        err_console().print("training the learned model on the trace (cached for next time)...")
     result = evaluate_forecasts(series.values, slot_hours, spec, horizon_h=horizon)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
@@ -99,4 +106,4 @@ def _evaluate(
         coverage,
         str(result.points),
     )
-    console.print(table)
+    console().print(table)

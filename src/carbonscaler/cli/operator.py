@@ -6,8 +6,6 @@ works without them. See docs/kubernetes.md.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -39,6 +37,8 @@ from carbonscaler.cli._security import (
 from carbonscaler.security.tokens import with_push_key
 
 if TYPE_CHECKING:
+    import asyncio
+
     from carbonscaler.operator.carbon import CarbonBoard, Poller
 
 log = logging.getLogger("carbonscaler.operator")
@@ -129,6 +129,9 @@ def operator_command(
     carbon_service_token_file: CarbonServiceTokenFileOption = None,
 ) -> None:
     """Run the CarbonScaler operator: plan and scale CarbonScalerMPIJob/PyTorchJob resources."""
+    import asyncio
+    import contextlib
+
     try:
         import kopf
 
@@ -136,14 +139,14 @@ def operator_command(
         from carbonscaler.operator import handlers
         from carbonscaler.operator.carbon import CarbonBoard
     except ImportError as exc:
-        err_console.print(
+        err_console().print(
             f"[red]error:[/] the operator needs kopf and kubernetes ({exc.name} is missing): "
             "pip install 'kopf>=1.37' 'kubernetes>=37'",
             highlight=False,
         )
         raise typer.Exit(code=2) from None
     if all_namespaces and namespace:
-        err_console.print("[red]error:[/] give --namespace or --all-namespaces, not both")
+        err_console().print("[red]error:[/] give --namespace or --all-namespaces, not both")
         raise typer.Exit(code=2)
     try:
         # The webhook is what listens: it alone needs the token (pushes change the plans).
@@ -172,7 +175,7 @@ def operator_command(
             )
         api = KubeflowApi(api_client(), instance=handlers.instance_name())
     except Exception as exc:  # any setup failure here is the user's to fix
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        err_console().print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(code=2) from None
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -267,6 +270,8 @@ async def _start_carbon(
     With a ``token`` the webhook requires it or its push key, and the address registered
     with the carbon service carries the push key; ``carbon_token`` is the carbon service's.
     """
+    import asyncio
+
     import httpx
     from aiohttp import web
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pandas as pd
 import typer
-from rich.table import Table
 
 from carbonscaler.cli._common import (
     TRACE_FLAGS,
@@ -21,21 +19,19 @@ from carbonscaler.cli._common import (
     parse_start,
     user_errors,
 )
-from carbonscaler.planner import (
-    DEADLINE_AWARE,
-    POLICIES,
-    Job,
-    PlanningError,
-    Schedule,
-    compare,
-    plan,
-    savings_pct,
-)
-from carbonscaler.profile import parse_profile_spec
-from carbonscaler.trace import CarbonTrace, TraceError
+from carbonscaler.planner.names import DEADLINE_AWARE, POLICIES
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.table import Table
+
+    from carbonscaler.planner import PlanningError, Schedule
+    from carbonscaler.trace import CarbonTrace
 
 
 def _deadline_slots(deadline_hours: float, slot_hours: float) -> int:
+    from carbonscaler.planner import PlanningError
+
     if not (math.isfinite(deadline_hours) and deadline_hours > 0):
         raise PlanningError(f"--deadline must be a positive number of hours, got {deadline_hours}")
     slots = deadline_hours / slot_hours
@@ -50,6 +46,8 @@ def _deadline_slots(deadline_hours: float, slot_hours: float) -> int:
 def _carbon_from(trace: CarbonTrace, start: pd.Timestamp, deadline_slots: int, policy: str) -> Any:
     """The forecast from ``start``: up to the deadline, or to the trace's end for policies that
     may run late (so they can show how late)."""
+    from carbonscaler.trace import TraceError
+
     first = trace.index_of(start)
     available = len(trace.series) - first
     if available < deadline_slots:
@@ -64,6 +62,8 @@ def _carbon_from(trace: CarbonTrace, start: pd.Timestamp, deadline_slots: int, p
 
 
 def _schedule_table(schedule: Schedule, times: pd.DatetimeIndex, carbon: Any, title: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, show_lines=False)
     for col in ("slot", "start (UTC)", "gCO2eq/kWh", "servers", "work", "kWh", "gCO2eq"):
         table.add_column(col, justify="right")
@@ -99,6 +99,10 @@ def _summary(schedule: Schedule) -> str:
 
 
 def _comparison_table(results: dict[str, Schedule | PlanningError]) -> Table:
+    from rich.table import Table
+
+    from carbonscaler.planner import PlanningError, Schedule, savings_pct
+
     agnostic = results.get("agnostic")
     suspend = results.get("suspend-resume")
     base_a = agnostic.emissions_g if isinstance(agnostic, Schedule) else float("nan")
@@ -209,6 +213,9 @@ def _plan(
     static_servers: int | None,
     threshold_percentile: float,
 ) -> None:
+    from carbonscaler.planner import Job, PlanningError, Schedule, compare, plan
+    from carbonscaler.profile import parse_profile_spec
+
     start = parse_start(start_text)
     carbon_trace = load_carbon(trace, zone, signal, slot_minutes, start, year)
     profile = parse_profile_spec(profile_spec, default_servers=max(max_servers, 1))
@@ -251,10 +258,10 @@ def _plan(
         f"{length:g} h job at {min_servers} server(s), deadline {deadline:g} h, "
         f"{min_servers}..{max_servers} servers, profile {profile.name}"
     )
-    console.print(_schedule_table(schedule, times, carbon, title))
-    console.print(_summary(schedule))
+    console().print(_schedule_table(schedule, times, carbon, title))
+    console().print(_summary(schedule))
     for note in schedule.notes:
-        console.print(f"  note: {note}")
+        console().print(f"  note: {note}")
     if show_all:
         full = carbon_trace.values[carbon_trace.index_of(start) :]
-        console.print(_comparison_table(compare(job, full, **options)))
+        console().print(_comparison_table(compare(job, full, **options)))

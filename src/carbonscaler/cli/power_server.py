@@ -7,13 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from carbonscaler.cli._common import err_console
 from carbonscaler.cli._security import InsecureOption, TokenFileOption, TokenOption, service_token
 from carbonscaler.power.rapl import DEFAULT_POWERCAP_ROOT
-from carbonscaler.profile import ProfileError
-from carbonscaler.services.power import PowerServerConfig, create_app
 
 
 def power_server_command(
@@ -58,6 +55,11 @@ def power_server_command(
     insecure: InsecureOption = False,
 ) -> None:
     """Sample this node's power about once a second and serve it (reference GET / and /v1)."""
+    import uvicorn
+
+    from carbonscaler.profile import ProfileError
+    from carbonscaler.services.power import PowerServerConfig, create_app
+
     try:
         resolved_token = service_token(
             token, token_file, host=host, insecure=insecure, service="power server"
@@ -77,7 +79,7 @@ def power_server_command(
         )
         app = create_app(config)
     except (ValueError, ProfileError, OSError) as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        err_console().print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(code=2) from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -7,12 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from carbonscaler.backends.profiler import per_server_power, profile_workload
 from carbonscaler.cli._common import console, err_console, user_errors
-from carbonscaler.control.spec import load_job_spec
-from carbonscaler.outputs import check_output_file
 
 
 def profile_command(
@@ -59,6 +55,12 @@ def _profile(
     out: Path,
     as_json: bool,
 ) -> None:
+    from rich.table import Table
+
+    from carbonscaler.backends.profiler import per_server_power, profile_workload
+    from carbonscaler.control.spec import load_job_spec
+    from carbonscaler.outputs import check_output_file
+
     env: dict[str, str] = {}
     cwd = None
     size_env = None
@@ -82,7 +84,7 @@ def _profile(
         cwd=cwd,
         size_env=size_env,
         power=per_server_power(watts_per_worker),
-        on_progress=lambda k, top: err_console.print(f"profiling {k} of {top} workers..."),
+        on_progress=lambda k, top: err_console().print(f"profiling {k} of {top} workers..."),
     )
     result.profile.to_csv(out)
     rows = [
@@ -117,5 +119,5 @@ def _profile(
             f"{row['steps_per_hour'] / base:.2f}x",
             f"{row['power_w']:.0f}",
         )
-    console.print(table)
-    console.print(f"{result.note}; power {result.power_source}")
+    console().print(table)
+    console().print(f"{result.note}; power {result.power_source}")

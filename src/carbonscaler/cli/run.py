@@ -9,34 +9,25 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
-from rich.live import Live
-from rich.table import Table
 
-from carbonscaler import datasets
-from carbonscaler.advisor import Conditions, simulate_policy
-from carbonscaler.backends.base import BackendError
 from carbonscaler.cli._common import console, err_console, user_errors
-from carbonscaler.cli._runner import build_controller, build_simulation
-from carbonscaler.control import (
-    Controller,
-    ControllerState,
-    JobSpec,
-    ReplayFeed,
-    RunReport,
-    SpecError,
-)
-from carbonscaler.control.report import write_run_report
-from carbonscaler.control.spec import load_job_spec
-from carbonscaler.outputs import check_output_folder
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from carbonscaler.control import Controller, ControllerState, JobSpec, RunReport
+
+    ExtraFn = Callable[[Controller, RunReport], dict[str, Any]]
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 def _live_table(controller: Controller, state: ControllerState) -> Table:
+    from rich.table import Table
+
     spec = controller.spec
     hours = controller.job_hours(state)
     slot = min(math.floor(hours / spec.slot_hours), state.deadline_slots - 1)
@@ -63,6 +54,8 @@ def _live_table(controller: Controller, state: ControllerState) -> Table:
 
 
 def _report_table(report: RunReport) -> Table:
+    from rich.table import Table
+
     table = Table(title=f"Run report: {report.name}", show_header=False)
     table.add_column(justify="right")
     table.add_column()
@@ -86,9 +79,6 @@ def _report_table(report: RunReport) -> Table:
     return table
 
 
-ExtraFn = Callable[[Controller, RunReport], dict[str, Any]]
-
-
 def execute(
     spec: JobSpec, *, as_json: bool, report_dir: Path | None, extra_fn: ExtraFn | None = None
 ) -> RunReport:
@@ -96,17 +86,22 @@ def execute(
 
     ``extra_fn`` adds fields to the printed report (the demo adds the advisor's prediction).
     """
+    from rich.live import Live
+
+    from carbonscaler.cli._runner import build_controller
+    from carbonscaler.control.report import write_run_report
+    from carbonscaler.outputs import check_output_folder
 
     def profiling(k: int, top: int) -> None:
-        err_console.print(
+        err_console().print(
             f"profiling the workload at {k} of {top} workers ({spec.profile_seconds:g} s each)..."
         )
 
     folder = check_output_folder(report_dir or Path(spec.checkpoint_dir), "report folder")
     controller = build_controller(spec, on_profile=profiling)
-    live_enabled = console.is_terminal and not as_json
+    live_enabled = console().is_terminal and not as_json
     last_draw = [0.0]
-    with Live(console=console, refresh_per_second=4, transient=False, auto_refresh=False) as live:
+    with Live(console=console(), refresh_per_second=4, transient=False, auto_refresh=False) as live:
 
         def on_step(state: ControllerState) -> None:
             now = time.monotonic()
@@ -119,7 +114,7 @@ def execute(
             report = controller.run()
         except KeyboardInterrupt:
             controller.backend.stop()
-            err_console.print("stopped; run the same command again to resume")
+            err_console().print("stopped; run the same command again to resume")
             raise typer.Exit(code=130) from None
     written = write_run_report(report, folder, spec.slot_hours)
     _print_report(controller, report, as_json=as_json, written=written, extra_fn=extra_fn)
@@ -140,12 +135,12 @@ def _print_report(
     if as_json:
         typer.echo(json.dumps(out, indent=2, default=float))
         return
-    console.print(_report_table(report))
+    console().print(_report_table(report))
     for key, value in extra.items():
         shown = f"{value:.2f}" if isinstance(value, float) else str(value)
-        console.print(f"{key.replace('_', ' ')}: {shown}")
+        console().print(f"{key.replace('_', ' ')}: {shown}")
     if written:
-        console.print(f"report: {', '.join(str(p) for p in written)}")
+        console().print(f"report: {', '.join(str(p) for p in written)}")
 
 
 def simulate(spec: JobSpec, *, as_json: bool, report_dir: Path | None) -> RunReport:
@@ -153,6 +148,10 @@ def simulate(spec: JobSpec, *, as_json: bool, report_dir: Path | None) -> RunRep
 
     Writes report files only into ``report_dir`` (never into the job's run folder).
     """
+    from carbonscaler.cli._runner import build_simulation
+    from carbonscaler.control.report import write_run_report
+    from carbonscaler.outputs import check_output_folder
+
     if report_dir is not None:
         check_output_folder(report_dir, "--report-dir")
     controller = build_simulation(spec)
@@ -211,6 +210,9 @@ def _run(
     simulate_only: bool,
     profile: str | None,
 ) -> None:
+    from carbonscaler.backends.base import BackendError
+    from carbonscaler.control.spec import SpecError, load_job_spec
+
     spec = load_job_spec(job)
     if profile is not None:
         if profile.endswith(".csv"):
@@ -229,6 +231,8 @@ def _run(
 
 def demo_spec(folder: Path, zone: str, start: str, time_scale_s: float) -> JobSpec:
     """The bundled N-body example on the offline dataset, accelerated."""
+    from carbonscaler.control.spec import JobSpec, SpecError
+
     script = EXAMPLES / "nbody" / "nbody.py"
     if not script.is_file():
         raise SpecError(
@@ -261,6 +265,11 @@ def demo_spec(folder: Path, zone: str, start: str, time_scale_s: float) -> JobSp
 
 def advisor_prediction(controller: Controller, report: RunReport) -> dict[str, Any]:
     """The advisor's prediction for the same job, trace and start, beside the measurement."""
+    import numpy as np
+
+    from carbonscaler.advisor import Conditions, simulate_policy
+    from carbonscaler.control import ReplayFeed
+
     spec = controller.spec
     feed = controller.feed
     if not isinstance(feed, ReplayFeed):
@@ -303,6 +312,8 @@ def demo_command(
 
 @user_errors
 def _demo(*, zone: str, start: str, time_scale_s: float, folder: Path, as_json: bool) -> None:
+    from carbonscaler import datasets
+
     if not datasets.available():
         raise datasets.DatasetError(
             "the offline dataset is not installed; run `make demo` (it installs it) or "

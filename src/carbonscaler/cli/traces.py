@@ -10,21 +10,19 @@ import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from carbonscaler import datasets
 from carbonscaler.cli._common import TRACE_FLAGS, TRACE_HELP, YEAR_FLAGS, ZONE_FLAGS, open_trace
-from carbonscaler.datasets import DatasetError
-from carbonscaler.trace import CarbonTrace, TraceError, load_trace
+
+if TYPE_CHECKING:
+    from carbonscaler.trace import CarbonTrace
 
 app = typer.Typer(
     help="List and inspect carbon-intensity traces: CSV files and the offline ENTSO-E dataset.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 _ERROR_BRIEF = 90  # characters of a load error shown in the `list` table
@@ -39,6 +37,12 @@ def list_traces(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
     """List the offline dataset's zones and years, and optionally the trace files in a folder."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from carbonscaler import datasets
+
     if directory is not None and not directory.is_dir():
         _fail(f"{directory}: not a folder")
     rows: list[dict[str, object]] = []
@@ -136,6 +140,10 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show summary statistics of a trace file or an offline-dataset zone."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
     if zone_or_path is not None:
         if trace_path is not None or zone is not None:
             _fail("give ZONE_OR_PATH, or --trace PATH / --zone ZONE, not both")
@@ -193,6 +201,9 @@ def show(
 
 def _capture(load: Callable[[], CarbonTrace]) -> tuple[CarbonTrace, list[str]]:
     """Run a loader, turning trace errors into a CLI error and warnings into notes."""
+    from carbonscaler.datasets import DatasetError
+    from carbonscaler.trace import TraceError
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -203,6 +214,8 @@ def _capture(load: Callable[[], CarbonTrace]) -> tuple[CarbonTrace, list[str]]:
 
 
 def _file_row(path: Path, root: Path) -> dict[str, object]:
+    from carbonscaler.trace import TraceError, load_trace
+
     name = str(path.relative_to(root))
     try:
         with warnings.catch_warnings():
@@ -226,6 +239,9 @@ def _file_row(path: Path, root: Path) -> dict[str, object]:
 
 
 def _fail(message: str) -> NoReturn:
+    from rich.console import Console
+    from rich.markup import escape
+
     Console(stderr=True).print(
         f"[red]error:[/red] {escape(' '.join(message.split()))}", soft_wrap=True, highlight=False
     )
@@ -233,6 +249,9 @@ def _fail(message: str) -> NoReturn:
 
 
 def _note(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
     Console(stderr=True).print(f"[yellow]note:[/yellow] {escape(message)}", highlight=False)
 
 

@@ -25,9 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-from carbonscaler.profile import ScalingProfile
+if TYPE_CHECKING:  # annotations only: the meters (and DEFAULT_POWERCAP_ROOT) need no numpy
+    from carbonscaler.profile import ScalingProfile
 
 __all__ = [
     "MEASURED_PREFIX",
