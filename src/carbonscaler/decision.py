@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -271,12 +271,14 @@ def plan_rows(
     overhead_h: float,
     previous: IntArray,
     started: BoolArray,
+    fallback_work: FloatArray | None = None,
 ) -> BatchPlan:
     """The policy's plans for ``target_work`` over each row's ``forecast`` (relative slots).
 
     Carbon-agnostic runs ``m`` from the first slot; the others use the greedy, which also
     covers the work its own rescales lose (``overhead_h`` hours per change), or the MILP for
-    ``exact`` where the greedy is not provably optimal (a non-concave profile).
+    ``exact`` where the greedy is not provably optimal (a non-concave profile). Rows whose
+    target cannot fit are planned for ``fallback_work`` instead, where given (``fell_back``).
 
     Args:
         job: the job (its profile, bounds and slot length; its work is not used).
@@ -286,32 +288,53 @@ def plan_rows(
         overhead_h: job hours of work lost per change of level.
         previous: ``(B,)`` level running before the first slot.
         started: ``(B,)`` whether the job has run before (so its next start is a rescale).
+        fallback_work: ``(B,)`` work to cover where ``target_work`` cannot fit, or None.
     """
     horizon = forecast.shape[1]
     dt = job.slot_hours
     target = np.asarray(target_work, dtype=np.float64) / dt
-    if rules.policy is Policy.AGNOSTIC:
-        return _agnostic_rows(job, target, horizon)
+    fallback = None if fallback_work is None else np.asarray(fallback_work, np.float64) / dt
     planning = rules.planning_job(job)
-    ladder = planning.ladder()
-    if deciding_policy(rules.policy, job) is Policy.EXACT:
+    if rules.policy is Policy.AGNOSTIC:
+        made = _agnostic_rows(job, target, horizon)
+    elif deciding_policy(rules.policy, job) is Policy.EXACT:
         schedules: list[Schedule | None] = []
         for row, units in zip(forecast, target, strict=True):
             try:
                 schedules.append(plan_exact(planning.with_work(float(units) * dt), row))
             except PlanningError:
                 schedules.append(None)
-        return plans_from_schedules(schedules, horizon)
-    return batch_greedy_with_overhead(
-        ladder,
-        forecast,
-        target,
-        throughput=job.profile.throughput,
-        overhead_h=overhead_h,
-        slot_hours=dt,
-        previous=previous,
-        started=started,
-    )
+        made = plans_from_schedules(schedules, horizon)
+    else:
+        # The compiled greedy tries the fallback itself, reusing the row's merge.
+        return batch_greedy_with_overhead(
+            planning.ladder(),
+            forecast,
+            target,
+            throughput=job.profile.throughput,
+            overhead_h=overhead_h,
+            slot_hours=dt,
+            previous=previous,
+            started=started,
+            fallback=fallback,
+        )
+    if fallback_work is None:
+        return made
+    retry = np.flatnonzero(~made.feasible)
+    fell_back = np.zeros(len(target), dtype=bool)
+    fell_back[retry] = True
+    if len(retry):
+        again = plan_rows(
+            job,
+            rules,
+            forecast[retry],
+            np.asarray(fallback_work, np.float64)[retry],
+            overhead_h=overhead_h,
+            previous=previous[retry],
+            started=started[retry],
+        )
+        made = _merge(made, retry, again)
+    return replace(made, fell_back=fell_back)
 
 
 def _agnostic_rows(job: Job, target: FloatArray, horizon: int) -> BatchPlan:
@@ -402,24 +425,14 @@ def _plan_and_install(
         overhead_h=overhead_h,
         previous=previous,
         started=started,
+        # No room for the margin: plan the bare work.
+        fallback_work=remaining if factor > 1.0 else None,
     )
     margin = np.full(len(rows), factor)
     reasons = np.zeros(len(rows), dtype=np.int64)
-    bare = np.flatnonzero(~made.feasible)
-    if factor > 1.0 and len(bare):
-        # No room for the margin: plan the bare work.
-        retry = plan_rows(
-            job,
-            rules,
-            forecast[bare],
-            remaining[bare],
-            overhead_h=overhead_h,
-            previous=previous[bare],
-            started=started[bare],
-        )
-        made = _merge(made, bare, retry)
-        margin[bare] = 1.0
-        reasons[bare] |= Reason.NO_MARGIN
+    if made.fell_back is not None:
+        margin[made.fell_back] = 1.0
+        reasons[made.fell_back] |= Reason.NO_MARGIN
     reasons[~made.feasible] |= Reason.OUT_OF_REACH
     margin[~made.feasible] = 1.0
     _install(plans, job, rules, rows, first, made, forecast, work_done, observed / margin, margin)

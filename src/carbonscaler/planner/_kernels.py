@@ -3,14 +3,16 @@
 One row of the batch greedy is a small problem — ``n`` slots, ``J`` ladder steps — and numpy
 pays its per-call overhead on every one of its many passes. These loops do each row in one go:
 
-* per step ``j``, the slots in descending score ``e_j / c_i`` (ties by slot), from one stable
-  sort of the intensities and an insertion pass that repairs the rare floating-point ties;
+* per step ``j``, the slots in descending score ``e_j / c_i`` (ties by slot): one sort, then
+  linear insertion passes that repair the rare floating-point ties between steps;
 * a ``J``-way merge of those lists (ties by flat index ``i·J + j``, as a stable sort of all
   ``n·J`` scores would give) that stops at the completing increment — the physical floor of the
   greedy, fewer than ``n·J`` steps and no sort of the increments;
 * for a rescale overhead, the work the plan's own rescales lose, re-planned until it settles
   (at most ``rounds`` times, as :func:`~carbonscaler.planner.batch.batch_greedy_with_overhead`
   documents; a round whose losses repeat the last would give the same plan, so it stops there).
+  The merge order does not depend on the target, so each round resumes the logged merge
+  rather than starting again.
 
 The numpy-free single plan (:mod:`carbonscaler.planner.greedy`) is the reference the tests
 compare against. Compiled code is cached on disk (numba's ``cache=True``), so only the first run
@@ -37,14 +39,27 @@ def _score(e: float, c: float) -> float:
 
 
 @_jit
-def _lists(carbon: Any, efficiency: Any, by_carbon: Any, lists: Any, scores: Any) -> None:
+def _lists(carbon: Any, efficiency: Any, lists: Any, scores: Any) -> None:
+    """Per ladder step ``j``, the slots by descending score ``e_j / c_i``, ties by slot.
+
+    Insertion sorts: step 0 from slot order; every later step from step 0's order, which is
+    already its order (the scores of one step are the intensities' order) unless division
+    rounds two intensities to one score — so those passes are linear. Long horizons sort
+    step 0 with a merge sort instead.
+    """
     n, steps = carbon.shape[0], efficiency.shape[0]
-    for j in range(steps):
+    if n > 64:
         for k in range(n):
-            i = by_carbon[k]
+            scores[0, k] = -_score(efficiency[0], carbon[k])
+        lists[0, :] = np.argsort(scores[0], kind="mergesort")
+    for j in range(steps):
+        if j == 0 and n > 64:
+            for k in range(n):
+                scores[0, k] = _score(efficiency[0], carbon[lists[0, k]])
+            continue
+        for k in range(n):
+            i = k if j == 0 else lists[j - 1, k]
             s = _score(efficiency[j], carbon[i])
-            # Insertion: descending score, ties by slot. Starting from the intensity order
-            # it is linear unless division rounds two intensities to one score.
             p = k
             while p > 0 and (
                 scores[j, p - 1] < s or (scores[j, p - 1] == s and lists[j, p - 1] > i)
@@ -57,27 +72,18 @@ def _lists(carbon: Any, efficiency: Any, by_carbon: Any, lists: Any, scores: Any
 
 
 @_jit
-def _merge(
-    target: float,
-    d_work: Any,
-    levels: Any,
-    lists: Any,
-    scores: Any,
-    heads: Any,
-    counts: Any,
-    servers: Any,
-    fraction: Any,
-    after: Any,
-) -> bool:
-    """Take increments in score order until ``target`` is covered; False if it cannot be."""
+def _extend(goal: float, d_work: Any, lists: Any, scores: Any, heads: Any, log: Any) -> int:
+    """Merge further, logging picks, until the cumulative work reaches ``goal`` or every
+    increment is taken; returns how many picks are logged.
+
+    ``log`` holds, per pick, its slot, step and cumulative work (as float); ``heads[j]`` is
+    how far list ``j`` is merged. The merge order does not depend on the target, so a larger
+    target continues where a smaller one stopped.
+    """
     steps, n = lists.shape
-    heads[:] = 0
-    counts[:] = 0
-    goal = target * (1 - 1e-12)
-    cumulative = 0.0
-    feasible = False
-    slot, step, before = -1, -1, 0.0
-    for _ in range(n * steps):
+    made = heads.sum()
+    cumulative = log[made - 1, 2] if made > 0 else 0.0
+    while made < n * steps and cumulative < goal:
         best = -1
         for j in range(steps):
             h = heads[j]
@@ -91,24 +97,55 @@ def _merge(
                 s == b and lists[j, h] * steps + j < lists[best, heads[best]] * steps + best
             ):
                 best = j
-        slot = lists[best, heads[best]]
-        heads[best] += 1
-        counts[slot] += 1
-        before = cumulative
         cumulative += d_work[best]
-        step = best
-        if cumulative >= goal:
-            feasible = True
-            break
+        log[made, 0] = lists[best, heads[best]]
+        log[made, 1] = best
+        log[made, 2] = cumulative
+        heads[best] += 1
+        made += 1
+    return int(made)
+
+
+@_jit
+def _select(
+    target: float,
+    d_work: Any,
+    levels: Any,
+    lists: Any,
+    scores: Any,
+    heads: Any,
+    log: Any,
+    counts: Any,
+    servers: Any,
+    fraction: Any,
+    after: Any,
+) -> bool:
+    """Take increments in score order until ``target`` is covered; False if it cannot be."""
+    n = lists.shape[1]
+    goal = target * (1 - 1e-12)
+    made = _extend(goal, d_work, lists, scores, heads, log)
     for i in range(n):
         fraction[i] = 1.0
-    if not feasible:
+    if made == 0 or log[made - 1, 2] < goal:
         servers[:] = 0
         after[:] = 0
         return False
+    # The completing pick: the first whose cumulative work reaches the goal.
+    low, high = 0, made - 1
+    while low < high:
+        mid = (low + high) // 2
+        if log[mid, 2] >= goal:
+            high = mid
+        else:
+            low = mid + 1
+    counts[:] = 0
+    for p in range(low + 1):
+        counts[int(log[p, 0])] += 1
     for i in range(n):
         servers[i] = levels[counts[i]]
         after[i] = servers[i]
+    slot, step = int(log[low, 0]), int(log[low, 1])
+    before = log[low - 1, 2] if low > 0 else 0.0
     share = (target - before) / d_work[step]
     if share < 1 - 1e-12:
         fraction[slot] = min(max(share, 0.0), 1.0)
@@ -150,9 +187,57 @@ def _losses(
 
 
 @_jit
+def _plan_row(
+    base: float,
+    d_work: Any,
+    levels: Any,
+    lists: Any,
+    scores: Any,
+    heads: Any,
+    log: Any,
+    counts: Any,
+    throughput: Any,
+    overhead_h: float,
+    slot_hours: float,
+    previous: int,
+    started: bool,
+    rounds: int,
+    servers: Any,
+    fraction: Any,
+    after: Any,
+) -> bool:
+    """One row's plan for ``base`` work, covering its own rescale losses; False if it cannot fit."""
+    ok = _select(base, d_work, levels, lists, scores, heads, log, counts, servers, fraction, after)
+    if overhead_h > 0.0:
+        last_loss = 0.0
+        for _ in range(rounds):
+            loss = _losses(
+                servers, fraction, after, throughput, overhead_h, slot_hours, previous, started
+            )
+            if loss == last_loss:
+                break
+            last_loss = loss
+            ok = _select(
+                base + loss,
+                d_work,
+                levels,
+                lists,
+                scores,
+                heads,
+                log,
+                counts,
+                servers,
+                fraction,
+                after,
+            )
+    return bool(ok)
+
+
+@_jit
 def greedy_rows(
     carbon: Any,
     targets: Any,
+    fallbacks: Any,
     efficiency: Any,
     d_work: Any,
     levels: Any,
@@ -166,57 +251,48 @@ def greedy_rows(
     fraction: Any,
     after: Any,
     feasible: Any,
+    fell_back: Any,
 ) -> None:
+    """Plan every row for its target or, where that cannot fit, its fallback (NaN: none)."""
     rows, n = carbon.shape
     steps = efficiency.shape[0]
     lists = np.empty((steps, n), dtype=np.int64)
     scores = np.empty((steps, n))
     heads = np.empty(steps, dtype=np.int64)
     counts = np.empty(n, dtype=np.int64)
+    log = np.empty((n * steps, 3))
     for r in range(rows):
-        row = carbon[r]
-        _lists(row, efficiency, np.argsort(row, kind="mergesort"), lists, scores)
-        base = targets[r]
-        ok = _merge(
-            base,
-            d_work,
-            levels,
-            lists,
-            scores,
-            heads,
-            counts,
-            servers[r],
-            fraction[r],
-            after[r],
-        )
-        if overhead_h > 0.0:
-            last_loss = 0.0
-            for _ in range(rounds):
-                loss = _losses(
-                    servers[r],
-                    fraction[r],
-                    after[r],
-                    throughput,
-                    overhead_h,
-                    slot_hours,
-                    previous[r],
-                    started[r],
-                )
-                if loss == last_loss:
+        _lists(carbon[r], efficiency, lists, scores)
+        heads[:] = 0
+        fell_back[r] = False
+        ok = False
+        for attempt in range(2):
+            base = targets[r] if attempt == 0 else fallbacks[r]
+            if attempt == 1:
+                if np.isnan(base):
                     break
-                last_loss = loss
-                ok = _merge(
-                    base + loss,
-                    d_work,
-                    levels,
-                    lists,
-                    scores,
-                    heads,
-                    counts,
-                    servers[r],
-                    fraction[r],
-                    after[r],
-                )
+                fell_back[r] = True
+            ok = _plan_row(
+                base,
+                d_work,
+                levels,
+                lists,
+                scores,
+                heads,
+                log,
+                counts,
+                throughput,
+                overhead_h,
+                slot_hours,
+                previous[r],
+                started[r],
+                rounds,
+                servers[r],
+                fraction[r],
+                after[r],
+            )
+            if ok:
+                break
         feasible[r] = ok
 
 

@@ -34,12 +34,15 @@ class BatchPlan:
     In slot ``t`` of row ``b`` the job runs ``servers[b, t]`` servers for ``fraction[b, t]`` of
     the slot and ``after[b, t]`` servers for the rest (fraction is 1 except in a row's partial
     slot). ``feasible[b]`` is False where the work cannot fit; such rows hold all-zero plans.
+    ``fell_back[b]`` is True where the target did not fit and the row was planned for its
+    fallback target instead (None when no fallback was asked for).
     """
 
     servers: IntArray
     fraction: FloatArray
     after: IntArray
     feasible: NDArray[np.bool_]
+    fell_back: NDArray[np.bool_] | None = None
 
     @property
     def rows(self) -> int:
@@ -58,7 +61,7 @@ def batch_greedy(ladder: Ladder, carbon: FloatArray, target: FloatArray | float)
     Returns:
         The plans; rows whose target exceeds ``n`` slots at the top level are infeasible.
     """
-    return _greedy(ladder, carbon, target, None, 0.0, 1.0, None, None, 0)
+    return _greedy(ladder, carbon, target, None, None, 0.0, 1.0, None, None, 0)
 
 
 def rescale_losses(
@@ -111,16 +114,27 @@ def batch_greedy_with_overhead(
     previous: IntArray | None = None,
     started: NDArray[np.bool_] | None = None,
     rounds: int = 3,
+    fallback: FloatArray | None = None,
 ) -> BatchPlan:
     """:func:`batch_greedy` that also covers the work each plan will lose to rescaling.
 
     A plan with more rescales needs more work; the target is raised by the losses of the
     previous round's plan (:func:`rescale_losses`), at most ``rounds`` times, stopping early
     where the losses repeat (the losses settle quickly). Without overhead this is exactly
-    :func:`batch_greedy`.
+    :func:`batch_greedy`. Rows whose target cannot fit are planned for their ``fallback``
+    target instead, where one is given (the result's ``fell_back`` marks them).
     """
     return _greedy(
-        ladder, carbon, target, throughput, overhead_h, slot_hours, previous, started, rounds
+        ladder,
+        carbon,
+        target,
+        fallback,
+        throughput,
+        overhead_h,
+        slot_hours,
+        previous,
+        started,
+        rounds,
     )
 
 
@@ -128,6 +142,7 @@ def _greedy(
     ladder: Ladder,
     carbon: FloatArray,
     target: FloatArray | float,
+    fallback: FloatArray | None,
     throughput: FloatArray | None,
     overhead_h: float,
     slot_hours: float,
@@ -142,6 +157,8 @@ def _greedy(
     fraction = np.empty((rows, n))
     after = np.empty((rows, n), dtype=np.int64)
     feasible = np.empty(rows, dtype=np.bool_)
+    fell_back = np.empty(rows, dtype=np.bool_)
+    fallbacks = np.full(rows, np.nan) if fallback is None else np.asarray(fallback, np.float64)
     if overhead_h > 0 and throughput is None:
         raise ValueError("a rescale overhead needs the profile's throughput")
     from carbonscaler.planner import _kernels  # numba: imported when first needed
@@ -149,6 +166,7 @@ def _greedy(
     _kernels.greedy_rows(
         carbon,
         targets,
+        np.ascontiguousarray(np.broadcast_to(fallbacks, (rows,))),
         np.ascontiguousarray(ladder.efficiency, dtype=np.float64),
         np.ascontiguousarray(ladder.d_work, dtype=np.float64),
         np.ascontiguousarray(ladder.levels, dtype=np.int64),
@@ -168,8 +186,9 @@ def _greedy(
         fraction,
         after,
         feasible,
+        fell_back,
     )
-    return BatchPlan(servers, fraction, after, feasible)
+    return BatchPlan(servers, fraction, after, feasible, None if fallback is None else fell_back)
 
 
 def plans_from_schedules(schedules: Sequence[Schedule | None], slots: int) -> BatchPlan:
