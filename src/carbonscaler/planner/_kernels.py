@@ -206,30 +206,25 @@ def _plan_row(
     fraction: Any,
     after: Any,
 ) -> bool:
-    """One row's plan for ``base`` work, covering its own rescale losses; False if it cannot fit."""
-    ok = _select(base, d_work, levels, lists, scores, heads, log, counts, servers, fraction, after)
-    if overhead_h > 0.0:
-        last_loss = 0.0
-        for _ in range(rounds):
-            loss = _losses(
-                servers, fraction, after, throughput, overhead_h, slot_hours, previous, started
-            )
-            if loss == last_loss:
-                break
-            last_loss = loss
-            ok = _select(
-                base + loss,
-                d_work,
-                levels,
-                lists,
-                scores,
-                heads,
-                log,
-                counts,
-                servers,
-                fraction,
-                after,
-            )
+    """One row's plan for ``base`` work, covering its own rescale losses; False if it cannot fit.
+
+    Round 0 plans ``base``; each later round (at most ``rounds``) plans ``base`` plus the last
+    plan's losses, until the losses repeat.
+    """
+    loss = 0.0
+    ok = False
+    for round_ in range(rounds + 1):
+        ok = _select(
+            base + loss, d_work, levels, lists, scores, heads, log, counts, servers, fraction, after
+        )
+        if overhead_h <= 0.0 or round_ == rounds:
+            break
+        last_loss = loss
+        loss = _losses(
+            servers, fraction, after, throughput, overhead_h, slot_hours, previous, started
+        )
+        if loss == last_loss:
+            break
     return bool(ok)
 
 
