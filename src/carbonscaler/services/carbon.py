@@ -8,8 +8,9 @@ registers a subscriber and answers ``{"carbon_intensity", "carbon_percentile",
 ignore); every update interval the same body is POSTed to every active subscriber;
 ``POST /set_index`` with form field ``idx`` moves a trace replay and pushes at once.
 
-Beside it, a versioned API under ``/v1`` (current intensity, forecasts, zones,
-subscriptions), ``/healthz`` and Prometheus ``/metrics`` on a registry of its own per app.
+Beside it, a versioned API under ``/v1`` (current intensity, forecasts, the best window to
+start a fixed-length job, zones, subscriptions), ``/healthz`` and Prometheus ``/metrics`` on a
+registry of its own per app.
 
 How updates work: a background task started in the app's lifespan computes one snapshot
 per interval (live provider calls run in a worker thread, since providers are synchronous)
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import numpy as np
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -67,6 +69,8 @@ from carbonscaler.forecast import (
     forecaster_from_spec,
     make_forecaster,
 )
+from carbonscaler.planner.model import PlanningError
+from carbonscaler.planner.window import best_window
 from carbonscaler.providers.base import (
     CarbonProvider,
     Forecast,
@@ -105,6 +109,8 @@ ADDRESS_PATTERN = HTTP_URL_PATTERN
 optional port 1-65535, no spaces; checked by parsing too (:func:`check_http_url`)."""
 
 MAX_HORIZON_SLOTS = 2016
+MAX_WINDOW_H = 8784.0
+"""The longest job or look-ahead a best-window question may name (a leap year of hours)."""
 """Longest forecast the API serves (a week of 5-minute slots)."""
 
 ForecasterName = ForecastModelName
@@ -680,6 +686,21 @@ class ForecastOut(BaseModel):
     stale: bool
 
 
+class WindowOut(BaseModel):
+    """The best time to start a job that runs for a fixed time without scaling or pausing."""
+
+    zone: str
+    start: datetime = Field(description="When to start (a slot boundary; the first is now's)")
+    end: datetime = Field(description="When the job ends if started then")
+    duration_h: float
+    mean_g_per_kwh: float = Field(description="Mean forecast intensity over the best window")
+    now_g_per_kwh: float = Field(description="Mean forecast intensity if started at once")
+    saving_pct: float = Field(description="Emissions saved against starting at once, percent")
+    method: str = Field(description="The forecaster the window was chosen on")
+    source: str
+    stale: bool
+
+
 class ZonesOut(BaseModel):
     """Zones the provider serves."""
 
@@ -894,6 +915,57 @@ def create_app(config: CarbonServiceConfig) -> FastAPI:
             step_s=result.step_s,
             values_g_per_kwh=list(result.values_g_per_kwh),
             method=forecaster.name,
+            source=result.source,
+            stale=result.stale,
+        )
+
+    @app.get(
+        "/v1/best-window",
+        response_model=WindowOut,
+        tags=["v1"],
+        responses={404: _ERR, 422: _ERR, 503: _ERR},
+        summary="The best time to start a job that runs for a fixed time",
+    )
+    async def best_window_(
+        duration_h: Annotated[
+            float, Query(gt=0, le=MAX_WINDOW_H, description="How long the job runs, in hours")
+        ],
+        within_h: Annotated[
+            float,
+            Query(gt=0, le=MAX_WINDOW_H, description="It must finish within this many hours"),
+        ],
+        zone: Zone = None,
+    ) -> WindowOut:
+        slot_h = service.slot_s / 3600
+        horizon = math.floor(within_h / slot_h + 1e-9)
+        if duration_h > within_h or horizon < 1 or horizon > MAX_HORIZON_SLOTS:
+            raise HTTPException(
+                422,
+                f"a {duration_h:g} h job cannot finish within {within_h:g} h: give within_h >="
+                f" duration_h, and at least one {slot_h * 60:g}-minute slot and at most"
+                f" {MAX_HORIZON_SLOTS} slots",
+            )
+        result: Forecast = await service.call_provider(
+            lambda: service.forecaster.predict(
+                service.provider, horizon, zone=zone, slot_s=service.slot_s
+            )
+        )
+        try:
+            window = best_window(
+                np.asarray(result.values_g_per_kwh, dtype=np.float64), duration_h / slot_h
+            )
+        except PlanningError as exc:
+            raise HTTPException(422, str(exc)) from None
+        start = result.start + timedelta(seconds=window.start_slot * result.step_s)
+        return WindowOut(
+            zone=result.zone,
+            start=start,
+            end=start + timedelta(hours=duration_h),
+            duration_h=duration_h,
+            mean_g_per_kwh=window.mean_g_per_kwh,
+            now_g_per_kwh=window.now_g_per_kwh,
+            saving_pct=window.saving_pct,
+            method=service.forecaster.name,
             source=result.source,
             stale=result.stale,
         )
