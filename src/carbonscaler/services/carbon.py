@@ -233,6 +233,8 @@ class Snapshot:
     current_json: bytes
     """``GET /v1/intensity/current`` for the default zone, serialised once per update."""
     computed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    replay_index: int | None = None
+    """The replay's slot the update was computed at (None for live providers)."""
 
 
 class ServiceMetrics:
@@ -397,8 +399,27 @@ class CarbonService:
             stale=stale,
             body=body,
             body_json=json.dumps(body, separators=(",", ":")).encode(),
-            current_json=json.dumps({**reading.to_json(), "percentile": percentile}).encode(),
+            current_json=self._current_json(reading, percentile),
+            replay_index=None if self.replay is None else self.replay.index,
         )
+
+    @staticmethod
+    def _current_json(reading: IntensityReading, percentile: float | None) -> bytes:
+        return json.dumps({**reading.to_json(), "percentile": percentile}).encode()
+
+    def current_json(self, snapshot: Snapshot) -> bytes:
+        """``GET /v1/intensity/current`` for the default zone: the update's bytes, unless a
+        replay running at its own pace (``--speed``) has moved on since — then its slot now, so
+        that the current value, the forecast and the replay index always agree."""
+        if self.replay is None:
+            return snapshot.current_json
+        try:
+            if snapshot.replay_index == self.replay.index:
+                return snapshot.current_json
+            reading = self.provider.current()
+        except ProviderError:  # past the trace's end: the last update is all there is
+            return snapshot.current_json
+        return self._current_json(reading, self._percentile(reading))
 
     def _percentile(self, reading: IntensityReading) -> float | None:
         n = self.config.percentile_window
@@ -882,7 +903,7 @@ def create_app(config: CarbonServiceConfig) -> FastAPI:
         snapshot = _snapshot()
         if zone is None or zone.lower() == snapshot.reading.zone.lower():
             # The hot path: bytes prepared at the update, no per-request serialisation.
-            return Response(snapshot.current_json, media_type="application/json")
+            return Response(service.current_json(snapshot), media_type="application/json")
         reading = await service.call_provider(lambda: service.provider.current(zone))
         out = IntensityOut(**{**reading.to_json(), "percentile": None})
         return Response(out.model_dump_json(), media_type="application/json")
