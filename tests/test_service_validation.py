@@ -398,3 +398,30 @@ def test_sanitise_keeps_plain_values() -> None:
 
 def test_the_carbon_service_documents_the_pattern_it_checks() -> None:
     assert ADDRESS_PATTERN == HTTP_URL_PATTERN
+
+
+DEVELOPER_MARKUP = (":mod:", ":func:", ":class:", ":meth:", "``", "Args:", "Raises:", "Returns:")
+
+
+def _texts(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _texts(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _texts(value, f"{path}[{i}]")
+    elif isinstance(node, str) and path.rsplit("/", 1)[-1] in ("description", "summary"):
+        yield path, node
+
+
+@pytest.mark.parametrize("service", ["carbon", "accounting", "power"])
+def test_openapi_documents_are_written_for_users(
+    service: str, request: pytest.FixtureRequest
+) -> None:
+    client: TestClient = request.getfixturevalue(service)
+    document = client.get("/openapi.json").json()
+    texts = list(_texts(document))
+    assert texts, "the document has descriptions"
+    leaks = [(path, text[:80]) for path, text in texts if any(m in text for m in DEVELOPER_MARKUP)]
+    assert leaks == []
+    assert "Bearer" in document["info"]["description"]  # says how to authenticate

@@ -24,7 +24,7 @@ class ForecastError(ValueError):
 
 
 class ForecastModel(StrEnum):
-    """How a forecast is made (see :mod:`carbonscaler.forecast`)."""
+    """How a forecast is made: from the actual values, with noise, or from the past."""
 
     PERFECT = "perfect"
     UNIFORM = "uniform"

@@ -463,6 +463,19 @@ def _job_out(tracker: Tracker, record: JobRecord) -> JobOut:
     )
 
 
+API_DESCRIPTION = """\
+How many grams of CO2eq each job emitted, and how much of that was measured.
+
+Register a job with the nodes (power-server URLs) or pods it runs on and a way to estimate what
+cannot be measured; every few seconds its energy is charged at the carbon intensity of the
+moment. Read a job's totals, report its progress, tell it about a rescale (`PATCH`), stop it,
+and download its samples as CSV. Health is at `/healthz`, Prometheus metrics at `/metrics`.
+
+With a token set, every POST and PATCH needs `Authorization: Bearer <token>`; reading stays
+open.
+"""
+
+
 def create_app(config: AccountingConfig) -> FastAPI:
     """The accounting service as a FastAPI app; sampling runs while its lifespan runs.
 
@@ -540,7 +553,10 @@ def create_app(config: AccountingConfig) -> FastAPI:
             ledger.close()
 
     app = FastAPI(
-        title="carbonscaler accounting", version="1", description=__doc__, lifespan=lifespan
+        title="carbonscaler accounting",
+        version="1",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
     )
     app.state.tracker = tracker
     install_request_validation(app)

@@ -787,6 +787,20 @@ _BAD_BODY = {"model": ErrorOut, "description": "The body could not be parsed at 
 # -- the app -------------------------------------------------------------------------------
 
 
+API_DESCRIPTION = """\
+Carbon intensity (gCO2eq/kWh) for one grid zone: the current value, forecasts, and the best
+time to start a job that runs for a fixed time.
+
+Subscribers register an address once; every update the service POSTs them the current value,
+its percentile among recent values and a forecast (`carbon_intensity`, `carbon_percentile`,
+`prediction`, as the original CarbonScaler service). The same data can be read at any time
+under `/v1`. Health is at `/healthz`, Prometheus metrics at `/metrics`.
+
+When the service has an admin token, registering, moving a replayed trace (`/set_index`) and
+deleting subscriptions need it as `Authorization: Bearer <token>`; reading stays open.
+"""
+
+
 def create_app(config: CarbonServiceConfig) -> FastAPI:
     """The carbon service as a FastAPI app; updates run while the app's lifespan runs.
 
@@ -811,7 +825,7 @@ def create_app(config: CarbonServiceConfig) -> FastAPI:
     app = FastAPI(
         title="carbonscaler carbon service",
         version="1",
-        description=__doc__,
+        description=API_DESCRIPTION,
         lifespan=lifespan,
     )
     app.state.service = service

@@ -220,6 +220,20 @@ def _health_status(
     return "ok"
 
 
+API_DESCRIPTION = """\
+The power this node draws, sampled about once a second from RAPL, Kepler or NVIDIA GPUs, or
+estimated (and labelled so) where nothing can be measured.
+
+`GET /` hands out the readings taken since the previous call (the original CarbonScaler
+contract). `/v1/power` gives the average over a recent window and `/v1/energy` the energy
+between two times, each with its source and the share that was measured. Health is at
+`/healthz`, Prometheus metrics at `/metrics`.
+
+With a token set, `GET /` needs `Authorization: Bearer <token>`; the rest only reads and stays
+open.
+"""
+
+
 def create_app(config: PowerServerConfig) -> FastAPI:
     """The power server as a FastAPI app; sampling runs while the app's lifespan runs.
 
@@ -254,7 +268,10 @@ def create_app(config: PowerServerConfig) -> FastAPI:
             sampler.stop()
 
     app = FastAPI(
-        title="carbonscaler power server", version="1", description=__doc__, lifespan=lifespan
+        title="carbonscaler power server",
+        version="1",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
     )
     app.state.sampler = sampler
     install_request_validation(app)
