@@ -14,6 +14,7 @@ import pytest
 
 from _servers import Answer, FakeAPI, Request
 from carbonscaler.accounting import (
+    SCHEMA_VERSION,
     ApiProgress,
     CarbonUnavailable,
     CsvProgress,
@@ -131,7 +132,8 @@ def test_ledger_is_wal_versioned_and_refuses_a_newer_schema(tmp_path: Path) -> N
     Ledger(path).close()
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.execute("PRAGMA user_version = 99")
     db.commit()
     db.close()
     with pytest.raises(LedgerError, match="newer"):

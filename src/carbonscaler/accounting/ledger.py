@@ -13,7 +13,8 @@ Guarantees:
   job, is refused without touching the totals. Replaying a round after a crash is
   therefore harmless.
 - **Every statement is parameterised**; request data never becomes SQL text.
-- **Versioned schema**: ``meta.schema_version``; a file from a newer version is refused.
+- **Versioned schema**: SQLite's ``user_version``; a file from a newer version is refused
+  (:mod:`carbonscaler._sqlite`, shared with the other stores).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from carbonscaler._sqlite import open_database, transaction
 
 __all__ = ["SCHEMA_VERSION", "JobRecord", "Ledger", "LedgerError", "SampleRecord"]
 
@@ -165,39 +168,15 @@ class Ledger:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise LedgerError(f"{self.path}: folder {self.path.parent} does not exist")
         self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            found = self._db.execute(
-                "SELECT value FROM meta WHERE key = 'schema_version'"
-            ).fetchone()
-            if found is None:
-                self._db.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-            elif int(found[0]) > SCHEMA_VERSION:
-                raise LedgerError(
-                    f"{self.path} has ledger schema {found[0]}, newer than this carbonscaler"
-                    f" ({SCHEMA_VERSION}); upgrade carbonscaler or use another --db-path"
-                )
-            self._db.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{self.path}: cannot use as a SQLite ledger ({exc})") from exc
-        except LedgerError:
-            self._db.execute("ROLLBACK")
-            self._db.close()
-            raise
+        self._db = open_database(
+            self.path,
+            schema=_SCHEMA,
+            version=SCHEMA_VERSION,
+            error=LedgerError,
+            what="ledger",
+            durable=True,
+        )
 
     def close(self) -> None:
         """Close the database."""
@@ -321,56 +300,50 @@ class Ledger:
             LedgerError: If a sample names an unknown job.
         """
         added = 0
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for s in samples:
-                    row = self._db.execute(
-                        "SELECT samples, last_end_s FROM jobs WHERE job_id = ?", (s.job_id,)
-                    ).fetchone()
-                    if row is None:
-                        raise LedgerError(f"sample for unknown job {s.job_id!r}")
-                    if s.seq != row[0] + 1 or s.start_s != row[1]:
-                        continue
-                    self._db.execute(
-                        f"INSERT INTO samples ({', '.join(_SAMPLE_COLUMNS)})"
-                        f" VALUES ({', '.join('?' * len(_SAMPLE_COLUMNS))})",
-                        tuple(
-                            int(v) if isinstance(v, bool) else v
-                            for v in (getattr(s, c) for c in _SAMPLE_COLUMNS)
-                        ),
-                    )
-                    self._db.execute(
-                        "UPDATE jobs SET samples = ?, last_end_s = ?,"
-                        " energy_j = energy_j + ?, measured_j = measured_j + ?,"
-                        " emissions_g = emissions_g + ?, measured_g = measured_g + ?,"
-                        " last_watts = ?, last_intensity_g_per_kwh = ?,"
-                        # A sample that read progress carries it: one commit for both.
-                        " progress_pct = COALESCE(?, progress_pct),"
-                        " progress_s = CASE WHEN ? IS NULL THEN progress_s ELSE ? END,"
-                        " progress_error = CASE WHEN ? IS NULL THEN progress_error END"
-                        " WHERE job_id = ?",
-                        (
-                            s.seq,
-                            s.end_s,
-                            s.energy_j,
-                            s.measured_j,
-                            s.emissions_g,
-                            s.measured_g,
-                            s.watts,
-                            s.intensity_g_per_kwh,
-                            s.progress_pct,
-                            s.progress_pct,
-                            s.end_s,
-                            s.progress_pct,
-                            s.job_id,
-                        ),
-                    )
-                    added += 1
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._db):
+            for s in samples:
+                row = self._db.execute(
+                    "SELECT samples, last_end_s FROM jobs WHERE job_id = ?", (s.job_id,)
+                ).fetchone()
+                if row is None:
+                    raise LedgerError(f"sample for unknown job {s.job_id!r}")
+                if s.seq != row[0] + 1 or s.start_s != row[1]:
+                    continue
+                self._db.execute(
+                    f"INSERT INTO samples ({', '.join(_SAMPLE_COLUMNS)})"
+                    f" VALUES ({', '.join('?' * len(_SAMPLE_COLUMNS))})",
+                    tuple(
+                        int(v) if isinstance(v, bool) else v
+                        for v in (getattr(s, c) for c in _SAMPLE_COLUMNS)
+                    ),
+                )
+                self._db.execute(
+                    "UPDATE jobs SET samples = ?, last_end_s = ?,"
+                    " energy_j = energy_j + ?, measured_j = measured_j + ?,"
+                    " emissions_g = emissions_g + ?, measured_g = measured_g + ?,"
+                    " last_watts = ?, last_intensity_g_per_kwh = ?,"
+                    # A sample that read progress carries it: one commit for both.
+                    " progress_pct = COALESCE(?, progress_pct),"
+                    " progress_s = CASE WHEN ? IS NULL THEN progress_s ELSE ? END,"
+                    " progress_error = CASE WHEN ? IS NULL THEN progress_error END"
+                    " WHERE job_id = ?",
+                    (
+                        s.seq,
+                        s.end_s,
+                        s.energy_j,
+                        s.measured_j,
+                        s.emissions_g,
+                        s.measured_g,
+                        s.watts,
+                        s.intensity_g_per_kwh,
+                        s.progress_pct,
+                        s.progress_pct,
+                        s.end_s,
+                        s.progress_pct,
+                        s.job_id,
+                    ),
+                )
+                added += 1
         return added
 
     def samples(self, job_id: str, *, after_seq: int = 0) -> Iterator[SampleRecord]:

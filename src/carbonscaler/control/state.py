@@ -9,13 +9,12 @@ commands) from blocking the writer. SQL is parameterised throughout.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from carbonscaler._sqlite import open_database, transaction
 
 __all__ = ["ControllerState", "Event", "StateStore"]
 
@@ -118,6 +117,10 @@ class ControllerState:
         return cls(**json.loads(text))
 
 
+class StateError(RuntimeError):
+    """The state database cannot be opened or used; the message names the file."""
+
+
 class StateStore:
     """SQLite-backed state for one or more runs.
 
@@ -128,20 +131,9 @@ class StateStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        self._db = open_database(
+            self.path, schema=_SCHEMA, version=1, error=StateError, what="state database"
+        )
 
     def load(self, name: str) -> tuple[dict[str, Any], ControllerState] | None:
         """The spec (as saved) and state of run ``name``, or None."""
@@ -154,7 +146,7 @@ class StateStore:
         self, name: str, spec: dict[str, Any], state: ControllerState, events: list[Event]
     ) -> None:
         """Write the state and new events atomically."""
-        with self._transaction() as db:
+        with transaction(self._db) as db:
             db.execute(
                 "INSERT INTO runs (name, spec, state, updated) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, state = excluded.state, "
@@ -175,7 +167,7 @@ class StateStore:
         return [Event(kind, hours, json.loads(detail), wall) for kind, hours, detail, wall in rows]
 
     def delete(self, name: str) -> None:
-        with self._transaction() as db:
+        with transaction(self._db) as db:
             db.execute("DELETE FROM runs WHERE name = ?", (name,))
             db.execute("DELETE FROM events WHERE name = ?", (name,))
 

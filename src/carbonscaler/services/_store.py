@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from carbonscaler._sqlite import open_database, transaction
+
 __all__ = ["PushOutcome", "StoreError", "Subscriber", "SubscriberStore"]
 
 _SCHEMA = """
@@ -99,17 +101,13 @@ class SubscriberStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise StoreError(f"{self.path}: folder {self.path.parent} does not exist")
+        self._db = open_database(
+            self.path, schema=_SCHEMA, version=1, error=StoreError, what="subscriber database"
+        )
         try:
-            # Autocommit mode; multi-statement changes use explicit transactions.
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
             self._import_reference()
         except sqlite3.DatabaseError as exc:
+            self._db.close()
             raise StoreError(f"{self.path}: cannot use as a SQLite database ({exc})") from exc
         self._lock = threading.Lock()
 
@@ -128,16 +126,16 @@ class SubscriberStore:
         if not found or done:
             return
         rows = self._db.execute("SELECT app_name, address FROM registration").fetchall()
-        self._db.execute("BEGIN")
-        self._db.executemany(
-            "INSERT OR IGNORE INTO subscribers (app_name, address, key_sha256, created_at)"
-            " VALUES (?, ?, ?, ?)",
-            [(str(a), str(b), _digest(secrets.token_urlsafe(24)), _now()) for a, b in rows],
-        )
-        self._db.execute(
-            "INSERT INTO service_state (key, value) VALUES ('reference_imported', ?)", (_now(),)
-        )
-        self._db.execute("COMMIT")
+        with transaction(self._db) as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO subscribers (app_name, address, key_sha256, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(str(a), str(b), _digest(secrets.token_urlsafe(24)), _now()) for a, b in rows],
+            )
+            db.execute(
+                "INSERT INTO service_state (key, value) VALUES ('reference_imported', ?)",
+                (_now(),),
+            )
 
     def register(self, app_name: str, address: str) -> tuple[Subscriber, str | None]:
         """Add a subscriber, or update and reactivate the one with this address.
@@ -147,31 +145,24 @@ class SubscriberStore:
             the key is shown once, to whoever registered the address first).
         """
         key = secrets.token_urlsafe(24)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                existing = self._db.execute(
-                    "SELECT id FROM subscribers WHERE address = ?", (address,)
-                ).fetchone()
-                if existing:
-                    self._db.execute(
-                        "UPDATE subscribers SET app_name = ?, active = 1, failures = 0"
-                        " WHERE id = ?",
-                        (app_name, existing[0]),
-                    )
-                    sub_id, new_key = int(existing[0]), None
-                else:
-                    cursor = self._db.execute(
-                        "INSERT INTO subscribers (app_name, address, key_sha256, created_at)"
-                        " VALUES (?, ?, ?, ?)",
-                        (app_name, address, _digest(key), _now()),
-                    )
-                    assert cursor.lastrowid is not None
-                    sub_id, new_key = cursor.lastrowid, key
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._db):
+            existing = self._db.execute(
+                "SELECT id FROM subscribers WHERE address = ?", (address,)
+            ).fetchone()
+            if existing:
+                self._db.execute(
+                    "UPDATE subscribers SET app_name = ?, active = 1, failures = 0 WHERE id = ?",
+                    (app_name, existing[0]),
+                )
+                sub_id, new_key = int(existing[0]), None
+            else:
+                cursor = self._db.execute(
+                    "INSERT INTO subscribers (app_name, address, key_sha256, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (app_name, address, _digest(key), _now()),
+                )
+                assert cursor.lastrowid is not None
+                sub_id, new_key = cursor.lastrowid, key
         subscriber = self.get(sub_id)
         assert subscriber is not None
         return subscriber, new_key
@@ -231,36 +222,30 @@ class SubscriberStore:
         results = list(outcomes)
         ok = [(now, now, o.subscriber_id) for o in results if o.ok]
         failed = [o for o in results if not o.ok]
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    "UPDATE subscribers SET failures = 0, pushes_ok = pushes_ok + 1,"
-                    " last_error = NULL, last_success_at = ?, last_attempt_at = ? WHERE id = ?",
-                    ok,
-                )
-                self._db.executemany(
-                    "UPDATE subscribers SET failures = failures + 1, last_error = ?,"
-                    " last_attempt_at = ?,"
-                    " active = CASE WHEN failures + 1 >= ? THEN 0 ELSE active END WHERE id = ?",
-                    [(o.error, now, max_failures, o.subscriber_id) for o in failed],
-                )
-                ids = [o.subscriber_id for o in failed]
-                dropped: list[int] = []
-                if ids:
-                    marks = ",".join("?" * len(ids))
-                    dropped = [
-                        int(r[0])
-                        for r in self._db.execute(
-                            f"SELECT id FROM subscribers WHERE active = 0 AND failures = ?"
-                            f" AND id IN ({marks})",
-                            (max_failures, *ids),
-                        )
-                    ]
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._db):
+            self._db.executemany(
+                "UPDATE subscribers SET failures = 0, pushes_ok = pushes_ok + 1,"
+                " last_error = NULL, last_success_at = ?, last_attempt_at = ? WHERE id = ?",
+                ok,
+            )
+            self._db.executemany(
+                "UPDATE subscribers SET failures = failures + 1, last_error = ?,"
+                " last_attempt_at = ?,"
+                " active = CASE WHEN failures + 1 >= ? THEN 0 ELSE active END WHERE id = ?",
+                [(o.error, now, max_failures, o.subscriber_id) for o in failed],
+            )
+            ids = [o.subscriber_id for o in failed]
+            dropped: list[int] = []
+            if ids:
+                marks = ",".join("?" * len(ids))
+                dropped = [
+                    int(r[0])
+                    for r in self._db.execute(
+                        f"SELECT id FROM subscribers WHERE active = 0 AND failures = ?"
+                        f" AND id IN ({marks})",
+                        (max_failures, *ids),
+                    )
+                ]
         return dropped
 
     def get_state(self, key: str) -> str | None:
