@@ -6,7 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from carbonscaler.backends import read_progress_pct
+from carbonscaler.workload import read_progress
 
 
 def finish(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> tuple[int, str]:
@@ -22,7 +22,8 @@ def wait_for_progress(
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"exited early: {finish(proc)}"
-        reported = read_progress_pct(run_dir / "progress.csv")
+        row = read_progress(run_dir / "progress.csv")
+        reported = None if row is None else row.percent
         if reported is not None and reported >= pct:
             return
         time.sleep(0.005)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from carbonscaler.backends.base import BackendError, WorkloadState
-from carbonscaler.backends.local import LocalBackend, read_progress, read_progress_pct
+from carbonscaler.backends.local import LocalBackend
 from carbonscaler.cli._runner import build_controller, make_forecaster_for, state_path
 from carbonscaler.control import (
     CarbonUnavailable,
@@ -28,6 +28,7 @@ from carbonscaler.control import (
     load_job_spec,
 )
 from carbonscaler.planner import InfeasibleError
+from carbonscaler.workload import ProgressError, ProgressRow, read_progress
 
 pytestmark = pytest.mark.integration  # starts real processes or servers
 
@@ -137,7 +138,8 @@ def test_run_follows_the_plan_and_saves_carbon(tmp_path: Path) -> None:
         f = final.plan_fraction[i]
         expected = final.plan_servers[i] * f + final.plan_after[i] * (1 - f)
         assert abs(report.servers_by_slot[i] - expected) < 0.35, (i, report.servers_by_slot)
-    assert read_progress_pct(Path(spec.checkpoint_dir) / "workload" / "progress.csv") == 100.0
+    final = read_progress(Path(spec.checkpoint_dir) / "workload" / "progress.csv")
+    assert final is not None and final.percent == 100.0
     events = [e.kind for e in StateStore(state_path(spec)).events("counter")]
     assert events[0] == "planned" and events[-1] == "done"
 
@@ -207,7 +209,7 @@ def test_killed_controller_resumes_the_same_job(tmp_path: Path) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         last = read_progress(progress)
-        if last is not None and last[1] >= 30:
+        if last is not None and last.percent >= 30:
             break
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
@@ -241,7 +243,7 @@ def test_local_backend_start_stop_rescale(tmp_path: Path) -> None:
     time.sleep(0.3)
     assert backend.poll() is WorkloadState.RUNNING and backend.workers == 2
     first = read_progress(backend.progress_file)
-    assert first is not None and first[0] >= 2
+    assert first is not None and first.step >= 2
     began = time.monotonic()
     backend.rescale(1)
     assert time.monotonic() - began < 2.0
@@ -252,7 +254,7 @@ def test_local_backend_start_stop_rescale(tmp_path: Path) -> None:
     backend.rescale(0)
     assert backend.poll() is WorkloadState.STOPPED and not other.attach(handle)
     saved = json.loads((tmp_path / "w" / "state.json").read_text())["step"]
-    assert saved >= first[0]
+    assert saved >= first.step
 
 
 def test_mpi_launcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -265,13 +267,23 @@ def test_mpi_launcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert backend.environment(4)["WORKERS"] == "4"
 
 
-def test_progress_reader_ignores_partial_and_bad_lines(tmp_path: Path) -> None:
+def test_progress_reader_ignores_partial_lines_and_refuses_a_bad_last_row(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "progress.csv"
     assert read_progress(path) is None
+    path.write_text("step,percent\n")
+    assert read_progress(path) is None  # a header only
     path.write_text("step,percent\n1,10\n2,20\n3,3")  # last line still being written
-    assert read_progress(path) == (2.0, 20.0)
+    assert read_progress(path) == ProgressRow(2.0, 20.0)
     path.write_text("step,percent\n1,10\ngarbage\n")
-    assert read_progress(path) == (1.0, 10.0)
+    with pytest.raises(ProgressError, match="no second column"):
+        read_progress(path)
+    # The local runtime warns and reads it as no news, rather than stopping the run.
+    backend = LocalBackend("true", tmp_path / "run")
+    backend.progress_file.parent.mkdir(parents=True, exist_ok=True)
+    backend.progress_file.write_text("1,10\n2,abc\n")
+    assert backend.progress_pct() is None
 
 
 def test_spec_validation(tmp_path: Path) -> None:

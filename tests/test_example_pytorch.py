@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from _workload import children, finish, wait_for_progress, wait_gone
-from carbonscaler.backends import read_progress_pct
+from carbonscaler.workload import read_progress
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
 
@@ -77,7 +77,8 @@ def test_stop_at_two_workers_resume_at_one(tmp_path: Path) -> None:
     assert time.monotonic() - stop_started < STOP_TIMEOUT_S
     assert (elastic_dir / "checkpoint" / "checkpoint.pt").exists()
     assert not (elastic_dir / "checkpoint" / "DONE").exists()
-    stopped_at = read_progress_pct(elastic_dir / "progress.csv")
+    stopped = read_progress(elastic_dir / "progress.csv")
+    stopped_at = None if stopped is None else stopped.percent
     assert stopped_at is not None and 0 < stopped_at < 100
 
     code, output = finish(launch(elastic_dir, workers=1))

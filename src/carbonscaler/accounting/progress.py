@@ -1,9 +1,8 @@
 """How far along a job is: the reference ``progress.csv``, or progress posted to the API.
 
 The reference example job appends a row per checkpoint to ``progress.csv`` whose second
-column is the percent done (0-100); a header row may lead. The job writes while we read,
-so the last line may be half-written: a line without its final newline is ignored until
-it is complete. Only the file's tail is read, so a long file costs nothing.
+column is the percent done (0-100); the rules for reading it, and for a bad row, are the
+workload contract's (:mod:`carbonscaler.workload`), shared with the runtimes.
 
 A service reads files a caller named, so :class:`CsvProgress` reads defensively: with a
 ``root``, only a file whose real path (symbolic links followed) is under it; only regular
@@ -22,6 +21,8 @@ import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+from carbonscaler.workload import TAIL_BYTES, ProgressError, parse_tail
+
 __all__ = [
     "ApiProgress",
     "CsvProgress",
@@ -32,7 +33,6 @@ __all__ = [
     "parse_percent",
 ]
 
-_TAIL_BYTES = 4096
 _OPEN_FLAGS = (
     os.O_RDONLY
     | getattr(os, "O_NONBLOCK", 0)
@@ -40,10 +40,6 @@ _OPEN_FLAGS = (
     | getattr(os, "O_CLOEXEC", 0)
 )
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-
-class ProgressError(ValueError):
-    """Progress cannot be read or is not a percentage; the message says where and why."""
 
 
 def parse_percent(value: object, where: str) -> float:
@@ -154,8 +150,8 @@ class CsvProgress(ProgressSource):
                 )
             if self.root is not None and not _opened_inside(fd, self.root):
                 raise ProgressError(f"{self.path}: moved outside the progress root; refused")
-            start = max(0, info.st_size - _TAIL_BYTES)
-            tail = os.pread(fd, min(_TAIL_BYTES, info.st_size - start), start)
+            start = max(0, info.st_size - TAIL_BYTES)
+            tail = os.pread(fd, min(TAIL_BYTES, info.st_size - start), start)
         except OSError as exc:
             raise ProgressError(f"{self.path}: cannot read ({exc.strerror})") from None
         finally:
@@ -167,35 +163,8 @@ class CsvProgress(ProgressSource):
         if got is None:
             return None
         tail, start = got
-        lines = tail.split(b"\n")
-        complete = lines[:-1]  # the part after the last newline is still being written
-        if start > 0 and complete:
-            complete = complete[1:]  # the first line of a tail may be cut at its start
-        for raw in reversed(complete):
-            line = raw.decode("utf-8", errors="replace").strip()
-            if not line:
-                continue
-            cells = [c.strip() for c in line.split(",")]
-            # The messages never quote the row: the file may not be what it claims to be.
-            if len(cells) < 2:
-                raise ProgressError(
-                    f"{self.path}: the last row has no second column; the reference format"
-                    " is 'step,percent' with percent done 0-100"
-                )
-            if not _is_number(cells[1]):
-                if start == 0 and raw is complete[0]:
-                    return None  # only a header so far
-                raise ProgressError(
-                    f"{self.path}: the second column of the last row is not a number;"
-                    " expected percent done, 0-100"
-                )
-            percent = float(cells[1])
-            if not (math.isfinite(percent) and 0 <= percent <= 100):
-                raise ProgressError(
-                    f"{self.path}: the second column of the last row is outside 0-100 percent done"
-                )
-            return percent
-        return None
+        row = parse_tail(tail, cut=start > 0, source=str(self.path))
+        return None if row is None else row.percent
 
 
 class RefusedProgress(ProgressSource):
@@ -211,14 +180,6 @@ class RefusedProgress(ProgressSource):
 
     def read(self) -> float | None:
         raise ProgressError(self.reason)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 class ApiProgress(ProgressSource):

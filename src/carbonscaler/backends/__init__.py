@@ -3,13 +3,11 @@
 client), and the profiler that measures a workload by running it locally (``profiler``)."""
 
 from carbonscaler.backends.base import Backend, BackendError, WorkloadState
-from carbonscaler.backends.local import LocalBackend, read_progress, read_progress_pct
+from carbonscaler.backends.local import LocalBackend
 
 __all__ = [
     "Backend",
     "BackendError",
     "LocalBackend",
     "WorkloadState",
-    "read_progress",
-    "read_progress_pct",
 ]

@@ -15,6 +15,7 @@ file; checkpoint atomically; exit 0 on SIGTERM after checkpointing; on completio
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import shutil
@@ -26,39 +27,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from carbonscaler.backends.base import Backend, BackendError, ExitRecord, WorkloadState
+from carbonscaler.workload import ProgressError, read_progress
 
-__all__ = ["LocalBackend", "read_progress", "read_progress_pct"]
+__all__ = ["LocalBackend"]
 
-
-def read_progress_pct(path: Path) -> float | None:
-    """The percent in the last complete ``step,percent`` line of a progress file, if any."""
-    last = read_progress(path)
-    return None if last is None else last[1]
-
-
-def read_progress(path: Path) -> tuple[float, float] | None:
-    """``(step, percent)`` from the last complete line of a progress file, if any.
-
-    Only the file's tail is read, and a partly written last line is ignored.
-    """
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(size - 4096, 0))
-            tail = fh.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return None
-    for line in reversed(tail.split("\n")[:-1]):  # the part after the last newline is partial
-        parts = line.strip().split(",")
-        if len(parts) >= 2:
-            try:
-                step, value = float(parts[0]), float(parts[1])
-            except ValueError:
-                continue  # the header, or a malformed line
-            if 0.0 <= value <= 100.0:
-                return step, value
-    return None
+log = logging.getLogger(__name__)
 
 
 def _process_start_ticks(pid: int) -> int | None:
@@ -233,7 +206,14 @@ class LocalBackend(Backend):
         return WorkloadState.CRASHED
 
     def progress_pct(self) -> float | None:
-        return read_progress_pct(self.progress_file)
+        """The workload's last report; a malformed one is logged and reads as no news (the
+        controller keeps its last reading)."""
+        try:
+            row = read_progress(self.progress_file)
+        except ProgressError as exc:
+            log.warning("%s", exc)
+            return None
+        return None if row is None else row.percent
 
     def exit_record(self) -> ExitRecord | None:
         """The completion marker's time, else the progress file's last write."""

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from carbonscaler.backends.base import WorkloadState
-from carbonscaler.backends.local import LocalBackend, read_progress
+from carbonscaler.backends.local import LocalBackend
 from carbonscaler.profile import ProfileError, ScalingProfile
+from carbonscaler.workload import ProgressError, ProgressRow, read_progress
 
 __all__ = ["ProfileResult", "per_server_power", "profile_workload"]
 
@@ -107,22 +108,22 @@ def profile_workload(
                     f"the workload reported no progress in {folder / 'progress.csv'} at {k} "
                     f"workers; see {backend.log_file}"
                 )
-            t0, step0 = time.monotonic(), first[0]
+            t0, step0 = time.monotonic(), first.step
             last = first
             t1 = t0
             while time.monotonic() - t0 < seconds_each and backend.poll() is WorkloadState.RUNNING:
                 time.sleep(0.05)
-                now = read_progress(backend.progress_file)
-                if now is not None and now[0] > last[0]:
+                now = _read(backend)
+                if now is not None and now.step > last.step:
                     last, t1 = now, time.monotonic()
-            if last[1] > 0 and not size_env:
-                total_steps = last[0] * 100.0 / last[1]
-            if t1 <= t0 or last[0] <= step0:
+            if last.percent > 0 and not size_env:
+                total_steps = last.step * 100.0 / last.percent
+            if t1 <= t0 or last.step <= step0:
                 raise ProfileError(
                     f"the workload made no measurable progress in {seconds_each:g} s at {k} "
                     "workers; give it more time (profile_seconds) or a bigger size"
                 )
-            rates.append((last[0] - step0) / (t1 - t0))
+            rates.append((last.step - step0) / (t1 - t0))
             w, source = meter(k)
             watts.append(w)
             sources.add(source)
@@ -138,10 +139,18 @@ def profile_workload(
     return ProfileResult(profile, rates, total_steps, ",".join(sorted(sources)), note)
 
 
-def _wait_for_progress(backend: LocalBackend, timeout_s: float) -> tuple[float, float] | None:
+def _read(backend: LocalBackend) -> ProgressRow | None:
+    """The workload's last report; a malformed one stops the profiling (it cannot measure)."""
+    try:
+        return read_progress(backend.progress_file)
+    except ProgressError as exc:
+        raise ProfileError(f"cannot measure the workload: {exc}") from None
+
+
+def _wait_for_progress(backend: LocalBackend, timeout_s: float) -> ProgressRow | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        line = read_progress(backend.progress_file)
+        line = _read(backend)
         if line is not None:
             return line
         if backend.poll() is not WorkloadState.RUNNING:

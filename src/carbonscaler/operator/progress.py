@@ -34,9 +34,9 @@ from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 from carbonscaler.backends.kubernetes import REQUEST_TIMEOUT, api_client
-from carbonscaler.backends.local import read_progress_pct
 from carbonscaler.kube.crd import KINDS, JobKind
 from carbonscaler.kube.resources import PROGRESS_KEY, progress_configmap_name
+from carbonscaler.workload import ProgressError, read_progress
 
 __all__ = ["ProgressReporter", "main"]
 
@@ -96,7 +96,15 @@ class ProgressReporter:
         """Report if there is news; True once the job is done and 100 % was reported. A
         failure is counted in :attr:`failures` (and reset by the next success)."""
         done = self.done_file.exists()
-        pct = 100.0 if done else read_progress_pct(self.progress_file)
+        if done:
+            pct: float | None = 100.0
+        else:
+            try:
+                row = read_progress(self.progress_file)
+            except ProgressError as exc:  # the job's report is malformed: report nothing new
+                log.warning("%s", exc)
+                return False
+            pct = None if row is None else row.percent
         if pct is None:
             return False
         if (
