@@ -206,7 +206,7 @@ def test_a_restarted_controller_settles_the_gap_from_the_workloads_record(
     # The controller had started the workload at 1 server at hour 2 and last saved at hour 3.
     state.servers, state.started = 1, True
     state.accounted_hours, state.slot = 3.0, 3
-    state.backend = {"pid": 2**22 + 7, "start_ticks": 1, "workers": 1}  # long gone
+    state.backend = {"pid": 2**22 + 7, "started_at": 1.0, "workers": 1}  # long gone
     controller._save()
     # The workload finished at hour 7.5 (its DONE marker) and the controller is back at hour 9.
     workdir.mkdir(parents=True, exist_ok=True)

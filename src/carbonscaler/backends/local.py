@@ -26,6 +26,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import psutil
+
 from carbonscaler.backends.base import Backend, BackendError, ExitRecord, WorkloadState
 from carbonscaler.workload import ProgressError, read_progress
 
@@ -34,16 +36,16 @@ __all__ = ["LocalBackend"]
 log = logging.getLogger(__name__)
 
 
-def _process_start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), to detect pid reuse."""
+def _process_start(pid: int) -> float | None:
+    """When the process started (Unix time), to tell it from a later one given the same pid;
+    None if it is gone or has finished (a zombie)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return float(process.create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # a zombie has finished
-        return None
-    return int(fields[19])
 
 
 class LocalBackend(Backend):
@@ -90,7 +92,7 @@ class LocalBackend(Backend):
         self.mpirun = mpirun if launcher in ("mpi", "auto") else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
-        self._start_ticks: int | None = None
+        self._started_at: float | None = None
         self._workers = 0
         self._stopping = False
 
@@ -144,7 +146,7 @@ class LocalBackend(Backend):
                     f"cannot start the workload ({exc}); check workload.command"
                 ) from exc
         self._pid = self._proc.pid
-        self._start_ticks = _process_start_ticks(self._pid)
+        self._started_at = _process_start(self._pid)
         self._workers = workers
         self._stopping = False
 
@@ -184,8 +186,8 @@ class LocalBackend(Backend):
             return False
         if self._proc is not None:
             return self._proc.poll() is None
-        ticks = _process_start_ticks(self._pid)
-        return ticks is not None and ticks == self._start_ticks
+        started = _process_start(self._pid)
+        return started is not None and started == self._started_at
 
     # -- observing ---------------------------------------------------------------------
 
@@ -229,31 +231,27 @@ class LocalBackend(Backend):
         if self._pid is None:
             return []
         found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
+        for process in psutil.process_iter(["status"]):
+            if process.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == self._pid and fields[0] != "Z":  # same process group
-                found.append(int(entry.name))
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(process.pid) == self._pid:  # same process group
+                    found.append(process.pid)
         return sorted(found)
 
     # -- surviving a controller restart ------------------------------------------------
 
     def handle(self) -> dict[str, object]:
-        return {"pid": self._pid, "start_ticks": self._start_ticks, "workers": self._workers}
+        return {"pid": self._pid, "started_at": self._started_at, "workers": self._workers}
 
     def attach(self, handle: dict[str, object]) -> bool:
-        pid, ticks, workers = handle.get("pid"), handle.get("start_ticks"), handle.get("workers")
+        pid, started, workers = handle.get("pid"), handle.get("started_at"), handle.get("workers")
         if not isinstance(pid, int) or not isinstance(workers, int):
             return False
-        if _process_start_ticks(pid) is None or _process_start_ticks(pid) != ticks:
+        if not isinstance(started, float) or _process_start(pid) != started:
             return False
         self._proc = None
         self._pid = pid
-        self._start_ticks = ticks if isinstance(ticks, int) else None
+        self._started_at = started
         self._workers = workers
         return True
