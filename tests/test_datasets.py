@@ -222,10 +222,14 @@ def test_cli_show_dataset_json() -> None:
 
 def test_cli_show_file(shared_dir: Path) -> None:
     path = shared_dir / "traces/eia-sustaindc/PJM_NG_&_avgCI.csv"
-    result = runner.invoke(app, ["show", str(path)], env={"COLUMNS": "160"})
+    # Its 22 empty hours are more than loading fills unasked: an error that names them.
+    refused = runner.invoke(app, ["show", str(path)])
+    assert refused.exit_code == 2
+    assert "22 hourly values" in refused.stderr and "--fill-gaps 22" in refused.stderr
+    result = runner.invoke(app, ["show", str(path), "--fill-gaps", "22"], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
     assert "PJM" in result.stdout and "362.6 gCO2eq/kWh" in result.stdout
-    assert "interpolated 23" in result.stderr
+    assert "interpolated 23" in result.stdout  # the note, under the table
 
 
 def test_cli_show_file_json_signal(tmp_path: Path) -> None:

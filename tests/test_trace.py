@@ -35,10 +35,11 @@ def _trace_files() -> list[str]:
     return found or ["traces/<missing>"]
 
 
-def _load_quietly(path: Path, **kwargs: str) -> CarbonTrace:
+def _load_quietly(path: Path, signal: str = "direct") -> CarbonTrace:
+    """Load with any gap filled (PJM has a 22-hour one, the reference sample 53 days)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TraceWarning)
-        return load_trace(path, **kwargs)
+        return load_trace(path, signal=signal, max_gap=None)
 
 
 def _write(tmp_path: Path, text: str, name: str = "trace.csv", newline: str = "\n") -> Path:
@@ -133,9 +134,16 @@ def test_pjm_eia_empty_hours_are_filled_with_a_warning(shared_dir: Path) -> None
     # 2022-03-13 07:00 .. 2022-03-14 04:00 (22 hours) and 2022-11-07 05:00.
     path = shared_dir / "traces/eia-sustaindc/PJM_NG_&_avgCI.csv"
     assert path.read_text().count(",,,,,,,,,") == 23
+    # 22 hours is more than the default allows: an error naming the gap.
+    with pytest.raises(
+        TraceError, match=r"22 hourly values \(22 h\) from 2022-03-13 07:00 UTC through"
+    ):
+        load_trace(path)
     with pytest.warns(TraceWarning, match=r"interpolated 23 of 8760 values"):
-        trace = load_trace(path)
+        trace = load_trace(path, max_gap=22)
     assert (trace.fmt, trace.zone, trace.signal, trace.filled) == ("eia", "PJM", "avg", 23)
+    assert trace.longest_gap is not None and trace.longest_gap.values == 22
+    assert "longest gap: 22 hourly values" in trace.notes[0]
     # The filled stretch is a straight line between its neighbours.
     gap = trace.series["2022-03-13 06:00":"2022-03-14 05:00"].to_numpy()
     assert np.allclose(np.diff(gap, 2), 0, atol=1e-9)
@@ -175,8 +183,11 @@ def test_eia_has_no_lca_signal(shared_dir: Path) -> None:
 
 
 def test_reference_sample_loads_with_its_53_day_hole(shared_dir: Path) -> None:
-    with pytest.warns(TraceWarning, match=r"longest gap 1286 steps"):
-        trace = load_trace(shared_dir / "traces/upstream-sample/data-sample.csv")
+    path = shared_dir / "traces/upstream-sample/data-sample.csv"
+    with pytest.raises(TraceError, match=r"1286 hourly values \(1286 h = 53.6 days\)"):
+        load_trace(path)
+    with pytest.warns(TraceWarning, match=r"longest gap: 1286 hourly values"):
+        trace = load_trace(path, max_gap=None)
     assert (trace.fmt, trace.zone, trace.signal) == ("reference", "US-CAL-CISO", "avg")
     assert trace.values[0] == pytest.approx(332.39)
     assert trace.end == pd.Timestamp("2020-02-26 01:00", tz="UTC")
@@ -374,7 +385,7 @@ def test_vessim_file_with_several_zones(tmp_path: Path) -> None:
 
 def test_duplicate_timestamps_are_an_error(tmp_path: Path) -> None:
     text = "time,value\n2022-01-01 00:00,1\n2022-01-01 01:00,2\n2022-01-01 01:00,3\n"
-    with pytest.raises(TraceError, match="duplicate timestamp 2022-01-01 01:00 UTC"):
+    with pytest.raises(TraceError, match="duplicate timestamp 2022-01-01 01:00 on lines 3 and 4"):
         load_trace(_write(tmp_path, text))
 
 
@@ -401,7 +412,7 @@ def test_negative_values_are_an_error(tmp_path: Path) -> None:
         ("time,value\n2022-01-01 00:00,1\n", "one row"),
         ("time,value\n2022-01-01 00:00,\n2022-01-01 01:00,\n", "all rows are empty"),
         ("time,value\n2022-01-01 00:00,1\n2022-01-01 01:00,high\n", "line 3: 'high'"),
-        ("time,value\nyesterday,1\ntoday,2\n", "cannot parse timestamps"),
+        ("time,value\nyesterday,1\ntoday,2\n", "line 2: cannot parse timestamp 'yesterday'"),
         (
             "time,value\n2022-01-01 00:00,1\n2022-01-01 01:00,2\n2022-01-01 02:00,2\n"
             "2022-01-01 02:20,3\n",

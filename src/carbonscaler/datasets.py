@@ -21,7 +21,7 @@ import importlib.util
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -120,16 +120,27 @@ def catalogue() -> list[DatasetEntry]:
     return list(_catalogue(_require_data_dir()))
 
 
-def load(zone: str, year: int | None = None, *, slot_minutes: int = 60) -> CarbonTrace:
+def load(
+    zone: str,
+    year: int | None = None,
+    *,
+    slot_minutes: int = 60,
+    max_gap: int | None = None,
+) -> CarbonTrace:
     """Load the carbon intensity of one country and year from the offline dataset.
 
-    The trace covers the span of the file (a local calendar year, converted to UTC), with
-    gaps interpolated; a :class:`~carbonscaler.trace.TraceWarning` reports repairs.
+    The trace covers the span of the file (a local calendar year, converted to UTC). Unlike
+    trace files, whose long gaps are errors unless allowed, the dataset's gaps are all
+    interpolated by default (it is the one shipped, and a user cannot repair it); every
+    repair is stated in the trace's ``notes`` and in a
+    :class:`~carbonscaler.trace.TraceWarning`.
 
     Args:
         zone: Country code, case-insensitive, e.g. ``"DE"``.
         year: Year; ``None`` selects the latest available.
         slot_minutes: Slot length of the returned trace (source data is 15-60 min).
+        max_gap: Longest run of missing values to interpolate (at the native step);
+            ``None``, the default, fills any gap.
 
     Returns:
         A UTC trace with ``fmt="entsoe-dataset"``, ``signal="lca"`` and ``source`` like
@@ -137,7 +148,8 @@ def load(zone: str, year: int | None = None, *, slot_minutes: int = 60) -> Carbo
 
     Raises:
         DatasetError: If the dataset is not installed or has no such zone or year.
-        TraceError: If ``slot_minutes`` does not fit the native step.
+        TraceError: If ``slot_minutes`` does not fit the native step, or a gap is longer
+            than ``max_gap``.
     """
     entry = _find(zone, year)
     source = f"{DATASET_NAME}:{entry.zone}:{entry.year}"
@@ -146,27 +158,27 @@ def load(zone: str, year: int | None = None, *, slot_minutes: int = 60) -> Carbo
     except ImportError as exc:
         raise DatasetError(f"reading {source} needs pyarrow; {_INSTALL_HINT}") from exc
     intensity, gaps = _intensity(frame)
-    if gaps:
-        warnings.warn(
-            f"{source}: {'; '.join(gaps)}; counted as 0 there, so the intensity is biased in"
-            " those stretches",
-            TraceWarning,
-            stacklevel=2,
-        )
     trace = from_series(
         intensity.tz_convert("UTC"),
         zone=entry.zone,
         signal="lca",
         source=source,
         fmt="entsoe-dataset",
+        max_gap=max_gap,
     )
-    if trace.filled > _MOSTLY_MISSING * len(trace):
-        warnings.warn(
-            f"{source}: {100 * trace.filled / len(trace):.0f} % of the span had no usable"
-            " generation data and is interpolated; prefer another year for studies",
-            TraceWarning,
-            stacklevel=2,
+    notes = []
+    if gaps:
+        notes.append(
+            f"{'; '.join(gaps)}; counted as 0 there, so the intensity is biased in those stretches"
         )
+    if trace.filled > _MOSTLY_MISSING * len(trace):
+        notes.append(
+            f"{100 * trace.filled / len(trace):.0f} % of the span had no usable generation"
+            " data and is interpolated; prefer another year for studies"
+        )
+    for note in notes:
+        warnings.warn(f"{source}: {note}", TraceWarning, stacklevel=2)
+    trace = replace(trace, notes=(*trace.notes, *notes))
     return trace.resample(slot_minutes)
 
 

@@ -4,6 +4,11 @@ Every format quirk (non-ASCII headers, CRLF line endings, naive timestamps, empt
 gaps) is handled here, at the edge. Everything downstream sees a :class:`CarbonTrace`: a
 regular, gap-free series in gCO2eq/kWh on a tz-aware UTC index.
 
+Nothing is invented silently: short gaps (up to :data:`DEFAULT_MAX_GAP` values) are
+interpolated and said so in :attr:`CarbonTrace.notes`; a longer gap is a :class:`TraceError`
+naming it unless the caller allows it (``max_gap=``). Naive timestamps are read in ``tz=``,
+or taken as UTC with a note saying so.
+
 Example:
     >>> trace = load_trace("NL_2022_hourly.csv", signal="direct")  # doctest: +SKIP
     >>> trace.window("2022-06-01", 24)  # doctest: +SKIP
@@ -14,9 +19,10 @@ from __future__ import annotations
 import os
 import re
 import warnings
+import zoneinfo
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Literal, cast
 
@@ -26,11 +32,13 @@ from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import Tick
 
 __all__ = [
+    "DEFAULT_MAX_GAP",
     "FORMATS",
     "MAX_SLOTS",
     "MIN_STEP",
     "SIGNALS",
     "CarbonTrace",
+    "Gap",
     "TraceError",
     "TraceStats",
     "TraceWarning",
@@ -45,7 +53,8 @@ class TraceError(ValueError):
 
 
 class TraceWarning(UserWarning):
-    """A trace was loaded, but with repairs (e.g. interpolated gaps) the user should know of."""
+    """A trace was loaded, but with repairs or assumptions (interpolated gaps, timestamps
+    taken as UTC) the user should know of; the same text is in :attr:`CarbonTrace.notes`."""
 
 
 # Accepted file formats and the header that identifies each; the order is the detection order.
@@ -62,6 +71,10 @@ FORMATS: tuple[str, ...] = tuple(_FORMAT_HEADERS)
 SIGNALS: tuple[str, ...] = ("direct", "lca", "avg")
 MIN_STEP = pd.Timedelta(minutes=1)
 """Shortest step a trace may have: planning slots are whole minutes."""
+
+DEFAULT_MAX_GAP = 3
+"""Longest run of consecutive missing or empty values (at the file's own step) that loading
+interpolates unless told otherwise: 3 hours of an hourly file, 45 minutes of a 15-minute one."""
 
 MAX_SLOTS = 5_000_000
 """Most slots a trace may span, gaps included (9.5 years of 1-minute steps, 570 years of
@@ -89,6 +102,42 @@ _VALUE_NAMES = frozenset(
     }
 )
 _EM_SIGNAL = re.compile(r"carbon intensity.*\((direct|lca)\)")
+_OFFSET = re.compile(r"(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?", re.IGNORECASE)
+_TZ_HINT = "pass --tz ZONE (tz= in Python), e.g. --tz Europe/Berlin, if they are local time"
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A run of consecutive missing or empty values in a trace file."""
+
+    start: pd.Timestamp
+    """Start of the first missing slot (UTC)."""
+    values: int
+    """How many consecutive values are missing."""
+    step: pd.Timedelta
+    """The trace's step."""
+
+    @property
+    def last(self) -> pd.Timestamp:
+        """Start of the last missing slot (UTC)."""
+        return self.start + (self.values - 1) * self.step
+
+    @property
+    def duration(self) -> pd.Timedelta:
+        """Time the gap spans."""
+        return self.values * self.step
+
+    def describe(self) -> str:
+        """E.g. ``720 hourly values (720 h = 30 days) from 2022-06-01 00:00 UTC through
+        2022-06-30 23:00 UTC``."""
+        kind = "hourly" if self.step == pd.Timedelta(hours=1) else f"{_minutes(self.step)}-minute"
+        noun = "value" if self.values == 1 else "values"
+        when = (
+            f"at {_fmt(self.start)}"
+            if self.values == 1
+            else f"from {_fmt(self.start)} through {_fmt(self.last)}"
+        )
+        return f"{self.values} {kind} {noun} ({_duration(self.duration)}) {when}"
 
 
 @dataclass(frozen=True)
@@ -150,6 +199,9 @@ class CarbonTrace:
             offline dataset).
         filled: How many values were interpolated when loading, counted at the source
             resolution (resampling does not change it).
+        notes: What loading repaired or assumed, one sentence each (interpolated gaps with
+            the longest one, timestamps taken as UTC, ...): for reports and ``--json``.
+        longest_gap: The longest run of values interpolated when loading, if any.
 
     Raises:
         TraceError: If the series breaks any of the rules above.
@@ -161,6 +213,8 @@ class CarbonTrace:
     source: str
     fmt: str
     filled: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    longest_gap: Gap | None = None
 
     def __post_init__(self) -> None:
         s = self.series
@@ -178,6 +232,10 @@ class CarbonTrace:
             raise TraceError(f"unknown signal {self.signal!r}; use one of {', '.join(SIGNALS)}")
         if self.filled < 0:
             raise TraceError("filled must be >= 0")
+        notes = tuple(self.notes)
+        if not all(isinstance(note, str) for note in notes):
+            raise TraceError("trace notes must be strings")
+        object.__setattr__(self, "notes", notes)
         index = index.tz_convert("UTC")
         if len(index) >= 2:
             diffs = np.diff(index.asi8)
@@ -368,13 +426,21 @@ class CarbonTrace:
 
 
 def load_trace(
-    path: str | os.PathLike[str], *, signal: str = "direct", zone: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    signal: str = "direct",
+    zone: str | None = None,
+    max_gap: int | None = DEFAULT_MAX_GAP,
+    tz: str | tzinfo | None = None,
 ) -> CarbonTrace:
     """Load a carbon-intensity CSV file, detecting its format from the header.
 
-    Timestamps become UTC (naive ones are taken as UTC); unsorted rows are sorted; missing
-    timestamps and empty values are interpolated in time (edges take the nearest value), and
-    a :class:`TraceWarning` says how many.
+    Timestamps become UTC. Offsets and unix times are honoured; naive timestamps are read in
+    ``tz``, or else taken as UTC with a note saying so (not when the column's name says UTC,
+    as Electricity Maps' ``Datetime (UTC)`` does). Unsorted rows are sorted. Missing
+    timestamps and empty values are interpolated in time (edges take the nearest value) as
+    long as no run of them is longer than ``max_gap`` values; :attr:`CarbonTrace.notes` and a
+    :class:`TraceWarning` say how many were filled and name the longest gap.
 
     Args:
         path: CSV file in one of the :data:`FORMATS`.
@@ -384,16 +450,25 @@ def load_trace(
         zone: For files that name their zone(s) (Electricity Maps ``Zone Id``, reference
             ``zone_name``, vessim zone columns) the zone to select; for files that do not
             (EIA, plain) the label to use instead of the one derived from the file name.
+        max_gap: Longest run of consecutive missing or empty values (at the file's step) to
+            interpolate; ``None`` fills any gap (still noted). A longer gap is an error.
+        tz: Time zone of naive timestamps: an IANA name (``"Europe/Berlin"``), ``"UTC"``
+            or an offset (``"+05:30"``). Local times are converted to UTC across
+            daylight-saving changes; the hour that repeats when clocks go back is read in
+            file order (first summer time, then winter time).
 
     Raises:
         TraceError: If the file is missing, empty or of unknown format, lacks the requested
             signal or zone, has unparsable, duplicate or off-grid timestamps, non-numeric
-            or negative values.
+            or negative values, or a gap longer than ``max_gap``; if ``tz`` is unknown or a
+            timestamp does not exist in it. Messages name the line or the time at fault.
     """
     file = Path(path)
     if not file.is_file():
         raise TraceError(f"{file}: no such file")
     wanted = _normalise_signal(signal)
+    zone_info = None if tz is None else _zone_info(tz)
+    _check_max_gap(max_gap)
     columns = _read_header(file)
     layout = _detect(file, columns, zone)
     column, label = layout.column_for(wanted, file)
@@ -406,14 +481,33 @@ def load_trace(
         frame, zone_label = _select_zone(frame, layout.zone_column, zone, file, layout.zone)
     if frame.empty:
         raise TraceError(f"{file}: the file has a header but no data rows")
-    times = _parse_times(frame[layout.time_column], file)
+    raw_times = frame[layout.time_column]
+    declared_utc = "utc" in _norm(layout.time_column)
+    times, naive = _parse_times(raw_times, file, None if declared_utc else zone_info)
     values = _parse_values(frame[column], file)
-    return from_series(
+
+    notes: list[str] = []
+    assumed_utc = bool(naive.any()) and zone_info is None and not declared_utc
+    if assumed_utc:
+        some = "" if naive.all() else f"{int(naive.sum())} of {len(naive)} "
+        notes.append(f"{some}timestamps have no time zone and were taken as UTC; {_TZ_HINT}")
+    elif zone_info is not None and (declared_utc or not naive.any()):
+        why = (
+            f"column {layout.time_column!r} says its times are UTC"
+            if declared_utc and naive.any()
+            else "the timestamps carry their own UTC offsets (or are unix times)"
+        )
+        notes.append(f"time zone {tz} not applied: {why}")
+    _check_duplicates(times, raw_times, file, local_hint=assumed_utc)
+    return _assemble(
         pd.Series(values, index=times),
         zone=zone_label,
         signal=label,
         source=str(file),
         fmt=layout.fmt,
+        max_gap=max_gap,
+        notes=notes,
+        local_hint=assumed_utc,
     )
 
 
@@ -424,8 +518,13 @@ def from_series(
     signal: str = "avg",
     source: str = "<series>",
     fmt: str = "plain",
+    max_gap: int | None = DEFAULT_MAX_GAP,
 ) -> CarbonTrace:
     """Build a trace from a time-indexed series, repairing what can be repaired.
+
+    Missing timestamps and NaN values are interpolated in time (edges take the nearest
+    value) when no run of them is longer than ``max_gap``; the trace's
+    :attr:`~CarbonTrace.notes` and a :class:`TraceWarning` say what was filled.
 
     Args:
         series: gCO2eq/kWh on a DatetimeIndex (naive = UTC); may be unsorted, irregular or
@@ -434,11 +533,41 @@ def from_series(
         signal: Signal label (see :data:`SIGNALS`).
         source: Where the data came from, for messages and reports.
         fmt: Format label.
+        max_gap: Longest run of missing values to interpolate; ``None`` fills any gap
+            (still noted).
 
     Raises:
         TraceError: If the index is not a DatetimeIndex, has duplicates or timestamps off the
-            regular step, or the values are non-numeric, infinite, negative or all missing.
+            regular step, the values are non-numeric, infinite, negative or all missing, or
+            a gap is longer than ``max_gap``.
     """
+    _check_max_gap(max_gap)
+    return _assemble(
+        series,
+        zone=zone,
+        signal=signal,
+        source=source,
+        fmt=fmt,
+        max_gap=max_gap,
+        notes=[],
+        local_hint=False,
+    )
+
+
+def _assemble(
+    series: pd.Series,
+    *,
+    zone: str,
+    signal: str,
+    source: str,
+    fmt: str,
+    max_gap: int | None,
+    notes: list[str],
+    local_hint: bool,
+) -> CarbonTrace:
+    """:func:`from_series`, with the notes loading made so far; ``local_hint``: the index
+    holds naive wall-clock times taken as UTC (so a missing Sunday-night hour may be a
+    daylight-saving change)."""
     if not isinstance(series.index, pd.DatetimeIndex):
         raise TraceError(f"{source}: the series needs a DatetimeIndex, not {type(series.index)}")
     index = series.index
@@ -505,17 +634,159 @@ def from_series(
     s = s.reindex(full)
     missing = s.isna().to_numpy()
     filled = int(missing.sum())
+    longest: Gap | None = None
     if filled:
+        starts, lengths = _runs(missing)
+        gaps = [
+            Gap(pd.Timestamp(full[a]), int(n), step) for a, n in zip(starts, lengths, strict=True)
+        ]
+        longest = max(gaps, key=lambda g: g.values)  # the first of the longest
+        clock_change = next((g for g in gaps if local_hint and _spring_forward(g)), None)
+        if max_gap is not None and longest.values > max_gap:
+            raise TraceError(_gap_error(source, gaps, max_gap, full, clock_change))
         s = s.interpolate(method="time").ffill().bfill()
-        run_start, run_length = _longest_run(missing)
-        warnings.warn(
-            f"{source}: interpolated {filled} of {len(s)} values ({100 * filled / len(s):.3g} %)"
-            f" that were empty or missing; longest gap {run_length} steps from"
-            f" {_fmt(full[run_start])}",
-            TraceWarning,
-            stacklevel=2,
+        note = (
+            f"interpolated {filled} of {len(s)} values ({100 * filled / len(s):.3g} %) that"
+            f" were empty or missing; longest gap: {longest.describe()}"
         )
-    return CarbonTrace(series=s, zone=zone, signal=signal, source=source, fmt=fmt, filled=filled)
+        if clock_change is not None:
+            note += f"; {_spring_forward_hint(clock_change)}"
+        notes.append(note)
+    trace = CarbonTrace(
+        series=s,
+        zone=zone,
+        signal=signal,
+        source=source,
+        fmt=fmt,
+        filled=filled,
+        notes=tuple(notes),
+        longest_gap=longest,
+    )
+    for note in notes:
+        # stacklevel 3: the caller of load_trace / from_series.
+        warnings.warn(f"{source}: {note}", TraceWarning, stacklevel=3)
+    return trace
+
+
+def _check_max_gap(max_gap: int | None) -> None:
+    if max_gap is None:
+        return
+    if isinstance(max_gap, bool) or not isinstance(max_gap, int | np.integer) or max_gap < 0:
+        raise TraceError(
+            f"the longest gap to fill must be a whole number of values >= 0, not {max_gap!r}"
+        )
+
+
+def _gap_error(
+    source: str,
+    gaps: list[Gap],
+    max_gap: int,
+    full: pd.DatetimeIndex,
+    clock_change: Gap | None,
+) -> str:
+    """The message for gaps longer than ``max_gap``: the longest, how to proceed."""
+    over = [g for g in gaps if g.values > max_gap]
+    longest = max(over, key=lambda g: g.values)
+    text = f"{source}: no data for {longest.describe()}"
+    if len(over) > 1:
+        text += (
+            f" (the longest of {len(over)} gaps over {max_gap} values; the first starts"
+            f" {_fmt(over[0].start)})"
+        )
+    if max_gap:
+        text += f"; loading interpolates gaps of up to {max_gap} values, not longer ones"
+    else:
+        text += "; loading was told to interpolate no gaps (a limit of 0)"
+    if clock_change is not None and clock_change.values > max_gap:
+        text += f"; {_spring_forward_hint(clock_change)}"
+    # The longest stretch free of long gaps, to cut the file to.
+    blocked = np.zeros(len(full), dtype=bool)
+    step = full[1] - full[0]
+    for g in over:
+        i = int((g.start - full[0]) // step)
+        blocked[i : i + g.values] = True
+    starts, lengths = _runs(~blocked)
+    stretch = ""
+    if len(lengths):
+        j = int(lengths.argmax())
+        a, n = int(starts[j]), int(lengths[j])
+        stretch = (
+            f", e.g. the longest stretch without one, {_fmt(full[a])} .. {_fmt(full[a + n - 1])}"
+            f" ({n} values)"
+        )
+    return (
+        f"{text}. To interpolate it anyway, pass --fill-gaps {longest.values}"
+        f" (max_gap={longest.values} in Python); or use data without such a gap{stretch}"
+    )
+
+
+def _spring_forward(gap: Gap) -> bool:
+    """Whether a gap in wall-clock times is one missing hour on a Sunday night, as when
+    clocks go forward (Europe 02:00, North America 02:00, Australia 02:00 ...)."""
+    start = gap.start
+    return gap.duration == pd.Timedelta(hours=1) and start.day_of_week == 6 and start.hour <= 3
+
+
+def _spring_forward_hint(gap: Gap) -> str:
+    return (
+        f"the missing hour {_wall(gap.start)} (a Sunday night) looks like clocks going forward,"
+        " so the timestamps may be local time (then pass --tz ZONE)"
+    )
+
+
+def _check_duplicates(
+    times: pd.DatetimeIndex, raw: pd.Series, file: Path, *, local_hint: bool
+) -> None:
+    """A timestamp that occurs twice is an error naming its lines; with naive times that
+    repeat one Sunday-night hour, the message says the file looks like local time."""
+    repeated = np.asarray(times.duplicated(keep=False))
+    if not repeated.any():
+        return
+    dups = times[repeated]
+    first = dups.min()
+    at = np.flatnonzero(np.asarray(times == first))
+    lines = [str(int(raw.index[i]) + 2) for i in at[:5]]
+    shown = ", ".join(lines[:-1]) + f" and {lines[-1]}" + (" ..." if len(at) > 5 else "")
+    others = int(np.asarray(times.duplicated()).sum()) - (len(at) - 1)
+    more = f" (and {others} more repeated rows)" if others else ""
+    if not local_hint:
+        hint = "keep one row per timestamp"
+    elif (
+        (dups.day_of_week == 6) & (dups.hour <= 3)
+    ).all() and dups.max() - dups.min() < pd.Timedelta(hours=1):
+        hint = (
+            f"the file looks like local time: the hour from {_wall(first)} (a Sunday night)"
+            f" repeats, as when clocks go back; pass --tz ZONE (tz= in Python), e.g. --tz"
+            " Europe/Berlin, to read it as local time"
+        )
+    else:
+        hint = f"keep one row per timestamp; {_TZ_HINT}"
+    when = _wall(first) if local_hint else _fmt(first)
+    raise TraceError(f"{file}: duplicate timestamp {when} on lines {shown}{more}; {hint}")
+
+
+def _zone_info(tz: str | tzinfo) -> tzinfo:
+    """An IANA zone name, UTC or a fixed offset (``+05:30``, ``UTC-3``) as a tzinfo."""
+    if isinstance(tz, tzinfo):
+        return tz
+    text = str(tz).strip()
+    if text.upper() in ("UTC", "Z", "GMT", "ETC/UTC", "ZULU"):
+        return UTC
+    match = _OFFSET.fullmatch(text)
+    if match:
+        sign, hours, minutes = match.group(1), int(match.group(2)), int(match.group(3) or 0)
+        if hours < 24 and minutes < 60:
+            delta = timedelta(hours=hours, minutes=minutes)
+            return timezone(-delta if sign == "-" else delta)
+    try:
+        if text:
+            return zoneinfo.ZoneInfo(text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        pass
+    raise TraceError(
+        f"unknown time zone {tz!r}; use an IANA name such as Europe/Berlin or"
+        " America/New_York, UTC, or an offset such as +01:00"
+    )
 
 
 def from_values(
@@ -721,23 +992,40 @@ def _select_zone(
     return frame, zones[0]
 
 
-def _parse_times(raw: pd.Series, file: Path) -> pd.DatetimeIndex:
-    """Parse a timestamp column to UTC: offsets are honoured, naive times taken as UTC."""
+def _parse_times(
+    raw: pd.Series, file: Path, zone_info: tzinfo | None
+) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """Parse a timestamp column to UTC, and say which rows had no zone.
+
+    Offsets and unix times are honoured; naive times are read in ``zone_info``, or taken as
+    UTC when it is None. Returns the UTC times and a boolean mask of the naive rows.
+    """
     if raw.isna().any():
         line = int(raw.index[int(raw.isna().to_numpy().argmax())]) + 2  # + header, 1-based
         raise TraceError(f"{file}: line {line} has no timestamp in column {raw.name!r}")
+    text = raw.astype(str).str.strip()
     try:
         if pd.api.types.is_numeric_dtype(raw):
             # Unix epoch; values this large can only be milliseconds.
             unit: Literal["s", "ms"] = "ms" if float(raw.abs().max()) > 1e11 else "s"
             parsed = pd.to_datetime(raw, unit=unit, utc=True)
+            naive = np.zeros(len(raw), dtype=bool)
         else:
-            parsed = pd.to_datetime(raw.astype(str).str.strip(), format="ISO8601", utc=True)
+            parsed, naive = _parse_iso(text)
     except (TypeError, ValueError, OverflowError) as exc:
         if isinstance(exc, OverflowError | pd.errors.OutOfBoundsDatetime):
             raise TraceError(
                 f"{file}: a timestamp in column {raw.name!r} is outside the supported range"
                 f" {_TIME_RANGE_TEXT} ({exc})"
+            ) from None
+        coerced = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+        bad = coerced.isna().to_numpy()
+        if bad.any():
+            label = raw.index[int(bad.argmax())]
+            raise TraceError(
+                f"{file}: line {int(label) + 2}: cannot parse timestamp {text[label]!r} in"
+                f" column {raw.name!r}; use ISO 8601 such as 2022-01-01 00:00:00 (with Z or"
+                " +01:00 for a zone) or unix seconds"
             ) from None
         raise TraceError(
             f"{file}: cannot parse timestamps in column {raw.name!r} ({exc}); use ISO 8601 such"
@@ -750,7 +1038,51 @@ def _parse_times(raw: pd.Series, file: Path) -> pd.DatetimeIndex:
             f"{file}: line {int(label) + 2}: timestamp {str(raw[label]).strip()!r} is outside"
             f" the supported range {_TIME_RANGE_TEXT}"
         )
-    return pd.DatetimeIndex(parsed)
+    index = pd.DatetimeIndex(parsed)
+    if zone_info is not None and naive.any():
+        index = _localise(index, naive, zone_info, text, file)
+    return index, naive
+
+
+def _parse_iso(text: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """ISO 8601 strings as UTC times, and which of them carried no zone."""
+    try:
+        parsed = pd.to_datetime(text, format="ISO8601")
+    except pd.errors.OutOfBoundsDatetime:
+        raise
+    except ValueError:
+        # Rows with different offsets, or some with a zone and some without: parse as UTC
+        # and look at each row for its zone (or re-raise what cannot be parsed at all).
+        parsed = pd.to_datetime(text, format="ISO8601", utc=True)
+        naive = np.fromiter(
+            (pd.Timestamp(value).tzinfo is None for value in text), dtype=bool, count=len(text)
+        )
+        return parsed, naive
+    if parsed.dt.tz is None:
+        return parsed.dt.tz_localize("UTC"), np.ones(len(text), dtype=bool)
+    return parsed.dt.tz_convert("UTC"), np.zeros(len(text), dtype=bool)
+
+
+def _localise(
+    index: pd.DatetimeIndex, naive: np.ndarray, zone_info: tzinfo, text: pd.Series, file: Path
+) -> pd.DatetimeIndex:
+    """Read the naive rows of ``index`` (wall-clock times parsed as UTC) in ``zone_info``."""
+    wall = index[naive].tz_localize(None)
+    # The hour that repeats when clocks go back: its first rows are summer time (DST).
+    first_seen = ~np.asarray(wall.duplicated(keep="first"))
+    local = wall.tz_localize(zone_info, ambiguous=first_seen, nonexistent="NaT")
+    skipped = np.asarray(local.isna())
+    if skipped.any():
+        row = int(np.flatnonzero(naive)[int(skipped.argmax())])
+        label = text.index[row]
+        raise TraceError(
+            f"{file}: line {int(label) + 2}: {text[label]!r} does not exist in {zone_info}"
+            " (the clocks skip it when they go forward); are the timestamps really in that"
+            " time zone?"
+        )
+    stamps = index.asi8.copy()
+    stamps[naive] = local.tz_convert("UTC").as_unit(index.unit).asi8
+    return pd.DatetimeIndex(pd.to_datetime(stamps, unit=index.unit, utc=True))
 
 
 def _parse_values(raw: pd.Series, file: Path) -> np.ndarray:
@@ -774,13 +1106,11 @@ def _common_step(index: pd.DatetimeIndex) -> pd.Timedelta:
     return pd.Timedelta(int(diffs[counts.argmax()]), unit=index.unit)
 
 
-def _longest_run(mask: np.ndarray) -> tuple[int, int]:
-    """Start and length of the longest run of True in a non-empty boolean mask."""
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and lengths of the runs of True in a boolean vector."""
     edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
     starts = np.flatnonzero(edges == 1)
-    lengths = np.flatnonzero(edges == -1) - starts
-    i = int(lengths.argmax())
-    return int(starts[i]), int(lengths[i])
+    return starts, np.flatnonzero(edges == -1) - starts
 
 
 def _to_utc(value: datetime | pd.Timestamp | str) -> pd.Timestamp:
@@ -799,3 +1129,18 @@ def _fmt(ts: pd.Timestamp) -> str:
 
 def _minutes(delta: pd.Timedelta) -> str:
     return f"{delta.total_seconds() / 60:g}"
+
+
+def _wall(ts: pd.Timestamp) -> str:
+    """A wall-clock time read from a file without a zone (shown without one)."""
+    return ts.strftime("%Y-%m-%d %H:%M")
+
+
+def _duration(delta: pd.Timedelta) -> str:
+    """E.g. ``45 min``, ``22 h``, ``720 h = 30 days``."""
+    hours = delta.total_seconds() / 3600
+    if hours < 1:
+        return f"{delta.total_seconds() / 60:g} min"
+    if hours < 48:
+        return f"{hours:g} h"
+    return f"{hours:g} h = {hours / 24:.3g} days"

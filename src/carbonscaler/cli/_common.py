@@ -12,6 +12,10 @@ Older spellings stay as aliases (``--carbon-trace``, the carbon service's ``--ca
 ``-f``; on the long-running commands ``--zone SPEC`` without ``--trace`` or ``--year`` still means
 live providers). :func:`open_trace` opens a trace source; :func:`pick_carbon_source` checks the
 long-running commands' choice of one source.
+
+Where a command reads trace files, ``--fill-gaps N`` (:data:`FillGapsOption`) says how long a
+gap may be interpolated and ``--tz ZONE`` (:data:`TzOption`) what zone naive timestamps are in;
+pass both on to :func:`open_trace` / :func:`load_carbon`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 
@@ -65,6 +69,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("carbonscaler.trace", "TraceError"),
     ("carbonscaler.datasets", "DatasetError"),
     ("carbonscaler.control.spec", "SpecError"),
+    ("carbonscaler.control.state", "StateError"),
     ("carbonscaler.backends.base", "BackendError"),
     ("carbonscaler.providers.base", "ProviderError"),
     ("carbonscaler.forecast_names", "ForecastError"),
@@ -139,6 +144,26 @@ PROVIDER_HELP = (
     "for fallback (keys: $ELECTRICITYMAPS_API_KEY, $WATTTIME_USER/$WATTTIME_PASSWORD)."
 )
 SERVICE_HELP = "Carbon service base URL (carbonscaler carbon-service)."
+
+DEFAULT_FILL_GAPS = 3
+"""carbonscaler.trace.DEFAULT_MAX_GAP, restated so that this module stays light (a test keeps
+the two equal)."""
+FILL_GAPS_FLAGS = ("--fill-gaps",)
+FILL_GAPS_HELP = (
+    f"Interpolate gaps in a trace of up to N consecutive missing values (default "
+    f"{DEFAULT_FILL_GAPS}); a longer gap is an error naming it. Every fill is reported."
+)
+TZ_FLAGS = ("--tz",)
+TZ_HELP = (
+    "Time zone of a trace file's timestamps that carry none, e.g. Europe/Berlin or +01:00 "
+    "(default: UTC, with a note saying so)."
+)
+FillGapsOption = Annotated[
+    int | None, typer.Option(*FILL_GAPS_FLAGS, help=FILL_GAPS_HELP, metavar="N", min=0)
+]
+"""``--fill-gaps N`` for a command that reads trace files (None: the default)."""
+TzOption = Annotated[str | None, typer.Option(*TZ_FLAGS, help=TZ_HELP, metavar="ZONE")]
+"""``--tz ZONE`` for a command that reads trace files."""
 # The long-running commands keep --zone's older meaning when it comes alone.
 LIVE_ZONE_HELP = (
     "With --trace: the zone of a multi-zone file. With --year: a zone of the offline dataset. "
@@ -152,8 +177,13 @@ def open_trace(
     year: int | None = None,
     *,
     signal: str = "direct",
+    fill_gaps: int | None = None,
+    tz: str | None = None,
 ) -> CarbonTrace:
     """The carbon trace a command names: a file, or a zone of the offline dataset.
+
+    What loading repaired or assumed is in the trace's ``notes`` (and in
+    :class:`~carbonscaler.trace.TraceWarning` warnings, which :func:`user_errors` prints).
 
     Args:
         trace: A carbon-intensity file; ``zone`` then selects a zone of a file that names
@@ -161,21 +191,33 @@ def open_trace(
         zone: Without ``trace``: a zone of the offline dataset.
         year: The dataset year (None: the latest); not for a file.
         signal: The file's column where it has several (``direct``, ``lca``, ``avg``).
+        fill_gaps: Longest gap to interpolate, in values (``--fill-gaps``). None: for a
+            file :data:`DEFAULT_FILL_GAPS`, for the offline dataset any (it cannot be
+            repaired by the user; its fills are noted all the same).
+        tz: Zone of a file's naive timestamps (``--tz``); None takes them as UTC, noted.
 
     Raises:
-        TraceError: if neither a trace nor a zone is given, a year is given with a file, or
-            the file cannot be read.
+        TraceError: if neither a trace nor a zone is given, a year or ``tz`` is given with
+            the dataset, or the file cannot be read (including a gap over ``fill_gaps``).
         DatasetError: if the offline dataset is missing or lacks the zone/year.
     """
     from carbonscaler import datasets
     from carbonscaler.trace import TraceError, load_trace
 
+    if fill_gaps is not None and fill_gaps < 0:
+        raise TraceError(f"--fill-gaps must be 0 or more values, not {fill_gaps}")
     if trace is not None:
         if year is not None:
             raise TraceError("--year selects a dataset year; it does not apply to a file")
-        return load_trace(trace, signal=signal, zone=zone)
+        max_gap = DEFAULT_FILL_GAPS if fill_gaps is None else fill_gaps
+        return load_trace(trace, signal=signal, zone=zone, max_gap=max_gap, tz=tz)
     if zone is not None:
-        return datasets.load(zone, year)
+        if tz is not None:
+            raise TraceError(
+                "--tz applies to trace files whose timestamps carry no zone; the offline"
+                " dataset's are UTC already"
+            )
+        return datasets.load(zone, year, max_gap=fill_gaps)
     raise TraceError(
         "give --trace PATH (a carbon-intensity CSV) or --zone ZONE (the offline dataset; "
         "see `carbonscaler traces list`)"
@@ -189,21 +231,36 @@ def load_carbon(
     slot_minutes: int,
     start: pd.Timestamp,
     year: int | None = None,
+    *,
+    fill_gaps: int | None = None,
+    tz: str | None = None,
+    shows_notes: bool = False,
 ) -> CarbonTrace:
     """The carbon trace to plan on, at the slot length: a file, or the offline dataset's zone
     for ``year`` (default: the start's year).
+
+    What loading repaired or assumed is in the trace's ``notes``, and comes as
+    :class:`~carbonscaler.trace.TraceWarning` warnings too (which :func:`user_errors` prints).
+    A caller that shows the notes with its result (``plan``: table and ``--json``) passes
+    ``shows_notes=True``, and those warnings are not repeated (other warnings pass through).
 
     Raises:
         TraceError: if neither a trace nor a zone is given, or the file cannot be read.
         DatasetError: if the offline dataset is missing or lacks the zone/year.
     """
-    from carbonscaler.trace import TraceError
+    from carbonscaler.trace import TraceError, TraceWarning
 
     if trace is None and zone is not None and year is None:
         year = start.year
-    loaded = open_trace(trace, zone, year, signal=signal)
     if slot_minutes <= 0:
         raise TraceError(f"--slot-minutes must be positive, got {slot_minutes}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = open_trace(trace, zone, year, signal=signal, fill_gaps=fill_gaps, tz=tz)
+    noted = {f"{loaded.source}: {note}" for note in loaded.notes} if shows_notes else set()
+    for w in caught:
+        if not (issubclass(w.category, TraceWarning) and str(w.message) in noted):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return loaded.resample(slot_minutes)
 
 

@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from carbonscaler.cli._common import TRACE_FLAGS, TRACE_HELP, YEAR_FLAGS, ZONE_FLAGS, open_trace
+from carbonscaler.cli._common import (
+    DEFAULT_FILL_GAPS,
+    TRACE_FLAGS,
+    TRACE_HELP,
+    YEAR_FLAGS,
+    ZONE_FLAGS,
+    FillGapsOption,
+    TzOption,
+    open_trace,
+)
 
 if TYPE_CHECKING:
     from carbonscaler.trace import CarbonTrace
@@ -86,7 +95,7 @@ def list_traces(
         table.add_column("file", overflow="fold")
         for header in ("format", "zone", "span (UTC)"):
             table.add_column(header, no_wrap=True)
-        for header in ("rows", "filled"):
+        for header in ("rows", "filled", "longest gap"):
             table.add_column(header, justify="right", no_wrap=True)
         failed = []
         for r in rows:
@@ -103,8 +112,15 @@ def list_traces(
                     f"{str(r['start'])[:10]} .. {str(r['end'])[:10]}",
                     str(r["rows"]),
                     str(r["filled"]),
+                    _gap_cell(r),
                 )
         console.print(table)
+        if any(_needs_fill(r) for r in rows):
+            console.print(
+                f"[yellow]*[/yellow] a gap longer than {DEFAULT_FILL_GAPS} values: loading that"
+                " file is an error unless --fill-gaps allows it",
+                highlight=False,
+            )
         for r in failed:
             # Messages start with the full path; the relative one is enough here.
             brief = str(r["error"]).split(": ", 1)[-1][:_ERROR_BRIEF]
@@ -135,11 +151,17 @@ def show(
     ] = None,
     signal: Annotated[
         str | None,
-        typer.Option(help="direct or lca for Electricity Maps files (default: direct)."),
+        typer.Option(
+            help="direct or lca for Electricity Maps files (default: direct, as every command "
+            "and the Electricity Maps provider; lca is opt-in). The offline dataset has lca only."
+        ),
     ] = None,
+    fill_gaps: FillGapsOption = None,
+    tz: TzOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show summary statistics of a trace file or an offline-dataset zone."""
+    """Show summary statistics of a trace file or an offline-dataset zone, and what loading
+    it repaired or assumed (interpolated gaps, timestamps taken as UTC)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -162,21 +184,31 @@ def show(
     elif signal is not None and signal.strip().lower() != "lca":
         _fail(f"the offline dataset has only the 'lca' signal, not {signal!r}")
     file, name = trace_path, zone
-    trace, notes = _capture(lambda: open_trace(file, name, year, signal=signal or "direct"))
+    trace, caught = _capture(
+        lambda: open_trace(file, name, year, signal=signal or "direct", fill_gaps=fill_gaps, tz=tz)
+    )
+    # The loader's notes also come as warnings: keep only the warnings that say more.
+    noted = {f"{trace.source}: {note}" for note in trace.notes}
+    others = [message for message in caught if message not in noted]
 
     stats = trace.stats()
+    gap = trace.longest_gap
     summary: dict[str, object] = {
         "source": trace.source,
         "format": trace.fmt,
         "signal": trace.signal,
         **stats.as_dict(),
-        "warnings": notes,
+        "longest_gap": None
+        if gap is None
+        else {"start": gap.start.isoformat(), "values": gap.values, "end": gap.last.isoformat()},
+        "notes": list(trace.notes),
+        "warnings": others,
     }
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    for note in notes:
-        _note(note)
+    for message in others:
+        _note(message)
     table = Table(title=f"{trace.zone} ({trace.signal}) from {trace.source}", show_header=False)
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
@@ -186,7 +218,9 @@ def show(
         ("step", f"{stats.step_minutes:g} min"),
         ("rows", str(stats.n)),
         ("filled (interpolated)", str(stats.filled)),
+        ("longest gap filled", "none" if gap is None else gap.describe()),
         ("format", trace.fmt),
+        ("signal", _signal_text(trace.signal, dataset=trace.fmt == "entsoe-dataset")),
         ("mean", f"{stats.mean:.1f} {unit}"),
         ("min", f"{stats.min:.1f} {unit}"),
         ("max", f"{stats.max:.1f} {unit}"),
@@ -197,6 +231,8 @@ def show(
     ):
         table.add_row(label, escape(value))
     Console().print(table)
+    for note in trace.notes:
+        Console().print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
 
 
 def _capture(load: Callable[[], CarbonTrace]) -> tuple[CarbonTrace, list[str]]:
@@ -219,11 +255,14 @@ def _file_row(path: Path, root: Path) -> dict[str, object]:
     name = str(path.relative_to(root))
     try:
         with warnings.catch_warnings():
-            # Repairs show up in the "filled" column; per-file warnings would bury the table.
+            # Repairs show up in the "filled" and "longest gap" columns (and, with --json, in
+            # the notes); per-file warnings would bury the table. Any gap is filled here, to
+            # show how long it is.
             warnings.simplefilter("ignore")
-            trace = load_trace(path)
+            trace = load_trace(path, max_gap=None)
     except TraceError as exc:
         return {"kind": "file", "path": name, "error": str(exc)}
+    gap = trace.longest_gap
     return {
         "kind": "file",
         "path": name,
@@ -235,6 +274,9 @@ def _file_row(path: Path, root: Path) -> dict[str, object]:
         "rows": len(trace),
         "step_minutes": trace.step.total_seconds() / 60,
         "filled": trace.filled,
+        "longest_gap": 0 if gap is None else gap.values,
+        "longest_gap_start": None if gap is None else gap.start.isoformat(),
+        "notes": list(trace.notes),
     }
 
 
@@ -253,6 +295,29 @@ def _note(message: str) -> None:
     from rich.markup import escape
 
     Console(stderr=True).print(f"[yellow]note:[/yellow] {escape(message)}", highlight=False)
+
+
+def _needs_fill(row: dict[str, object]) -> bool:
+    gap = row.get("longest_gap")
+    return isinstance(gap, int) and gap > DEFAULT_FILL_GAPS
+
+
+def _gap_cell(row: dict[str, object]) -> str:
+    gap = row.get("longest_gap")
+    if not gap:
+        return "-"
+    star = " [yellow]*[/yellow]" if _needs_fill(row) else ""
+    return f"{gap} from {str(row['longest_gap_start'])[:16].replace('T', ' ')}{star}"
+
+
+def _signal_text(signal: str, *, dataset: bool) -> str:
+    if dataset:
+        return f"{signal} (life-cycle, production-based: the offline dataset's only signal)"
+    return {
+        "direct": "direct (operational; the default)",
+        "lca": "lca (life-cycle)",
+        "avg": "avg (the file's only signal)",
+    }.get(signal, signal)
 
 
 def _ints(value: object) -> list[int]:
