@@ -18,6 +18,8 @@ from carbonscaler.cli._common import (
     YEAR_HELP,
     ZONE_FLAGS,
     ZONE_HELP,
+    FillGapsOption,
+    TzOption,
     console,
     load_carbon,
     open_trace,
@@ -42,6 +44,8 @@ def best_window_command(
         typer.Option(help="Now, for a trace or the dataset (ISO 8601; default its first slot)."),
     ] = None,
     slot_minutes: Annotated[int, typer.Option(help="Slot length for a trace.")] = 60,
+    fill_gaps: FillGapsOption = None,
+    tz: TzOption = None,
     carbon_service: Annotated[str | None, typer.Option(*SERVICE_FLAGS, help=SERVICE_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -66,7 +70,9 @@ def best_window_command(
             raise PlanningError("give --carbon-service, or a trace/dataset with --start, not both")
         answer = _ask_service(carbon_service, duration_h, within_h)
     else:
-        answer = _from_trace(trace, zone, year, start, slot_minutes, duration_h, within_h)
+        answer = _from_trace(
+            trace, zone, year, start, slot_minutes, duration_h, within_h, fill_gaps, tz
+        )
     if as_json:
         typer.echo(json.dumps(answer))
         return
@@ -94,6 +100,8 @@ def _from_trace(
     slot_minutes: int,
     duration_h: float,
     within_h: float,
+    fill_gaps: int | None,
+    tz: str | None,
 ) -> dict[str, Any]:
     """The best window on the actual intensities of a trace or the offline dataset."""
     import pandas as pd
@@ -103,11 +111,13 @@ def _from_trace(
 
     if start is not None:
         now = parse_start(start)
-        carbon = load_carbon(trace, zone, "direct", slot_minutes, now, year)
+        carbon = load_carbon(
+            trace, zone, "direct", slot_minutes, now, year, fill_gaps=fill_gaps, tz=tz
+        )
     else:
         if slot_minutes <= 0:
             raise TraceError(f"--slot-minutes must be positive, got {slot_minutes}")
-        carbon = open_trace(trace, zone, year).resample(slot_minutes)
+        carbon = open_trace(trace, zone, year, fill_gaps=fill_gaps, tz=tz).resample(slot_minutes)
         now = carbon.series.index[0]
     slot_h = slot_minutes / 60
     horizon = math.floor(within_h / slot_h + 1e-9)
@@ -129,6 +139,7 @@ def _from_trace(
         "saving_pct": window.saving_pct,
         "method": "actual",
         "source": str(carbon.source),
+        "notes": list(carbon.notes),
     }
 
 
