@@ -20,19 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from _shared import shared_dir
 from carbonscaler.advisor import Conditions, ForecastSpec, SweepSpec, run_sweep, simulate_policy
 from carbonscaler.planner import Job, Ladder, plan
 from carbonscaler.planner.batch import batch_greedy
 from carbonscaler.profile import amdahl_profile
 from carbonscaler.trace import CarbonTrace, from_values, load_trace
 
-SHARED_TRACE = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "traces"
-    / "electricitymaps-fedstale"
-    / "NL_2022_hourly.csv"
-)
+SHARED_TRACE = shared_dir() / "traces" / "electricitymaps-fedstale" / "NL_2022_hourly.csv"
 
 
 def year_trace() -> CarbonTrace:

@@ -35,10 +35,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-SHARED_TRACE = (
-    Path(__file__).resolve().parents[2]
-    / "shared/traces/electricitymaps-fedstale/NL_2022_hourly.csv"
-)
+from _shared import shared_dir
+
+SHARED_TRACE = shared_dir() / "traces" / "electricitymaps-fedstale" / "NL_2022_hourly.csv"
 N_SUBSCRIBERS = 1000
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _shared import shared_dir
 from carbonscaler.planner import Job, plan
 from carbonscaler.profile import amdahl_profile
 
@@ -30,13 +31,7 @@ REFERENCE_GO_MS = {
     (2160, 32): 240.0,
     (8760, 64): 6000.0,
 }
-SHARED_TRACE = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "traces"
-    / "electricitymaps-fedstale"
-    / "NL_2022_hourly.csv"
-)
+SHARED_TRACE = shared_dir() / "traces" / "electricitymaps-fedstale" / "NL_2022_hourly.csv"
 
 
 def carbon_values() -> tuple[np.ndarray, str]:

@@ -1,6 +1,7 @@
 """How long ``carbonscaler run --simulate`` takes for a 36-hour job, beside the advisor.
 
-Run: ``.venv/bin/python benchmarks/bench_simulate.py`` (a few seconds; needs ../shared).
+Run: ``.venv/bin/python benchmarks/bench_simulate.py`` (a few seconds; needs the shared data:
+``$CARBONSCALER_SHARED``, default ``../shared``).
 
 The real controller on a virtual clock against the simulated workload (in process, so the CLI's
 start-up is not counted), and CarbonAdvisor's executor for the same job, trace and start — the
@@ -15,17 +16,17 @@ import sys
 import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
+from _shared import shared_dir
 from carbonscaler.advisor.executor import Conditions, simulate_policy
 from carbonscaler.cli._runner import build_simulation
 from carbonscaler.control import JobSpec, ReplayFeed
 from carbonscaler.forecast import ForecastSpec
 from carbonscaler.profile import ProfileWarning
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = shared_dir()
 REPEATS = 7
 
 

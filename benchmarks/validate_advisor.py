@@ -1,4 +1,6 @@
-"""Reproduce the shape of the paper's findings on the real traces in ../shared/traces.
+"""Reproduce the shape of the paper's findings on the real traces of the shared folder.
+
+The folder is ``$CARBONSCALER_SHARED``, default ``../shared`` beside the repository.
 
 Run: ``.venv/bin/python benchmarks/validate_advisor.py > validation.txt`` (a few minutes).
 The figures in docs/validation.md come from this script.
@@ -20,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from _shared import shared_dir
 from carbonscaler.advisor import Conditions, ForecastSpec, SweepSpec, run_sweep
 from carbonscaler.profile import ScalingProfile, amdahl_profile, load_profile, power_law_profile
 from carbonscaler.trace import CarbonTrace, load_trace
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = shared_dir()
 EM = SHARED / "traces"
 REGIONS = {
     "NL": EM / "electricitymaps-fedstale/NL_2022_hourly.csv",

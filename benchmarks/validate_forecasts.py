@@ -1,4 +1,6 @@
-"""Forecasting on every trace in ../shared/traces: day-ahead error, and the savings kept.
+"""Forecasting on every trace of the shared folder: day-ahead error, and the savings kept.
+
+The folder is ``$CARBONSCALER_SHARED``, default ``../shared`` beside the repository.
 
 Run: ``.venv/bin/python benchmarks/validate_forecasts.py`` (a few minutes; the learned models
 are cached). The forecasting section of docs/validation.md comes from this script.
@@ -17,10 +19,10 @@ import platform
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
+from _shared import shared_dir
 from carbonscaler.advisor import Conditions, SweepSpec, run_sweep
 from carbonscaler.forecast import ForecastSpec
 from carbonscaler.forecast_evaluation import evaluate_forecasts
@@ -28,7 +30,7 @@ from carbonscaler.learned import learned_model
 from carbonscaler.profile import amdahl_profile
 from carbonscaler.trace import TraceError, load_trace
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "traces"
+SHARED = shared_dir() / "traces"
 MODELS = ("persistence", "seasonal", "learned")
 STARTS = 400
 
@@ -66,7 +68,7 @@ def main() -> None:
     ratios, kept_all = [], {m: [] for m in MODELS}
     for path in sorted(SHARED.rglob("*.csv")):
         try:
-            trace = load_trace(path).resample(60)
+            trace = load_trace(path, max_gap=None).resample(60)  # PJM: 22 h filled, as before
         except TraceError as exc:
             print(f"| {path.name} | skipped: {exc} |")
             continue

@@ -115,10 +115,8 @@ def test_estimate_is_labelled(tmp_path: Path) -> None:
         assert httpx.get(svc.url + "/healthz").json()["status"] == "estimating"
 
 
-def test_profile_estimate_is_the_nodes_share(tmp_path: Path) -> None:
-    profile = Path(__file__).resolve().parents[2] / "shared" / "profiles" / "nbody10k.csv"
-    if not profile.exists():
-        pytest.skip("shared profiles not found")
+def test_profile_estimate_is_the_nodes_share(tmp_path: Path, shared_dir: Path) -> None:
+    profile = shared_dir / "profiles" / "nbody10k.csv"
     cfg = config(tmp_path / "nothing", profile_path=profile, servers=2)
     with ServiceThread(create_app(cfg)) as svc:
         time.sleep(0.3)

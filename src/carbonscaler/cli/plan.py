@@ -14,7 +14,10 @@ from carbonscaler.cli._common import (
     TRACE_HELP,
     YEAR_FLAGS,
     ZONE_FLAGS,
+    FillGapsOption,
+    TzOption,
     console,
+    err_console,
     load_carbon,
     parse_start,
     user_errors,
@@ -27,6 +30,56 @@ if TYPE_CHECKING:
 
     from carbonscaler.planner import PlanningError, Schedule
     from carbonscaler.trace import CarbonTrace
+
+
+# The servers a parametric --profile describes when --max is not given (a CSV names its own).
+DEFAULT_PARAMETRIC_SERVERS = 8
+
+# The columns of ``plan --csv``, one row per slot.
+CSV_COLUMNS = (
+    "slot",
+    "start",
+    "servers",
+    "fraction",
+    "servers_after",
+    "carbon_intensity_g_per_kwh",
+    "work",
+    "energy_kwh",
+    "emissions_g",
+)
+
+
+def schedule_csv(schedule: Schedule, times: pd.DatetimeIndex, carbon: Any) -> str:
+    """The schedule as CSV, one row per slot (:data:`CSV_COLUMNS`).
+
+    ``start`` is the slot's start, ISO 8601 in UTC; ``servers`` run for ``fraction`` of the
+    slot and ``servers_after`` for the rest (the same count, with fraction 1, except in the
+    slot where the job's last increment is only partly needed); ``carbon_intensity_g_per_kwh``
+    is the intensity the plan used (gCO2eq/kWh), and ``work``, ``energy_kwh`` and
+    ``emissions_g`` (gCO2eq) what the slot does and costs.
+    """
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for i, servers in enumerate(schedule.servers):
+        partial = i == schedule.partial_slot
+        writer.writerow(
+            (
+                i,
+                times[i].isoformat(),
+                int(servers),
+                float(schedule.last_slot_fraction) if partial else 1.0,
+                int(schedule.partial_servers_after) if partial else int(servers),
+                float(carbon[i]),
+                float(schedule.work_per_slot[i]),
+                float(schedule.energy_kwh_per_slot[i]),
+                float(schedule.emissions_g_per_slot[i]),
+            )
+        )
+    return buffer.getvalue()
 
 
 def _deadline_slots(deadline_hours: float, slot_hours: float) -> int:
@@ -145,6 +198,8 @@ def plan_command(
     ],
     trace: Annotated[Path | None, typer.Option(*TRACE_FLAGS, help=TRACE_HELP)] = None,
     signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
+    fill_gaps: FillGapsOption = None,
+    tz: TzOption = None,
     zone: Annotated[
         str | None,
         typer.Option(
@@ -158,10 +213,27 @@ def plan_command(
         typer.Option(*YEAR_FLAGS, help="Offline-dataset year for --zone (default: --start's)."),
     ] = None,
     min_servers: Annotated[int, typer.Option("--min", help="Fewest servers (m).")] = 1,
-    max_servers: Annotated[int, typer.Option("--max", help="Most servers (M).")] = 8,
+    max_servers: Annotated[
+        int | None,
+        typer.Option(
+            "--max",
+            help="Most servers (M). Default: the profile's largest count (a CSV's last row; "
+            f"{DEFAULT_PARAMETRIC_SERVERS} for a parametric shape).",
+        ),
+    ] = None,
     policy: Annotated[str, typer.Option(help=f"One of: {', '.join(POLICIES)}.")] = "carbonscaler",
     slot_minutes: Annotated[int, typer.Option(help="Slot length in minutes.")] = 60,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    csv_path: Annotated[
+        str | None,
+        typer.Option(
+            "--csv",
+            metavar="PATH",
+            help="Also write the per-slot schedule as CSV (slot, start, servers, fraction, "
+            "servers_after, carbon_intensity_g_per_kwh, work, energy_kwh, emissions_g) to PATH; "
+            "'-' prints it to standard output instead of the table.",
+        ),
+    ] = None,
     show_all: Annotated[
         bool, typer.Option("--compare", help="Also plan with every policy and compare.")
     ] = False,
@@ -180,6 +252,8 @@ def plan_command(
         profile_spec=profile,
         trace=trace,
         signal=signal,
+        fill_gaps=fill_gaps,
+        tz=tz,
         zone=zone,
         year=year,
         min_servers=min_servers,
@@ -187,6 +261,7 @@ def plan_command(
         policy=policy,
         slot_minutes=slot_minutes,
         as_json=as_json,
+        csv_path=csv_path,
         show_all=show_all,
         static_servers=static_servers,
         threshold_percentile=threshold_percentile,
@@ -202,23 +277,42 @@ def _plan(
     profile_spec: str,
     trace: Path | None,
     signal: str,
+    fill_gaps: int | None,
+    tz: str | None,
     zone: str | None,
     year: int | None,
     min_servers: int,
-    max_servers: int,
+    max_servers: int | None,
     policy: str,
     slot_minutes: int,
     as_json: bool,
+    csv_path: str | None,
     show_all: bool,
     static_servers: int | None,
     threshold_percentile: float,
 ) -> None:
+    from carbonscaler.outputs import atomic_write, check_output_file
     from carbonscaler.planner import Job, PlanningError, Schedule, compare, plan
     from carbonscaler.profile import parse_profile_spec
 
+    csv_to_stdout = csv_path == "-"
+    if csv_to_stdout and (as_json or show_all):
+        raise typer.BadParameter(
+            f"'-' prints the CSV instead of the table; with {'--json' if as_json else '--compare'}"
+            " give a file: --csv PATH",
+            param_hint="--csv",
+        )
+    csv_file = None if csv_path is None or csv_to_stdout else check_output_file(csv_path, "--csv")
     start = parse_start(start_text)
-    carbon_trace = load_carbon(trace, zone, signal, slot_minutes, start, year)
-    profile = parse_profile_spec(profile_spec, default_servers=max(max_servers, 1))
+    carbon_trace = load_carbon(
+        trace, zone, signal, slot_minutes, start, year, fill_gaps=fill_gaps, tz=tz, shows_notes=True
+    )
+    profile = parse_profile_spec(
+        profile_spec,
+        default_servers=DEFAULT_PARAMETRIC_SERVERS if max_servers is None else max(max_servers, 1),
+    )
+    if max_servers is None:
+        max_servers = profile.max_servers
     slot_hours = slot_minutes / 60.0
     if policy not in POLICIES:
         raise PlanningError(f"unknown policy {policy!r}; choose one of: {', '.join(POLICIES)}")
@@ -231,8 +325,18 @@ def _plan(
         "threshold_percentile": threshold_percentile,
     }
     schedule = plan(policy, job, carbon, **options)
+    times = carbon_trace.index[carbon_trace.index_of(start) :]
+    if csv_path is not None:
+        text = schedule_csv(schedule, times, carbon)
+        if csv_file is None:
+            for note in carbon_trace.notes:  # the table that shows them is not printed
+                err_console().print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+            typer.echo(text, nl=False)
+            return
+        atomic_write(csv_file, text, "--csv")
     if as_json:
         out = schedule.to_dict()
+        out["notes"] = [*carbon_trace.notes, *schedule.notes]  # what the trace's loading repaired
         out.update(
             trace=carbon_trace.source,
             zone=carbon_trace.zone,
@@ -252,7 +356,6 @@ def _plan(
             }
         typer.echo(json.dumps(out, indent=2))
         return
-    times = carbon_trace.index[carbon_trace.index_of(start) :]
     title = (
         f"{policy} plan — {carbon_trace.zone} from {start:%Y-%m-%d %H:%M} UTC, "
         f"{length:g} h job at {min_servers} server(s), deadline {deadline:g} h, "
@@ -260,8 +363,10 @@ def _plan(
     )
     console().print(_schedule_table(schedule, times, carbon, title))
     console().print(_summary(schedule))
-    for note in schedule.notes:
+    for note in (*carbon_trace.notes, *schedule.notes):
         console().print(f"  note: {note}")
+    if csv_file is not None:
+        console().print(f"per-slot schedule written to {csv_file}", highlight=False)
     if show_all:
         full = carbon_trace.values[carbon_trace.index_of(start) :]
         console().print(_comparison_table(compare(job, full, **options)))
