@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_planner.py
 	$(BIN)/python benchmarks/bench_advisor.py
 
-## Reproduce the shape of the paper's findings on ../shared/traces (docs/validation.md).
+## Reproduce the shape of the paper's findings on the shared traces ($CARBONSCALER_SHARED, default ../shared; docs/validation.md).
 validate: $(STAMP)
 	$(BIN)/python benchmarks/validate_advisor.py
 

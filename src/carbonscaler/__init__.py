@@ -3,11 +3,12 @@
 The public API is re-exported here; everything else is internal::
 
     import carbonscaler as cs
+    from carbonscaler import datasets
 
-    profile = cs.load_profile("nbody100k.csv")
-    trace = cs.load_trace("NL_2022_hourly.csv").resample(60)
-    job = cs.Job.from_length(profile, length_hours=24, min_servers=1, max_servers=7)
-    schedule = cs.plan("carbonscaler", job, trace.window("2022-06-01", 36))
+    profile = cs.amdahl_profile(8, 0.05)  # or cs.load_profile("profile.csv")
+    trace = datasets.load("DE", 2020).resample(60)  # or cs.load_trace("my-trace.csv")
+    job = cs.Job.from_length(profile, length_hours=24, min_servers=1, max_servers=8)
+    schedule = cs.plan("carbonscaler", job, trace.window("2020-06-01", 36))
     print(schedule.servers, schedule.emissions_g)
 
 The names are imported on first use, so ``import carbonscaler`` (and the command line)
