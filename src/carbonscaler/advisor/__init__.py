@@ -14,17 +14,22 @@ from carbonscaler._lazy import lazy_exports
 if TYPE_CHECKING:
     from carbonscaler.advisor.executor import Conditions, Outcome, simulate_policy
     from carbonscaler.advisor.report import (
+        RANKING_RULE,
         figures,
+        ranked_summary,
         scenario_tables,
         summary_records,
         write_csv,
         write_html,
         write_plots,
+        write_summary_csv,
     )
     from carbonscaler.advisor.sweep import (
         Scenario,
         SweepResult,
         SweepSpec,
+        default_jobs,
+        rank_policies,
         resolve_starts,
         run_sweep,
     )
@@ -35,17 +40,22 @@ else:
         {
             "carbonscaler.advisor.executor": ("Conditions", "Outcome", "simulate_policy"),
             "carbonscaler.advisor.report": (
+                "RANKING_RULE",
                 "figures",
+                "ranked_summary",
                 "scenario_tables",
                 "summary_records",
                 "write_csv",
                 "write_html",
                 "write_plots",
+                "write_summary_csv",
             ),
             "carbonscaler.advisor.sweep": (
                 "Scenario",
                 "SweepResult",
                 "SweepSpec",
+                "default_jobs",
+                "rank_policies",
                 "resolve_starts",
                 "run_sweep",
             ),
@@ -60,6 +70,7 @@ else:
 
 __all__ = [
     "FORECAST_MODELS",
+    "RANKING_RULE",
     "Conditions",
     "ForecastModel",
     "ForecastSpec",
@@ -67,8 +78,11 @@ __all__ = [
     "Scenario",
     "SweepResult",
     "SweepSpec",
+    "default_jobs",
     "figures",
     "issue_forecasts",
+    "rank_policies",
+    "ranked_summary",
     "resolve_starts",
     "run_sweep",
     "scenario_tables",
@@ -77,4 +91,5 @@ __all__ = [
     "write_csv",
     "write_html",
     "write_plots",
+    "write_summary_csv",
 ]

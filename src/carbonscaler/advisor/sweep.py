@@ -10,7 +10,9 @@ against them.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -19,7 +21,7 @@ import pandas as pd
 
 from carbonscaler.advisor.executor import Conditions, Outcome, simulate_policy
 from carbonscaler.decision import deciding_policy
-from carbonscaler.planner.model import Job, PlanningError
+from carbonscaler.planner.model import FloatArray, IntArray, Job, PlanningError
 from carbonscaler.planner.policies import POLICIES, Policy
 from carbonscaler.profile import ScalingProfile
 from carbonscaler.trace import CarbonTrace
@@ -29,6 +31,8 @@ __all__ = [
     "Scenario",
     "SweepResult",
     "SweepSpec",
+    "default_jobs",
+    "rank_policies",
     "resolve_starts",
     "run_sweep",
 ]
@@ -184,25 +188,63 @@ def _frame(
     return frame
 
 
-def run_sweep(spec: SweepSpec, progress: ProgressCallback | None = None) -> SweepResult:
+@dataclass(frozen=True)
+class _Task:
+    """One simulation a sweep needs: a scenario's deciding policy over all its starts."""
+
+    scenario: int
+    policy: str
+    job: Job
+    trace: FloatArray
+    starts: IntArray
+    deadline_slots: int
+    conditions: Conditions
+
+
+def _simulate(task: _Task) -> Outcome:
+    return simulate_policy(
+        task.policy, task.job, task.trace, task.starts, task.deadline_slots, task.conditions
+    )
+
+
+def default_jobs() -> int:
+    """Every core this process may use (``--jobs``' default)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run_sweep(
+    spec: SweepSpec, progress: ProgressCallback | None = None, *, jobs: int = 1
+) -> SweepResult:
     """Simulate every scenario and policy of ``spec``.
 
     Args:
         spec: the sweep.
-        progress: called as ``progress(done, total, label)`` after each policy run.
+        progress: called as ``progress(done, total, label)`` after each policy run (in the
+            order they finish).
+        jobs: threads for the independent (scenario, policy) simulations; 1 runs them one
+            after the other. The numbers are the same either way (only the order of the
+            progress calls differs).
 
     Raises:
         PlanningError: on infeasible scenarios (e.g. a trace shorter than the deadline).
     """
+    if jobs < 1:
+        raise PlanningError(f"--jobs must be at least 1, not {jobs}")
     scenarios = spec.scenarios()
     if not scenarios:
         raise PlanningError("no scenario has min servers <= max servers; check --min/--max")
     policies = list(dict.fromkeys([*BASELINES, *spec.policies]))
     total = len(scenarios) * len(policies)
-    frames: list[pd.DataFrame] = []
-    count = 0
     slot_hours = spec.slot_minutes / 60.0
-    for scenario in scenarios:
+    # Every scenario is checked before anything is simulated, so a bad one fails at once.
+    prepared: list[tuple[Scenario, CarbonTrace, IntArray]] = []
+    tasks: list[_Task] = []
+    deciders: list[dict[str, str]] = []  # per scenario: policy -> the policy simulated for it
+    served: dict[tuple[int, str], list[str]] = {}  # simulation -> the policies it reports
+    for number, scenario in enumerate(scenarios):
         trace = scenario.trace.resample(spec.slot_minutes)
         job = Job.from_length(
             spec.profile, spec.length_hours, scenario.min_servers, scenario.max_servers, slot_hours
@@ -218,22 +260,39 @@ def run_sweep(spec: SweepSpec, progress: ProgressCallback | None = None) -> Swee
                 f" sweep may hold (about 1 GB); use --starts {fit} (evenly spaced) or longer"
                 " --slot-minutes"
             )
-        outcomes: dict[str, Outcome] = {}
+        prepared.append((scenario, trace, starts))
+        decides: dict[str, str] = {}
         for policy in policies:
             # Policies that decide alike for this job (exact on a concave ladder) share a run.
             parsed = Policy.parse(policy)
             twin = str(deciding_policy(parsed, job)) if parsed.runnable else policy
-            if twin not in outcomes:
-                outcomes[twin] = simulate_policy(
-                    twin, job, trace.values, starts, deadline_slots, spec.conditions
+            decides[policy] = twin
+            if (number, twin) not in served:
+                served[number, twin] = []
+                values = np.asarray(trace.values)
+                tasks.append(
+                    _Task(number, twin, job, values, starts, deadline_slots, spec.conditions)
                 )
-            outcome = outcomes[twin]
+            served[number, twin].append(policy)
+        deciders.append(decides)
+
+    count = 0
+
+    def finished(task: _Task) -> None:
+        nonlocal count
+        for policy in served[task.scenario, task.policy]:
+            count += 1
+            if progress is not None:
+                progress(count, total, f"{scenarios[task.scenario].label}: {policy}")
+
+    outcomes = _run_tasks(tasks, jobs, finished)
+    frames: list[pd.DataFrame] = []
+    for number, (scenario, trace, starts) in enumerate(prepared):
+        for policy in policies:
+            outcome = outcomes[number, deciders[number][policy]]
             frames.append(
                 _frame(outcome, scenario, policy, starts, trace, spec.price_per_server_hour)
             )
-            count += 1
-            if progress is not None:
-                progress(count, total, f"{scenario.label}: {policy}")
     runs = _add_savings(pd.concat(frames, ignore_index=True))
     requested = runs[runs["policy"].isin(spec.policies)]
     # Report policies in the order asked for, scenario by scenario.
@@ -247,6 +306,53 @@ def run_sweep(spec: SweepSpec, progress: ProgressCallback | None = None) -> Swee
     )
     summary = summarise(requested, spec.traces)
     return SweepResult(requested, summary, spec)
+
+
+def _run_tasks(
+    tasks: list[_Task], jobs: int, finished: Callable[[_Task], None]
+) -> dict[tuple[int, str], Outcome]:
+    """Every task's outcome, here one by one or on ``jobs`` threads.
+
+    Threads, not processes: the compiled loops (the batch greedy, the world) release the GIL
+    and numpy does in its large operations, so threads overlap well, and they start at once,
+    share the trace and need nothing pickled. Measured on 2 cores, they beat a process pool
+    (forkserver or fork) on short sweeps and long ones alike (see docs/advisor.md).
+    """
+    outcomes: dict[tuple[int, str], Outcome] = {}
+    workers = min(jobs, len(tasks))
+    if workers <= 1:
+        for task in tasks:
+            outcomes[task.scenario, task.policy] = _simulate(task)
+            finished(task)
+        return outcomes
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sweep")
+    try:
+        futures = {pool.submit(_simulate, task): task for task in tasks}
+        order = {future: i for i, future in enumerate(futures)}
+        for future in as_completed(futures):
+            if future.exception() is not None:
+                raise _first_error(order)
+            task = futures[future]
+            outcomes[task.scenario, task.policy] = future.result()
+            finished(task)
+    finally:
+        # On an error or Ctrl-C the waiting tasks are dropped; a running one ends its run.
+        pool.shutdown(wait=False, cancel_futures=True)
+    return outcomes
+
+
+def _first_error(order: dict[Future[Outcome], int]) -> BaseException:
+    """The error a serial sweep would have raised: that of the first failed task in sweep
+    order. Tasks start in order, so once those not yet started are cancelled, every task
+    before the first failure among those that ran has run."""
+    for future in order:
+        future.cancel()
+    ran = [future for future in order if not future.cancelled()]
+    wait(ran)
+    failed = min((f for f in ran if f.exception() is not None), key=order.__getitem__)
+    error = failed.exception()
+    assert error is not None
+    return error
 
 
 _KEYS = ["trace", "slack", "min_servers", "max_servers", "start"]
@@ -271,13 +377,16 @@ def _add_savings(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarise(runs: pd.DataFrame, traces: Sequence[CarbonTrace] = ()) -> pd.DataFrame:
-    """One row per (trace, slack, m, M, policy) with the decision statistics."""
+    """One row per (trace, slack, m, M, policy) with the decision statistics, in the order of
+    ``runs``, each with its ``rank`` in its scenario (see :func:`rank_policies`)."""
     cv = {t.source: t.stats().cv for t in traces}
     rows = []
+    emissions_by_row: list[np.ndarray] = []
     group_keys = ["trace", "zone", "slack", "min_servers", "max_servers", "policy"]
     for key, group in runs.groupby(group_keys, sort=False):
         trace, zone, slack, m, top, policy = cast(tuple[Any, ...], key)
         emissions = group["emissions_g"].to_numpy()
+        misses = int((~group["deadline_met"]).sum())
         row = {
             "trace": trace,
             "zone": zone,
@@ -295,16 +404,71 @@ def summarise(runs: pd.DataFrame, traces: Sequence[CarbonTrace] = ()) -> pd.Data
             "mean_savings_vs_suspend_resume_pct": float(
                 group["savings_vs_suspend_resume_pct"].mean()
             ),
+            "deadline_misses": misses,
+            "deadline_miss_pct": 100.0 * misses / len(group),
             "mean_completion_hours": float(group["completion_hours"].mean()),
             "mean_server_hours": float(group["server_hours"].mean()),
             "server_hours_change_pct": float(group["server_hours_change_pct"].mean()),
             "mean_rescales": float(group["rescales"].mean()),
             "mean_replans": float(group["replans"].mean()),
-            "deadline_misses": int((~group["deadline_met"]).sum()),
             "not_completed": int((~group["completed"]).sum()),
             "trace_cv": cv.get(trace, float("nan")),
         }
         if "cost" in group:
             row["mean_cost"] = float(group["cost"].mean())
         rows.append(row)
-    return pd.DataFrame(rows)
+        emissions_by_row.append(emissions)
+    summary = pd.DataFrame(rows)
+    if summary.empty:
+        return summary
+    summary.insert(list(summary.columns).index("policy") + 1, "rank", rank_policies(summary))
+    summary["same_as"] = _same_as(summary, emissions_by_row)
+    return summary
+
+
+SCENARIO_KEYS = ["trace", "zone", "slack", "min_servers", "max_servers"]
+
+
+def rank_policies(summary: pd.DataFrame) -> pd.Series:
+    """Each policy's rank within its scenario (1 = best).
+
+    A policy that misses even one deadline ranks below every policy that meets them all:
+    policies that meet every deadline come first, by mean saving against carbon-agnostic
+    (highest first); then those that miss some, fewest misses first, then by saving. Equal
+    results share a rank (``exact`` and ``carbonscaler`` on a concave profile).
+    """
+    scenario = summary.groupby(SCENARIO_KEYS, sort=False).ngroup().to_numpy()
+    misses = summary["deadline_miss_pct"].to_numpy(dtype=float)
+    lost = -summary["mean_savings_vs_agnostic_pct"].to_numpy(dtype=float)
+    lost[np.isnan(lost)] = np.inf
+    ranks = np.zeros(len(summary), dtype=np.int64)
+    for group in np.unique(scenario):
+        rows = np.flatnonzero(scenario == group)
+        ordered = rows[np.lexsort((lost[rows], misses[rows]))]  # stable: ties keep their order
+        rank, previous = 0, (np.nan, np.nan)
+        for position, row in enumerate(ordered, start=1):
+            current = (misses[row], lost[row])
+            if current != previous:
+                rank, previous = position, current
+            ranks[row] = rank
+    return pd.Series(ranks, index=summary.index)
+
+
+def _same_as(summary: pd.DataFrame, emissions: list[np.ndarray]) -> pd.Series:
+    """For each policy, the first policy listed before it in its scenario whose every run
+    emitted, finished and rescaled alike (``exact`` = ``carbonscaler`` on a concave ladder),
+    or ``None``."""
+    same: list[str | None] = [None] * len(summary)
+    scenario = summary.groupby(SCENARIO_KEYS, sort=False).ngroup().to_numpy()
+    stats = summary[["deadline_misses", "mean_completion_hours", "mean_rescales"]].to_numpy()
+    for i in range(len(summary)):
+        for j in range(i):
+            if (
+                scenario[j] == scenario[i]
+                and same[j] is None
+                and np.array_equal(emissions[i], emissions[j])
+                and np.array_equal(stats[i], stats[j], equal_nan=True)
+            ):
+                same[i] = str(summary["policy"].iloc[j])
+                break
+    return pd.Series(same, index=summary.index, dtype=object)

@@ -102,7 +102,21 @@ def advise_command(
     seed: Annotated[int, typer.Option(help="Seed for forecast and profile errors.")] = 0,
     slot_minutes: Annotated[int, typer.Option(help="Slot length in minutes.")] = 60,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Simulations run at once, on threads (default: every core); 1 runs them one"
+            " after the other. The results are the same.",
+        ),
+    ] = None,
     csv: Annotated[Path | None, typer.Option(help="Write every simulated run to this CSV.")] = None,
+    summary_csv: Annotated[
+        Path | None,
+        typer.Option(help="Write the ranked summary (misses beside savings) to this CSV."),
+    ] = None,
     plot: Annotated[Path | None, typer.Option(help="Write PNG figures into this folder.")] = None,
     report: Annotated[
         Path | None, typer.Option(help="Write a self-contained HTML report here.")
@@ -137,23 +151,28 @@ def _advise(
     seed: int,
     slot_minutes: int,
     as_json: bool,
+    jobs: int | None,
     csv: Path | None,
+    summary_csv: Path | None,
     plot: Path | None,
     report: Path | None,
 ) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from carbonscaler.advisor import (
+        RANKING_RULE,
         Conditions,
         ForecastModel,
         ForecastSpec,
         SweepSpec,
+        default_jobs,
         run_sweep,
         scenario_tables,
         summary_records,
         write_csv,
         write_html,
         write_plots,
+        write_summary_csv,
     )
     from carbonscaler.outputs import check_output_file, check_output_folder
     from carbonscaler.planner import PlanningError
@@ -163,6 +182,8 @@ def _advise(
     # Every output is checked before minutes of simulation, not after.
     if csv is not None:
         check_output_file(csv, "--csv")
+    if summary_csv is not None:
+        check_output_file(summary_csv, "--summary-csv")
     if plot is not None:
         check_output_folder(plot, "--plot")
     if report is not None:
@@ -217,9 +238,11 @@ def _advise(
         def progress(done: int, total: int, label: str) -> None:
             bar.update(task, completed=done, total=total, description=label)
 
-        result = run_sweep(spec, progress)
+        result = run_sweep(spec, progress, jobs=jobs or default_jobs())
     if csv is not None:
         write_csv(result, csv)
+    if summary_csv is not None:
+        write_summary_csv(result, summary_csv)
     if plot is not None:
         written = write_plots(result, plot)
         err_console().print(f"wrote {len(written)} figures to {plot}")
@@ -229,5 +252,6 @@ def _advise(
     if as_json:
         typer.echo(json.dumps(summary_records(result), indent=2))
         return
-    for table in scenario_tables(result):
+    for table in scenario_tables(result, width=console().width):
         console().print(table)
+    console().print(RANKING_RULE, style="dim")
