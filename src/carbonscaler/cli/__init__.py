@@ -20,6 +20,7 @@ import typer
 from carbonscaler.cli.accounting import accounting_command
 from carbonscaler.cli.advise import advise_command
 from carbonscaler.cli.carbon_service import carbon_service_command
+from carbonscaler.cli.cluster import app as cluster_app
 from carbonscaler.cli.forecast import app as forecast_app
 from carbonscaler.cli.operator import operator_command
 from carbonscaler.cli.plan import plan_command
@@ -76,6 +77,7 @@ app.command("accounting")(accounting_command)
 app.command("operator")(operator_command)
 app.add_typer(traces_app, name="traces")
 app.add_typer(forecast_app, name="forecast")
+app.add_typer(cluster_app, name="cluster")
 
 
 def main() -> None:

@@ -1,0 +1,247 @@
+"""The cluster file: many jobs sharing a capacity, validated by pydantic (issue #12).
+
+A YAML file such as::
+
+    capacity: 12                 # servers per slot, or a list with one value per slot
+    slot_minutes: 60             # optional, the same for every job
+    jobs:
+      - name: resnet
+        profile: profiles/resnet.csv   # or linear / amdahl:0.05 / ... ; paths relative to this file
+        minReplicas: 1
+        maxReplicas: 6
+        length_hours: 10         # hours at minReplicas (or work: N)
+        arrival_hours: 0         # after the plan's start
+        deadline_hours: 20       # after arrival (or deadline: slots, or slack: × length)
+        weight: 1                # optional: priority when the set cannot fit
+
+Each job takes the carbon-aware settings of a single job
+(:class:`carbonscaler.settings.JobSettings`: the same names, camelCase or snake_case, the same
+rules — exactly one of ``length_hours``/``work``, exactly one of ``deadline_hours``/``deadline``/
+``slack``, ``progress`` for work already done) plus ``name``, ``arrival_hours`` and ``weight``.
+What only a running job uses (``policy``, ``replanThreshold``, ``safetyMargin``,
+``rescaleOverheadSeconds``, a per-job ``slot_seconds``) is refused, so nothing is silently
+ignored; ``profile: auto`` (measure it) needs a running job too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from carbonscaler.control.spec import SpecError
+from carbonscaler.settings import JobSettings
+
+if TYPE_CHECKING:
+    from carbonscaler.planner.cluster import ClusterJob
+
+__all__ = ["ClusterJobSpec", "ClusterSpec", "load_cluster_spec"]
+
+# JobSettings fields that belong to a running job, not to a plan.
+_RUN_ONLY = {
+    "policy": "policy",
+    "replan_threshold": "replanThreshold",
+    "safety_margin": "safetyMargin",
+    "rescale_overhead_s": "rescaleOverheadSeconds",
+}
+
+
+class ClusterJobSpec(JobSettings):
+    """One job of a cluster file: a job's settings plus its name, arrival and weight."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", description="Unique job name.")
+    arrival_hours: float = Field(
+        0.0, ge=0, description="When the job arrives, in hours after the plan's start."
+    )
+    weight: float = Field(
+        1.0,
+        gt=0,
+        description="Priority when the set cannot fit: the jobs kept finishing are those of "
+        "the largest total weight.",
+    )
+
+    @model_validator(mode="after")
+    def _plannable(self) -> Self:
+        given = [alias for field, alias in _RUN_ONLY.items() if field in self.model_fields_set]
+        if given:
+            one = len(given) == 1
+            raise ValueError(
+                f"{', '.join(given)} {'configures' if one else 'configure'} a running job, "
+                f"not a cluster plan; remove {'it' if one else 'them'}"
+            )
+        if self.profile == "auto":
+            raise ValueError(
+                "profile 'auto' measures a running job; give a CSV path or a shape such as "
+                "'linear' or 'amdahl:0.05'"
+            )
+        if self.progress >= 100:
+            raise ValueError("progress is 100 %: the job is done; remove it from the set")
+        return self
+
+    def deadline_after_arrival_hours(self) -> float:
+        """The deadline in hours after arrival, however it was given."""
+        if self.deadline is not None:
+            return self.deadline * self.slot_hours
+        if self.deadline_hours is not None:
+            return self.deadline_hours
+        assert self.slack is not None and self.length_hours is not None  # by validation
+        return self.slack * self.length_hours
+
+
+class ClusterSpec(BaseModel):
+    """A cluster file: the capacity, the slot length and the jobs."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+    capacity: int | list[int] | None = Field(
+        None,
+        description="Servers per slot: one number, or one per slot from the plan's start "
+        "(--capacity overrides it).",
+    )
+    slot_minutes: int = Field(60, ge=1, le=1440, description="Slot length of every job.")
+    jobs: list[ClusterJobSpec] = Field(min_length=1)
+
+    @field_validator("capacity")
+    @classmethod
+    def _whole_servers(cls, value: int | list[int] | None) -> int | list[int] | None:
+        values = value if isinstance(value, list) else [] if value is None else [value]
+        if any(v < 0 for v in values):
+            raise ValueError("servers per slot cannot be negative")
+        if isinstance(value, list) and not value:
+            raise ValueError("a per-slot capacity needs at least one value")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_slots(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        minutes = data.get("slot_minutes", data.get("slotMinutes", 60))
+        jobs = data.get("jobs")
+        if isinstance(jobs, list):
+            for job in jobs:
+                if isinstance(job, dict) and ({"slot_seconds", "slotSeconds"} & set(job)):
+                    raise ValueError(
+                        f"job {job.get('name', '?')!r}: every job of a cluster plan uses the "
+                        "same slots; give slot_minutes at the top level instead of slot_seconds"
+                    )
+            if isinstance(minutes, int) and not isinstance(minutes, bool):
+                data = dict(data)
+                data["jobs"] = [
+                    {**job, "slot_seconds": minutes * 60} if isinstance(job, dict) else job
+                    for job in jobs
+                ]
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        names = [job.name for job in self.jobs]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"job names must be unique; repeated: {', '.join(repeated)}")
+        return self
+
+    @property
+    def slot_hours(self) -> float:
+        return self.slot_minutes / 60.0
+
+    def resolve_paths(self, base: Path) -> ClusterSpec:
+        """Profile paths (anything but a parametric shape) made relative to ``base``."""
+        jobs = []
+        for job in self.jobs:
+            profile = job.profile
+            looks_like_path = profile.endswith(".csv") or "/" in profile or os.sep in profile
+            if looks_like_path and not os.path.isabs(profile):
+                profile = str((base / profile).resolve())
+            jobs.append(job.model_copy(update={"profile": profile}))
+        return self.model_copy(update={"jobs": jobs})
+
+    def cluster_jobs(self) -> list[ClusterJob]:
+        """The planner's jobs: profiles read, work sized, windows in slots from the start.
+
+        A job arriving inside a slot may start at the next slot; its deadline (arrival plus
+        the deadline after arrival) is rounded down to a slot boundary. ``progress`` takes its
+        share off the work.
+
+        Raises:
+            ProfileError: if a profile cannot be read or does not cover ``maxReplicas``.
+            FileNotFoundError: if a profile file does not exist.
+            PlanningError: if a job's window is empty.
+        """
+        from carbonscaler.planner.cluster import ClusterJob
+        from carbonscaler.planner.model import Job, PlanningError
+        from carbonscaler.profile import parse_profile_spec
+
+        dt = self.slot_hours
+        out = []
+        for spec in self.jobs:
+            profile = parse_profile_spec(spec.profile, default_servers=spec.max_replicas)
+            if spec.length_hours is not None:
+                job = Job.from_length(
+                    profile, spec.length_hours, spec.min_replicas, spec.max_replicas, dt
+                )
+            else:
+                assert spec.work is not None  # by validation
+                job = Job(profile, spec.work, spec.min_replicas, spec.max_replicas, dt)
+            if spec.progress > 0:
+                job = job.with_work(job.work * (1 - spec.progress / 100))
+            arrival = math.ceil(spec.arrival_hours / dt - 1e-9)
+            end_hours = spec.arrival_hours + spec.deadline_after_arrival_hours()
+            deadline = math.floor(end_hours / dt + 1e-9)
+            if deadline <= arrival:
+                raise PlanningError(
+                    f"job {spec.name!r}: no whole {self.slot_minutes}-minute slot between its "
+                    f"arrival ({spec.arrival_hours:g} h) and deadline ({end_hours:g} h)"
+                )
+            out.append(ClusterJob(spec.name, job, arrival, deadline, spec.weight))
+        return out
+
+
+def load_cluster_spec(path: str | os.PathLike[str]) -> ClusterSpec:
+    """Read and validate a cluster file; profile paths are taken relative to the file.
+
+    Raises:
+        SpecError: naming the file, the field and what is wrong.
+        FileNotFoundError: if the file does not exist.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"cluster file not found: {file}")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{file}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{file}: a cluster file is a YAML mapping (capacity:, jobs: [...])")
+    try:
+        spec = ClusterSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(err, data) for err in exc.errors())
+        raise SpecError(f"{file}: {problems}") from None
+    return spec.resolve_paths(file.resolve().parent)
+
+
+def _describe(err: Any, data: dict[str, Any]) -> str:
+    """One validation error as ``where: what``, naming a job by its name where it has one."""
+    loc = [str(p) for p in err["loc"]]
+    if len(loc) >= 2 and loc[0] == "jobs" and loc[1].isdigit():
+        jobs = data.get("jobs")
+        index = int(loc[1])
+        name = None
+        if isinstance(jobs, list) and index < len(jobs) and isinstance(jobs[index], dict):
+            name = jobs[index].get("name")
+        loc[1] = f"{index} ({name})" if name else loc[1]
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{'.'.join(loc) or 'file'}: {message}"
