@@ -30,7 +30,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -41,7 +40,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from carbonscaler.control.spec import SpecError
+from carbonscaler.control.spec import SpecError, read_yaml_mapping
 from carbonscaler.settings import JobSettings
 
 if TYPE_CHECKING:
@@ -217,14 +216,7 @@ def load_cluster_spec(path: str | os.PathLike[str]) -> ClusterSpec:
         FileNotFoundError: if the file does not exist.
     """
     file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"cluster file not found: {file}")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{file}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{file}: a cluster file is a YAML mapping (capacity:, jobs: [...])")
+    data = read_yaml_mapping(file, "cluster file", "capacity:, jobs: [...]")
     try:
         spec = ClusterSpec.model_validate(data)
     except ValidationError as exc:

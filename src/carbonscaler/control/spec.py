@@ -229,6 +229,24 @@ class JobSpec(JobSettings):
         return self.model_copy(update={**updates, "carbon": carbon, "workload": workload})
 
 
+def read_yaml_mapping(file: Path, kind: str, keys: str) -> dict[str, Any]:
+    """The YAML mapping in ``file`` (a job spec, a cluster file...).
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        SpecError: if it is not valid YAML or not a mapping (``keys`` hints at its shape).
+    """
+    if not file.is_file():
+        raise FileNotFoundError(f"{kind} not found: {file}")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{file}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{file}: a {kind} is a YAML mapping ({keys})")
+    return data
+
+
 def load_job_spec(path: str | os.PathLike[str]) -> JobSpec:
     """Read and validate a job spec; relative paths are taken from the working directory
     (where the command runs, as for the workload's own paths).
@@ -238,14 +256,7 @@ def load_job_spec(path: str | os.PathLike[str]) -> JobSpec:
         FileNotFoundError: if the file does not exist.
     """
     file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"job spec not found: {file}")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{file}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{file}: a job spec is a YAML mapping (name:, workload:, ...)")
+    data = read_yaml_mapping(file, "job spec", "name:, workload:, ...")
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:
