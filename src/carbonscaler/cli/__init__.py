@@ -21,12 +21,13 @@ from carbonscaler.cli.accounting import accounting_command
 from carbonscaler.cli.advise import advise_command
 from carbonscaler.cli.carbon_service import carbon_service_command
 from carbonscaler.cli.cluster import app as cluster_app
+from carbonscaler.cli.demo import demo_command
 from carbonscaler.cli.forecast import app as forecast_app
 from carbonscaler.cli.operator import operator_command
 from carbonscaler.cli.plan import plan_command
 from carbonscaler.cli.power_server import power_server_command
 from carbonscaler.cli.profile import profile_command
-from carbonscaler.cli.run import demo_command, run_command
+from carbonscaler.cli.run import run_command
 from carbonscaler.cli.traces import app as traces_app
 from carbonscaler.cli.window import best_window_command
 
