@@ -429,3 +429,60 @@ def test_direct_is_the_default_signal_everywhere(tmp_path: Path) -> None:
     )
     assert planned.exit_code == 0, planned.output
     assert json.loads(planned.stdout)["carbon_intensity"][0] == 300.0
+
+
+# -- the same options wherever a trace file is read ---------------------------------------
+
+
+def _job_spec(tmp_path: Path, trace: Path, **carbon: object) -> Path:
+    spec = {
+        "name": "gappy",
+        "workload": {"command": "true"},
+        "profile": "amdahl:0.05",
+        "minReplicas": 1,
+        "maxReplicas": 2,
+        "length_hours": 4,
+        "slack": 2,
+        "carbon": {"trace": str(trace), "start": "2022-02-10T00:00Z", **carbon},
+        "checkpoint_dir": str(tmp_path / "run"),
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return path
+
+
+def test_a_job_spec_names_the_gap_and_fills_it_when_told(tmp_path: Path) -> None:
+    path = _month_gap(tmp_path)
+    output = _one_line_error(["run", "--simulate", str(_job_spec(tmp_path, path))])
+    assert "720 hourly values" in output and "fill_gaps: 720" in output
+    filled = _job_spec(tmp_path, path, fill_gaps=720)
+    result = runner.invoke(app, ["run", "--simulate", str(filled), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["completed"] is True
+
+
+def test_a_job_spec_reads_local_time_with_tz(tmp_path: Path) -> None:
+    # Berlin local times with the clocks going back on 2022-10-30: ambiguous without tz.
+    path = _write(tmp_path / "local.csv", _berlin_local("2022-10-29", "2022-11-02"))
+    output = _one_line_error(["run", "--simulate", str(_job_spec(tmp_path, path))])
+    assert "carbon: tz:" in output
+    spec = _job_spec(tmp_path, path, tz="Europe/Berlin")
+    spec.write_text(spec.read_text().replace("2022-02-10T00:00Z", "2022-10-29T12:00Z"))
+    result = runner.invoke(app, ["run", "--simulate", str(spec), "--json"])
+    assert result.exit_code == 0, result.output
+
+
+def test_the_carbon_service_takes_fill_gaps(tmp_path: Path) -> None:
+    from carbonscaler.services import CarbonServiceConfig, create_app
+
+    path = _month_gap(tmp_path)
+    refused = runner.invoke(
+        app, ["carbon-service", "--trace", str(path), "--db-path", str(tmp_path / "s.db")]
+    )
+    assert refused.exit_code == 2, refused.output
+    assert "--fill-gaps 720" in refused.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TraceWarning)
+        create_app(CarbonServiceConfig(db_path=tmp_path / "s.db", carbon_path=path, max_gap=720))
+    with pytest.raises(TraceError, match="720 hourly values"):
+        create_app(CarbonServiceConfig(db_path=tmp_path / "t.db", carbon_path=path))

@@ -103,7 +103,7 @@ _VALUE_NAMES = frozenset(
 )
 _EM_SIGNAL = re.compile(r"carbon intensity.*\((direct|lca)\)")
 _OFFSET = re.compile(r"(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?", re.IGNORECASE)
-_TZ_HINT = "pass --tz ZONE (tz= in Python), e.g. --tz Europe/Berlin, if they are local time"
+_TZ_HINT = "pass --tz ZONE (carbon: tz: in a job spec, tz= in Python), e.g. --tz Europe/Berlin, if they are local time"
 
 
 @dataclass(frozen=True)
@@ -716,7 +716,8 @@ def _gap_error(
         )
     return (
         f"{text}. To interpolate it anyway, pass --fill-gaps {longest.values}"
-        f" (max_gap={longest.values} in Python); or use data without such a gap{stretch}"
+        f" (carbon: fill_gaps: {longest.values} in a job spec, max_gap={longest.values} in"
+        f" Python); or use data without such a gap{stretch}"
     )
 
 
@@ -756,7 +757,7 @@ def _check_duplicates(
     ).all() and dups.max() - dups.min() < pd.Timedelta(hours=1):
         hint = (
             f"the file looks like local time: the hour from {_wall(first)} (a Sunday night)"
-            f" repeats, as when clocks go back; pass --tz ZONE (tz= in Python), e.g. --tz"
+            f" repeats, as when clocks go back; pass --tz ZONE (carbon: tz: in a job spec, tz= in Python), e.g. --tz"
             " Europe/Berlin, to read it as local time"
         )
     else:

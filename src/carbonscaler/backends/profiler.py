@@ -2,14 +2,21 @@
 
 Each count runs from scratch in its own folder for ``seconds_each`` wall seconds; throughput is
 the rate at which the first column of the progress file (steps) advances after the first line
-(so start-up is not counted), converted to steps per *job hour* with the run's time scale. Power
-comes from the meter function given, labelled with its source — on machines without power
-counters that is an estimate, and the profile says so. Counts above the machine's cores are
-not profiled: an oversubscribed measurement would describe the machine, not the job.
+(so start-up is not counted), converted to steps per *job hour* with the run's time scale.
+
+Power is measured where a meter is given and readable (RAPL: the machine's average power over
+each count's window, the idle share included, since the job holds the machine while it runs).
+Elsewhere it is the node estimate of :func:`~carbonscaler.power.meter.estimated_power` — the
+machine's idle power, paid once while the job runs, plus a dynamic share per busy worker — and
+the profile says so. A flat "W per worker" figure would charge the idle power again for every
+worker and hide that a second worker on an already powered machine costs only its dynamic
+share. Counts above the machine's cores are not profiled: an oversubscribed measurement would
+describe the machine, not the job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -21,23 +28,13 @@ import numpy as np
 
 from carbonscaler.backends.base import WorkloadState
 from carbonscaler.backends.local import LocalBackend
+from carbonscaler.power.meter import MeterError, PowerFunction, PowerMeter, estimated_power
 from carbonscaler.profile import ProfileError, ScalingProfile
 from carbonscaler.workload import ProgressError, ProgressRow, read_progress
 
-__all__ = ["ProfileResult", "per_server_power", "profile_workload"]
+__all__ = ["ProfileResult", "profile_workload"]
 
-PowerFunction = Callable[[int], tuple[float, str]]
 _HUGE_SIZE = "1000000000"
-
-
-def per_server_power(watts_per_server: float = 60.0) -> PowerFunction:
-    """An estimate when nothing can be measured: ``k`` servers draw ``k × W`` (the paper's
-    CPU servers drew about 60 W)."""
-
-    def power(servers: int) -> tuple[float, str]:
-        return servers * watts_per_server, f"estimated:{watts_per_server:g}W-per-server"
-
-    return power
 
 
 @dataclass(frozen=True)
@@ -63,6 +60,7 @@ def profile_workload(
     cwd: str | None = None,
     size_env: str | None = None,
     power: PowerFunction | None = None,
+    meter: PowerMeter | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> ProfileResult:
     """Measure throughput and power at 1..K workers, K = min(max_workers, cores).
@@ -77,13 +75,15 @@ def profile_workload(
         env: the workload's environment.
         cwd: its working directory.
         size_env: if set, the variable is made huge so the workload does not finish early.
-        power: watts and source at ``k`` workers (default: 60 W per worker, estimated).
+        power: the estimate of watts and source at ``k`` workers, used where ``meter`` is
+            absent or fails (default: :func:`~carbonscaler.power.meter.estimated_power`).
+        meter: a meter of the machine's power (e.g. RAPL), read over each count's window.
         on_progress: called with ``(k, K)`` as each count starts.
 
     Raises:
         ProfileError: if the workload reports no progress at some count.
     """
-    meter = power or per_server_power()
+    estimate = power or estimated_power()
     cores = os.cpu_count() or 1
     top = max(1, min(max_workers, cores))
     run_env = dict(env or {})
@@ -108,6 +108,7 @@ def profile_workload(
                     f"the workload reported no progress in {folder / 'progress.csv'} at {k} "
                     f"workers; see {backend.log_file}"
                 )
+            _start_window(meter)
             t0, step0 = time.monotonic(), first.step
             last = first
             t1 = t0
@@ -124,7 +125,7 @@ def profile_workload(
                     "workers; give it more time (profile_seconds) or a bigger size"
                 )
             rates.append((last.step - step0) / (t1 - t0))
-            w, source = meter(k)
+            w, source = _window_power(meter) or estimate(k)
             watts.append(w)
             sources.add(source)
         finally:
@@ -137,6 +138,26 @@ def profile_workload(
         note += f" (this machine has {cores} cores; counts above {top} were not profiled)"
     profile = ScalingProfile(throughput, power_w, name="auto")
     return ProfileResult(profile, rates, total_steps, ",".join(sorted(sources)), note)
+
+
+def _start_window(meter: PowerMeter | None) -> None:
+    """Start a measurement window: a meter's read covers the time since its previous read."""
+    if meter is None:
+        return
+    # A counter reset here is harmless: the window's own read decides.
+    with contextlib.suppress(MeterError):
+        meter.read()
+
+
+def _window_power(meter: PowerMeter | None) -> tuple[float, str] | None:
+    """Average watts and source over the window just ended; None when not measurable."""
+    if meter is None:
+        return None
+    try:
+        reading = meter.read()
+    except MeterError:
+        return None
+    return reading.watts, reading.source
 
 
 def _read(backend: LocalBackend) -> ProgressRow | None:

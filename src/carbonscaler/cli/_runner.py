@@ -32,7 +32,7 @@ from carbonscaler.forecast import Forecaster, ForecastModel, make_forecaster
 from carbonscaler.power import DEFAULT_POWERCAP_ROOT, MeterError, MeterUnavailable, RaplMeter
 from carbonscaler.profile import ScalingProfile, parse_profile_spec
 from carbonscaler.providers import live_provider
-from carbonscaler.trace import load_trace
+from carbonscaler.trace import DEFAULT_MAX_GAP, load_trace
 
 __all__ = ["build_controller", "build_simulation", "make_feed", "make_forecaster_for", "state_path"]
 
@@ -76,7 +76,12 @@ def make_feed(spec: JobSpec) -> CarbonFeed:
             )
         start = source.start or ""
         if source.trace:
-            trace = load_trace(source.trace, signal=source.signal)
+            trace = load_trace(
+                source.trace,
+                signal=source.signal,
+                max_gap=DEFAULT_MAX_GAP if source.fill_gaps is None else source.fill_gaps,
+                tz=source.tz,
+            )
         else:
             assert source.dataset_zone is not None
             year = source.year or int(start[:4])
@@ -95,7 +100,7 @@ def make_feed(spec: JobSpec) -> CarbonFeed:
 
 
 def _profile_and_work(
-    spec: JobSpec, on_profile: Callable[[int, int], None] | None
+    spec: JobSpec, on_profile: Callable[[int, int], None] | None, meter: RaplMeter | None
 ) -> tuple[ScalingProfile, float, dict[str, str], str]:
     env = dict(spec.workload.env)
     if spec.profile != "auto":
@@ -117,6 +122,7 @@ def _profile_and_work(
         env=env,
         cwd=spec.workload.cwd,
         size_env=spec.workload.size_env,
+        meter=meter,
         on_progress=on_profile,
     )
     profile = result.profile
@@ -140,24 +146,34 @@ def _profile_and_work(
     return profile, work, env, source
 
 
-def machine_power(
-    spec: JobSpec, profile: ScalingProfile
-) -> Callable[[int], tuple[float, str]] | None:
-    """Measured power for the local runtime: RAPL package energy where readable, else None.
+def machine_meter(spec: JobSpec) -> RaplMeter | None:
+    """The machine's RAPL package meter where readable, else None (power is then estimated).
 
     The local backend runs one job per machine, so the machine's package power is the job's
-    (as the reference counted it). Each call returns the average power since the previous one,
-    which is exactly the interval the controller is accounting.
+    (as the reference counted it).
     """
     try:
-        meter = RaplMeter(spec.powercap_root or DEFAULT_POWERCAP_ROOT)
+        return RaplMeter(spec.powercap_root or DEFAULT_POWERCAP_ROOT)
     except MeterUnavailable:
+        return None
+
+
+def machine_power(
+    meter: RaplMeter | None, profile: ScalingProfile
+) -> Callable[[int], tuple[float, str]] | None:
+    """Measured power for the local runtime from ``meter``, or None without one.
+
+    Each call returns the average power since the previous one, which is exactly the interval
+    the controller is accounting; an interval the meter cannot measure (a counter reset) falls
+    back to the profile's figure.
+    """
+    if meter is None:
         return None
 
     def power(servers: int) -> tuple[float, str]:
         try:
             reading = meter.read()
-        except MeterError:  # a counter reset: this interval falls back to the estimate
+        except MeterError:
             return float(profile.power_w[servers]), "estimated:profile"
         return reading.watts, reading.source
 
@@ -177,6 +193,7 @@ def build_controller(
         SpecError, ProfileError, TraceError, DatasetError, ProviderError: on unusable input.
     """
     store = StateStore(state_path(spec))
+    meter = machine_meter(spec)
     loaded = store.load(spec.name)
     if loaded is not None:
         state = loaded[1]
@@ -185,7 +202,7 @@ def build_controller(
         )
         work, env, source = state.work_required, dict(state.workload_env), state.profile_source
     else:
-        profile, work, env, source = _profile_and_work(spec, on_profile)
+        profile, work, env, source = _profile_and_work(spec, on_profile, meter)
     backend = LocalBackend(
         spec.workload.command_template,
         Path(spec.checkpoint_dir) / "workload",
@@ -205,7 +222,7 @@ def build_controller(
         profile,
         work,
         store,
-        power=machine_power(spec, profile),
+        power=machine_power(meter, profile),
         on_step=on_step,
         tick_s=tick_s,
         profile_source=source,
@@ -242,7 +259,7 @@ def build_simulation(
             "from `carbonscaler profile`) or a parametric shape such as 'amdahl:0.05'; "
             "'auto' measures the workload, which a simulation does not run"
         )
-    profile, work, env, source = _profile_and_work(spec, None)
+    profile, work, env, source = _profile_and_work(spec, None, None)
     clock = VirtualClock(start_s)
     feed = make_feed(spec)
     if not spec.carbon.is_replay:

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from carbonscaler.cli._common import (
+    DEFAULT_FILL_GAPS,
     LIVE_ZONE_HELP,
     PROVIDER_FLAGS,
     PROVIDER_HELP,
@@ -21,6 +22,8 @@ from carbonscaler.cli._common import (
     YEAR_FLAGS,
     YEAR_HELP,
     ZONE_FLAGS,
+    FillGapsOption,
+    TzOption,
     err_console,
     pick_carbon_source,
 )
@@ -106,6 +109,8 @@ def carbon_service_command(
             " restarted service left off.",
         ),
     ] = None,
+    fill_gaps: FillGapsOption = None,
+    tz: TzOption = None,
 ) -> None:
     """Serve carbon intensity and forecasts, and push them to subscribers."""
     import uvicorn
@@ -139,6 +144,8 @@ def carbon_service_command(
             provider=provider,
             zone=source.zone,
             signal=signal,
+            max_gap=DEFAULT_FILL_GAPS if fill_gaps is None else fill_gaps,
+            tz=tz,
             start=start,
             update_interval_s=update_interval,
             prediction_window=prediction_window,

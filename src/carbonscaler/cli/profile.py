@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from carbonscaler.cli._common import console, err_console, user_errors
+from carbonscaler.power.meter import DEFAULT_IDLE_W, DEFAULT_WORKER_W
 
 
 def profile_command(
@@ -22,9 +23,18 @@ def profile_command(
         int, typer.Option("--max", help="Most workers to try (capped at the cores).")
     ] = 8,
     seconds: Annotated[float, typer.Option(help="Wall seconds measured per count.")] = 10.0,
+    idle_w: Annotated[
+        float,
+        typer.Option(
+            "--idle-w",
+            help="Where power cannot be measured (no readable RAPL): the machine's idle power, "
+            "paid once while the job runs.",
+        ),
+    ] = DEFAULT_IDLE_W,
     watts_per_worker: Annotated[
-        float, typer.Option(help="Power estimate per worker where none can be measured.")
-    ] = 60.0,
+        float,
+        typer.Option(help="Where power cannot be measured: the dynamic power of each worker."),
+    ] = DEFAULT_WORKER_W,
     out: Annotated[Path, typer.Option(help="Profile CSV to write.")] = Path("profile.csv"),
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -38,6 +48,7 @@ def profile_command(
         command=command,
         max_workers=max_workers,
         seconds=seconds,
+        idle_w=idle_w,
         watts_per_worker=watts_per_worker,
         out=out,
         as_json=as_json,
@@ -51,15 +62,18 @@ def _profile(
     command: str | None,
     max_workers: int,
     seconds: float,
+    idle_w: float,
     watts_per_worker: float,
     out: Path,
     as_json: bool,
 ) -> None:
     from rich.table import Table
 
-    from carbonscaler.backends.profiler import per_server_power, profile_workload
+    from carbonscaler.backends.profiler import profile_workload
     from carbonscaler.control.spec import load_job_spec
     from carbonscaler.outputs import check_output_file
+    from carbonscaler.power import DEFAULT_POWERCAP_ROOT, MeterUnavailable, RaplMeter
+    from carbonscaler.power.meter import estimated_power
 
     env: dict[str, str] = {}
     cwd = None
@@ -72,6 +86,11 @@ def _profile(
     if command is None:
         raise FileNotFoundError("give a job spec or --command")
     check_output_file(out, "--out")  # before minutes of profiling, not after
+    estimate = estimated_power(idle_w, watts_per_worker)  # a bad figure fails before profiling
+    try:
+        meter: RaplMeter | None = RaplMeter(DEFAULT_POWERCAP_ROOT)
+    except MeterUnavailable:
+        meter = None
     scratch = out.resolve().parent / f".{out.name}.profiling"
     result = profile_workload(
         command,
@@ -83,7 +102,8 @@ def _profile(
         env=env,
         cwd=cwd,
         size_env=size_env,
-        power=per_server_power(watts_per_worker),
+        power=estimate,
+        meter=meter,
         on_progress=lambda k, top: err_console().print(f"profiling {k} of {top} workers..."),
     )
     result.profile.to_csv(out)

@@ -100,6 +100,17 @@ class CarbonSource(BaseModel):
 
     trace: str | None = None
     signal: str = "direct"
+    fill_gaps: int | None = Field(
+        None,
+        ge=0,
+        description="longest run of missing values in the trace file to interpolate (default "
+        "3; every fill is noted); a longer gap is an error naming it",
+    )
+    tz: str | None = Field(
+        None,
+        description="time zone of the trace file's timestamps that carry none, e.g. "
+        "Europe/Berlin (default: UTC, with a note saying so)",
+    )
     dataset_zone: str | None = None
     year: int | None = None
     start: str | None = None

@@ -31,14 +31,18 @@ if TYPE_CHECKING:  # annotations only: the meters (and DEFAULT_POWERCAP_ROOT) ne
     from carbonscaler.profile import ScalingProfile
 
 __all__ = [
+    "DEFAULT_IDLE_W",
+    "DEFAULT_WORKER_W",
     "MEASURED_PREFIX",
     "CompositeMeter",
     "ConstantMeter",
     "MeterError",
     "MeterUnavailable",
+    "PowerFunction",
     "PowerMeter",
     "PowerReading",
     "ProfileMeter",
+    "estimated_power",
     "is_measured",
 ]
 
@@ -298,3 +302,36 @@ class CompositeMeter(PowerMeter):
     def close(self) -> None:
         for meter in self.meters:
             meter.close()
+
+
+PowerFunction = Callable[[int], tuple[float, str]]
+"""Watts and their source at ``k`` workers."""
+
+DEFAULT_IDLE_W = 30.0
+"""A small server's or desktop's idle power (SPECpower idle figures for one-socket machines
+are 20-50 W): paid once, while the job holds the machine."""
+DEFAULT_WORKER_W = 15.0
+"""Dynamic power of one busy core-sized worker (a one-socket server's full-load minus idle,
+about 100-150 W, over its 8-16 cores)."""
+
+
+def estimated_power(
+    idle_w: float = DEFAULT_IDLE_W, per_worker_w: float = DEFAULT_WORKER_W
+) -> PowerFunction:
+    """The node estimate when nothing can be measured: ``k ≥ 1`` workers draw
+    ``idle_w + k × per_worker_w``; a suspended job (``k = 0``) draws nothing.
+
+    Raises:
+        ValueError: If a figure is negative or both are zero.
+    """
+    if idle_w < 0 or per_worker_w < 0 or idle_w + per_worker_w <= 0:
+        raise ValueError(
+            f"power estimate needs idle_w >= 0 and per_worker_w >= 0, not both 0 "
+            f"(got {idle_w:g} and {per_worker_w:g})"
+        )
+    label = f"estimated:{idle_w:g}W-idle+{per_worker_w:g}W-per-worker"
+
+    def power(workers: int) -> tuple[float, str]:
+        return (idle_w + workers * per_worker_w if workers > 0 else 0.0), label
+
+    return power

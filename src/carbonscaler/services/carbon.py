@@ -92,7 +92,7 @@ from carbonscaler.services._validation import (
     check_http_url,
     install_request_validation,
 )
-from carbonscaler.trace import CarbonTrace, load_trace
+from carbonscaler.trace import DEFAULT_MAX_GAP, CarbonTrace, load_trace
 
 __all__ = [
     "ADDRESS_PATTERN",
@@ -134,6 +134,9 @@ class CarbonServiceConfig:
         provider: A ready provider (live chain, or a replay) instead of ``carbon_path``.
         zone: Zone to select in a multi-zone trace file.
         signal: Trace signal (``direct``, ``lca``, ``avg``).
+        max_gap: Longest run of missing values in ``carbon_path`` to interpolate (noted);
+            a longer gap is an error. None fills any gap.
+        tz: Time zone of ``carbon_path``'s naive timestamps (default UTC, noted).
         start: First replayed slot (ISO 8601); default the trace start, or the saved
             position after a restart.
         update_interval_s: Seconds between updates (pushes).
@@ -172,6 +175,8 @@ class CarbonServiceConfig:
     provider: CarbonProvider | None = None
     zone: str | None = None
     signal: str = "direct"
+    max_gap: int | None = DEFAULT_MAX_GAP
+    tz: str | None = None
     start: str | None = None
     update_interval_s: float = 30.0
     prediction_window: int = 24
@@ -337,7 +342,9 @@ class CarbonService:
             trace = cfg.trace
         else:
             assert cfg.carbon_path is not None  # checked by the config
-            trace = load_trace(cfg.carbon_path, signal=cfg.signal, zone=cfg.zone)
+            trace = load_trace(
+                cfg.carbon_path, signal=cfg.signal, zone=cfg.zone, max_gap=cfg.max_gap, tz=cfg.tz
+            )
         start = cfg.start or trace.start.to_pydatetime()
         slot_s = trace.step.total_seconds()
         if cfg.seconds_per_slot is None:
