@@ -67,6 +67,8 @@ __all__ = [
     "Progress",
     "Reason",
     "Rules",
+    "Targets",
+    "adopt_rows",
     "deciding_policy",
     "first_plan",
     "level_rows",
@@ -75,11 +77,13 @@ __all__ = [
     "observed_rate",
     "plan_from",
     "plan_rows",
+    "plan_targets",
     "review",
     "review_rows",
     "servers_now",
     "slot_of",
     "top_level",
+    "triggers_rows",
 ]
 
 BEHIND_SHARE = 0.01
@@ -102,6 +106,9 @@ class Reason(enum.IntFlag):
     NO_MARGIN = enum.auto()  # the safety margin did not fit: the bare work is planned
     LATE = enum.auto()  # past the deadline: top level until done
     OVERRUN = enum.auto()  # the plan is used up but the work is not: keep running
+    QUEUED = enum.auto()  # held below its plan by a shared cluster's capacity
+    ARRIVAL = enum.auto()  # a job joined the shared cluster: its jobs are planned together
+    DEPARTURE = enum.auto()  # a job left the shared cluster, freeing capacity
 
     @property
     def words(self) -> list[str]:
@@ -405,6 +412,64 @@ def _install(
     plans.end_slot[rows] = np.where(any_active, end, float(first))
 
 
+@dataclass(frozen=True)
+class Targets:
+    """What a (re-)plan covers for each row, in the profile's units (see module doc).
+
+    Attributes:
+        work: the remaining work at the observed pace, times the safety margin.
+        bare: the same without the margin: planned instead where ``work`` cannot fit.
+        observed: the observed-throughput correction (:func:`observed_rate`).
+        factor: the margin factor (1 for carbon-agnostic, which runs until done whatever it
+            plans).
+    """
+
+    work: FloatArray
+    bare: FloatArray
+    observed: FloatArray
+    factor: float
+
+
+def plan_targets(
+    job: Job, rules: Rules, work_done: FloatArray, nominal_work: FloatArray
+) -> Targets:
+    """The work each row's next plan covers: what is left, corrected by the pace observed so
+    far, with the safety margin (the bare work where that cannot fit)."""
+    observed = observed_rate(work_done, nominal_work)
+    bare = np.maximum(job.work - work_done, 0.0) / observed
+    factor = 1.0 if rules.policy is Policy.AGNOSTIC else 1.0 + rules.safety_margin
+    return Targets(bare * factor, bare, observed, factor)
+
+
+def adopt_rows(
+    plans: Plans,
+    job: Job,
+    rules: Rules,
+    rows: IntArray,
+    first: int,
+    made: BatchPlan,
+    forecast: FloatArray,
+    work_done: FloatArray,
+    targets: Targets,
+) -> NDArray[np.int64]:
+    """Install plans made for ``targets`` into ``rows`` from slot ``first`` on — by this core's
+    planner or by another (the joint planner of a shared cluster) — and say why they were made
+    as they are: ``NO_MARGIN`` where only the bare work was planned (``made.fell_back``),
+    ``OUT_OF_REACH`` where not even that fits (those rows run at the top level).
+    """
+    margin = np.full(len(rows), targets.factor)
+    reasons = np.zeros(len(rows), dtype=np.int64)
+    if made.fell_back is not None:
+        margin[made.fell_back] = 1.0
+        reasons[made.fell_back] |= Reason.NO_MARGIN
+    reasons[~made.feasible] |= Reason.OUT_OF_REACH
+    margin[~made.feasible] = 1.0
+    _install(
+        plans, job, rules, rows, first, made, forecast, work_done, targets.observed / margin, margin
+    )
+    return reasons
+
+
 def _plan_and_install(
     plans: Plans,
     job: Job,
@@ -419,30 +484,19 @@ def _plan_and_install(
     overhead_h: float,
 ) -> NDArray[np.int64]:
     """Plan the rest of each row's job from ``first`` and install it; the reasons it adds."""
-    observed = observed_rate(work_done, nominal_work)
-    remaining = np.maximum(job.work - work_done, 0.0) / observed
-    # Carbon-agnostic runs until done whatever it plans: a margin would only blur its pace.
-    factor = 1.0 if rules.policy is Policy.AGNOSTIC else 1.0 + rules.safety_margin
+    targets = plan_targets(job, rules, work_done, nominal_work)
     made = plan_rows(
         job,
         rules,
         forecast,
-        remaining * factor,
+        targets.work,
         overhead_h=overhead_h,
         previous=previous,
         started=started,
         # No room for the margin: plan the bare work.
-        fallback_work=remaining if factor > 1.0 else None,
+        fallback_work=targets.bare if targets.factor > 1.0 else None,
     )
-    margin = np.full(len(rows), factor)
-    reasons = np.zeros(len(rows), dtype=np.int64)
-    if made.fell_back is not None:
-        margin[made.fell_back] = 1.0
-        reasons[made.fell_back] |= Reason.NO_MARGIN
-    reasons[~made.feasible] |= Reason.OUT_OF_REACH
-    margin[~made.feasible] = 1.0
-    _install(plans, job, rules, rows, first, made, forecast, work_done, observed / margin, margin)
-    return reasons
+    return adopt_rows(plans, job, rules, rows, first, made, forecast, work_done, targets)
 
 
 def _merge(base: BatchPlan, rows: IntArray, other: BatchPlan) -> BatchPlan:
@@ -527,18 +581,7 @@ def review_rows(
         forecast = None if forecast is None else forecast[keep]
         if not len(rows):
             return rows, np.zeros(0, dtype=np.int64)
-    threshold = rules.replan_threshold
-    done_now = plans.planned_done[rows, slot]
-    made_at = plans.made_at[rows]
-    start_work = plans.planned_done[rows, made_at]
-    own_pace = start_work + (done_now - start_work) * plans.margin[rows]
-    reasons = np.zeros(len(rows), dtype=np.int64)
-    reasons[work_done - done_now < -BEHIND_SHARE * job.work] |= Reason.BEHIND
-    reasons[work_done - own_pace > threshold * job.work] |= Reason.AHEAD
-    if forecast is not None:
-        expected = plans.forecast[rows, slot:]
-        drift = np.abs(forecast - expected) > threshold * np.maximum(expected, _EPS)
-        reasons[drift.any(axis=1)] |= Reason.FORECAST
+    reasons = triggers_rows(plans, job, rules, rows, slot, work_done, forecast)
     again = np.flatnonzero(reasons)
     if not len(again):
         return rows[:0], np.zeros(0, dtype=np.int64)
@@ -557,6 +600,43 @@ def review_rows(
         overhead_h,
     )
     return rows[again], reasons[again] | added
+
+
+def triggers_rows(
+    plans: Plans,
+    job: Job,
+    rules: Rules,
+    rows: IntArray,
+    slot: int,
+    work_done: FloatArray,
+    forecast: FloatArray | None,
+) -> NDArray[np.int64]:
+    """Which re-plan triggers fire for each of ``rows`` at the start of ``slot`` (``BEHIND``,
+    ``AHEAD``, ``FORECAST``; 0 where none), without re-planning — :func:`review_rows` re-plans
+    the rows it returns; a shared cluster re-plans all its jobs together instead.
+
+    Args:
+        plans: the plans in force.
+        job: the job (its work sets the thresholds' scale).
+        rules: the re-plan threshold.
+        rows: ``(R,)`` rows to check, their work not yet done.
+        slot: the slot now starting (before the deadline).
+        work_done: ``(R,)`` work done so far, in the profile's units.
+        forecast: ``(R, n - slot)`` forecast issued now, or None when it cannot have changed.
+    """
+    threshold = rules.replan_threshold
+    done_now = plans.planned_done[rows, slot]
+    made_at = plans.made_at[rows]
+    start_work = plans.planned_done[rows, made_at]
+    own_pace = start_work + (done_now - start_work) * plans.margin[rows]
+    reasons = np.zeros(len(rows), dtype=np.int64)
+    reasons[work_done - done_now < -BEHIND_SHARE * job.work] |= Reason.BEHIND
+    reasons[work_done - own_pace > threshold * job.work] |= Reason.AHEAD
+    if forecast is not None:
+        expected = plans.forecast[rows, slot:]
+        drift = np.abs(forecast - expected) > threshold * np.maximum(expected, _EPS)
+        reasons[drift.any(axis=1)] |= Reason.FORECAST
+    return reasons
 
 
 def slot_of(hours: float, slot_hours: float) -> tuple[int, float]:

@@ -139,6 +139,22 @@ class ForecastSpec:
         """Forecasts equal the actual values."""
         return self.model is ForecastModel.PERFECT or (self.model.is_noisy and self.error == 0.0)
 
+    @classmethod
+    def from_options(
+        cls, model: str | None, error: float = 0.0, seed: int = 0, quantile: float = 0.5
+    ) -> ForecastSpec:
+        """The command line's rule: the model named, else ``uniform`` when an error is given,
+        else ``perfect``.
+
+        Raises:
+            ForecastError: as the constructor.
+        """
+        if model:
+            chosen = ForecastModel.parse(model)
+        else:
+            chosen = ForecastModel.UNIFORM if error > 0 else ForecastModel.PERFECT
+        return cls(chosen, error, seed, quantile=quantile)
+
 
 # --- noise: a counter-based hash of (seed, issue slot, offset) --------------------------------
 

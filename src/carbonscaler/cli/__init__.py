@@ -20,6 +20,7 @@ import typer
 from carbonscaler.cli.accounting import accounting_command
 from carbonscaler.cli.advise import advise_command
 from carbonscaler.cli.carbon_service import carbon_service_command
+from carbonscaler.cli.cluster import advise_cluster_command
 from carbonscaler.cli.cluster import app as cluster_app
 from carbonscaler.cli.demo import demo_command
 from carbonscaler.cli.forecast import app as forecast_app
@@ -72,6 +73,7 @@ app.command("run")(run_command)
 app.command("profile")(profile_command)
 app.command("carbon-service")(carbon_service_command)
 app.command("advise")(advise_command)
+app.command("advise-cluster")(advise_cluster_command)
 app.command("best-window")(best_window_command)
 app.command("power-server")(power_server_command)
 app.command("accounting")(accounting_command)

@@ -8,6 +8,7 @@ planner, the trace loader, numpy and rich are imported when the command runs.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -27,7 +28,10 @@ from carbonscaler.cli._common import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from carbonscaler.planner.cluster import ClusterPlan, Overcommit
+    from carbonscaler.advisor import Conditions
+    from carbonscaler.advisor.cluster import ClusterOutcome
+    from carbonscaler.planner.cluster import ClusterJob, ClusterPlan, Overcommit
+    from carbonscaler.trace import CarbonTrace
 
 app = typer.Typer(
     help="Plan many elastic jobs together under a cluster's capacity.",
@@ -128,7 +132,6 @@ def _plan(
     )
     from carbonscaler.planner.model import PlanningError
     from carbonscaler.planner.policies import savings_pct
-    from carbonscaler.trace import TraceError
 
     if solver not in ("fast", "exact"):
         raise typer.BadParameter(f"{solver!r}: use fast or exact", param_hint="--solver")
@@ -142,16 +145,10 @@ def _plan(
         )
     jobs = spec.cluster_jobs()
     start = parse_start(start_text)
-    carbon_trace = load_carbon(trace, zone, signal, spec.slot_minutes, start, year)
-    first = carbon_trace.index_of(start)
-    carbon = carbon_trace.values[first:]
     horizon = max(job.deadline_slot for job in jobs)
-    if len(carbon) < horizon:
-        raise TraceError(
-            f"the trace covers {carbon_trace.start} .. {carbon_trace.end}; from {start} only "
-            f"{len(carbon)} slots remain but the latest deadline is {horizon} slots away; "
-            "choose an earlier --start or a longer trace"
-        )
+    carbon_trace, first, carbon = _carbon_from(
+        start, trace, zone, year, signal, spec.slot_minutes, horizon
+    )
     if solver == "fast":
         plan = plan_cluster(jobs, carbon, capacity, solver="fast", time_limit_s=time_limit_s)
     else:
@@ -196,6 +193,35 @@ def _plan(
     )
     for note in (*plan.notes, *agnostic.notes):
         console().print(f"  note: {note}", highlight=False, markup=False)
+
+
+def _carbon_from(
+    start: pd.Timestamp,
+    trace: Path | None,
+    zone: str | None,
+    year: int | None,
+    signal: str,
+    slot_minutes: int,
+    horizon: int,
+) -> tuple[CarbonTrace, int, Any]:
+    """The trace, the index of ``start`` in it, and its values from ``start`` on (at least
+    ``horizon`` slots: the latest deadline).
+
+    Raises:
+        TraceError: if the trace ends before the latest deadline.
+    """
+    from carbonscaler.trace import TraceError
+
+    carbon_trace = load_carbon(trace, zone, signal, slot_minutes, start, year)
+    first = carbon_trace.index_of(start)
+    carbon = carbon_trace.values[first:]
+    if len(carbon) < horizon:
+        raise TraceError(
+            f"the trace covers {carbon_trace.start} .. {carbon_trace.end}; from {start} only "
+            f"{len(carbon)} slots remain but the latest deadline is {horizon} slots away; "
+            "choose an earlier --start or a longer trace"
+        )
+    return carbon_trace, first, carbon
 
 
 def _count(n: int, noun: str) -> str:
@@ -288,3 +314,401 @@ def _chart(plan: ClusterPlan, times: pd.DatetimeIndex, carbon: Any) -> str:
             f"{times[t]:%m-%d %H:%M} {float(carbon[t]):6.1f} g/kWh |{bar:<{width}}| {used:>3}/{cap}"
         )
     return "\n".join(lines)
+
+
+# -- online: the cluster core in a simulated world ------------------------------------------
+
+ForecastModelOption = Annotated[
+    str | None,
+    typer.Option(
+        help="perfect, uniform, gaussian, persistence, seasonal or learned; default uniform "
+        "with --forecast-error, else perfect."
+    ),
+]
+ForecastErrorOption = Annotated[
+    float, typer.Option(help="Relative forecast error for uniform/gaussian (0.1 = ±10 %).")
+]
+ProfileErrorOption = Annotated[
+    float, typer.Option(help="Each job's real throughput differs from its profile by up to ±x.")
+]
+OverheadOption = Annotated[
+    float, typer.Option(help="Seconds of work a job loses per change of its server count.")
+]
+ThresholdOption = Annotated[float, typer.Option(help="Deviation that re-plans (0.05 = 5 %).")]
+MarginOption = Annotated[
+    float, typer.Option(help="Extra share of the remaining work each plan covers, where it fits.")
+]
+SeedOption = Annotated[int, typer.Option(help="Seed of the forecast and profile errors.")]
+
+
+def _conditions(
+    forecast_model: str | None,
+    forecast_error: float,
+    profile_error: float,
+    rescale_overhead_s: float,
+    replan_threshold: float,
+    safety_margin: float,
+    seed: int,
+) -> Conditions:
+    from carbonscaler.advisor import Conditions, ForecastSpec
+    from carbonscaler.planner.model import PlanningError
+
+    try:
+        return Conditions(
+            forecast=ForecastSpec.from_options(forecast_model, forecast_error, seed),
+            profile_error=profile_error,
+            rescale_overhead_s=rescale_overhead_s,
+            replan_threshold=replan_threshold,
+            safety_margin=safety_margin,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise PlanningError(str(exc)) from None
+
+
+@app.command("run")
+def run_command(
+    jobs_file: Annotated[
+        Path, typer.Argument(metavar="JOBS.yaml", help="The jobs and the capacity.")
+    ],
+    start: Annotated[str, typer.Option(help="Start of the run (arrivals count from it).")],
+    simulate: Annotated[
+        bool,
+        typer.Option(
+            "--simulate",
+            help="Run the cluster's decisions against simulated workloads that follow their "
+            "profiles, on a virtual clock (no processes).",
+        ),
+    ] = False,
+    trace: Annotated[Path | None, typer.Option(*TRACE_FLAGS, help=TRACE_HELP)] = None,
+    zone: Annotated[
+        str | None, typer.Option(*ZONE_FLAGS, help="Zone of the file, or of the offline dataset.")
+    ] = None,
+    year: Annotated[
+        int | None, typer.Option(*YEAR_FLAGS, help="Offline-dataset year (default: --start's).")
+    ] = None,
+    signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
+    capacity: Annotated[
+        int | None,
+        typer.Option("--capacity", min=0, help="Servers per slot (overrides the file's capacity)."),
+    ] = None,
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="joint (plan every active job together) or a per-job policy, queued: "
+            "carbonscaler, suspend-resume, agnostic, exact."
+        ),
+    ] = "joint",
+    forecast_model: ForecastModelOption = None,
+    forecast_error: ForecastErrorOption = 0.0,
+    profile_error: ProfileErrorOption = 0.0,
+    rescale_overhead_s: OverheadOption = 0.0,
+    replan_threshold: ThresholdOption = 0.05,
+    safety_margin: MarginOption = 0.05,
+    seed: SeedOption = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Run the jobs of JOBS.yaml online on one shared capacity: jobs are admitted as they
+    arrive and the set is re-planned when a job arrives, finishes or drifts."""
+    _run(**locals())
+
+
+@user_errors
+def _run(
+    *,
+    jobs_file: Path,
+    start: str,
+    simulate: bool,
+    trace: Path | None,
+    zone: str | None,
+    year: int | None,
+    signal: str,
+    capacity: int | None,
+    policy: str,
+    forecast_model: str | None,
+    forecast_error: float,
+    profile_error: float,
+    rescale_overhead_s: float,
+    replan_threshold: float,
+    safety_margin: float,
+    seed: int,
+    as_json: bool,
+) -> None:
+    from carbonscaler.advisor.cluster import simulate_cluster
+    from carbonscaler.control.cluster_spec import load_cluster_spec
+    from carbonscaler.planner.model import PlanningError
+    from carbonscaler.planner.policies import savings_pct
+
+    if not simulate:
+        raise PlanningError(
+            "cluster run drives simulated workloads only (--simulate): running real "
+            "processes under a shared capacity is not built yet; run each job with "
+            "`carbonscaler run JOB.yaml`, or add --simulate"
+        )
+    cond = _conditions(
+        forecast_model,
+        forecast_error,
+        profile_error,
+        rescale_overhead_s,
+        replan_threshold,
+        safety_margin,
+        seed,
+    )
+    spec = load_cluster_spec(jobs_file)
+    cap = capacity if capacity is not None else spec.capacity
+    if cap is None:
+        raise PlanningError(
+            f"{jobs_file}: no capacity; give `capacity:` in the file or --capacity K"
+        )
+    jobs = spec.cluster_jobs()
+    when = parse_start(start)
+    horizon = max(job.deadline_slot for job in jobs)
+    carbon_trace, _, carbon = _carbon_from(
+        when, trace, zone, year, signal, spec.slot_minutes, horizon
+    )
+    outcome = simulate_cluster(jobs, carbon, cap, policy, cond)
+    agnostic = simulate_cluster(jobs, carbon, cap, "agnostic", cond)
+    saved = savings_pct(outcome.emissions_g, agnostic.emissions_g)
+    if as_json:
+        out = outcome.to_dict()
+        out.update(
+            trace=carbon_trace.source,
+            zone=carbon_trace.zone,
+            start=when.isoformat(),
+            simulated=True,
+            agnostic_emissions_g=agnostic.emissions_g,
+            agnostic_deadline_misses=agnostic.deadline_misses,
+            savings_vs_agnostic_pct=saved,
+        )
+        typer.echo(json.dumps(out, indent=2))
+        return
+    console().print(_outcome_table(outcome, agnostic, jobs), highlight=False)
+    console().print(
+        f"[bold]{outcome.policy}[/] (simulated): {outcome.emissions_g:.1f} gCO2eq, "
+        f"{len(jobs) - outcome.deadline_misses}/{len(jobs)} deadlines met, "
+        f"{100 * outcome.utilisation:.0f} % of the capacity used; saved {saved:.1f} % against "
+        f"carbon-agnostic first come first served ({agnostic.emissions_g:.1f} gCO2eq, "
+        f"{len(jobs) - agnostic.deadline_misses}/{len(jobs)} deadlines met)",
+        highlight=False,
+    )
+
+
+def _outcome_table(
+    outcome: ClusterOutcome, agnostic: ClusterOutcome, jobs: list[ClusterJob]
+) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"cluster run, {outcome.policy} — {len(jobs)} jobs")
+    for col in (
+        "job",
+        "window (h)",
+        "gCO2eq",
+        "done after (h)",
+        "deadline",
+        "rescales",
+        "re-plans",
+        "agnostic gCO2eq",
+    ):
+        table.add_column(col, justify="left" if col == "job" else "right")
+    dt = outcome.slot_hours
+    for ran, base in zip(outcome.jobs, agnostic.jobs, strict=True):
+        done = ran.completion_hours
+        table.add_row(
+            ran.name,
+            f"{ran.arrival_slot * dt:g}–{ran.deadline_slot * dt:g}",
+            f"{ran.emissions_g:.1f}",
+            "not done" if math.isnan(done) else f"{done:.2f}",
+            "met" if ran.deadline_met else "[red]missed[/]",
+            str(ran.rescales),
+            str(ran.replans),
+            f"{base.emissions_g:.1f}" + ("" if base.deadline_met else " (late)"),
+        )
+    return table
+
+
+def advise_cluster_command(
+    jobs_file: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[JOBS]",
+            help="The jobs: a cluster file (YAML, as for `cluster plan`) or a CSV with columns "
+            "name, arrival_hours, length_hours, profile, minReplicas, maxReplicas, slack. "
+            "Or generate them with --generate.",
+        ),
+    ] = None,
+    generate: Annotated[
+        int | None,
+        typer.Option(min=1, help="Generate this many jobs instead (Poisson arrivals)."),
+    ] = None,
+    rate: Annotated[float, typer.Option(help="Generated jobs: mean arrivals per hour.")] = 2.0,
+    length: Annotated[
+        str, typer.Option(help="Generated jobs: lengths in hours at --min, uniform in LO,HI.")
+    ] = "4,24",
+    slack: Annotated[float, typer.Option(help="Generated jobs: deadline = slack × length.")] = 1.5,
+    profile: Annotated[
+        list[str] | None,
+        typer.Option(help="Generated jobs: profiles to draw from (repeat); default amdahl:0.05."),
+    ] = None,
+    min_servers: Annotated[int, typer.Option("--min", help="Generated jobs: m.")] = 1,
+    max_servers: Annotated[int, typer.Option("--max", help="Generated jobs: M.")] = 8,
+    start: Annotated[
+        str | None, typer.Option(help="Hour 0 of the stream (default: the trace's first slot).")
+    ] = None,
+    trace: Annotated[Path | None, typer.Option(*TRACE_FLAGS, help=TRACE_HELP)] = None,
+    zone: Annotated[
+        str | None, typer.Option(*ZONE_FLAGS, help="Zone of the file, or of the offline dataset.")
+    ] = None,
+    year: Annotated[
+        int | None, typer.Option(*YEAR_FLAGS, help="Offline-dataset year (default: --start's).")
+    ] = None,
+    signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
+    capacity: Annotated[
+        int | None,
+        typer.Option("--capacity", min=0, help="Servers per slot (a cluster file may give it)."),
+    ] = None,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Repeatable; default: agnostic, suspend-resume, carbonscaler (per job, queued)"
+            " and joint."
+        ),
+    ] = None,
+    forecast_model: ForecastModelOption = None,
+    forecast_error: ForecastErrorOption = 0.0,
+    profile_error: ProfileErrorOption = 0.0,
+    rescale_overhead_s: OverheadOption = 0.0,
+    replan_threshold: ThresholdOption = 0.05,
+    safety_margin: MarginOption = 0.05,
+    seed: SeedOption = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """CarbonAdvisor for a shared cluster: a stream of jobs over a real trace under a capacity,
+    each policy's emissions, savings, deadline misses, turnaround and utilisation."""
+    _advise_cluster(**locals())
+
+
+@user_errors
+def _advise_cluster(
+    *,
+    jobs_file: Path | None,
+    generate: int | None,
+    rate: float,
+    length: str,
+    slack: float,
+    profile: list[str] | None,
+    min_servers: int,
+    max_servers: int,
+    start: str | None,
+    trace: Path | None,
+    zone: str | None,
+    year: int | None,
+    signal: str,
+    capacity: int | None,
+    policy: list[str] | None,
+    forecast_model: str | None,
+    forecast_error: float,
+    profile_error: float,
+    rescale_overhead_s: float,
+    replan_threshold: float,
+    safety_margin: float,
+    seed: int,
+    as_json: bool,
+) -> None:
+    from carbonscaler.advisor.cluster import cluster_summary, compare_cluster_policies
+    from carbonscaler.control.cluster_spec import (
+        generate_cluster_spec,
+        load_cluster_spec,
+        load_jobs_csv,
+    )
+    from carbonscaler.control.spec import SpecError
+    from carbonscaler.planner.model import PlanningError
+
+    if (jobs_file is None) == (generate is None):
+        raise SpecError("give the jobs (a YAML or CSV file) or --generate N, one of the two")
+    cond = _conditions(
+        forecast_model,
+        forecast_error,
+        profile_error,
+        rescale_overhead_s,
+        replan_threshold,
+        safety_margin,
+        seed,
+    )
+    if jobs_file is not None:
+        spec = (
+            load_jobs_csv(jobs_file)
+            if jobs_file.suffix.lower() == ".csv"
+            else load_cluster_spec(jobs_file)
+        )
+    else:
+        assert generate is not None
+        try:
+            low, high = (float(part) for part in length.split(","))
+        except ValueError:
+            raise SpecError(f"--length {length!r}: give LO,HI in hours, e.g. 4,24") from None
+        spec = generate_cluster_spec(
+            generate,
+            rate_per_h=rate,
+            length_hours=(low, high),
+            slack=slack,
+            profiles=profile or ["amdahl:0.05"],
+            min_servers=min_servers,
+            max_servers=max_servers,
+            seed=seed,
+        )
+    cap = capacity if capacity is not None else spec.capacity
+    if cap is None:
+        raise PlanningError("no capacity: give --capacity K (servers per slot)")
+    jobs = spec.cluster_jobs()
+    horizon = max(job.deadline_slot for job in jobs)
+    if start is None:
+        probe = load_carbon(trace, zone, signal, spec.slot_minutes, parse_start("2000-01-01"), year)
+        when = probe.start
+    else:
+        when = parse_start(start)
+    carbon_trace, _, carbon = _carbon_from(
+        when, trace, zone, year, signal, spec.slot_minutes, horizon
+    )
+    outcomes = compare_cluster_policies(
+        jobs, carbon, cap, policy or ["agnostic", "suspend-resume", "carbonscaler", "joint"], cond
+    )
+    rows = cluster_summary(outcomes)
+    if as_json:
+        out = {
+            "trace": carbon_trace.source,
+            "zone": carbon_trace.zone,
+            "start": when.isoformat(),
+            "capacity": cap,
+            "jobs": len(jobs),
+            "summary": rows,
+            "policies": {o.policy: o.to_dict() for o in outcomes},
+        }
+        typer.echo(json.dumps(out, indent=2))
+        return
+    console().print(_summary_table(rows, carbon_trace.zone, when, cap, len(jobs)), highlight=False)
+
+
+def _summary_table(
+    rows: list[dict[str, Any]], zone: str, when: pd.Timestamp, capacity: Any, count: int
+) -> Any:
+    from rich.table import Table
+
+    table = Table(
+        title=f"CarbonAdvisor, shared cluster — {count} jobs, {zone} from "
+        f"{when:%Y-%m-%d %H:%M} UTC, capacity {capacity}"
+    )
+    for col in ("policy", "gCO2eq", "saved", "deadline misses", "turnaround (h)", "utilisation"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for row in rows:
+        saved = row["savings_vs_agnostic_pct"]
+        turnaround = row["mean_completion_hours"]
+        misses = row["deadline_misses"]
+        table.add_row(
+            row["policy"],
+            f"{row['emissions_g']:.1f}",
+            "—" if saved is None else f"{saved:.1f} %",
+            f"[red]{misses}[/]" if misses else "0",
+            "—" if turnaround is None else f"{turnaround:.1f}",
+            f"{100 * row['utilisation']:.0f} %",
+        )
+    return table

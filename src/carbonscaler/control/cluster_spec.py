@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -46,7 +47,27 @@ from carbonscaler.settings import JobSettings
 if TYPE_CHECKING:
     from carbonscaler.planner.cluster import ClusterJob
 
-__all__ = ["ClusterJobSpec", "ClusterSpec", "load_cluster_spec"]
+__all__ = [
+    "JOBS_CSV_COLUMNS",
+    "ClusterJobSpec",
+    "ClusterSpec",
+    "generate_cluster_spec",
+    "load_cluster_spec",
+    "load_jobs_csv",
+]
+
+JOBS_CSV_COLUMNS = (
+    "name",
+    "arrival_hours",
+    "length_hours",
+    "profile",
+    "minReplicas",
+    "maxReplicas",
+    "slack",
+)
+"""Columns of a jobs CSV (``name`` and ``weight`` optional; ``min``/``max`` accepted for the
+server bounds, ``deadline_hours`` instead of ``slack``)."""
+_CSV_ALIASES = {"min": "minReplicas", "max": "maxReplicas", "m": "minReplicas", "M": "maxReplicas"}
 
 # JobSettings fields that belong to a running job, not to a plan.
 _RUN_ONLY = {
@@ -237,3 +258,96 @@ def _describe(err: Any, data: dict[str, Any]) -> str:
         loc[1] = f"{index} ({name})" if name else loc[1]
     message = str(err["msg"]).removeprefix("Value error, ")
     return f"{'.'.join(loc) or 'file'}: {message}"
+
+
+def load_jobs_csv(path: str | os.PathLike[str], *, slot_minutes: int = 60) -> ClusterSpec:
+    """A stream of jobs from a CSV, one job per row (see :data:`JOBS_CSV_COLUMNS`), validated
+    as a cluster file's jobs; profile paths are taken relative to the file.
+
+    Raises:
+        SpecError: naming the file, the row and what is wrong.
+        FileNotFoundError: if the file does not exist.
+    """
+    import csv
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"jobs CSV not found: {file}")
+    with file.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise SpecError(
+            f"{file}: no jobs (a header and one row per job: {', '.join(JOBS_CSV_COLUMNS)})"
+        )
+    jobs: list[dict[str, Any]] = []
+    for number, row in enumerate(rows, start=2):
+        job: dict[str, Any] = {}
+        for key, value in row.items():
+            if key is None or value is None or not value.strip():
+                continue
+            job[_CSV_ALIASES.get(key.strip(), key.strip())] = value.strip()
+        job.setdefault("name", f"job{number - 1}")
+        jobs.append(job)
+    data = {"slot_minutes": slot_minutes, "jobs": jobs}
+    try:
+        spec = ClusterSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(err, data) for err in exc.errors())
+        raise SpecError(f"{file}: {problems}") from None
+    return spec.resolve_paths(file.resolve().parent)
+
+
+def generate_cluster_spec(
+    count: int,
+    *,
+    rate_per_h: float,
+    length_hours: tuple[float, float],
+    slack: float,
+    profiles: Sequence[str],
+    min_servers: int,
+    max_servers: int,
+    seed: int = 0,
+    slot_minutes: int = 60,
+) -> ClusterSpec:
+    """A reproducible stream of jobs: the first at hour 0, then Poisson arrivals (exponential
+    gaps at ``rate_per_h``), lengths uniform in ``length_hours`` (whole slots), profiles drawn uniformly
+    from ``profiles``, every job with the same bounds and slack.
+
+    Raises:
+        SpecError: if a figure is out of range (or a job fails the cluster file's checks).
+    """
+    import numpy as np
+
+    if count < 1:
+        raise SpecError(f"generate at least one job, not {count}")
+    if not (math.isfinite(rate_per_h) and rate_per_h > 0):
+        raise SpecError(f"the arrival rate must be a positive number per hour, not {rate_per_h}")
+    shortest, longest = length_hours
+    if not 0 < shortest <= longest:
+        raise SpecError(f"job lengths need 0 < shortest <= longest, got {shortest}..{longest}")
+    if not profiles:
+        raise SpecError("give at least one profile to draw jobs from")
+    rng = np.random.default_rng(seed)
+    slot_h = slot_minutes / 60.0
+    gaps = rng.exponential(1.0 / rate_per_h, count - 1)
+    arrivals = np.concatenate([[0.0], np.cumsum(gaps)])
+    lengths = rng.uniform(shortest, longest, count)
+    lengths = np.maximum(np.round(lengths / slot_h), 1) * slot_h
+    picks = rng.integers(0, len(profiles), count)
+    jobs = [
+        {
+            "name": f"job{i + 1:0{len(str(count))}d}",
+            "arrival_hours": round(float(arrivals[i]), 6),
+            "length_hours": float(lengths[i]),
+            "profile": profiles[int(picks[i])],
+            "minReplicas": min_servers,
+            "maxReplicas": max_servers,
+            "slack": slack,
+        }
+        for i in range(count)
+    ]
+    try:
+        return ClusterSpec.model_validate({"slot_minutes": slot_minutes, "jobs": jobs})
+    except ValidationError as exc:
+        problems = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in exc.errors())
+        raise SpecError(f"generated jobs: {problems}") from None
