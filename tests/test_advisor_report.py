@@ -4,6 +4,7 @@ policies are both visible, and ``advise --jobs N`` gives the serial numbers exac
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -293,3 +294,46 @@ def test_advise_cli_table_shows_misses_and_ranks(shared_dir: Path, tmp_path: Pat
     assert "misses any deadline ranks below" in result.stdout
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert summary["rank"].is_monotonic_increasing
+
+
+def test_headline_names_the_best_deadline_meeting_policy(
+    tight: SweepResult, tmp_path: Path
+) -> None:
+    from carbonscaler.advisor.report import headline
+
+    text = headline(tight)
+    best = re.match(
+        r"Best policy that meets every deadline: ([a-z-]+)( \(= [a-z-]+\))?, which saved "
+        r"\d+\.\d % on average vs carbon-agnostic\. ",
+        text,
+    )
+    assert best, text
+    summary = tight.summary
+    met = summary.groupby("policy")["deadline_misses"].sum() == 0
+    assert met[best.group(1)]
+    # Those that saved more only by missing deadlines are named with their misses, once each.
+    assert re.search(
+        r"suspend-resume-threshold saved \d+\.\d % but misses \d+ % of deadlines", text
+    )
+    assert text.count("exact") <= 1
+    assert text.endswith("Carbon-agnostic itself misses 27 % of deadlines.")
+    write_html(tight, tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert f'<p class="headline">{text}</p>' in page
+    assert page.count('<div class="wide"><table class="summary">') == 2  # tables scroll
+    # Two scenarios: each says its own verdict under its title.
+    assert page.count("<p>Best policy that meets every deadline: ") == 2
+
+
+def test_advise_without_a_terminal_prints_progress_lines(shared_dir: Path) -> None:
+    trace = shared_dir.joinpath(*FEDSTALE, "NL_2022_hourly.csv")
+    result = runner.invoke(
+        app,
+        ["advise", "--trace", str(trace), "--profile", "amdahl:0.05", "--length", "24",
+         "--starts", "20", "--policy", "carbonscaler", "--policy", "agnostic", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert re.fullmatch(r"simulating: \d/\d runs \(\d+ %\), 0:0\d elapsed.* — NL .+", lines[0])
+    assert lines[-1].startswith("simulating: done in ")
+    assert json.loads(result.stdout)  # standard output holds the JSON alone

@@ -314,7 +314,7 @@ def test_spec_validation(tmp_path: Path) -> None:
     assert make_forecaster_for(make_spec(tmp_path, forecaster="persistence")) is not None
 
 
-NBODY = Path(__file__).resolve().parents[1] / "examples" / "nbody" / "nbody.py"
+NBODY = "carbonscaler.examples.nbody"  # the N-body example, shipped with the package
 
 
 def _is_nbody_worker(pid: int, backend: LocalBackend) -> bool:
@@ -333,7 +333,7 @@ def test_killed_nbody_worker_mid_slot_resumes_and_matches_uninterrupted(tmp_path
     env = {"BODIES": "300", "ITERATIONS": "800", "SEED": "3"}
     reference = tmp_path / "reference"
     subprocess.run(
-        [sys.executable, str(NBODY)],
+        [sys.executable, "-m", NBODY],
         env={
             **os.environ,
             **env,
@@ -350,7 +350,7 @@ def test_killed_nbody_worker_mid_slot_resumes_and_matches_uninterrupted(tmp_path
     profile.write_text("nodes,throughput,power\n1,100,60\n2,160,120\n")
     spec = make_spec(
         tmp_path,
-        workload={"command": f"{{python}} {NBODY}", "env": env},
+        workload={"command": f"{{python}} -m {NBODY}", "env": env},
         profile=str(profile),
         work=800,
         deadline=24,

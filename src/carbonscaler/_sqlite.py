@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["open_database", "transaction"]
+__all__ = ["open_database", "open_read_only", "transaction"]
 
 
 def open_database(
@@ -81,6 +81,50 @@ def open_database(
     except BaseException:
         db.close()
         raise
+    return db
+
+
+def open_read_only(
+    path: str | os.PathLike[str], *, version: int, error: type[Exception], what: str
+) -> sqlite3.Connection:
+    """Open an existing SQLite file written by :func:`open_database`, for reading only.
+
+    Nothing is written beside it: while a writer has the file open (its ``-wal`` and ``-shm``
+    files exist) the reader shares them; otherwise no writer is connected, every change is in
+    the main file, and it is opened as immutable, which creates no ``-wal``/``-shm`` files
+    that a read-only connection could never remove. Open, read, close: a reader held open
+    across a writer's arrival would not see its changes.
+
+    Args:
+        path: the file.
+        version: the newest schema version this carbonscaler reads.
+        error: the store's exception type, raised with the file's name in the message.
+        what: what the file is, for messages.
+
+    Raises:
+        error: if the file is missing, not a usable database, or written by a newer version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no {what} here")
+    shared = all(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm"))
+    uri = path.resolve().as_uri() + ("?mode=ro" if shared else "?mode=ro&immutable=1")
+    try:
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5)
+    except sqlite3.Error as exc:
+        raise error(f"{path}: cannot open as a SQLite {what} ({exc})") from exc
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        found = int(db.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise error(f"{path}: cannot use as a SQLite {what} ({exc})") from exc
+    if found > version:
+        db.close()
+        raise error(
+            f"{path} has {what} schema {found}, newer than this carbonscaler's ({version}); "
+            "upgrade carbonscaler to read it"
+        )
     return db
 
 

@@ -9,7 +9,6 @@ a concave profile) are both shown and said to be equal.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import os
@@ -42,10 +41,13 @@ from carbonscaler.outputs import (
     check_output_folder,
 )
 from carbonscaler.planner.model import Job
+from carbonscaler.templating import render
+from carbonscaler.wording import percent, saving
 
 __all__ = [
     "RANKING_RULE",
     "figures",
+    "headline",
     "ranked_summary",
     "scenario_tables",
     "summary_records",
@@ -89,11 +91,7 @@ def _miss_note(pct: float) -> str:
 
 def _saved(pct: float) -> str:
     """A saving as words: "saved 7.2 %", "emits 5.0 % more", "saved nothing"."""
-    if not np.isfinite(pct):
-        return "saving unknown"
-    if round(pct, 1) == 0:
-        return "saved nothing"
-    return f"saved {pct:.1f} %" if pct > 0 else f"emits {-pct:.1f} % more"
+    return saving(float(pct), past=False)
 
 
 def _rows(frame: pd.DataFrame) -> Iterator[Any]:
@@ -102,7 +100,7 @@ def _rows(frame: pd.DataFrame) -> Iterator[Any]:
 
 
 def _pct(pct: float) -> str:
-    return f"{pct:.1f} %" if np.isfinite(pct) else "n/a"
+    return percent(float(pct))
 
 
 def summary_records(result: SweepResult) -> list[dict[str, Any]]:
@@ -150,6 +148,85 @@ def _equal_note(group: pd.DataFrame) -> str:
     return f"{', '.join(pairs)}: identical runs." if pairs else ""
 
 
+# -- the headline ----------------------------------------------------------------------------
+
+
+def _verdict(ranked: list[tuple[str, float, int, float, str | None]]) -> str:
+    """Policies ranked best first as (policy, mean saving %, misses, miss %, equal to) in a
+    sentence or three: the best that meets every deadline and its saving, those that saved
+    more only by missing deadlines, and carbon-agnostic's own misses."""
+    agnostic = next((r for r in ranked if r[0] == "agnostic"), None)
+    others = [r for r in ranked if r[0] != "agnostic"]
+    if not others:
+        return ""
+    twins = {r[4]: r[0] for r in others if r[4]}
+
+    def name(row: tuple[str, float, int, float, str | None]) -> str:
+        twin = twins.get(row[0]) or row[4]
+        return f"{row[0]} (= {twin})" if twin else row[0]
+
+    meeting = [r for r in others if r[2] == 0]
+    parts = []
+    if meeting:
+        best = meeting[0]
+        parts.append(
+            f"Best policy that meets every deadline: {name(best)}, which "
+            f"{saving(best[1])} on average vs carbon-agnostic."
+        )
+        richer = [
+            r
+            for r in others
+            if r[2] > 0 and not r[4] and np.isfinite(r[1]) and round(r[1] - best[1], 1) > 0
+        ]
+        if richer:
+            parts.append(
+                "; ".join(f"{name(r)} {saving(r[1])} but {_miss_note(r[3])}" for r in richer) + "."
+            )
+    else:
+        fewest = others[0]
+        parts.append(
+            f"No policy meets every deadline: {name(fewest)} misses the fewest "
+            f"({_share(fewest[3])}) and {saving(fewest[1])} on average vs carbon-agnostic."
+        )
+    if agnostic is not None and agnostic[2]:
+        parts.append(f"Carbon-agnostic itself {_miss_note(agnostic[3])}.")
+    return " ".join(parts)
+
+
+def headline(result: SweepResult) -> str:
+    """The sweep in a sentence or three, over every scenario: the best policy that meets every
+    deadline and its mean saving vs carbon-agnostic, the policies that saved more only by
+    missing deadlines (and how often they miss), and carbon-agnostic's own misses."""
+    return _verdict(
+        [
+            (
+                str(r.policy),
+                float(r.saved),
+                int(r.misses),
+                float(r.miss_pct),
+                r.same_as if isinstance(r.same_as, str) and r.same_as else None,
+            )
+            for r in _rows(_overall(result))
+        ]
+    )
+
+
+def _scenario_headline(group: pd.DataFrame) -> str:
+    """:func:`headline` for one scenario (its rows of the ranked summary)."""
+    return _verdict(
+        [
+            (
+                str(r.policy),
+                float(r.mean_savings_vs_agnostic_pct),
+                int(r.deadline_misses),
+                float(r.deadline_miss_pct),
+                r.same_as if isinstance(r.same_as, str) and r.same_as else None,
+            )
+            for r in _rows(group)
+        ]
+    )
+
+
 # -- the terminal ---------------------------------------------------------------------------
 
 
@@ -159,7 +236,8 @@ _ESSENTIAL = 5  # rank, policy, the two savings and the misses: always shown
 def scenario_tables(result: SweepResult, width: int | None = None) -> list[Table]:
     """One rich table per scenario, a row per policy, best-ranked first (:data:`RANKING_RULE`):
     misses (count and share) beside the savings, and policies that miss deadlines in red below
-    those that meet them. (The median is in ``--json``, the CSVs and the HTML report.)
+    those that meet them. (The median is in ``--json``, the CSVs and the HTML report.) With
+    several scenarios each caption ends with the scenario's verdict (as :func:`headline`).
 
     Args:
         result: the sweep.
@@ -167,6 +245,7 @@ def scenario_tables(result: SweepResult, width: int | None = None) -> list[Table
             left out, from the right, where they would not fit.
     """
     tables = []
+    several = result.summary.groupby(SCENARIO_KEYS, sort=False).ngroups > 1
     for key, group in _scenarios(result):
         replans = bool((group["mean_replans"] > 0).any())
         columns = [
@@ -216,7 +295,7 @@ def scenario_tables(result: SweepResult, width: int | None = None) -> list[Table
         ):
             shown -= 1
         left_out = [col.replace("\n", " ") for col in columns[shown:]]
-        caption = " ".join(
+        notes = " ".join(
             filter(
                 None,
                 [
@@ -225,6 +304,8 @@ def scenario_tables(result: SweepResult, width: int | None = None) -> list[Table
                 ],
             )
         )
+        verdict = _scenario_headline(group) if several else ""  # else the headline says it
+        caption = "\n".join(filter(None, [notes, verdict]))
         table = Table(
             title=_scenario_title(key, group), caption=caption or None, caption_justify="left"
         )
@@ -689,50 +770,49 @@ _HTML_COLUMNS = (
 )
 
 
-def _html_tables(result: SweepResult) -> str:
-    parts = []
+def _html_scenarios(result: SweepResult) -> list[dict[str, Any]]:
+    """Per scenario: its title, its one-line verdict, its rows (best first) and its note."""
+    scenarios = []
+    several = result.summary.groupby(SCENARIO_KEYS, sort=False).ngroups > 1
     for key, group in _scenarios(result):
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in _HTML_COLUMNS)
-        body = []
+        rows = []
         for row in _rows(group):
             missed = int(row.deadline_misses) > 0
-            policy = html.escape(str(row.policy))
-            if isinstance(row.same_as, str) and row.same_as:
-                policy += f' <span class="same">(= {html.escape(row.same_as)})</span>'
-            if missed:
-                policy += (
-                    f'<br><span class="note">{_miss_note(float(row.deadline_miss_pct))}</span>'
-                )
-            cells = [
-                str(row.rank),
-                policy,
-                _pct(row.mean_savings_vs_agnostic_pct),
-                f'<span class="misses">{_misses(row)}</span>' if missed else "0",
-                _pct(row.mean_savings_vs_suspend_resume_pct),
-                f"{row.mean_emissions_g:.1f}",
-                f"{row.median_emissions_g:.1f}",
-                f"{row.p5_emissions_g:.1f}–{row.p95_emissions_g:.1f}",
-                f"{row.mean_completion_hours:.1f}",
-                f"{row.server_hours_change_pct:+.1f} %",
-                f"{row.mean_rescales:.1f}",
-                f"{row.mean_replans:.1f}",
-            ]
-            opening = '<tr class="missed">' if missed else "<tr>"
-            body.append(opening + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        note = _equal_note(group)
-        parts.append(
-            f"<h3>{html.escape(_scenario_title(key, group))}</h3>\n"
-            f'<table class="summary"><thead><tr>{head}</tr></thead>\n<tbody>\n'
-            + "\n".join(body)
-            + "\n</tbody></table>"
-            + (f'\n<p class="small">{html.escape(note)}</p>' if note else "")
+            rows.append(
+                {
+                    "rank": str(row.rank),
+                    "policy": str(row.policy),
+                    "same_as": row.same_as if isinstance(row.same_as, str) else "",
+                    "missed": missed,
+                    "miss_note": _miss_note(float(row.deadline_miss_pct)) if missed else "",
+                    "saved": _pct(row.mean_savings_vs_agnostic_pct),
+                    "misses": _misses(row),
+                    "numbers": [
+                        _pct(row.mean_savings_vs_suspend_resume_pct),
+                        f"{row.mean_emissions_g:.1f}",
+                        f"{row.median_emissions_g:.1f}",
+                        f"{row.p5_emissions_g:.1f}–{row.p95_emissions_g:.1f}",
+                        f"{row.mean_completion_hours:.1f}",
+                        f"{row.server_hours_change_pct:+.1f} %",
+                        f"{row.mean_rescales:.1f}",
+                        f"{row.mean_replans:.1f}",
+                    ],
+                }
+            )
+        scenarios.append(
+            {
+                "title": _scenario_title(key, group),
+                "verdict": _scenario_headline(group) if several else "",
+                "rows": rows,
+                "note": _equal_note(group),
+            }
         )
-    return "\n".join(parts)
+    return scenarios
 
 
 def write_html(result: SweepResult, path: str | os.PathLike[str], *, command: str = "") -> None:
-    """One self-contained HTML page (figures embedded) to mail to a colleague, written to a
-    temporary file, then renamed.
+    """One self-contained HTML page (figures embedded) to mail to a colleague, rendered from
+    ``templates/advisor_report.html.j2``, written to a temporary file, then renamed.
 
     Raises:
         OutputError: If the file cannot be written.
@@ -741,49 +821,28 @@ def write_html(result: SweepResult, path: str | os.PathLike[str], *, command: st
     images = []
     for stem, fig in figures(result).items():
         buffer = io.BytesIO()
-        fig.savefig(buffer, dpi=100, format="png")
-        plt.close(fig)
-        encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+        try:
+            fig.savefig(buffer, dpi=100, format="png")
+        finally:
+            plt.close(fig)
         images.append(
-            f'<figure><img alt="{stem}" src="data:image/png;base64,{encoded}">'
-            f"<figcaption>{html.escape(stem.replace('_', ' '))}</figcaption></figure>"
+            {
+                "stem": stem,
+                "caption": stem.replace("_", " "),
+                "png": base64.b64encode(buffer.getvalue()).decode("ascii"),
+            }
         )
     spec = result.spec
-    cond = spec.conditions
-    sources = "".join(
-        f"<li>{html.escape(t.zone)}: {html.escape(t.source)}</li>" for t in spec.traces
+    page = render(
+        "advisor_report.html.j2",
+        spec=spec,
+        conditions=spec.conditions,
+        command=command,
+        headline=headline(result),
+        ranking_rule=RANKING_RULE,
+        columns=_HTML_COLUMNS,
+        scenarios=_html_scenarios(result),
+        images=images,
+        traces=[{"zone": t.zone, "source": t.source} for t in spec.traces],
     )
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>CarbonAdvisor report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.85em; }}
-th, td {{ padding: 0.25em 0.6em; border-bottom: 1px solid #ddd; text-align: right; }}
-td:nth-child(2), th:nth-child(2) {{ text-align: left; }}
-th {{ background: #f3f3f3; }}
-tr.missed {{ background: #fdecea; color: #555; }}
-.misses, .note {{ color: {_MISSED}; font-weight: bold; }}
-.note {{ font-size: 0.85em; }}
-.same, .small {{ color: #666; font-size: 0.85em; }}
-figure {{ display: inline-block; margin: 1em; }} img {{ max-width: 100%; }}
-code {{ background: #f6f6f6; padding: 0.1em 0.3em; }}
-</style></head><body>
-<h1>CarbonAdvisor report</h1>
-<p>A {spec.length_hours:g} h job (at its minimum server count), profile
-<code>{html.escape(spec.profile.name)}</code>, slot {spec.slot_minutes} min; forecasts
-<code>{html.escape(cond.forecast.model)}</code> (error {cond.forecast.error:g}), profile error
-{cond.profile_error:g}, rescale overhead {cond.rescale_overhead_s:g} s, re-planning threshold
-{cond.replan_threshold:.0%}.</p>
-{f"<p>Command: <code>{html.escape(command)}</code></p>" if command else ""}
-<h2>Summary</h2>
-<p>{html.escape(RANKING_RULE)} Rows in red miss deadlines: what they save is not comparable
-with what a policy that finishes on time saves.</p>
-{_html_tables(result)}
-<h2>Figures</h2>
-{"".join(images)}
-<h2>Carbon data</h2><ul>{sources}</ul>
-<p>Savings are per start time against carbon-agnostic (m servers from arrival) and deadline-based
-suspend-resume on the same trace, then averaged. Emissions are gCO2eq.</p>
-</body></html>
-"""
     atomic_write(path, page, "report")

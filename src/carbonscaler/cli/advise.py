@@ -20,6 +20,7 @@ from carbonscaler.cli._common import (
     open_trace,
     user_errors,
 )
+from carbonscaler.cli._progress import ProgressDisplay
 from carbonscaler.forecast_names import FORECAST_MODELS
 from carbonscaler.planner.names import POLICIES
 
@@ -157,8 +158,6 @@ def _advise(
     plot: Path | None,
     report: Path | None,
 ) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from carbonscaler.advisor import (
         RANKING_RULE,
         Conditions,
@@ -174,6 +173,7 @@ def _advise(
         write_plots,
         write_summary_csv,
     )
+    from carbonscaler.advisor.report import headline
     from carbonscaler.outputs import check_output_file, check_output_folder
     from carbonscaler.planner import PlanningError
     from carbonscaler.profile import parse_profile_spec
@@ -224,19 +224,10 @@ def _advise(
         slot_minutes=slot_minutes,
         price_per_server_hour=price,
     )
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=err_console(),
-        transient=True,
-        disable=not err_console().is_terminal,
-    ) as bar:
-        task = bar.add_task("simulating", total=None)
+    with ProgressDisplay("simulating", unit=" runs") as reporter:
 
         def progress(done: int, total: int, label: str) -> None:
-            bar.update(task, completed=done, total=total, description=label)
+            reporter.update(done, total=total, detail=label)
 
         result = run_sweep(spec, progress, jobs=jobs or default_jobs())
     if csv is not None:
@@ -255,3 +246,4 @@ def _advise(
     for table in scenario_tables(result, width=console().width):
         console().print(table)
     console().print(RANKING_RULE, style="dim")
+    console().print(headline(result), style="bold", highlight=False)

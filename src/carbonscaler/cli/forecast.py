@@ -15,10 +15,10 @@ from carbonscaler.cli._common import (
     YEAR_HELP,
     ZONE_FLAGS,
     console,
-    err_console,
     open_trace,
     user_errors,
 )
+from carbonscaler.cli._progress import ProgressDisplay
 from carbonscaler.forecast_names import FORECAST_MODELS
 
 app = typer.Typer(
@@ -80,9 +80,12 @@ def _evaluate(
     spec = ForecastSpec(chosen, error if chosen.is_noisy else 0.0, seed)
     series = open_trace(trace, zone, year)
     slot_hours = series.step.total_seconds() / 3600.0
-    if chosen is ForecastModel.LEARNED and not as_json:
-        err_console().print("training the learned model on the trace (cached for next time)...")
-    result = evaluate_forecasts(series.values, slot_hours, spec, horizon_h=horizon)
+    doing = f"scoring {chosen} forecasts on {series.zone}"
+    if chosen is ForecastModel.LEARNED:
+        doing += " (training the learned model first; cached for next time)"
+    with ProgressDisplay(doing) as reporter:
+        reporter.update(0)
+        result = evaluate_forecasts(series.values, slot_hours, spec, horizon_h=horizon)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return

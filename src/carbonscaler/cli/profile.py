@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from carbonscaler.cli._common import console, err_console, user_errors
+from carbonscaler.cli._common import console, user_errors
+from carbonscaler.cli._progress import ProgressDisplay
 from carbonscaler.power.meter import DEFAULT_IDLE_W, DEFAULT_WORKER_W
 
 
@@ -92,20 +93,31 @@ def _profile(
     except MeterUnavailable:
         meter = None
     scratch = out.resolve().parent / f".{out.name}.profiling"
-    result = profile_workload(
-        command,
-        scratch,
-        max_workers=max_workers,
-        seconds_each=seconds,
-        seconds_per_slot=3600.0,
-        slot_hours=1.0,
-        env=env,
-        cwd=cwd,
-        size_env=size_env,
-        power=estimate,
-        meter=meter,
-        on_progress=lambda k, top: err_console().print(f"profiling {k} of {top} workers..."),
-    )
+    with ProgressDisplay("profiling") as reporter:
+
+        def on_progress(k: int, top: int) -> None:
+            reporter.update(
+                k - 1,
+                total=top,
+                detail=f"{k} of {top} workers, {seconds:g} s each",
+                eta_s=(top - k + 1) * seconds,
+                milestone=True,
+            )
+
+        result = profile_workload(
+            command,
+            scratch,
+            max_workers=max_workers,
+            seconds_each=seconds,
+            seconds_per_slot=3600.0,
+            slot_hours=1.0,
+            env=env,
+            cwd=cwd,
+            size_env=size_env,
+            power=estimate,
+            meter=meter,
+            on_progress=on_progress,
+        )
     result.profile.to_csv(out)
     rows = [
         {

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from carbonscaler.cli._common import console, err_console, user_errors
+from carbonscaler.cli._progress import ProgressDisplay
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -25,24 +27,24 @@ if TYPE_CHECKING:
 def _live_table(controller: Controller, state: ControllerState) -> Table:
     from rich.table import Table
 
+    from carbonscaler.wording import grams
+
     spec = controller.spec
     hours = controller.job_hours(state)
     slot = min(math.floor(hours / spec.slot_hours), state.deadline_slots - 1)
     seen = controller.intensity_seen(slot)
-    carbon = float("nan") if seen is None else seen
     upcoming = ""
     for i in range(max(slot + 1, 0), state.deadline_slots):
         if state.plan_servers[i] != state.servers:
-            upcoming = f"{state.plan_servers[i]} servers at slot {i}"
+            upcoming = f"{state.plan_servers[i]} servers at slot {i + 1}"
             break
     table = Table(title=f"{spec.name} — {spec.policy_name}", show_header=False)
     table.add_column(justify="right")
     table.add_column()
-    table.add_row("slot", f"{slot} of {state.deadline_slots} ({hours:.2f} job hours)")
-    table.add_row("carbon intensity", f"{carbon:.1f} gCO2eq/kWh")
+    table.add_row("slot", f"{slot + 1} of {state.deadline_slots} ({hours:.1f} job hours)")
+    table.add_row("carbon intensity", "—" if seen is None else f"{seen:.0f} gCO2eq/kWh")
     table.add_row("servers", str(state.servers))
-    table.add_row("progress", f"{state.progress_pct:.1f} %")
-    table.add_row("emissions so far", f"{state.emissions_g:.2f} g ({state.energy_kwh:.4f} kWh)")
+    table.add_row("emissions so far", f"{grams(state.emissions_g)} ({state.energy_kwh:.3g} kWh)")
     table.add_row("next rescale", upcoming or "—")
     table.add_row("re-plans / rescales", f"{state.replans} / {state.rescales}")
     if state.degraded:
@@ -50,92 +52,208 @@ def _live_table(controller: Controller, state: ControllerState) -> Table:
     return table
 
 
+class _RunProgress:
+    """The run as it goes, through a :class:`ProgressDisplay`: on a terminal the live table
+    over a bar (share of the work done, time left until the plan's end); without one a line at
+    every slot and every change of servers."""
+
+    def __init__(self, controller: Controller, reporter: ProgressDisplay) -> None:
+        self.controller = controller
+        self.reporter = reporter
+        self._drawn = -math.inf
+        self._seen: tuple[int, int] | None = None
+
+    def eta_s(self, state: ControllerState) -> float | None:
+        """Wall seconds until the plan's last server stops; None past it or once done."""
+        if state.progress_pct >= 100.0:
+            return None
+        spec = self.controller.spec
+        end_h = float(state.plan.get("endSlot", 0.0)) * spec.slot_hours
+        left_h = end_h - self.controller.job_hours(state)
+        if left_h <= 0:
+            return None
+        return left_h / spec.slot_hours * spec.seconds_per_slot
+
+    def __call__(self, state: ControllerState) -> None:
+        from carbonscaler.wording import grams, servers
+
+        spec = self.controller.spec
+        hours = self.controller.job_hours(state)
+        slot = min(math.floor(hours / spec.slot_hours), state.deadline_slots - 1)
+        now = time.monotonic()
+        milestone = (slot, state.servers) != self._seen
+        if self.reporter.terminal and not milestone and now - self._drawn < 0.25:
+            return
+        self._seen, self._drawn = (slot, state.servers), now
+        seen = self.controller.intensity_seen(slot)
+        carbon = "" if seen is None else f" at {seen:.0f} gCO2eq/kWh"
+        self.reporter.update(
+            state.progress_pct,
+            detail=(
+                f"slot {slot + 1}/{state.deadline_slots}, {servers(state.servers)}{carbon}, "
+                f"{grams(state.emissions_g)} so far"
+            ),
+            eta_s=self.eta_s(state),
+            milestone=milestone,
+            above=_live_table(self.controller, state) if self.reporter.terminal else None,
+        )
+
+
 def _report_table(report: RunReport) -> Table:
     from rich.table import Table
 
+    from carbonscaler.control.report import summary_rows
+
     table = Table(title=f"Run report: {report.name}", show_header=False)
-    table.add_column(justify="right")
+    table.add_column(justify="right", style="bold", no_wrap=True)
     table.add_column()
-    done = f"{report.completion_hours:.2f} h" if report.completion_hours is not None else "—"
-    table.add_row(
-        "completed",
-        f"{report.completed} after {done} (deadline "
-        f"{report.deadline_hours:g} h, {'met' if report.deadline_met else 'MISSED'})",
-    )
-    table.add_row("emissions", f"{report.emissions_g:.2f} gCO2eq ({report.energy_kwh:.4f} kWh)")
-    table.add_row("carbon-agnostic", f"{report.agnostic_emissions_g:.2f} gCO2eq")
-    table.add_row("saved", f"{report.savings_pct:.1f} %")
-    table.add_row(
-        "rescales / re-plans / restarts",
-        f"{report.rescales} / {report.replans} / {report.restarts}",
-    )
-    table.add_row("mean rescale time", f"{report.mean_rescale_s:.2f} s")
-    table.add_row("power", report.power_source)
-    table.add_row("carbon", report.carbon_source)
-    table.add_row("profile", report.profile_source)
+    for label, value in summary_rows(report):
+        table.add_row(label, value)
     return table
+
+
+def _prediction_table(report: RunReport, prediction: Mapping[str, Any]) -> Table:
+    from rich.table import Table
+
+    from carbonscaler.control.report import prediction_rows
+
+    table = Table(title="The advisor's prediction beside the measurement")
+    table.add_column("")
+    for column in ("measured", "advisor predicted", "difference"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in prediction_rows(report, prediction):
+        table.add_row(*row)
+    return table
+
+
+def _already_complete(spec: JobSpec, folder: Path, *, as_json: bool) -> None:
+    """If the job finished in an earlier run, say so (and where its report is) and exit 0.
+
+    Raises:
+        typer.Exit: with code 0, when the job is complete.
+    """
+    from datetime import UTC, datetime
+
+    from carbonscaler.cli._runner import state_path
+    from carbonscaler.control.report import finish_words
+    from carbonscaler.control.state import StateStore
+
+    path = state_path(spec)
+    if not path.is_file():
+        return
+    store = StateStore(path)
+    try:
+        loaded = store.load(spec.name)
+        if loaded is None or not loaded[1].completed:
+            return
+        state = loaded[1]
+        done = [e for e in store.events(spec.name) if e.kind == "done"]
+    finally:
+        store.close()
+    deadline_h = state.deadline_slots * spec.slot_hours
+    finished = state.completion_hours if state.completion_hours is not None else math.nan
+    when = ""
+    if done:
+        when = f" on {datetime.fromtimestamp(done[-1].wall_time, UTC):%Y-%m-%d %H:%M} UTC"
+    report = folder / "report.html"
+    where = f"Report: {report}." if report.is_file() else f"No report in {folder}."
+    verdict = finish_words(finished, deadline_h, finished <= deadline_h + 1e-9)
+    err_console().print(
+        f"{spec.name} is already complete: {verdict}{when}. {where} "
+        f"Delete {spec.checkpoint_dir} to run it again.",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    saved = folder / "report.json"
+    if as_json and saved.is_file():
+        typer.echo(saved.read_text())
+    raise typer.Exit(code=0)
 
 
 def execute(
     spec: JobSpec, *, as_json: bool, report_dir: Path | None, extra_fn: ExtraFn | None = None
 ) -> RunReport:
-    """Profile (if asked), plan, run with a live view, report.
+    """Profile (if asked), plan, run with progress on standard error, report.
 
-    ``extra_fn`` adds fields to the printed report (the demo adds the advisor's prediction).
+    A job that finished in an earlier run is not run again: that is said, with where its
+    report is, and the command exits 0 (:func:`_already_complete`).
+
+    ``extra_fn`` adds fields to the report (the demo adds the advisor's prediction).
     """
-    from rich.live import Live
-
     from carbonscaler.cli._runner import build_controller
     from carbonscaler.control.report import write_run_report
     from carbonscaler.outputs import check_output_folder
 
-    def profiling(k: int, top: int) -> None:
-        err_console().print(
-            f"profiling the workload at {k} of {top} workers ({spec.profile_seconds:g} s each)..."
-        )
-
     folder = check_output_folder(report_dir or Path(spec.checkpoint_dir), "report folder")
-    controller = build_controller(spec, on_profile=profiling)
-    live_enabled = console().is_terminal and not as_json
-    last_draw = [0.0]
-    with Live(console=console(), refresh_per_second=4, transient=False, auto_refresh=False) as live:
+    _already_complete(spec, folder, as_json=as_json)
+    with contextlib.ExitStack() as profiling:
+        bar: list[ProgressDisplay] = []
 
-        def on_step(state: ControllerState) -> None:
-            now = time.monotonic()
-            if live_enabled and now - last_draw[0] > 0.25:
-                live.update(_live_table(controller, state), refresh=True)
-                last_draw[0] = now
+        def on_profile(k: int, top: int) -> None:
+            if not bar:
+                bar.append(profiling.enter_context(ProgressDisplay("profiling the workload")))
+            bar[0].update(
+                k - 1,
+                total=top,
+                detail=f"{k} of {top} workers, {spec.profile_seconds:g} s each",
+                eta_s=(top - k + 1) * spec.profile_seconds,
+                milestone=True,
+            )
 
-        controller.on_step = on_step
+        controller = build_controller(spec, on_profile=on_profile)
+    with ProgressDisplay(spec.name, total=100.0, unit="%", every_s=10.0) as reporter:
+        controller.on_step = _RunProgress(controller, reporter)
         try:
             report = controller.run()
         except KeyboardInterrupt:
             controller.backend.stop()
-            err_console().print("stopped; run the same command again to resume")
+            reporter.print("stopped; run the same command again to resume")
             raise typer.Exit(code=130) from None
-    written = write_run_report(report, folder, spec.slot_hours)
-    _print_report(controller, report, as_json=as_json, written=written, extra_fn=extra_fn)
+    extra = extra_fn(controller, report) if extra_fn is not None else {}
+    written = write_run_report(report, folder, spec.slot_hours, prediction=extra)
+    _print_report(report, as_json=as_json, written=written, extra=extra)
     return report
 
 
 def _print_report(
-    controller: Controller,
     report: RunReport,
     *,
     as_json: bool,
     written: list[Path],
-    extra_fn: ExtraFn | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
-    extra = extra_fn(controller, report) if extra_fn is not None else {}
-    out = report.to_dict()
-    out.update(extra)
+    """The report on standard output: JSON, or the headline, the table, the advisor's
+    prediction beside it (the demo) and the files written."""
+    from rich.text import Text
+
+    from carbonscaler.control.report import (
+        PREDICTION_KEYS,
+        has_prediction,
+        headline,
+        prediction_note,
+    )
+
+    extra = dict(extra or {})
     if as_json:
-        typer.echo(json.dumps(out, indent=2, default=float))
+        typer.echo(json.dumps({**report.to_dict(), **extra}, indent=2, default=float))
         return
+    good = report.completed and report.deadline_met and report.savings_pct > 0
+    console().print(
+        Text(f"{report.name}: {headline(report)}", style="bold green" if good else "bold red")
+    )
     console().print(_report_table(report))
+    shown: set[str] = set()
+    if has_prediction(extra):
+        console().print(_prediction_table(report, extra))
+        console().print(prediction_note(report, extra), highlight=False)
+        shown = {*PREDICTION_KEYS, "savings_vs_advisor_pct_points"}
     for key, value in extra.items():
-        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
-        console().print(f"{key.replace('_', ' ')}: {shown}")
+        if key not in shown:
+            text = f"{value:.2f}" if isinstance(value, float) else str(value)
+            console().print(f"{key.replace('_', ' ')}: {text}")
+    for note in report.notes:
+        console().print(f"note: {note}", highlight=False)
     if written:
         console().print(f"report: {', '.join(str(p) for p in written)}")
 
@@ -156,7 +274,7 @@ def simulate(spec: JobSpec, *, as_json: bool, report_dir: Path | None) -> RunRep
     note = "simulated: the controller on a virtual clock, the workload following its profile"
     report = dataclasses.replace(report, notes=[*report.notes, note])
     written = write_run_report(report, report_dir, spec.slot_hours) if report_dir else []
-    _print_report(controller, report, as_json=as_json, written=written)
+    _print_report(report, as_json=as_json, written=written)
     return report
 
 
@@ -187,7 +305,9 @@ def run_command(
 ) -> None:
     """Run an elastic job carbon-aware: scale up when the grid is clean, down when dirty.
 
-    Re-running the same spec after an interruption resumes the job where it was.
+    Re-running the same spec after an interruption resumes the job where it was; after it
+    finished, says so and where its report is (delete the checkpoint folder to run it again).
+    Progress goes to standard error: a bar on a terminal, a line per slot otherwise.
     """
     _run(
         job=job,

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -80,9 +81,19 @@ class RunReport:
     carbon_by_slot: list[float]
     unobserved_slots: list[int]
     notes: list[str]
+    # Added later, with defaults: a report made without them still reads.
+    progress_pct: float = 0.0
+    slot_hours: float = 1.0
+    start_utc: str | None = None  # the job's arrival (trace time on a replay), ISO 8601 UTC
+    # Job hours spent at each server count (0: suspended), arrival to completion (or to the
+    # last step of an unfinished run); exact, not inferred from the per-slot means.
+    hours_by_servers: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """The report as JSON-ready data (``hours_by_servers`` keyed by the count as text)."""
+        out = dict(self.__dict__)
+        out["hours_by_servers"] = {str(k): v for k, v in sorted(self.hours_by_servers.items())}
+        return out
 
 
 class Controller:
@@ -296,6 +307,7 @@ class Controller:
             state.power_source = source
         hours = until_h - start
         state.nominal_work += float(self.profile.throughput[k]) * hours
+        state.hours_by_servers[str(k)] = state.hours_by_servers.get(str(k), 0.0) + hours
         state.profile_energy_kwh += float(self.profile.power_w[k]) * hours / 1000
         for part in charge_slots(start, until_h, self.spec.slot_hours, watts, self._carbon):
             state.energy_kwh += part.energy_kwh
@@ -498,6 +510,11 @@ class Controller:
         met = completed and done_h is not None and done_h <= deadline_h + 1e-9
         savings = 100.0 * (1 - state.emissions_g / agnostic) if agnostic > 0 else float("nan")
         notes = list(state.notes)
+        by_level = {int(k): h for k, h in state.hours_by_servers.items()}
+        if abs(sum(by_level.values()) - state.accounted_hours) > 1e-6:
+            # A run resumed from a state saved before hours were kept per level.
+            by_level = {}
+            notes.append("hours per server count not recorded (the run began on an older version)")
         if state.unobserved_slots:
             notes.append(
                 f"{len(state.unobserved_slots)} slot(s) not observed (the carbon source was "
@@ -526,7 +543,28 @@ class Controller:
             carbon_by_slot=carbon,
             unobserved_slots=sorted(set(state.unobserved_slots)),
             notes=notes,
+            progress_pct=state.progress_pct,
+            slot_hours=self.spec.slot_hours,
+            start_utc=self._start_utc(),
+            hours_by_servers=by_level,
         )
+
+    def _start_utc(self) -> str | None:
+        """When the job arrived, ISO 8601 UTC: the replayed trace's start (the time the carbon
+        is of), else the wall time it began; None on a virtual clock with a live source."""
+        state = self.state
+        assert state is not None
+        if self.spec.carbon.is_replay and self.spec.carbon.start:
+            text = self.spec.carbon.start.replace("Z", "+00:00")
+            try:
+                start = datetime.fromisoformat(text)
+            except ValueError:
+                return self.spec.carbon.start
+            start = start.replace(tzinfo=UTC) if start.tzinfo is None else start.astimezone(UTC)
+            return start.isoformat()
+        if self.clock.virtual:
+            return None
+        return datetime.fromtimestamp(state.wall_start, UTC).isoformat()
 
     def _agnostic_emissions(self) -> float:
         """The same work at minReplicas from arrival, charged at the same intensity per slot

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from carbonscaler._sqlite import open_database, transaction
+from carbonscaler._sqlite import open_database, open_read_only, transaction
 
 __all__ = ["ControllerState", "Event", "StateStore"]
 
@@ -76,6 +76,7 @@ class ControllerState:
     carbon_by_slot: dict[str, float] = field(default_factory=dict)
     unobserved_slots: list[int] = field(default_factory=list)
     servers_by_slot: dict[str, float] = field(default_factory=dict)
+    hours_by_servers: dict[str, float] = field(default_factory=dict)  # job hours at each count
     replans: int = 0
     rescales: int = 0
     restarts: int = 0
@@ -134,6 +135,25 @@ class StateStore:
         self._db = open_database(
             self.path, schema=_SCHEMA, version=1, error=StateError, what="state database"
         )
+
+    @classmethod
+    def read_only(cls, path: str | Path) -> StateStore:
+        """The existing store at ``path``, for reading only (the dashboard watching runs):
+        nothing is created or written beside it (:func:`carbonscaler._sqlite.open_read_only`).
+        Open it, read, close it; :meth:`save` and :meth:`delete` fail.
+
+        Raises:
+            StateError: if the file is missing, unusable, or from a newer carbonscaler.
+        """
+        store = cls.__new__(cls)
+        store.path = Path(path)
+        store._db = open_read_only(store.path, version=1, error=StateError, what="state database")
+        return store
+
+    def runs(self) -> list[tuple[str, float]]:
+        """Every run in the store: its name and when its state was last saved (epoch s)."""
+        rows = self._db.execute("SELECT name, updated FROM runs ORDER BY name").fetchall()
+        return [(str(name), float(updated)) for name, updated in rows]
 
     def load(self, name: str) -> tuple[dict[str, Any], ControllerState] | None:
         """The spec (as saved) and state of run ``name``, or None."""
