@@ -50,7 +50,7 @@ def test_pick_carbon_source_rules(tmp_path: Path) -> None:
     none: dict[str, Any] = {"trace": None, "zone": None, "year": None, "provider": None}
     assert pick_carbon_source(**none) is None
     picked = pick_carbon_source(**{**none, "trace": path, "zone": "NL"})
-    assert picked is not None and (picked.trace_path, picked.zone) == (path, "NL")
+    assert picked is not None and picked.trace is not None and picked.trace.zone == "NL"
     # --zone alone keeps its older meaning on the long-running commands: live providers.
     for options in ({"zone": "ukgrid:GB"}, {"provider": "ukgrid:GB"}):
         picked = pick_carbon_source(**{**none, **options})
@@ -133,12 +133,14 @@ def test_services_take_the_trace_under_every_spelling(
 ) -> None:
     path = trace_csv(tmp_path)
     db = ["--db-path", str(tmp_path / "x.db")]
+    # The command reads the file (as every command does: --fill-gaps, --tz) and hands the
+    # service the trace.
     for flag in ("--trace", "--carbon-trace", "--carbon-path", "-f"):
         _invoke(carbon_service_cli.carbon_service_command, [flag, str(path), *db])
-        assert captured.pop("carbon").carbon_path == path, flag
+        assert captured.pop("carbon").trace.source == str(path), flag
     for flag in ("--trace", "--carbon-trace"):
         _invoke(accounting_cli.accounting_command, [flag, str(path), *db])
-        assert captured.pop("accounting").carbon_trace == path, flag
+        assert captured.pop("accounting").trace.source == str(path), flag
 
 
 @needs_dataset

@@ -486,3 +486,22 @@ def test_the_carbon_service_takes_fill_gaps(tmp_path: Path) -> None:
         create_app(CarbonServiceConfig(db_path=tmp_path / "s.db", carbon_path=path, max_gap=720))
     with pytest.raises(TraceError, match="720 hourly values"):
         create_app(CarbonServiceConfig(db_path=tmp_path / "t.db", carbon_path=path))
+
+
+def test_every_command_that_reads_a_trace_file_takes_fill_gaps_and_tz() -> None:
+    from typing import Any
+
+    import typer.main
+
+    def walk(command: Any, path: str) -> Iterable[tuple[str, Any]]:
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    readers = []
+    for path, command in walk(typer.main.get_command(app), "carbonscaler"):
+        flags = {flag for param in command.params for flag in getattr(param, "opts", [])}
+        if "--trace" in flags or "--carbon-path" in flags:
+            readers.append(path)
+            assert {"--fill-gaps", "--tz"} <= flags, f"{path} reads traces without both"
+    assert len(readers) >= 8, readers  # plan, advise, run's siblings, services, cluster ...

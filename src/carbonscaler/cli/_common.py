@@ -268,14 +268,12 @@ def load_carbon(
 class CarbonSourceChoice:
     """The one carbon source a long-running command was given.
 
-    Exactly one of ``trace_path`` (a file to replay; ``zone`` is the zone in it),
-    ``dataset`` (an offline-dataset trace to replay), ``provider`` (a live-provider spec) and
-    ``service_url`` is set.
+    Exactly one of ``trace`` (a trace to replay: a file, read with ``--fill-gaps``/``--tz``, or
+    an offline-dataset zone and year), ``provider`` (a live-provider spec) and ``service_url``
+    is set.
     """
 
-    trace_path: Path | None = None
-    zone: str | None = None
-    dataset: CarbonTrace | None = None
+    trace: CarbonTrace | None = None
     provider: str | None = None
     service_url: str | None = None
 
@@ -288,14 +286,21 @@ def pick_carbon_source(
     provider: str | None,
     carbon_service: str | None = None,
     trace_flag: str = "--trace",
+    signal: str = "direct",
+    fill_gaps: int | None = None,
+    tz: str | None = None,
 ) -> CarbonSourceChoice | None:
-    """Check the carbon-source options of a long-running command; None if none was given.
+    """Check the carbon-source options of a long-running command and read a trace it names;
+    None if no source was given.
 
     ``--zone`` with ``--trace`` picks the zone of the file, with ``--year`` (and no trace) a
-    zone of the offline dataset, and alone means live providers (its older meaning).
+    zone of the offline dataset, and alone means live providers (its older meaning). A trace
+    file is read as every command reads one (:func:`open_trace`: ``signal``, ``fill_gaps``,
+    ``tz``).
 
     Raises:
         ValueError: if several sources are given, or ``--year`` comes without a dataset zone.
+        TraceError: if the trace file cannot be read (a gap longer than ``fill_gaps`` ...).
         DatasetError: if the offline dataset lacks the zone/year.
     """
     if year is not None and (trace is not None or zone is None):
@@ -317,9 +322,11 @@ def pick_carbon_source(
     if len(given) > 1:
         raise ValueError(f"give exactly one carbon source, not {' and '.join(given)}")
     if trace is not None:
-        return CarbonSourceChoice(trace_path=trace, zone=zone)
+        return CarbonSourceChoice(
+            trace=open_trace(trace, zone, signal=signal, fill_gaps=fill_gaps, tz=tz)
+        )
     if dataset_zone is not None:
-        return CarbonSourceChoice(dataset=open_trace(None, dataset_zone, year))
+        return CarbonSourceChoice(trace=open_trace(None, dataset_zone, year))
     if live is not None:
         return CarbonSourceChoice(provider=live)
     if carbon_service is not None:

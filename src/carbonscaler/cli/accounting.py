@@ -17,6 +17,8 @@ from carbonscaler.cli._common import (
     YEAR_FLAGS,
     YEAR_HELP,
     ZONE_FLAGS,
+    FillGapsOption,
+    TzOption,
     err_console,
     pick_carbon_source,
 )
@@ -53,6 +55,8 @@ def accounting_command(
     signal: Annotated[
         str, typer.Option("--signal", help="Trace signal: direct, lca or avg.")
     ] = "direct",
+    fill_gaps: FillGapsOption = None,
+    tz: TzOption = None,
     zone: Annotated[str | None, typer.Option(*ZONE_FLAGS, help=LIVE_ZONE_HELP)] = None,
     year: Annotated[int | None, typer.Option(*YEAR_FLAGS, help=YEAR_HELP)] = None,
     provider_spec: Annotated[str | None, typer.Option(*PROVIDER_FLAGS, help=PROVIDER_HELP)] = None,
@@ -138,6 +142,9 @@ def accounting_command(
             year=year,
             provider=provider_spec,
             carbon_service=carbon_service,
+            signal=signal,
+            fill_gaps=fill_gaps,
+            tz=tz,
         )
         if source is None:
             raise ValueError(
@@ -149,12 +156,9 @@ def accounting_command(
             provider = live_provider(source.provider, cache=TTLCache(db_path.with_suffix(".cache")))
         config = AccountingConfig(
             db_path=db_path,
-            carbon_trace=source.trace_path,
-            trace=source.dataset,
+            trace=source.trace,
             carbon_start=carbon_start,
             seconds_per_slot=speed,
-            signal=signal,
-            zone=source.zone,
             provider=provider,
             carbon_service_url=source.service_url,
             public_url=public_url or f"http://{host}:{port}",

@@ -15,6 +15,8 @@ from carbonscaler.cli._common import (
     TRACE_FLAGS,
     YEAR_FLAGS,
     ZONE_FLAGS,
+    FillGapsOption,
+    TzOption,
     console,
     err_console,
     open_trace,
@@ -53,6 +55,8 @@ def advise_command(
         int | None, typer.Option(*YEAR_FLAGS, help="Year for --zone (default: latest).")
     ] = None,
     signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
+    fill_gaps: FillGapsOption = None,
+    tz: TzOption = None,
     slack: Annotated[
         list[float] | None, typer.Option(help="Deadline = slack × length; repeat for several.")
     ] = None,
@@ -136,6 +140,8 @@ def _advise(
     zone: list[str] | None,
     year: int | None,
     signal: str,
+    fill_gaps: int | None,
+    tz: str | None,
     slack: list[float] | None,
     min_servers: list[int] | None,
     max_servers: list[int] | None,
@@ -188,7 +194,9 @@ def _advise(
         check_output_folder(plot, "--plot")
     if report is not None:
         check_output_file(report, "--report")
-    traces: list[CarbonTrace] = [open_trace(p, signal=signal) for p in trace or []]
+    traces: list[CarbonTrace] = [
+        open_trace(p, signal=signal, fill_gaps=fill_gaps, tz=tz) for p in trace or []
+    ]
     traces += [open_trace(None, z, year) for z in zone or []]
     if not traces:
         raise TraceError("give at least one --trace PATH or --zone ZONE")

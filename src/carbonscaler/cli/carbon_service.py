@@ -14,7 +14,6 @@ from typing import Annotated
 import typer
 
 from carbonscaler.cli._common import (
-    DEFAULT_FILL_GAPS,
     LIVE_ZONE_HELP,
     PROVIDER_FLAGS,
     PROVIDER_HELP,
@@ -127,7 +126,15 @@ def carbon_service_command(
         destinations = destination_policy(allow_subscriber_net, "subscriber address")
         if not db_path.parent.is_dir():
             raise ValueError(f"--db-path {db_path}: folder {db_path.parent} does not exist")
-        source = pick_carbon_source(trace=carbon_path, zone=zone, year=year, provider=provider_spec)
+        source = pick_carbon_source(
+            trace=carbon_path,
+            zone=zone,
+            year=year,
+            provider=provider_spec,
+            signal=signal,
+            fill_gaps=fill_gaps,
+            tz=tz,
+        )
         if source is None:
             raise ValueError(
                 "give --trace PATH (or --carbon-path) to replay a trace, --zone ZONE --year YEAR"
@@ -139,13 +146,8 @@ def carbon_service_command(
             provider = live_provider(source.provider, cache=TTLCache(db_path.with_suffix(".cache")))
         config = CarbonServiceConfig(
             db_path=db_path,
-            carbon_path=source.trace_path,
-            trace=source.dataset,
+            trace=source.trace,
             provider=provider,
-            zone=source.zone,
-            signal=signal,
-            max_gap=DEFAULT_FILL_GAPS if fill_gaps is None else fill_gaps,
-            tz=tz,
             start=start,
             update_interval_s=update_interval,
             prediction_window=prediction_window,

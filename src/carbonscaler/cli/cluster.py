@@ -19,6 +19,8 @@ from carbonscaler.cli._common import (
     TRACE_HELP,
     YEAR_FLAGS,
     ZONE_FLAGS,
+    FillGapsOption,
+    TzOption,
     console,
     load_carbon,
     parse_start,
@@ -77,6 +79,8 @@ def plan_command(
         typer.Option(*YEAR_FLAGS, help="Offline-dataset year for --zone (default: --start's)."),
     ] = None,
     signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
+    fill_gaps: FillGapsOption = None,
+    tz: TzOption = None,
     capacity: Annotated[
         int | None,
         typer.Option("--capacity", min=0, help="Servers per slot (overrides the file's capacity)."),
@@ -102,6 +106,8 @@ def plan_command(
         zone=zone,
         year=year,
         signal=signal,
+        fill_gaps=fill_gaps,
+        tz=tz,
         capacity_override=capacity,
         solver=solver,
         time_limit_s=time_limit,
@@ -118,6 +124,8 @@ def _plan(
     zone: str | None,
     year: int | None,
     signal: str,
+    fill_gaps: int | None,
+    tz: str | None,
     capacity_override: int | None,
     solver: str,
     time_limit_s: float,
@@ -147,7 +155,7 @@ def _plan(
     start = parse_start(start_text)
     horizon = max(job.deadline_slot for job in jobs)
     carbon_trace, first, carbon = _carbon_from(
-        start, trace, zone, year, signal, spec.slot_minutes, horizon
+        start, trace, zone, year, signal, spec.slot_minutes, horizon, fill_gaps, tz
     )
     if solver == "fast":
         plan = plan_cluster(jobs, carbon, capacity, solver="fast", time_limit_s=time_limit_s)
@@ -203,6 +211,8 @@ def _carbon_from(
     signal: str,
     slot_minutes: int,
     horizon: int,
+    fill_gaps: int | None,
+    tz: str | None,
 ) -> tuple[CarbonTrace, int, Any]:
     """The trace, the index of ``start`` in it, and its values from ``start`` on (at least
     ``horizon`` slots: the latest deadline).
@@ -212,7 +222,9 @@ def _carbon_from(
     """
     from carbonscaler.trace import TraceError
 
-    carbon_trace = load_carbon(trace, zone, signal, slot_minutes, start, year)
+    carbon_trace = load_carbon(
+        trace, zone, signal, slot_minutes, start, year, fill_gaps=fill_gaps, tz=tz
+    )
     first = carbon_trace.index_of(start)
     carbon = carbon_trace.values[first:]
     if len(carbon) < horizon:
@@ -388,6 +400,8 @@ def run_command(
         int | None, typer.Option(*YEAR_FLAGS, help="Offline-dataset year (default: --start's).")
     ] = None,
     signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
+    fill_gaps: FillGapsOption = None,
+    tz: TzOption = None,
     capacity: Annotated[
         int | None,
         typer.Option("--capacity", min=0, help="Servers per slot (overrides the file's capacity)."),
@@ -423,6 +437,8 @@ def _run(
     zone: str | None,
     year: int | None,
     signal: str,
+    fill_gaps: int | None,
+    tz: str | None,
     capacity: int | None,
     policy: str,
     forecast_model: str | None,
@@ -464,7 +480,7 @@ def _run(
     when = parse_start(start)
     horizon = max(job.deadline_slot for job in jobs)
     carbon_trace, _, carbon = _carbon_from(
-        when, trace, zone, year, signal, spec.slot_minutes, horizon
+        when, trace, zone, year, signal, spec.slot_minutes, horizon, fill_gaps, tz
     )
     outcome = simulate_cluster(jobs, carbon, cap, policy, cond)
     agnostic = simulate_cluster(jobs, carbon, cap, "agnostic", cond)
@@ -562,6 +578,8 @@ def advise_cluster_command(
         int | None, typer.Option(*YEAR_FLAGS, help="Offline-dataset year (default: --start's).")
     ] = None,
     signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
+    fill_gaps: FillGapsOption = None,
+    tz: TzOption = None,
     capacity: Annotated[
         int | None,
         typer.Option("--capacity", min=0, help="Servers per slot (a cluster file may give it)."),
@@ -603,6 +621,8 @@ def _advise_cluster(
     zone: str | None,
     year: int | None,
     signal: str,
+    fill_gaps: int | None,
+    tz: str | None,
     capacity: int | None,
     policy: list[str] | None,
     forecast_model: str | None,
@@ -662,12 +682,23 @@ def _advise_cluster(
     jobs = spec.cluster_jobs()
     horizon = max(job.deadline_slot for job in jobs)
     if start is None:
-        probe = load_carbon(trace, zone, signal, spec.slot_minutes, parse_start("2000-01-01"), year)
+        if trace is None and year is None:
+            raise SpecError("with --zone, give --start (or --year) to pick the dataset's year")
+        probe = load_carbon(
+            trace,
+            zone,
+            signal,
+            spec.slot_minutes,
+            parse_start("2000-01-01"),
+            year,
+            fill_gaps=fill_gaps,
+            tz=tz,
+        )
         when = probe.start
     else:
         when = parse_start(start)
     carbon_trace, _, carbon = _carbon_from(
-        when, trace, zone, year, signal, spec.slot_minutes, horizon
+        when, trace, zone, year, signal, spec.slot_minutes, horizon, fill_gaps, tz
     )
     outcomes = compare_cluster_policies(
         jobs, carbon, cap, policy or ["agnostic", "suspend-resume", "carbonscaler", "joint"], cond

@@ -14,6 +14,8 @@ from carbonscaler.cli._common import (
     YEAR_FLAGS,
     YEAR_HELP,
     ZONE_FLAGS,
+    FillGapsOption,
+    TzOption,
     console,
     open_trace,
     user_errors,
@@ -38,6 +40,8 @@ def evaluate_command(
         str | None, typer.Option(*ZONE_FLAGS, help="Offline dataset zone (with --year).")
     ] = None,
     year: Annotated[int | None, typer.Option(*YEAR_FLAGS, help=YEAR_HELP)] = None,
+    fill_gaps: FillGapsOption = None,
+    tz: TzOption = None,
     horizon: Annotated[float, typer.Option(help="Hours ahead to score (1-96).")] = 24.0,
     error: Annotated[
         float, typer.Option(help="Relative error for uniform/gaussian (0.1 = ±10 %).")
@@ -52,6 +56,8 @@ def evaluate_command(
         trace=trace,
         zone=zone,
         year=year,
+        fill_gaps=fill_gaps,
+        tz=tz,
         horizon=horizon,
         error=error,
         seed=seed,
@@ -66,6 +72,8 @@ def _evaluate(
     trace: Path | None,
     zone: str | None,
     year: int | None,
+    fill_gaps: int | None,
+    tz: str | None,
     horizon: float,
     error: float,
     seed: int,
@@ -78,7 +86,7 @@ def _evaluate(
 
     chosen = ForecastModel.parse(model)
     spec = ForecastSpec(chosen, error if chosen.is_noisy else 0.0, seed)
-    series = open_trace(trace, zone, year)
+    series = open_trace(trace, zone, year, fill_gaps=fill_gaps, tz=tz)
     slot_hours = series.step.total_seconds() / 3600.0
     doing = f"scoring {chosen} forecasts on {series.zone}"
     if chosen is ForecastModel.LEARNED:

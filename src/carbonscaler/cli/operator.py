@@ -22,6 +22,8 @@ from carbonscaler.cli._common import (
     YEAR_HELP,
     ZONE_FLAGS,
     CarbonSourceChoice,
+    FillGapsOption,
+    TzOption,
     err_console,
     pick_carbon_source,
 )
@@ -86,6 +88,8 @@ def operator_command(
         float | None,
         typer.Option("--speed", help="Replay pace in seconds per trace slot; default real time."),
     ] = None,
+    fill_gaps: FillGapsOption = None,
+    tz: TzOption = None,
     zone: Annotated[str | None, typer.Option(*ZONE_FLAGS, help=LIVE_ZONE_HELP)] = None,
     year: Annotated[int | None, typer.Option(*YEAR_FLAGS, help=YEAR_HELP)] = None,
     provider_spec: Annotated[str | None, typer.Option(*PROVIDER_FLAGS, help=PROVIDER_HELP)] = None,
@@ -166,6 +170,8 @@ def operator_command(
             year=year,
             provider=provider_spec,
             carbon_service=carbon_service,
+            fill_gaps=fill_gaps,
+            tz=tz,
         )
         poller, pace = _poller(source, carbon_start, speed)
         if slot_seconds is not None and pace is not None and abs(slot_seconds - pace) > 1e-6:
@@ -240,13 +246,8 @@ def _poller(
         return None, None
     if source.service_url:
         return ServicePoller(httpx.AsyncClient(timeout=10.0), source.service_url), None
-    if source.trace_path is not None:
-        replay = TraceReplay.from_file(
-            source.trace_path, zone=source.zone, start=carbon_start, seconds_per_slot=speed
-        )
-        return ProviderPoller(replay), float(speed or replay.step_s)
-    if source.dataset is not None:
-        replay = TraceReplay.from_trace(source.dataset, start=carbon_start, seconds_per_slot=speed)
+    if source.trace is not None:
+        replay = TraceReplay.from_trace(source.trace, start=carbon_start, seconds_per_slot=speed)
         return ProviderPoller(replay), float(speed or replay.step_s)
     if source.provider:
         return ProviderPoller(live_provider(source.provider)), None
