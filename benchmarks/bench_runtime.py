@@ -70,7 +70,7 @@ def controller_overhead(folder: Path) -> None:
 
 def nbody_rescale(folder: Path) -> None:
     backend = LocalBackend(
-        f"{{python}} {ROOT / 'examples/nbody/nbody.py'}",
+        "{python} -m carbonscaler.examples.nbody",
         folder / "nbody",
         env={"BODIES": "2000", "ITERATIONS": "1000000"},
     )

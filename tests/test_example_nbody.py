@@ -1,16 +1,17 @@
 """The elastic N-body example honours the workload contract, with real processes and signals.
 
-Every test runs ``examples/nbody/nbody.py`` as a subprocess, the way the local runtime does (own
-process group, configuration in the environment), and checks the contract: progress lines,
-graceful stop on SIGTERM, resume at another worker count with a bit-identical result, a prompt
-non-zero exit when a worker is killed, no orphans when the launcher is killed, and an immediate
-exit once done. Sizes are chosen so that a run lasts about a second on one core: long enough to
-be interrupted part-way, short enough to keep the file well under a minute.
+Every test runs ``python -m carbonscaler.examples.nbody`` (the module that ships with the
+package; ``examples/nbody`` holds its job spec and README) as a subprocess, the way the local
+runtime does (own process group, configuration in the environment), and checks the contract:
+progress lines, graceful stop on SIGTERM, resume at another worker count with a bit-identical
+result, a prompt non-zero exit when a worker is killed, no orphans when the launcher is killed,
+and an immediate exit once done. Sizes are chosen so that a run lasts about a second on one
+core: long enough to be interrupted part-way, short enough to keep the file well under a minute.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import itertools
 import os
 import signal
@@ -25,7 +26,8 @@ import pytest
 
 from _workload import children, finish, wait_for_progress, wait_gone
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "nbody" / "nbody.py"
+MODULE = "carbonscaler.examples.nbody"
+COMMAND = [sys.executable, "-m", MODULE]
 BODIES = 600
 ITERATIONS = 400
 STOP_TIMEOUT_S = 2.0  # the contract: exit within ~2 s of SIGTERM
@@ -53,7 +55,7 @@ def launch(run_dir: Path, workers: int, **extra: str) -> subprocess.Popen[bytes]
         **extra,
     }
     return subprocess.Popen(
-        [sys.executable, str(SCRIPT)],
+        COMMAND,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -104,17 +106,12 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]
 
 @pytest.fixture(scope="module")
 def nbody() -> ModuleType:
-    """The script imported as a module, for testing its numerical kernel directly."""
-    spec = importlib.util.spec_from_file_location("nbody_example", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # Importing sets BLAS thread variables for the script's own process; keep them out of ours.
+    """The workload module imported, for testing its numerical kernel directly."""
+    # Importing sets BLAS thread variables for the workload's own process; keep them out of ours.
     with pytest.MonkeyPatch.context() as patch:
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             patch.setenv(var, "1")
-        patch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
-        spec.loader.exec_module(module)
-    return module
+        return importlib.import_module(MODULE)
 
 
 # -- tests -------------------------------------------------------------------------------
@@ -244,7 +241,7 @@ def test_flags_override_the_environment(tmp_path: Path) -> None:
     env = {**os.environ, "BODIES": "oops", "WORKERS": "0", "LOGS_FOLDER": str(tmp_path / "no")}
     args = ["--bodies", "50", "--iterations", "3", "--workers", "2", "--logs-folder"]
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args, str(tmp_path)],
+        [*COMMAND, *args, str(tmp_path)],
         env=env,
         capture_output=True,
         timeout=30,

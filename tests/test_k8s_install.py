@@ -684,5 +684,5 @@ def test_the_dockerignore_keeps_the_context_small_and_the_sources_in() -> None:
     assert copied
     for source in copied:
         assert not ignored(source, patterns), f"{source} is copied but .dockerignore drops it"
-    for path in ("src/carbonscaler/cli/__init__.py", "examples/nbody/nbody.py", "pyproject.toml"):
+    for path in ("src/carbonscaler/cli/__init__.py", "examples/nbody/job.yaml", "pyproject.toml"):
         assert not ignored(path, patterns), path

