@@ -280,3 +280,33 @@ def test_an_impossible_deadline_is_refused_before_anything_runs(
     with pytest.raises(InfeasibleError, match="shortest deadline that works"):
         controller.prepare()
     assert controller.backend.workers == 0
+
+
+@pytest.mark.parametrize(
+    ("top_row", "words"),
+    [
+        ("2,1.1,120", "never ran at 2 servers: as profiled, 2 do 1.10× the work of 1 for 2.00×"),
+        ("2,2.0,60.1", None),  # a second server that pays runs in the cleanest slots
+    ],
+)
+def test_a_run_that_never_scaled_says_why(
+    shared_dir: Path, tmp_path: Path, top_row: str, words: str | None
+) -> None:
+    profile = tmp_path / "p.csv"
+    profile.write_text(f"nodes,throughput,power\n1,1.0,60\n{top_row}\n")
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "name: flat\nworkload: {command: 'true'}\n"
+        f"profile: {profile}\n"
+        "minReplicas: 1\nmaxReplicas: 2\nlength_hours: 12\nslack: 2\n"
+        f"carbon: {{trace: {shared_dir / 'traces' / NL}, start: '2022-05-05T05:00Z'}}\n"
+        f"checkpoint_dir: {tmp_path / 'run'}\n"
+    )
+    result = runner.invoke(app, ["run", str(spec), "--simulate", "--json"])
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.stdout)
+    said = [note for note in run["notes"] if note.startswith("never ran")]
+    if words is None:
+        assert run["hours_by_servers"].get("2", 0) > 0 and not said
+    else:
+        assert "2" not in run["hours_by_servers"] and said and said[0].startswith(words)

@@ -39,8 +39,10 @@ def demo_spec(folder: Path, zone: str, start: str, time_scale_s: float) -> JobSp
             "policy": "carbonscaler",
             "time_scale_s": time_scale_s,
             "profile_seconds": 5,
-            # A shared 2-core machine's speed drifts more than a server's: keep more in hand.
-            "safety_margin": 0.1,
+            # A shared 2-core machine's speed drifts far more than a server's (a 2-worker
+            # profile measured in 5 s under load can be 20 % off): plan a fifth more work
+            # where the 36 h leave room, so the demo keeps its deadline on a busy machine.
+            "safety_margin": 0.2,
             "checkpoint_dir": str(folder),
         }
     )

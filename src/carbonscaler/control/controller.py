@@ -515,6 +515,9 @@ class Controller:
             # A run resumed from a state saved before hours were kept per level.
             by_level = {}
             notes.append("hours per server count not recorded (the run began on an older version)")
+        unused = self._unused_top_note(by_level) if completed else None
+        if unused is not None:
+            notes.append(unused)
         if state.unobserved_slots:
             notes.append(
                 f"{len(state.unobserved_slots)} slot(s) not observed (the carbon source was "
@@ -547,6 +550,30 @@ class Controller:
             slot_hours=self.spec.slot_hours,
             start_utc=self._start_utc(),
             hours_by_servers=by_level,
+        )
+
+    def _unused_top_note(self, by_level: dict[int, float]) -> str | None:
+        """Why a run that could scale never did: its top level against ``m`` as profiled.
+
+        None when the top level ran, when there is nothing to scale, or when the hours per
+        level are unknown.
+        """
+        m, top = self.spec.min_replicas, self.job.max_servers
+        if top <= m or not by_level or by_level.get(top, 0.0) > 0.0:
+            return None
+        tp, power = self.profile.throughput, self.profile.power_w
+        if tp[m] <= 0 or power[m] <= 0:
+            return None
+        work, watts = tp[top] / tp[m], power[top] / power[m]
+        measured = f"{top} do {work:.2f}× the work of {m} for {watts:.2f}× the power"
+        if work <= watts:
+            return (
+                f"never ran at {top} servers: as profiled, {measured} (more carbon per unit "
+                "of work), and the deadline did not need them"
+            )
+        return (
+            f"never ran at {top} servers although, as profiled, {measured}: the cleanest "
+            f"slots at {m} were enough to finish in time"
         )
 
     def _start_utc(self) -> str | None:
