@@ -52,7 +52,7 @@ from carbonscaler.decision import (
     top_level,
     triggers_rows,
 )
-from carbonscaler.planner.batch import BatchPlan, plans_from_schedules
+from carbonscaler.planner.batch import BatchPlan, plans_from_schedules, rescale_losses
 from carbonscaler.planner.cluster import (
     ClusterInfeasibleError,
     ClusterJob,
@@ -118,7 +118,10 @@ class ClusterCore:
         policy: ``joint`` or a single-job policy applied to each job (:data:`CLUSTER_POLICIES`).
         rules: the re-plan threshold and safety margin (its policy is replaced by ``policy``;
             ``joint`` plans with CarbonScaler's rules).
-        overhead_h: job hours of work a rescale loses, which single-job plans reserve.
+        overhead_h: job hours of work a rescale loses, which plans reserve.
+        time_limit_s: seconds one joint plan may take (the fast solver's local search, and
+            HiGHS when the fast construction cannot place every job); online, a good plan
+            now beats a better one later.
 
     Raises:
         PlanningError: for an unknown policy, repeated job names, mixed slot lengths or an
@@ -133,6 +136,7 @@ class ClusterCore:
         policy: str = JOINT,
         rules: Rules = Rules(),
         overhead_h: float = 0.0,
+        time_limit_s: float = 2.0,
     ) -> None:
         per_job = Policy.CARBONSCALER
         if policy != JOINT:
@@ -158,6 +162,7 @@ class ClusterCore:
         self.policy = policy
         self.rules = replace(rules, policy=per_job)
         self.overhead_h = overhead_h
+        self.time_limit_s = time_limit_s
         self._capacity = cap
         # The queue: order of arrival, then of input.
         self._pending = sorted(jobs, key=lambda j: j.arrival_slot)
@@ -218,9 +223,13 @@ class ClusterCore:
                 cause |= Reason.ARRIVAL
             if departed:
                 cause |= Reason.DEPARTURE
-            cause |= self._joint_triggers(active, slot, forecast, progress)
+            drifting = {} if cause else self._joint_triggers(active, slot, forecast, progress)
+            if drifting and not self._replan_drifting(active, drifting, slot, forecast, progress):
+                cause = Reason.NONE
+                for why in drifting.values():
+                    cause |= why
             if cause:
-                self._plan_jointly(active, slot, forecast, progress, cause)
+                self._plan_jointly(active, active, slot, forecast, progress, cause)
         else:
             for member in active:
                 if member.spec.arrival_slot < slot:
@@ -299,9 +308,9 @@ class ClusterCore:
         slot: int,
         forecast: FloatArray,
         progress: Mapping[str, Progress],
-    ) -> Reason:
-        """The single-job triggers of every planned job, together."""
-        fired = Reason.NONE
+    ) -> dict[str, Reason]:
+        """The single-job triggers that fire, by job."""
+        fired: dict[str, Reason] = {}
         for member in active:
             r = member.relative(slot)
             if member.spec.arrival_slot == slot or r >= member.window:
@@ -316,22 +325,52 @@ class ClusterCore:
                 np.array([seen.work_done]),
                 self._window_forecast(member, slot, forecast)[None, :],
             )
-            fired |= Reason(int(reasons[0]))
+            if reasons[0]:
+                fired[member.spec.name] = Reason(int(reasons[0]))
         return fired
+
+    def _replan_drifting(
+        self,
+        active: Sequence[_Member],
+        drifting: Mapping[str, Reason],
+        slot: int,
+        forecast: FloatArray,
+        progress: Mapping[str, Progress],
+    ) -> bool:
+        """Re-plan each drifting job alone in the capacity the others' plans leave (the
+        others keep theirs: a drifting job does not reshuffle the cluster); False if one of
+        them cannot fit there, and the whole set must be planned again."""
+        for member in active:
+            why = drifting.get(member.spec.name)
+            if why is None:
+                continue
+            others = [m for m in active if m is not member]
+            if not self._plan_jointly(others, [member], slot, forecast, progress, why):
+                return False
+        return True
 
     def _plan_jointly(
         self,
         active: Sequence[_Member],
+        planned: Sequence[_Member],
         slot: int,
         forecast: FloatArray,
         progress: Mapping[str, Progress],
         cause: Reason,
-    ) -> None:
-        """One plan for every active job inside its window, under the capacity left by the
-        jobs past their deadlines (which run at their top level, first in the queue)."""
-        inside = [m for m in active if m.relative(slot) < m.window]
+    ) -> bool:
+        """One plan for the ``planned`` jobs inside their windows, in the capacity left by
+        the other ``active`` jobs: those past their deadlines (which run at their top level,
+        first in the queue) and, when only some jobs are planned, the others' plans in force.
+
+        Returns:
+            False, changing nothing, when only some jobs are planned and they cannot all
+            finish in what is left; True otherwise (a whole set that cannot fit falls back as
+            the module docstring says).
+        """
+        inside = [m for m in planned if m.relative(slot) < m.window]
         if not inside:
-            return
+            return True
+        partial = any(m not in planned for m in active)
         targets = {
             m.spec.name: plan_targets(
                 m.spec.job,
@@ -347,8 +386,12 @@ class ClusterCore:
                 f"the forecast issued at slot {slot} has {len(forecast)} slots; the jobs need "
                 f"{horizon} (to the latest deadline)"
             )
-        capacity = self._capacity_left(active, slot, horizon, progress)
-        made = self._joint_plans(inside, slot, forecast[:horizon], capacity, targets)
+        capacity = self._capacity_left(active, inside, slot, horizon, progress)
+        made = self._joint_plans(
+            inside, slot, forecast[:horizon], capacity, targets, progress, strict=partial
+        )
+        if made is None:
+            return False
         for member in inside:
             r = member.relative(slot)
             first_plan = not member.events
@@ -367,19 +410,32 @@ class ClusterCore:
             member.events.append((slot, why))
             if not first_plan:
                 member.replans += 1
+        return True
 
     def _capacity_left(
         self,
         active: Sequence[_Member],
+        planned: Sequence[_Member],
         slot: int,
         horizon: int,
         progress: Mapping[str, Progress],
     ) -> IntArray:
-        """Capacity per slot from ``slot`` minus what the late jobs will hold at their top
-        level until they are done (at the pace observed so far)."""
+        """Capacity per slot from ``slot`` for the ``planned`` jobs: the cluster's, minus what
+        the other active jobs hold — a job inside its window what its plan in force holds, a
+        late job its top level until it is done (at the pace observed so far)."""
         cap = np.array([self.capacity_at(slot + i) for i in range(horizon)], dtype=np.int64)
         for member in active:
-            if member.relative(slot) < member.window:
+            if member in planned:
+                continue
+            r = member.relative(slot)
+            if r < member.window:
+                plans = member.plans
+                held = np.where(
+                    plans.fraction[0, r:] < 1.0,
+                    np.maximum(plans.servers[0, r:], plans.after[0, r:]),
+                    plans.servers[0, r:],
+                )[:horizon]
+                cap[: len(held)] -= held
                 continue
             job = member.spec.job
             top = top_level(job, self.rules)
@@ -399,15 +455,27 @@ class ClusterCore:
         forecast: FloatArray,
         capacity: IntArray,
         targets: Mapping[str, Targets],
-    ) -> dict[str, BatchPlan]:
-        """Each job's part of the joint plan as a one-row plan from now to its deadline."""
+        progress: Mapping[str, Progress],
+        *,
+        strict: bool,
+    ) -> dict[str, BatchPlan] | None:
+        """Each job's part of the joint plan as a one-row plan from now to its deadline;
+        with ``strict``, None where not every job fits even without its margin.
+
+        Like a single job's plan, it covers the work its own rescales will lose: the set is
+        planned once more with each job's target raised by its plan's losses, kept if it fits.
+        """
+        extra = dict.fromkeys((m.spec.name for m in inside), 0.0)
 
         def cluster_jobs(work: str, leave_out: frozenset[str]) -> list[ClusterJob]:
             return [
                 ClusterJob(
                     m.spec.name,
                     m.spec.job.with_work(
-                        max(float(getattr(targets[m.spec.name], work)[0]), m.spec.job.work * 1e-9)
+                        max(
+                            float(getattr(targets[m.spec.name], work)[0]) + extra[m.spec.name],
+                            m.spec.job.work * 1e-9,
+                        )
                     ),
                     0,
                     m.window - m.relative(slot),
@@ -417,12 +485,36 @@ class ClusterCore:
                 if m.spec.name not in leave_out
             ]
 
+        def attempt(jobs: list[ClusterJob]) -> ClusterPlan:
+            try:
+                return plan_cluster(jobs, forecast, capacity, time_limit_s=self.time_limit_s)
+            except ClusterInfeasibleError:
+                raise
+            except PlanningError as trouble:  # out of time, undecided: as if it did not fit
+                raise ClusterInfeasibleError(
+                    str(trouble),
+                    late_jobs=(),
+                    work_required={},
+                    work_possible={},
+                    capacity_needed=None,
+                    deadline_extension_hours=None,
+                ) from trouble
+
         fell_back = False
         out_of_reach: frozenset[str] = frozenset()
         plan: ClusterPlan | None
         try:
-            plan = plan_cluster(cluster_jobs("work", out_of_reach), forecast, capacity)
+            plan = attempt(cluster_jobs("work", out_of_reach))
+            if self.overhead_h > 0:
+                extra.update(self._losses(inside, slot, plan, progress))
+                if any(extra.values()):
+                    try:
+                        plan = attempt(cluster_jobs("work", out_of_reach))
+                    except ClusterInfeasibleError:
+                        extra = dict.fromkeys(extra, 0.0)  # the losses do not fit: keep it
         except ClusterInfeasibleError:
+            if strict:
+                return None
             fell_back = True
             plan = None
             # The bare work; then without the jobs the planner names as unable to finish,
@@ -432,7 +524,7 @@ class ClusterCore:
                 if not rest:
                     break
                 try:
-                    plan = plan_cluster(rest, forecast, capacity)
+                    plan = attempt(rest)
                 except ClusterInfeasibleError as err:
                     out_of_reach |= frozenset(err.late_jobs) or {rest[-1].name}
         made: dict[str, BatchPlan] = {}
@@ -445,6 +537,32 @@ class ClusterCore:
                 rows = plans_from_schedules([plan.job(name).schedule], slots)
             made[name] = replace(rows, fell_back=np.array([fell_back]))
         return made
+
+    def _losses(
+        self,
+        inside: Sequence[_Member],
+        slot: int,
+        plan: ClusterPlan,
+        progress: Mapping[str, Progress],
+    ) -> dict[str, float]:
+        """Work each job's part of ``plan`` would lose to its rescales (profile units)."""
+        out = {}
+        for member in inside:
+            name, job = member.spec.name, member.spec.job
+            rows = plans_from_schedules(
+                [plan.job(name).schedule], member.window - member.relative(slot)
+            )
+            seen = progress.get(name, Progress())
+            lost = rescale_losses(
+                rows,
+                job.profile.throughput,
+                self.overhead_h,
+                job.slot_hours,
+                np.array([seen.running], dtype=np.int64),
+                np.array([seen.started]),
+            )
+            out[name] = float(lost[0]) * job.slot_hours
+        return out
 
     # -- the queue -----------------------------------------------------------------------
 
