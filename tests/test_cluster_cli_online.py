@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -152,3 +153,37 @@ def test_advise_cluster_bad_input_is_one_clear_line(
     result = runner.invoke(app, ["advise-cluster", *extra, *de_trace])
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_advise_cluster_writes_a_figure_and_a_report(tmp_path: Path, de_trace: list[str]) -> None:
+    plot, report = tmp_path / "servers.png", tmp_path / "report.html"
+    args = ["advise-cluster", "--generate", "12", "--length", "2,8", "--max", "4"]
+    args += ["--capacity", "6", *de_trace, "--start", "2022-03-01"]
+    result = runner.invoke(app, [*args, "--plot", str(plot), "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    headline = result.stdout.splitlines()[0]
+    assert headline.startswith(("Best policy that meets every deadline", "No policy meets"))
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = report.read_text()
+    assert html.escape(headline, quote=False) in page
+    assert "<h1>CarbonAdvisor: a shared cluster</h1>" in page and "data:image/png;base64," in page
+    assert "12 jobs on 6 servers per slot" in page
+    for policy in ("agnostic", "suspend-resume", "carbonscaler", "joint"):
+        assert f"<td>{policy}</td>" in page
+    # An output that cannot be written fails before any simulation.
+    bad = runner.invoke(app, [*args, "--report", str(tmp_path / "missing" / "r.html")])
+    assert bad.exit_code == 2 and "--report" in bad.stderr
+
+
+def test_the_cluster_headline_names_the_best_policy_and_the_misses() -> None:
+    from carbonscaler.advisor.cluster import cluster_headline
+
+    rows = [
+        {"policy": "joint", "deadline_misses": 0, "savings_vs_agnostic_pct": 12.34},
+        {"policy": "carbonscaler", "deadline_misses": 3, "savings_vs_agnostic_pct": 20.0},
+    ]
+    assert cluster_headline(rows, 10) == (
+        "Best policy that meets every deadline: joint, which saved 12.3 % against "
+        "carbon-agnostic. carbonscaler misses 3 of 10 deadlines."
+    )
+    assert cluster_headline(rows[1:], 10).startswith("No policy meets every deadline.")

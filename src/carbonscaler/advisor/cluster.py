@@ -14,9 +14,10 @@ utilisation.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,13 +27,20 @@ from carbonscaler.decision import Progress
 from carbonscaler.forecast import issue_forecasts
 from carbonscaler.planner.cluster import ClusterJob
 from carbonscaler.planner.model import FloatArray, IntArray, PlanningError
+from carbonscaler.wording import grams, saving
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "ClusterJobOutcome",
     "ClusterOutcome",
+    "cluster_figure",
+    "cluster_headline",
     "cluster_summary",
     "compare_cluster_policies",
     "simulate_cluster",
+    "write_cluster_report",
 ]
 
 
@@ -328,3 +336,130 @@ def cluster_summary(outcomes: Sequence[ClusterOutcome]) -> list[dict[str, Any]]:
             }
         )
     return sorted(rows, key=lambda r: (r["deadline_misses"] > 0, r["emissions_g"]))
+
+
+def cluster_headline(rows: Sequence[Mapping[str, Any]], jobs: int) -> str:
+    """One sentence for :func:`cluster_summary`'s rows: the best policy that meets every
+    deadline and what it saved, and how many deadlines the others miss."""
+    best = next((r for r in rows if r["deadline_misses"] == 0), None)
+    missing = [r for r in rows if r["deadline_misses"]]
+    parts = []
+    if best is None:
+        parts.append("No policy meets every deadline.")
+    else:
+        saved = best["savings_vs_agnostic_pct"]
+        parts.append(
+            f"Best policy that meets every deadline: {best['policy']}"
+            + ("" if saved is None else f", which {saving(saved)} against carbon-agnostic")
+            + "."
+        )
+    for row in missing:
+        parts.append(f"{row['policy']} misses {row['deadline_misses']} of {jobs} deadlines.")
+    return " ".join(parts)
+
+
+def cluster_figure(outcomes: Sequence[ClusterOutcome], carbon: FloatArray) -> Figure:
+    """Servers held per slot under each policy (one panel each, the capacity dashed) below the
+    carbon intensity, over the slots from the first arrival to the last work done."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    first = min(o.span.start for o in outcomes)
+    last = max(o.span.stop for o in outcomes)
+    hours = (np.arange(first, last) - first) * outcomes[0].slot_hours
+    fig, axes = plt.subplots(
+        len(outcomes) + 1, 1, figsize=(10, 1.9 * (len(outcomes) + 1)), sharex=True
+    )
+    top = axes[0]
+    top.step(hours, carbon[first:last], where="post", color="#333333", label="carbon intensity")
+    top.set_ylabel("gCO2eq/kWh")
+    top.legend(loc="upper right", fontsize=8)
+    for ax, outcome in zip(axes[1:], outcomes, strict=True):
+        ax.step(
+            hours,
+            outcome.servers_used[first:last],
+            where="post",
+            color="#4c9a2a",
+            label=f"{outcome.policy}: servers held",
+        )
+        ax.step(
+            hours,
+            outcome.capacity[first:last],
+            where="post",
+            color="#b22222",
+            ls="--",
+            lw=1,
+            label="capacity",
+        )
+        ax.set_ylabel("servers")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1].set_xlabel("hours since the first arrival")
+    fig.tight_layout()
+    return fig
+
+
+def write_cluster_report(
+    outcomes: Sequence[ClusterOutcome],
+    carbon: FloatArray,
+    path: str | os.PathLike[str],
+    *,
+    zone: str,
+    source: str,
+    start: str,
+    capacity: int | Sequence[int],
+    cond: Conditions,
+    command: str = "",
+) -> None:
+    """A self-contained HTML page: the headline, the policies' table and the figure.
+
+    Raises:
+        OutputError: if the file cannot be written.
+    """
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from carbonscaler.outputs import atomic_write
+    from carbonscaler.templating import render
+
+    rows = cluster_summary(outcomes)
+    jobs = len(outcomes[0].jobs)
+    fig = cluster_figure(outcomes, carbon)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=90, format="png")
+    plt.close(fig)
+    shown = [
+        {
+            "policy": r["policy"],
+            "emissions": grams(r["emissions_g"]),
+            "saved": "—"
+            if r["savings_vs_agnostic_pct"] is None
+            else saving(r["savings_vs_agnostic_pct"]),
+            "misses": r["deadline_misses"],
+            "turnaround": "—"
+            if r["mean_completion_hours"] is None
+            else f"{r['mean_completion_hours']:.1f} h",
+            "utilisation": f"{100 * r['utilisation']:.0f} %",
+        }
+        for r in rows
+    ]
+    page = render(
+        "cluster_report.html.j2",
+        headline=cluster_headline(rows, jobs),
+        best=next((r for r in rows if r["deadline_misses"] == 0), None),
+        rows=shown,
+        jobs=jobs,
+        capacity=capacity if isinstance(capacity, int) else "per slot",
+        zone=zone,
+        source=source,
+        start=start,
+        conditions=cond,
+        command=command,
+        figure=base64.b64encode(buffer.getvalue()).decode(),
+    )
+    atomic_write(path, page, "--report")

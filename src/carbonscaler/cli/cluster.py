@@ -599,6 +599,13 @@ def advise_cluster_command(
     safety_margin: MarginOption = 0.05,
     seed: SeedOption = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Write a PNG of the servers each policy holds over time here."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write a self-contained HTML report here.")
+    ] = None,
 ) -> None:
     """CarbonAdvisor for a shared cluster: a stream of jobs over a real trace under a capacity,
     each policy's emissions, savings, deadline misses, turnaround and utilisation."""
@@ -633,18 +640,34 @@ def _advise_cluster(
     safety_margin: float,
     seed: int,
     as_json: bool,
+    plot: Path | None,
+    report: Path | None,
 ) -> None:
-    from carbonscaler.advisor.cluster import cluster_summary, compare_cluster_policies
+    import sys
+
+    from carbonscaler.advisor.cluster import (
+        cluster_figure,
+        cluster_headline,
+        cluster_summary,
+        compare_cluster_policies,
+        write_cluster_report,
+    )
     from carbonscaler.control.cluster_spec import (
         generate_cluster_spec,
         load_cluster_spec,
         load_jobs_csv,
     )
     from carbonscaler.control.spec import SpecError
+    from carbonscaler.outputs import check_output_file
     from carbonscaler.planner.model import PlanningError
 
     if (jobs_file is None) == (generate is None):
         raise SpecError("give the jobs (a YAML or CSV file) or --generate N, one of the two")
+    # Outputs are checked before the simulations, not after.
+    if plot is not None:
+        check_output_file(plot, "--plot")
+    if report is not None:
+        check_output_file(report, "--report")
     cond = _conditions(
         forecast_model,
         forecast_error,
@@ -704,6 +727,27 @@ def _advise_cluster(
         jobs, carbon, cap, policy or ["agnostic", "suspend-resume", "carbonscaler", "joint"], cond
     )
     rows = cluster_summary(outcomes)
+    if plot is not None:
+        import matplotlib.pyplot as plt
+
+        from carbonscaler.outputs import atomic_path
+
+        figure = cluster_figure(outcomes, carbon)
+        with atomic_path(plot, "--plot") as temporary:
+            figure.savefig(temporary, dpi=100, format="png")
+        plt.close(figure)
+    if report is not None:
+        write_cluster_report(
+            outcomes,
+            carbon,
+            report,
+            zone=carbon_trace.zone,
+            source=carbon_trace.source,
+            start=f"{when:%Y-%m-%d %H:%M} UTC",
+            capacity=cap,
+            cond=cond,
+            command=" ".join(["carbonscaler", *sys.argv[1:]]),
+        )
     if as_json:
         out = {
             "trace": carbon_trace.source,
@@ -716,7 +760,11 @@ def _advise_cluster(
         }
         typer.echo(json.dumps(out, indent=2))
         return
+    console().print(cluster_headline(rows, len(jobs)), highlight=False)
     console().print(_summary_table(rows, carbon_trace.zone, when, cap, len(jobs)), highlight=False)
+    for written in (plot, report):
+        if written is not None:
+            console().print(f"wrote {written}", highlight=False)
 
 
 def _summary_table(
