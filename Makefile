@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench validate dataset clean venv
+.PHONY: demo test lint browser bench validate dataset clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,16 @@ demo: $(STAMP)
 
 ## Run the whole test suite: lint (ruff check, ruff format --check) and types (mypy --strict)
 ## first, through the lint target, then pytest; any problem fails it.
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q
+
+## Debian's chromium and chromedriver for the dashboard's browser tests, where missing (as root;
+## elsewhere those tests skip and say why). Nothing downloads a browser.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	    >/dev/null; } || echo "chromium not installed: tests/test_ui_browser.py will skip"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples scripts

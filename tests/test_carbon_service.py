@@ -464,7 +464,7 @@ def test_push_client_handles_every_response_framing() -> None:
         assert await client.post(url + "/close", b"{}") == 500
         assert await client.post(url + "/length", b"{}") == 202
         assert accepted == 2  # a fresh connection after the server closed the old one
-        with pytest.raises(PushProtocolError, match=r"not an HTTP/1\.x response"):
+        with pytest.raises(PushProtocolError, match=r"no valid HTTP/1\.x response"):
             await client.post(url + "/ssh", b"{}")
         with pytest.raises(ValueError, match="not an http"):
             await client.post("ftp://127.0.0.1/", b"{}")

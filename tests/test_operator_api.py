@@ -541,6 +541,7 @@ def test_progress_reporter_backs_off_and_gives_up(
         max_failures=5,
         backoff_s=1.0,
         max_backoff_s=4.0,
+        rng=lambda: 0.0,  # the jitter's random draw fixed: exact waits
     )
     slept: list[float] = []
     with caplog.at_level("WARNING", logger="carbonscaler.progress"):

@@ -9,6 +9,7 @@ reference CSV format (``nodes,throughput,power``, one row per server count, an o
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import warnings
@@ -28,6 +29,8 @@ __all__ = [
     "amdahl_profile",
     "linear_profile",
     "load_profile",
+    "parse_parametric_spec",
+    "parse_profile_csv",
     "parse_profile_spec",
     "power_law_profile",
 ]
@@ -208,10 +211,7 @@ def _warn_shape(profile: ScalingProfile) -> None:
 
 
 def load_profile(path: str | os.PathLike[str]) -> ScalingProfile:
-    """Read a profile in the reference CSV format.
-
-    The header must name ``nodes``, ``throughput`` and ``power`` (any order, extra columns
-    ignored). Node counts must run 1..N without gaps or duplicates; a leading 0 row is allowed.
+    """Read a profile in the reference CSV format (see :func:`parse_profile_csv`).
 
     Args:
         path: CSV file.
@@ -224,46 +224,65 @@ def load_profile(path: str | os.PathLike[str]) -> ScalingProfile:
     if not p.is_file():
         raise FileNotFoundError(f"profile file not found: {p}")
     with p.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
-        missing = {"nodes", "throughput", "power"} - set(fields)
-        if missing:
-            raise ProfileError(
-                f"{p}: header must contain nodes,throughput,power; missing {sorted(missing)} "
-                f"(found {fields})"
-            )
-        rows: dict[int, tuple[float, float]] = {}
-        for line_no, raw in enumerate(reader, start=2):
-            row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
-            if not any(row.values()):
-                continue
-            try:
-                nodes_f = float(row["nodes"])
-                tp = float(row["throughput"])
-                pw = float(row["power"])
-            except ValueError as exc:
-                raise ProfileError(f"{p}, line {line_no}: not a number ({exc})") from None
-            if not nodes_f.is_integer() or nodes_f < 0:
-                raise ProfileError(f"{p}, line {line_no}: nodes must be a whole number >= 0")
-            nodes = int(nodes_f)
-            if nodes in rows:
-                raise ProfileError(f"{p}, line {line_no}: duplicate row for nodes={nodes}")
-            if nodes == 0 and (tp != 0.0 or pw != 0.0):
-                raise ProfileError(f"{p}, line {line_no}: the nodes=0 row must be 0,0.0,0.0")
-            rows[nodes] = (tp, pw)
+        text = fh.read()
+    return parse_profile_csv(text, name=p.stem, where=str(p))
+
+
+def parse_profile_csv(text: str, *, name: str, where: str | None = None) -> ScalingProfile:
+    """A profile from CSV text in the reference format (a file's contents, an upload).
+
+    The header must name ``nodes``, ``throughput`` and ``power`` (any order, extra columns
+    ignored). Node counts must run 1..N without gaps or duplicates; a leading 0 row is allowed.
+
+    Args:
+        text: the CSV, header first.
+        name: the profile's name.
+        where: how messages name the text (a file path); default ``name``.
+
+    Raises:
+        ProfileError: naming ``where`` and the row that is wrong.
+    """
+    where = where or name
+    reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
+    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    missing = {"nodes", "throughput", "power"} - set(fields)
+    if missing:
+        raise ProfileError(
+            f"{where}: header must contain nodes,throughput,power; missing {sorted(missing)} "
+            f"(found {fields})"
+        )
+    rows: dict[int, tuple[float, float]] = {}
+    for line_no, raw in enumerate(reader, start=2):
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
+        if not any(row.values()):
+            continue
+        try:
+            nodes_f = float(row["nodes"])
+            tp = float(row["throughput"])
+            pw = float(row["power"])
+        except ValueError as exc:
+            raise ProfileError(f"{where}, line {line_no}: not a number ({exc})") from None
+        if not nodes_f.is_integer() or nodes_f < 0:
+            raise ProfileError(f"{where}, line {line_no}: nodes must be a whole number >= 0")
+        nodes = int(nodes_f)
+        if nodes in rows:
+            raise ProfileError(f"{where}, line {line_no}: duplicate row for nodes={nodes}")
+        if nodes == 0 and (tp != 0.0 or pw != 0.0):
+            raise ProfileError(f"{where}, line {line_no}: the nodes=0 row must be 0,0.0,0.0")
+        rows[nodes] = (tp, pw)
     rows.pop(0, None)
     if not rows:
-        raise ProfileError(f"{p}: no rows with nodes >= 1")
+        raise ProfileError(f"{where}: no rows with nodes >= 1")
     top = max(rows)
     gaps = [k for k in range(1, top + 1) if k not in rows]
     if gaps:
-        raise ProfileError(f"{p}: node counts must run 1..{top} without gaps; missing {gaps}")
+        raise ProfileError(f"{where}: node counts must run 1..{top} without gaps; missing {gaps}")
     tp_arr = np.array([0.0] + [rows[k][0] for k in range(1, top + 1)])
     pw_arr = np.array([0.0] + [rows[k][1] for k in range(1, top + 1)])
     try:
-        profile = ScalingProfile(tp_arr, pw_arr, name=p.stem)
+        profile = ScalingProfile(tp_arr, pw_arr, name=name)
     except ProfileError as exc:
-        raise ProfileError(f"{p}: {exc}") from None
+        raise ProfileError(f"{where}: {exc}") from None
     _warn_shape(profile)
     return profile
 
@@ -328,10 +347,7 @@ def _check_n(max_servers: int) -> None:
 
 
 def parse_profile_spec(spec: str, *, default_servers: int = 8) -> ScalingProfile:
-    """A profile from a file path or a parametric spec.
-
-    Specs: ``linear``, ``amdahl:0.05``, ``powerlaw:0.8``, each optionally followed by
-    ``,servers=N,power=W,throughput=R`` (e.g. ``amdahl:0.05,servers=16,power=210``).
+    """A profile from a file path or a parametric spec (:func:`parse_parametric_spec`).
 
     Raises:
         ProfileError: on a malformed spec (the message lists the accepted forms).
@@ -339,6 +355,22 @@ def parse_profile_spec(spec: str, *, default_servers: int = 8) -> ScalingProfile
     """
     if os.path.exists(spec) or spec.endswith(".csv") or os.sep in spec:
         return load_profile(spec)
+    return parse_parametric_spec(spec, default_servers=default_servers)
+
+
+def parse_parametric_spec(spec: str, *, default_servers: int = 8) -> ScalingProfile:
+    """A profile from a parametric spec alone; never reads a file (for specs from a web form).
+
+    Specs: ``linear``, ``amdahl:0.05``, ``powerlaw:0.8``, each optionally followed by
+    ``,servers=N,power=W,throughput=R`` (e.g. ``amdahl:0.05,servers=16,power=210``).
+
+    Args:
+        spec: the spec.
+        default_servers: servers when the spec names none.
+
+    Raises:
+        ProfileError: on a malformed spec (the message lists the accepted forms).
+    """
     head, *opts = [part.strip() for part in spec.split(",")]
     kind, _, arg = head.partition(":")
     options: dict[str, float] = {}

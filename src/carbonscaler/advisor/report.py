@@ -48,8 +48,10 @@ __all__ = [
     "RANKING_RULE",
     "figures",
     "headline",
+    "miss_note",
     "ranked_summary",
     "scenario_tables",
+    "share_of_runs",
     "summary_records",
     "write_csv",
     "write_html",
@@ -69,7 +71,7 @@ _MISSED = "#c0392b"  # red for misses, in tables and figures
 # -- words and numbers ------------------------------------------------------------------------
 
 
-def _share(pct: float) -> str:
+def share_of_runs(pct: float) -> str:
     """A share of runs: "93 %", "2.4 %", "<0.1 %", ">99 %" (never rounded to all or none)."""
     if pct >= 10:
         text = f"{pct:.0f} %"
@@ -82,11 +84,12 @@ def _share(pct: float) -> str:
 def _misses(row: Any) -> str:
     """``0`` or ``"8,144 (93 %)"``."""
     count = int(row.deadline_misses)
-    return f"{count:,} ({_share(float(row.deadline_miss_pct))})" if count else "0"
+    return f"{count:,} ({share_of_runs(float(row.deadline_miss_pct))})" if count else "0"
 
 
-def _miss_note(pct: float) -> str:
-    return f"misses {_share(pct)} of deadlines"
+def miss_note(pct: float) -> str:
+    """``"misses 93 % of deadlines"``: a share of runs that missed (:func:`share_of_runs`)."""
+    return f"misses {share_of_runs(pct)} of deadlines"
 
 
 def _saved(pct: float) -> str:
@@ -180,16 +183,16 @@ def _verdict(ranked: list[tuple[str, float, int, float, str | None]]) -> str:
         ]
         if richer:
             parts.append(
-                "; ".join(f"{name(r)} {saving(r[1])} but {_miss_note(r[3])}" for r in richer) + "."
+                "; ".join(f"{name(r)} {saving(r[1])} but {miss_note(r[3])}" for r in richer) + "."
             )
     else:
         fewest = others[0]
         parts.append(
             f"No policy meets every deadline: {name(fewest)} misses the fewest "
-            f"({_share(fewest[3])}) and {saving(fewest[1])} on average vs carbon-agnostic."
+            f"({share_of_runs(fewest[3])}) and {saving(fewest[1])} on average vs carbon-agnostic."
         )
     if agnostic is not None and agnostic[2]:
-        parts.append(f"Carbon-agnostic itself {_miss_note(agnostic[3])}.")
+        parts.append(f"Carbon-agnostic itself {miss_note(agnostic[3])}.")
     return " ".join(parts)
 
 
@@ -421,7 +424,7 @@ def _baseline_label(overall: pd.DataFrame) -> str:
     agnostic = overall[overall["policy"] == "agnostic"]
     label = "carbon-agnostic (0 %)"
     if len(agnostic) and int(agnostic["misses"].iloc[0]):
-        label += f" — {_miss_note(float(agnostic['miss_pct'].iloc[0]))}"
+        label += f" — {miss_note(float(agnostic['miss_pct'].iloc[0]))}"
     return label
 
 
@@ -431,7 +434,7 @@ def _label(row: Any) -> str:
     if isinstance(row.same_as, str) and row.same_as:
         label += f" (= {row.same_as})"
     if row.misses:
-        label += f" — {_miss_note(float(row.miss_pct))}"
+        label += f" — {miss_note(float(row.miss_pct))}"
     return label
 
 
@@ -456,7 +459,7 @@ def _savings_distribution(result: SweepResult) -> Figure:
         if isinstance(row.same_as, str) and row.same_as:
             text += f"\n(= {row.same_as})"
         if row.misses:
-            text += f"\n{_miss_note(float(row.miss_pct))}"
+            text += f"\n{miss_note(float(row.miss_pct))}"
         labels.append(text)
     ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
     for tick, row in zip(ax.get_xticklabels(), _rows(overall), strict=True):
@@ -587,7 +590,7 @@ def _example_schedule(result: SweepResult) -> Figure:
     same = _scenario_runs(result, run)
     missed = ~same.loc[same["policy"] == policy, "deadline_met"]
     if missed.any():
-        verdict += f" ({policy} {_miss_note(100.0 * float(missed.mean()))} here)"
+        verdict += f" ({policy} {miss_note(100.0 * float(missed.mean()))} here)"
     ax.set_title(
         f"{policy} on {run['zone']}, median run: {float(run['emissions_g']):.0f} g, "
         f"{_saved(float(run['savings_vs_agnostic_pct']))} vs carbon-agnostic, {verdict}",
@@ -687,7 +690,7 @@ def _savings_vs_region(result: SweepResult) -> Figure:
     for key, row in per_zone.iterrows():
         text = f"{cast(tuple[Any, ...], key)[0]}: {_saved(float(row['saved']))}"
         if row["misses"]:
-            text += f", {_miss_note(100.0 * float(row['misses']) / float(row['runs']))}"
+            text += f", {miss_note(100.0 * float(row['misses']) / float(row['runs']))}"
         ax.annotate(
             text,
             (row["cv"], row["saved"]),
@@ -784,7 +787,7 @@ def _html_scenarios(result: SweepResult) -> list[dict[str, Any]]:
                     "policy": str(row.policy),
                     "same_as": row.same_as if isinstance(row.same_as, str) else "",
                     "missed": missed,
-                    "miss_note": _miss_note(float(row.deadline_miss_pct)) if missed else "",
+                    "miss_note": miss_note(float(row.deadline_miss_pct)) if missed else "",
                     "saved": _pct(row.mean_savings_vs_agnostic_pct),
                     "misses": _misses(row),
                     "numbers": [

@@ -105,6 +105,24 @@ class SweepSpec:
         if not (math.isfinite(self.length_hours) and self.length_hours > 0):
             raise PlanningError(f"job length must be positive, got {self.length_hours} h")
 
+    def job(self, scenario: Scenario) -> Job:
+        """The job ``scenario`` simulates: this spec's profile and length at its bounds.
+
+        Raises:
+            ProfileError: if the bounds do not fit the profile.
+        """
+        return Job.from_length(
+            self.profile,
+            self.length_hours,
+            scenario.min_servers,
+            scenario.max_servers,
+            self.slot_minutes / 60.0,
+        )
+
+    def deadline_slots(self, scenario: Scenario) -> int:
+        """Slots from arrival to ``scenario``'s deadline (slack × length, whole slots)."""
+        return math.floor(scenario.slack * self.length_hours / (self.slot_minutes / 60.0) + 1e-9)
+
     def scenarios(self) -> list[Scenario]:
         return [
             Scenario(trace, slack, m, top)
@@ -239,7 +257,6 @@ def run_sweep(
         raise PlanningError("no scenario has min servers <= max servers; check --min/--max")
     policies = list(dict.fromkeys([*BASELINES, *spec.policies]))
     total = len(scenarios) * len(policies)
-    slot_hours = spec.slot_minutes / 60.0
     # Every scenario is checked before anything is simulated, so a bad one fails at once.
     prepared: list[tuple[Scenario, CarbonTrace, IntArray]] = []
     tasks: list[_Task] = []
@@ -247,10 +264,8 @@ def run_sweep(
     served: dict[tuple[int, str], list[str]] = {}  # simulation -> the policies it reports
     for number, scenario in enumerate(scenarios):
         trace = scenario.trace.resample(spec.slot_minutes)
-        job = Job.from_length(
-            spec.profile, spec.length_hours, scenario.min_servers, scenario.max_servers, slot_hours
-        )
-        deadline_slots = math.floor(scenario.slack * spec.length_hours / slot_hours + 1e-9)
+        job = spec.job(scenario)
+        deadline_slots = spec.deadline_slots(scenario)
         starts = resolve_starts(trace, spec.starts, deadline_slots)
         cells = len(starts) * deadline_slots
         if cells > MAX_SWEEP_CELLS:

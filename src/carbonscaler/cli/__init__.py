@@ -30,6 +30,7 @@ from carbonscaler.cli.power_server import power_server_command
 from carbonscaler.cli.profile import profile_command
 from carbonscaler.cli.run import run_command
 from carbonscaler.cli.traces import app as traces_app
+from carbonscaler.cli.ui import ui_command
 from carbonscaler.cli.window import best_window_command
 
 app = typer.Typer(
@@ -78,6 +79,7 @@ app.command("best-window")(best_window_command)
 app.command("power-server")(power_server_command)
 app.command("accounting")(accounting_command)
 app.command("operator")(operator_command)
+app.command("ui")(ui_command)
 app.add_typer(traces_app, name="traces")
 app.add_typer(forecast_app, name="forecast")
 app.add_typer(cluster_app, name="cluster")

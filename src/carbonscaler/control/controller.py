@@ -50,9 +50,38 @@ from carbonscaler.decision import (
 from carbonscaler.planner.model import Job, PlanningError
 from carbonscaler.profile import ScalingProfile
 
-__all__ = ["Controller", "RunReport"]
+__all__ = ["Controller", "RunReport", "agnostic_by_slot"]
 
 PowerFunction = Callable[[int], tuple[float, str]]
+
+
+def agnostic_by_slot(
+    job: Job, profile: ScalingProfile, state: ControllerState, carbon: Callable[[int], float]
+) -> list[float]:
+    """Carbon-agnostic's emissions per slot for a run's work: ``m`` servers from arrival until
+    done, charged at ``carbon(slot)`` — the run's baseline, written once for the run's report
+    and for the dashboard following it.
+
+    The profile's speed is corrected by the speed the job actually ran at, and its power by
+    how measured power compared with it, so that the saving reflects the schedule, not how
+    well the profile guessed the machine.
+    """
+    m = job.min_servers
+    observed = float(observed_rate(np.array(state.work_done), np.array(state.nominal_work)))
+    rate = profile.throughput[m] * observed
+    slots_needed = job.work / (rate * job.slot_hours)
+    # Measured power (RAPL) and the profile's estimate can differ in level; scale the
+    # profile's P(m) by how the two compared over this run.
+    scale = 1.0
+    if state.profile_energy_kwh > 0:
+        scale = state.energy_kwh / state.profile_energy_kwh
+    watts = float(profile.power_w[m]) * scale
+    out = []
+    for i in range(math.ceil(slots_needed - 1e-12)):
+        share = min(1.0, slots_needed - i)
+        _, emissions_g = charge(watts, share * job.slot_hours, carbon(i))
+        out.append(float(emissions_g))
+    return out
 
 
 @dataclass(frozen=True)
@@ -594,28 +623,8 @@ class Controller:
         return datetime.fromtimestamp(state.wall_start, UTC).isoformat()
 
     def _agnostic_emissions(self) -> float:
-        """The same work at minReplicas from arrival, charged at the same intensity per slot
-        as the run (:meth:`_carbon`: observed, or the same fallback, marked unobserved).
-
-        The profile's speed is corrected by the speed the job actually ran at, and its power by
-        how measured power compared with it, so that the saving reflects the schedule, not how
-        well the profile guessed the machine.
-        """
-        state = self.state
-        assert state is not None
-        m = self.job.min_servers
-        observed = float(observed_rate(np.array(state.work_done), np.array(state.nominal_work)))
-        rate = self.profile.throughput[m] * observed
-        slots_needed = self.job.work / (rate * self.job.slot_hours)
-        # Measured power (RAPL) and the profile's estimate can differ in level; scale the
-        # profile's P(m) by how the two compared over this run.
-        scale = 1.0
-        if state.profile_energy_kwh > 0:
-            scale = state.energy_kwh / state.profile_energy_kwh
-        watts = float(self.profile.power_w[m]) * scale
-        total = 0.0
-        for i in range(math.ceil(slots_needed - 1e-12)):
-            share = min(1.0, slots_needed - i)
-            _, emissions_g = charge(watts, share * self.job.slot_hours, self._carbon(i))
-            total += float(emissions_g)
-        return total
+        """The same work at minReplicas from arrival (:func:`agnostic_by_slot`), charged at
+        the same intensity per slot as the run (:meth:`_carbon`: observed, or the same
+        fallback, marked unobserved)."""
+        assert self.state is not None
+        return float(sum(agnostic_by_slot(self.job, self.profile, self.state, self._carbon)))

@@ -65,6 +65,7 @@ from carbonscaler.providers.replay import ManualClock, TraceReplay
 from carbonscaler.security.netguard import DestinationRefused
 from carbonscaler.security.tokens import with_push_key
 from carbonscaler.services._auth import TokenAuth
+from carbonscaler.services._docs import OFFLINE_DOCS, install_offline_docs
 from carbonscaler.services._models import ErrorOut
 from carbonscaler.services._validation import (
     HTTP_URL_PATTERN,
@@ -557,9 +558,11 @@ def create_app(config: AccountingConfig) -> FastAPI:
         version="1",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        **OFFLINE_DOCS,
     )
     app.state.tracker = tracker
     install_request_validation(app)
+    install_offline_docs(app)
     auth = TokenAuth(config.token, "The token (--token-file, $CARBONSCALER_TOKEN or --token)")
     guarded = auth.required  # every POST and PATCH when a token is set
 

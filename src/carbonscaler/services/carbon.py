@@ -84,6 +84,7 @@ from carbonscaler.providers.replay import ManualClock, ReplayClock, TraceReplay
 from carbonscaler.security.netguard import DestinationPolicy
 from carbonscaler.services._auth import TokenAuth
 from carbonscaler.services._delivery import Deliveries
+from carbonscaler.services._docs import OFFLINE_DOCS, install_offline_docs
 from carbonscaler.services._models import ErrorOut
 from carbonscaler.services._push import PushResult
 from carbonscaler.services._store import PushOutcome, Subscriber, SubscriberStore
@@ -834,9 +835,11 @@ def create_app(config: CarbonServiceConfig) -> FastAPI:
         version="1",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        **OFFLINE_DOCS,
     )
     app.state.service = service
     install_request_validation(app)
+    install_offline_docs(app)
     auth = TokenAuth(config.token, "The admin token (--token-file, $CARBONSCALER_TOKEN or --token)")
     bearer = auth.scheme
     Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]

@@ -58,6 +58,7 @@ from carbonscaler.power.rapl import DEFAULT_POWERCAP_ROOT, RaplMeter
 from carbonscaler.power.sampler import EnergyWindow, NodeSampler
 from carbonscaler.profile import ProfileWarning, load_profile
 from carbonscaler.services._auth import TokenAuth
+from carbonscaler.services._docs import OFFLINE_DOCS, install_offline_docs
 from carbonscaler.services._models import ErrorOut
 from carbonscaler.services._validation import install_request_validation
 
@@ -272,9 +273,11 @@ def create_app(config: PowerServerConfig) -> FastAPI:
         version="1",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        **OFFLINE_DOCS,
     )
     app.state.sampler = sampler
     install_request_validation(app)
+    install_offline_docs(app)
     err = {"model": ErrorOut}
     auth = TokenAuth(config.token)
 
