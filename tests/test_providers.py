@@ -196,9 +196,65 @@ def test_5xx_retries_with_exponential_backoff_then_gives_up(api: FakeAPI) -> Non
     api.routes["/carbon-intensity/latest"] = [Answer(503, {"error": "maintenance"})]
     sleeps = Sleeps()
     with pytest.raises(ProviderUnavailable, match=r"HTTP 503.*maintenance"):
-        em(api, sleep=sleeps, max_retries=3, backoff_s=0.5).current()
+        # The jitter's random draw fixed at 0: the delays are the backoff itself.
+        em(api, sleep=sleeps, max_retries=3, backoff_s=0.5, rng=lambda: 0.0).current()
     assert sleeps == [0.5, 1.0, 2.0]
     assert len(api.calls("/carbon-intensity/latest")) == 4
+
+
+def test_backoff_has_jitter_within_bounds(api: FakeAPI) -> None:
+    api.routes["/carbon-intensity/latest"] = [Answer(502, b"bad gateway")]
+    sleeps = Sleeps()
+    provider = em(api, sleep=sleeps, max_retries=4, backoff_s=1.0, max_wait_s=5.0)
+    with pytest.raises(ProviderUnavailable, match="HTTP 502"):
+        provider.current()
+    assert len(sleeps) == 4
+    for slept, full in zip(sleeps, [1.0, 2.0, 4.0, 5.0], strict=True):
+        assert full / 2 <= slept <= full, sleeps  # the default jitter takes off up to half
+    fixed = Sleeps()
+    with pytest.raises(ProviderUnavailable):
+        em(api, sleep=fixed, max_retries=2, backoff_s=1.0, jitter=0.5, rng=lambda: 1.0).current()
+    assert fixed == [0.5, 1.0]  # the largest draw: exactly half of each
+
+
+def test_429s_and_timeouts_are_retried_and_4xx_are_not(api: FakeAPI) -> None:
+    ok = Answer(body={"zone": "DE", "carbonIntensity": 5, "datetime": iso(NOW)})
+    api.routes["/carbon-intensity/latest"] = [
+        Answer(429, {"error": "slow down"}, {"Retry-After": "2"}),
+        Answer(200, {}, delay_s=1.0),  # times out
+        ok,
+    ]
+    sleeps = Sleeps()
+    provider = em(api, sleep=sleeps, timeout_s=0.3, rng=lambda: 0.0)
+    assert provider.current().value_g_per_kwh == 5.0
+    assert sleeps == [2.0, 1.0]  # as asked, then the backoff's second step
+    assert len(api.calls("/carbon-intensity/latest")) == 3
+    for status in (400, 401, 403, 404, 422):
+        api.requests.clear()
+        api.routes["/carbon-intensity/latest"] = [Answer(status, {"error": "no"}), ok]
+        with pytest.raises(
+            (ProviderRequestError, ProviderAuthError, UnknownZoneError), match=f"HTTP {status}"
+        ):
+            em(api, sleep=sleeps).current()
+        assert len(api.calls("/carbon-intensity/latest")) == 1, status
+    assert sleeps == [2.0, 1.0]  # none of those slept
+    refused = Sleeps()  # nothing listens on port 9: connection errors are retried too
+    dead = ElectricityMaps(
+        "DE", api_key="k", base_url="http://127.0.0.1:9", sleep=refused, rng=lambda: 0.0
+    )
+    with pytest.raises(ProviderUnavailable, match="cannot reach"):
+        dead.current()
+    assert refused == [0.5, 1.0]
+
+
+def test_429s_until_the_retries_run_out_are_unavailable(api: FakeAPI) -> None:
+    api.routes["/carbon-intensity/latest"] = [Answer(429, {"error": "busy"}, {"Retry-After": "1"})]
+    sleeps = Sleeps()
+    with pytest.raises(ProviderUnavailable, match=r"HTTP 429.*busy.*after 2 retries") as caught:
+        em(api, sleep=sleeps, rng=lambda: 0.0).current()
+    assert not isinstance(caught.value, ProviderRateLimited)  # a fallback may answer
+    assert sleeps == [1.0, 1.0]
+    assert len(api.calls("/carbon-intensity/latest")) == 3
 
 
 def test_5xx_then_success(api: FakeAPI) -> None:

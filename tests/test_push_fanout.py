@@ -1,4 +1,6 @@
-"""Slow, hanging and dead subscribers cost only themselves (issue 16, item 9).
+"""Slow, hanging and dead subscribers cost only themselves (issue 16, item 9); the push
+client under them (httpx) keeps connections alive, times out, and connects only where the
+destination policy allows.
 
 The carbon service runs for real (uvicorn on 127.0.0.1); healthy subscribers are real HTTP
 servers, hanging ones accept connections and never answer. Every update steps the replay by
@@ -9,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -23,7 +28,14 @@ import pytest
 
 from _servers import ServiceThread
 from carbonscaler.providers import ManualClock, TraceReplay
+from carbonscaler.security.netguard import DestinationPolicy, DestinationRefused
 from carbonscaler.services import CarbonServiceConfig, create_app
+from carbonscaler.services._push import (
+    PushClient,
+    PushConnectionError,
+    PushProtocolError,
+    PushTimeout,
+)
 from carbonscaler.trace import from_values
 
 pytestmark = pytest.mark.integration  # starts real servers
@@ -236,3 +248,175 @@ def test_failing_subscribers_back_off_and_are_deactivated(tmp_path: Path) -> Non
     finally:
         hanging.close()
         receiver.close()
+
+
+# -- the push client (httpx, one small pool per subscriber) -----------------------------------
+
+
+class Origin:
+    """An asyncio HTTP/1.1 server on 127.0.0.1 for one test's event loop: answers each POST
+    with 200 after ``delay_s``, records bodies and ``Host`` headers, counts connections; a
+    request for ``/drop`` (or the second request of a connection when ``drop_second``) is
+    read and the connection closed without an answer; ``/hang`` is never answered."""
+
+    def __init__(
+        self, delay_s: float = 0.0, drop_second: bool = False, tls: ssl.SSLContext | None = None
+    ) -> None:
+        self.delay_s, self.drop_second, self.tls = delay_s, drop_second, tls
+        self.accepted = 0
+        self.bodies: list[bytes] = []
+        self.hosts: list[str] = []
+
+    async def __aenter__(self) -> Origin:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.tls)
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.url = f"http{'s' if self.tls else ''}://127.0.0.1:{self.port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        served = 0
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                fields = dict(
+                    line.lower().split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line
+                )
+                self.bodies.append(await reader.readexactly(int(fields["content-length"])))
+                self.hosts.append(fields["host"])
+                path = head.split(" ")[1]
+                if path == "/hang":
+                    await asyncio.sleep(3600)
+                if path == "/drop" or (self.drop_second and served == 1):
+                    writer.close()
+                    return
+                await asyncio.sleep(self.delay_s)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+                served += 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+def test_push_client_keeps_connections_alive_and_resends_on_a_stale_one() -> None:
+    async def main() -> None:
+        async with Origin(drop_second=True) as origin:
+            client = PushClient()
+            assert await client.post(origin.url + "/a", b"1") == 200
+            # The subscriber closes the kept-alive connection as the second push arrives:
+            # the push goes again, once, on a new connection.
+            assert await client.post(origin.url + "/b", b"2") == 200
+            assert origin.accepted == 2 and origin.bodies == [b"1", b"2", b"2"]
+            await client.aclose()
+            # On a new connection the same failure is the subscriber's answer: not resent.
+            fresh = PushClient()
+            with pytest.raises(PushProtocolError, match=r"no valid HTTP/1\.x response"):
+                await fresh.post(origin.url + "/drop", b"3")
+            assert origin.accepted == 3 and origin.bodies == [b"1", b"2", b"2", b"3"]
+            await fresh.aclose()
+
+    asyncio.run(main())
+
+
+def test_push_client_timeouts_are_explicit_and_per_request() -> None:
+    async def main() -> None:
+        async with Origin() as origin:
+            client = PushClient(timeout_s=30.0)
+            sent: list[float] = []
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(PushTimeout) as caught:
+                await client.post(
+                    origin.url + "/hang", b"{}", timeout_s=0.2, on_sent=lambda: sent.append(1)
+                )
+            assert isinstance(caught.value, TimeoutError)  # what the deliveries catch
+            assert loop.time() - started < 5.0
+            assert sent == [1]  # the request was written before the wait for the answer
+            # The client's defaults: a timeout for every phase, bounded connections.
+            assert client.timeout_s == 30.0 and client.limits.keepalive_expiry == 60.0
+            assert client.limits.max_connections == client.limits.max_keepalive_connections == 8
+            with pytest.raises(ValueError, match="positive"):
+                PushClient(timeout_s=0)
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_push_client_calls_on_sent_once_before_the_answer_and_respects_its_limit() -> None:
+    async def main() -> None:
+        async with Origin(delay_s=0.3) as origin:
+            client = PushClient(max_connections=1, max_idle=1)
+            loop = asyncio.get_running_loop()
+            sent_at: list[float] = []
+            assert await client.post(origin.url, b"{}", on_sent=lambda: sent_at.append(loop.time()))
+            assert len(sent_at) == 1 and loop.time() - sent_at[0] >= 0.25
+            # Two pushes at once over a limit of one connection: one after the other.
+            statuses = await asyncio.gather(
+                client.post(origin.url, b"a"), client.post(origin.url, b"b")
+            )
+            assert list(statuses) == [200, 200] and origin.accepted == 1
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_push_client_connects_only_to_checked_addresses_keeping_the_name() -> None:
+    answers = {"subscriber.test": ["127.0.0.1"], "evil.test": ["127.0.0.1", "169.254.169.254"]}
+
+    async def resolve(host: str, port: int) -> list[str]:
+        if host not in answers:
+            raise OSError(f"{host} does not resolve")
+        return answers[host]
+
+    async def main() -> None:
+        async with Origin() as origin:
+            policy = DestinationPolicy(resolver=resolve, what="subscriber address")
+            client = PushClient(policy=policy)
+            assert await client.post(f"http://subscriber.test:{origin.port}/s", b"{}") == 200
+            assert origin.hosts == [f"subscriber.test:{origin.port}"]  # the name, not the IP
+            with pytest.raises(DestinationRefused, match=r"169\.254\.169\.254"):
+                await client.post(f"http://evil.test:{origin.port}/e", b"{}")
+            with pytest.raises(OSError, match="does not resolve"):
+                await client.post(f"http://nowhere.test:{origin.port}/n", b"{}")
+            with pytest.raises(DestinationRefused):
+                await client.post(f"http://169.254.169.254:{origin.port}/", b"{}")
+            with pytest.raises(ValueError, match="not an http"):
+                await client.post("ftp://subscriber.test/", b"{}")
+            assert origin.accepted == 1  # nothing refused was ever connected to
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_push_client_speaks_tls_to_the_checked_address_verifying_the_name(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    make = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subject = ["-subj", "/CN=subscriber.test", "-addext", "subjectAltName=DNS:subscriber.test"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run([*make, *files, *subject], check=True, capture_output=True)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]  # both names: the certificate tells them apart
+
+    async def main() -> None:
+        async with Origin(tls=server_tls) as origin:
+            client = PushClient(
+                policy=DestinationPolicy(resolver=resolve),
+                tls=ssl.create_default_context(cafile=str(cert)),
+            )
+            url = f"https://subscriber.test:{origin.port}/s"
+            assert await client.post(url, b"{}") == 200
+            assert await client.post(url, b"{}") == 200
+            assert origin.accepted == 1 and origin.hosts[0] == f"subscriber.test:{origin.port}"
+            with pytest.raises(PushConnectionError, match=r"certificate|hostname"):
+                await client.post(f"https://other.test:{origin.port}/o", b"{}")
+            await client.aclose()
+
+    asyncio.run(main())

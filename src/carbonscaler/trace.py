@@ -103,7 +103,10 @@ _VALUE_NAMES = frozenset(
 )
 _EM_SIGNAL = re.compile(r"carbon intensity.*\((direct|lca)\)")
 _OFFSET = re.compile(r"(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?", re.IGNORECASE)
-_TZ_HINT = "pass --tz ZONE (carbon: tz: in a job spec, tz= in Python), e.g. --tz Europe/Berlin, if they are local time"
+_TZ_HINT = (
+    "pass --tz ZONE (carbon: tz: in a job spec, tz= in Python), e.g. --tz Europe/Berlin, if "
+    "they are local time"
+)
 
 
 @dataclass(frozen=True)
@@ -757,8 +760,8 @@ def _check_duplicates(
     ).all() and dups.max() - dups.min() < pd.Timedelta(hours=1):
         hint = (
             f"the file looks like local time: the hour from {_wall(first)} (a Sunday night)"
-            f" repeats, as when clocks go back; pass --tz ZONE (carbon: tz: in a job spec, tz= in Python), e.g. --tz"
-            " Europe/Berlin, to read it as local time"
+            " repeats, as when clocks go back; pass --tz ZONE (carbon: tz: in a job spec,"
+            " tz= in Python), e.g. --tz Europe/Berlin, to read it as local time"
         )
     else:
         hint = f"keep one row per timestamp; {_TZ_HINT}"

@@ -310,8 +310,8 @@ def generate_cluster_spec(
     slot_minutes: int = 60,
 ) -> ClusterSpec:
     """A reproducible stream of jobs: the first at hour 0, then Poisson arrivals (exponential
-    gaps at ``rate_per_h``), lengths uniform in ``length_hours`` (whole slots), profiles drawn uniformly
-    from ``profiles``, every job with the same bounds and slack.
+    gaps at ``rate_per_h``), lengths uniform in ``length_hours`` (whole slots), profiles drawn
+    uniformly from ``profiles``, every job with the same bounds and slack.
 
     Raises:
         SpecError: if a figure is out of range (or a job fails the cluster file's checks).

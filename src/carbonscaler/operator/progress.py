@@ -15,16 +15,18 @@ that one ``resourceName`` (deploy/examples/progress-rbac.yaml), not on the Carbo
 (whose pod templates they could otherwise rewrite).
 
 A failed report is retried with exponential back-off (``--backoff`` seconds, doubling, at most
-``--max-backoff``); after ``--max-failures`` failures in a row the reporter logs why and what
-to check, and exits 0 (so it never fails the job's pod; the operator then estimates progress
-from the profile). It exits 0 too once the ``DONE`` marker exists and 100 % is reported (so
-the pod can complete). The namespace defaults to the pod's own.
+``--max-backoff``, with jitter: the shared policy of :mod:`carbonscaler._retry`); after
+``--max-failures`` failures in a row the reporter logs why and what to check, and exits 0 (so
+it never fails the job's pod; the operator then estimates progress from the profile). It
+exits 0 too once the ``DONE`` marker exists and 100 % is reported (so the pod can complete).
+The namespace defaults to the pod's own.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +35,7 @@ import urllib3
 from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
+from carbonscaler._retry import Backoff
 from carbonscaler.backends.kubernetes import REQUEST_TIMEOUT, api_client
 from carbonscaler.kube.crd import KINDS, JobKind
 from carbonscaler.kube.resources import PROGRESS_KEY, progress_configmap_name
@@ -59,6 +62,11 @@ class ProgressReporter:
         backoff_s: the wait after the first failure; it doubles with each further one.
         max_backoff_s: the longest wait between attempts.
         timeout: seconds to connect and to wait for the answer, per request.
+        jitter: the largest fraction of a wait taken off at random (0: exact waits).
+        rng: the jitter's random source in [0, 1), replaceable in tests.
+
+    Raises:
+        ValueError: if a wait is negative or ``jitter`` is outside [0, 1].
     """
 
     def __init__(
@@ -75,6 +83,8 @@ class ProgressReporter:
         backoff_s: float = 2.0,
         max_backoff_s: float = 120.0,
         timeout: tuple[float, float] = REQUEST_TIMEOUT,
+        jitter: float = 0.5,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.api = api
         self.kind = kind
@@ -87,6 +97,7 @@ class ProgressReporter:
         self.max_failures = max_failures
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self._backoff = Backoff(backoff_s, max_backoff_s, jitter=jitter, rng=rng)
         self.timeout = timeout
         self.reported: float | None = None
         self.failures = 0  # failed reports in a row
@@ -158,7 +169,7 @@ class ProgressReporter:
         """The wait before the next attempt after :attr:`failures` failures in a row."""
         if self.failures == 0:
             return 0.0
-        return float(min(self.backoff_s * 2.0 ** (self.failures - 1), self.max_backoff_s))
+        return self._backoff.delay(self.failures)
 
     def run(self, interval_s: float, sleep: Callable[[float], None] = time.sleep) -> bool:
         """Report every ``interval_s`` (backing off after failures) until the job is done

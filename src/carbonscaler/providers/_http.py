@@ -1,5 +1,9 @@
 """Shared HTTP plumbing of the live providers: timeouts, retries, backoff, error mapping.
 
+Retries follow the one policy of :mod:`carbonscaler._retry` (tenacity; exponential backoff
+with jitter, ``Retry-After`` honoured up to ``max_wait_s``): timeouts, connection errors, 429
+and 5xx are retried, and nothing else.
+
 Synchronous by design: the controller that consumes providers is synchronous, a provider is
 asked at most a few times per update interval, and the async carbon service runs provider
 calls in a worker thread. One flavour means one code path to test against real servers.
@@ -8,6 +12,7 @@ calls in a worker thread. One flavour means one code path to test against real s
 from __future__ import annotations
 
 import email.utils
+import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -15,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from carbonscaler._retry import Backoff, retrying
 from carbonscaler.providers.base import (
     CarbonProvider,
     IntensityReading,
@@ -30,6 +36,20 @@ from carbonscaler.providers.base import (
 )
 
 USER_AGENT = "carbonscaler/0.1 (+https://github.com/carbonscaler)"
+
+
+class _Retryable(Exception):
+    """A failed attempt worth another (timeout, connection error, 429, 5xx).
+
+    Args:
+        failure: The error to raise if no attempt is left.
+        retry_after_s: The wait the API asked for, if it did (a floor for the next wait).
+    """
+
+    def __init__(self, failure: ProviderError, retry_after_s: float | None = None) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+        self.retry_after_s = retry_after_s
 
 
 def retry_after_s(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -74,13 +94,19 @@ class HttpProvider(CarbonProvider):
         base_url: API root; tests point it at a local server.
         timeout_s: Timeout of every request (connect, read, write and pool).
         max_retries: Retries after a timeout, connection error, 429 or 5xx.
-        backoff_s: First retry delay; doubles on each retry.
+        backoff_s: First retry delay (before jitter); doubles on each retry.
         max_wait_s: Longest single wait. A 429 asking for longer is not waited out: the
             provider fails fast with :class:`ProviderRateLimited` until that time has passed,
             so a fallback can answer instead.
         stale_after_s: A value whose slot started longer ago than this is flagged stale.
         client: An ``httpx.Client`` to use instead of a new one (e.g. with a proxy).
         sleep: Sleep function, replaceable in tests.
+        jitter: Largest fraction of a retry delay taken off at random (0: exact delays).
+        rng: Random source in [0, 1) of the jitter, replaceable in tests.
+
+    Raises:
+        ValueError: If ``timeout_s`` is not positive, ``max_retries`` is negative, a wait
+            is negative or ``jitter`` is outside [0, 1].
     """
 
     credential_hint = ""
@@ -98,6 +124,8 @@ class HttpProvider(CarbonProvider):
         stale_after_s: float = 2 * 3600.0,
         client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        jitter: float = 0.5,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         super().__init__(zone)
         if timeout_s <= 0:
@@ -111,6 +139,7 @@ class HttpProvider(CarbonProvider):
         self.max_wait_s = max_wait_s
         self.stale_after_s = stale_after_s
         self._sleep = sleep
+        self._backoff = Backoff(backoff_s, max_wait_s, jitter=jitter, rng=rng)
         self._client = client or httpx.Client(
             timeout=httpx.Timeout(timeout_s), headers={"User-Agent": USER_AGENT}
         )
@@ -129,6 +158,9 @@ class HttpProvider(CarbonProvider):
     ) -> Any:
         """GET ``base_url + path`` and return the decoded JSON body.
 
+        Timeouts, connection errors, 429 and 5xx are retried (``max_retries`` times) by the
+        shared policy (:mod:`carbonscaler._retry`); everything else fails at once.
+
         Raises:
             ProviderAuthError: On 401/403 (not retried).
             UnknownZoneError: On 404.
@@ -139,63 +171,78 @@ class HttpProvider(CarbonProvider):
             ProviderResponseError: On a 2xx body that is not JSON.
         """
         url = f"{self.base_url}{path}"
-        wait_s = self.backoff_s
-        failure: ProviderError | None = None
-        for attempt in range(self.max_retries + 1):
-            blocked_s = self._blocked_until - time.monotonic()
-            if blocked_s > 0:
-                raise ProviderRateLimited(
-                    self.name,
-                    f"rate limited; not calling again for {blocked_s:.0f} s",
-                    retry_after_s=blocked_s,
-                )
-            try:
-                response = self._client.get(url, params=params, headers=headers, auth=auth)
-            except httpx.TimeoutException:
-                failure = ProviderUnavailable(
-                    self.name, f"GET {url} timed out after {self.timeout_s:g} s"
-                )
-            except httpx.HTTPError as exc:
-                failure = ProviderUnavailable(self.name, f"cannot reach {url}: {exc}")
-            else:
-                status = response.status_code
-                if 200 <= status < 300:
-                    return self._decode(response)
-                detail = error_detail(response)
-                if status in (401, 403):
-                    raise ProviderAuthError(
-                        self.name,
-                        f"HTTP {status} from {path}: {detail}. {self.credential_hint}".strip(),
-                    )
-                if status == 404:
-                    raise UnknownZoneError(
-                        self.name, f"HTTP 404 from {path}: {detail}; check the zone name"
-                    )
-                if status == 429:
-                    asked_s = retry_after_s(response.headers.get("Retry-After"))
-                    if asked_s is not None and asked_s > self.max_wait_s:
-                        self._blocked_until = time.monotonic() + asked_s
-                        raise ProviderRateLimited(
-                            self.name,
-                            f"HTTP 429 from {path}: asked to wait {asked_s:.0f} s",
-                            retry_after_s=asked_s,
-                        )
-                    if asked_s is not None:
-                        wait_s = max(wait_s, asked_s)
-                    failure = ProviderRateLimited(
-                        self.name, f"HTTP 429 from {path}: {detail}", retry_after_s=asked_s
-                    )
-                elif status >= 500:
-                    failure = ProviderUnavailable(self.name, f"HTTP {status} from {path}: {detail}")
-                else:
-                    raise ProviderRequestError(self.name, f"HTTP {status} from {path}: {detail}")
-            if attempt < self.max_retries:
-                self._sleep(min(wait_s, self.max_wait_s))
-                wait_s *= 2
-        assert failure is not None  # the loop ran at least once and did not return
+        retry = retrying(
+            self._backoff, retries=self.max_retries, retry_on=_Retryable, sleep=self._sleep
+        )
+        try:
+            return retry(self._get_once, url, path, params, headers, auth)
+        except _Retryable as exc:
+            failure = exc.failure
         if isinstance(failure, ProviderRateLimited):
             raise ProviderUnavailable(self.name, f"{failure} (after {self.max_retries} retries)")
         raise failure
+
+    def _get_once(
+        self,
+        url: str,
+        path: str,
+        params: Mapping[str, str | int | float] | None,
+        headers: Mapping[str, str] | None,
+        auth: httpx.Auth | None,
+    ) -> Any:
+        """One attempt of :meth:`_get_json`.
+
+        Raises:
+            _Retryable: On a timeout, connection error, 429 (asking for at most
+                ``max_wait_s``) or 5xx, carrying the error to raise if no retry is left.
+            ProviderError: On the failures not worth another attempt (see :meth:`_get_json`).
+        """
+        blocked_s = self._blocked_until - time.monotonic()
+        if blocked_s > 0:
+            raise ProviderRateLimited(
+                self.name,
+                f"rate limited; not calling again for {blocked_s:.0f} s",
+                retry_after_s=blocked_s,
+            )
+        try:
+            response = self._client.get(url, params=params, headers=headers, auth=auth)
+        except httpx.TimeoutException:
+            raise _Retryable(
+                ProviderUnavailable(self.name, f"GET {url} timed out after {self.timeout_s:g} s")
+            ) from None
+        except httpx.HTTPError as exc:
+            raise _Retryable(ProviderUnavailable(self.name, f"cannot reach {url}: {exc}")) from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return self._decode(response)
+        detail = error_detail(response)
+        if status in (401, 403):
+            raise ProviderAuthError(
+                self.name,
+                f"HTTP {status} from {path}: {detail}. {self.credential_hint}".strip(),
+            )
+        if status == 404:
+            raise UnknownZoneError(
+                self.name, f"HTTP 404 from {path}: {detail}; check the zone name"
+            )
+        if status == 429:
+            asked_s = retry_after_s(response.headers.get("Retry-After"))
+            if asked_s is not None and asked_s > self.max_wait_s:
+                self._blocked_until = time.monotonic() + asked_s
+                raise ProviderRateLimited(
+                    self.name,
+                    f"HTTP 429 from {path}: asked to wait {asked_s:.0f} s",
+                    retry_after_s=asked_s,
+                )
+            raise _Retryable(
+                ProviderRateLimited(
+                    self.name, f"HTTP 429 from {path}: {detail}", retry_after_s=asked_s
+                ),
+                retry_after_s=asked_s,
+            )
+        if status >= 500:
+            raise _Retryable(ProviderUnavailable(self.name, f"HTTP {status} from {path}: {detail}"))
+        raise ProviderRequestError(self.name, f"HTTP {status} from {path}: {detail}")
 
     def _decode(self, response: httpx.Response) -> Any:
         try:

@@ -1,10 +1,13 @@
 """Per-subscriber delivery of the carbon service's updates: a slow subscriber costs itself.
 
 Each subscriber has a mailbox holding at most one update, the newest (latest value wins: an
-update that has not gone out yet is replaced by the next one, which makes it obsolete), and
-at most one push in flight. A push that fails or times out puts its subscriber into back-off
-(``backoff_s``, doubling per consecutive failure up to ``max_backoff_s``); during back-off
-newer updates replace the waiting one, and when it ends the newest is sent. After
+update that has not gone out yet is replaced by the next one, which makes it obsolete), at
+most one push in flight, and its own small HTTP client
+(:class:`~carbonscaler.services._push.PushClient`, one keep-alive connection). A push that
+fails or times out puts its subscriber into back-off (``backoff_s``, doubling per
+consecutive failure up to ``max_backoff_s``, with jitter: the shared policy of
+:mod:`carbonscaler._retry`); during back-off newer updates replace the waiting one, and when
+it ends the newest is sent. After
 ``max_failures`` failures in a row the mailbox stops trying; the service deactivates the
 subscriber in its store (persisted, shown in its listing) until it registers again.
 
@@ -29,11 +32,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from carbonscaler._retry import Backoff
 from carbonscaler.security.netguard import DestinationPolicy
 from carbonscaler.services._push import PushClient, PushResult
 
@@ -42,7 +47,7 @@ __all__ = ["Deliveries"]
 log = logging.getLogger("carbonscaler.carbon_service")
 
 _HOLD_S = 0.25  # longest a sending slot waits for an answer from a subscriber that answers
-_MAX_IDLE_PER_ORIGIN = 4096  # keep-alive connections kept per origin between updates
+_KEEPALIVE_S = 120.0  # a subscriber's idle connection is kept this long between updates
 _OPEN_FILES_WANTED = 65536  # one socket per subscriber waiting for an answer, and then some
 
 
@@ -67,6 +72,8 @@ class _Mailbox:
     pending: bytes | None = None
     round: _Round | None = None
     task: asyncio.Task[None] | None = None
+    client: PushClient | None = None
+    """Made at its first push; closed when the subscriber is forgotten."""
     failures: int = 0
     retry_at: float = 0.0
     answered: bool = False
@@ -78,8 +85,8 @@ class Deliveries:
     """Latest-value-wins delivery to every subscriber, each on its own.
 
     Args:
-        timeout_s: Timeout of one push (connect, send, response).
-        backoff_s: Wait after a failed push; doubles per consecutive failure.
+        timeout_s: Timeout of one push (connect, send, response), and of each of its phases.
+        backoff_s: Wait after a failed push (before jitter); doubles per consecutive failure.
         max_backoff_s: Longest wait between two pushes to a failing subscriber.
         max_failures: Consecutive failures after which a subscriber is no longer tried
             (until :meth:`reset`, e.g. when it registers again).
@@ -92,6 +99,11 @@ class Deliveries:
         on_superseded: Called (in the delivery thread) when an update is replaced before it
             went out.
         policy: Where pushes may go (see :class:`~carbonscaler.services._push.PushClient`).
+        jitter: Largest fraction of a back-off taken off at random (0: exact back-offs).
+        rng: Random source in [0, 1) of the jitter, replaceable in tests.
+
+    Raises:
+        ValueError: If a timeout or back-off is negative, or ``jitter`` outside [0, 1].
     """
 
     def __init__(
@@ -106,7 +118,11 @@ class Deliveries:
         on_round: Callable[[float], None] | None = None,
         on_superseded: Callable[[], None] | None = None,
         policy: DestinationPolicy | None = None,
+        jitter: float = 0.5,
+        rng: Callable[[], float] = random.random,
     ) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, not {timeout_s}")
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -116,7 +132,9 @@ class Deliveries:
         self._on_result = on_result
         self._on_round = on_round or (lambda _: None)
         self._on_superseded = on_superseded or (lambda: None)
-        self._client = PushClient(max_idle_per_origin=_MAX_IDLE_PER_ORIGIN, policy=policy)
+        self._backoff = Backoff(backoff_s, max_backoff_s, jitter=jitter, rng=rng)
+        self._policy = policy
+        self._closing: set[asyncio.Task[None]] = set()
         self._boxes: dict[int, _Mailbox] = {}
         self._loop = asyncio.new_event_loop()
         self._slots: asyncio.Semaphore | None = None
@@ -198,6 +216,10 @@ class Deliveries:
         box.pending = box.round = None
         if box.task is not None:
             box.task.cancel()
+        if box.client is not None:  # once its push (if any) has ended
+            closing = self._loop.create_task(_close(box.client, box.task))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def _deliver(self, box: _Mailbox) -> None:
         """Push the newest waiting update until none waits (one task per subscriber)."""
@@ -217,7 +239,7 @@ class Deliveries:
                 # most _HOLD_S), which paces a fan-out like a pool of `max_sending`
                 # connections; any other gives it back once its request is written.
                 hold_s = _HOLD_S if box.answered else 0.0
-                error = await self._push(box.address, body, hold_s)
+                error = await self._push(box, body, hold_s)
                 if round_ is not None:
                     round_.done()
                     round_ = None
@@ -226,8 +248,7 @@ class Deliveries:
                     box.failures, box.retry_at = 0, 0.0
                 else:
                     box.failures += 1
-                    delay = min(self.backoff_s * 2 ** (box.failures - 1), self.max_backoff_s)
-                    box.retry_at = loop.time() + delay
+                    box.retry_at = loop.time() + self._backoff.delay(box.failures)
                     if box.failures >= self.max_failures:
                         box.pending = None
                     elif box.pending is None:
@@ -238,12 +259,21 @@ class Deliveries:
                 round_.done()
             box.task = None
 
-    async def _push(self, address: str, body: bytes, hold_s: float) -> str | None:
+    async def _push(self, box: _Mailbox, body: bytes, hold_s: float) -> str | None:
         """One push; None if the subscriber took it (2xx), else why not.
 
         The sending slot is given back ``hold_s`` after the request is written, or when the
         answer comes if that is sooner.
         """
+        if box.client is None:  # before any await: a forgotten box's client gets closed
+            box.client = PushClient(
+                timeout_s=self.timeout_s,
+                max_connections=1,  # one push in flight per subscriber
+                max_idle=1,
+                keepalive_s=_KEEPALIVE_S,
+                policy=self._policy,
+            )
+        client = box.client
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_sending)
         slots = self._slots
@@ -267,7 +297,7 @@ class Deliveries:
             async with asyncio.timeout(self.timeout_s):
                 await slots.acquire()
                 held = True
-                status = await self._client.post(address, body, on_sent=sent)
+                status = await client.post(box.address, body, on_sent=sent)
         except TimeoutError:
             return f"timed out after {self.timeout_s:g} s"
         except Exception as exc:  # any failure is this subscriber's alone: record it
@@ -283,8 +313,18 @@ class Deliveries:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        clients = [box.client for box in self._boxes.values() if box.client is not None]
         self._boxes.clear()
-        await self._client.aclose()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+
+
+async def _close(client: PushClient, task: asyncio.Task[None] | None) -> None:
+    """Close a forgotten subscriber's client once its cancelled push has ended."""
+    if task is not None:
+        await asyncio.gather(task, return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await client.aclose()
 
 
 def _raise_open_files_limit() -> None:
