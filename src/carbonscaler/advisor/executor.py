@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,7 +30,7 @@ from carbonscaler.decision import (
     review_rows,
 )
 from carbonscaler.forecast import ForecastSpec, issue_forecasts
-from carbonscaler.planner.model import FloatArray, IntArray, Job
+from carbonscaler.planner.model import FloatArray, IntArray, Job, PlanningError
 from carbonscaler.planner.policies import Policy
 
 __all__ = ["Conditions", "Outcome", "simulate_policy"]
@@ -79,6 +80,32 @@ class Conditions:
             raise ValueError("the re-planning threshold must be in (0, 1)")
         if not 0 <= self.safety_margin < 1:
             raise ValueError("the safety margin must be in [0, 1)")
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        forecast_model: str | None = None,
+        forecast_error: float = 0.0,
+        forecast_quantile: float = 0.5,
+        seed: int = 0,
+        **settings: Any,
+    ) -> Conditions:
+        """Conditions as the command line and the dashboard name them: the forecast model
+        (the one named, else ``uniform`` with an error, else ``perfect``:
+        :meth:`ForecastSpec.from_options`), the seed of every error, and the other fields as
+        given.
+
+        Raises:
+            PlanningError: for a value out of range, saying which.
+        """
+        try:
+            forecast = ForecastSpec.from_options(
+                forecast_model, forecast_error, seed, forecast_quantile
+            )
+            return cls(forecast=forecast, seed=seed, **settings)
+        except ValueError as exc:
+            raise PlanningError(str(exc)) from None
 
     def rules(self, policy: str) -> Rules:
         """The decision rules a running job with ``policy`` follows under these conditions."""

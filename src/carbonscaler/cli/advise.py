@@ -167,8 +167,6 @@ def _advise(
     from carbonscaler.advisor import (
         RANKING_RULE,
         Conditions,
-        ForecastModel,
-        ForecastSpec,
         SweepSpec,
         default_jobs,
         run_sweep,
@@ -200,22 +198,16 @@ def _advise(
     traces += [open_trace(None, z, year) for z in zone or []]
     if not traces:
         raise TraceError("give at least one --trace PATH or --zone ZONE")
-    try:
-        model = (
-            ForecastModel.parse(forecast_model)
-            if forecast_model
-            else (ForecastModel.UNIFORM if forecast_error > 0 else ForecastModel.PERFECT)
-        )
-        conditions = Conditions(
-            forecast=ForecastSpec(model, forecast_error, seed, quantile=forecast_quantile),
-            profile_error=profile_error,
-            rescale_overhead_s=rescale_overhead_s,
-            replan_threshold=replan_threshold,
-            safety_margin=safety_margin,
-            seed=seed,
-        )
-    except ValueError as exc:
-        raise PlanningError(str(exc)) from None
+    conditions = Conditions.from_options(
+        forecast_model=forecast_model,
+        forecast_error=forecast_error,
+        forecast_quantile=forecast_quantile,
+        seed=seed,
+        profile_error=profile_error,
+        rescale_overhead_s=rescale_overhead_s,
+        replan_threshold=replan_threshold,
+        safety_margin=safety_margin,
+    )
     if price is not None and not (math.isfinite(price) and price >= 0):
         raise PlanningError(f"--price must be a finite number >= 0, not {price}")
     top = max(max_servers or [8])

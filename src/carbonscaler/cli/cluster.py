@@ -30,7 +30,6 @@ from carbonscaler.cli._common import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from carbonscaler.advisor import Conditions
     from carbonscaler.advisor.cluster import ClusterOutcome
     from carbonscaler.planner.cluster import ClusterJob, ClusterPlan, Overcommit
     from carbonscaler.trace import CarbonTrace
@@ -45,6 +44,28 @@ app = typer.Typer(
 _SYMBOLS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 # Widest bar of the capacity chart, in characters; larger capacities are scaled down.
 _CHART_WIDTH = 60
+
+
+# The carbon source and capacity, the same for every cluster command.
+TraceOption = Annotated[Path | None, typer.Option(*TRACE_FLAGS, help=TRACE_HELP)]
+ZoneOption = Annotated[
+    str | None,
+    typer.Option(
+        *ZONE_FLAGS,
+        help="With --trace: the zone to select in a file that names zones. Without: a zone of "
+        "the offline dataset (see `carbonscaler traces list`).",
+    ),
+]
+YearOption = Annotated[
+    int | None,
+    typer.Option(*YEAR_FLAGS, help="Offline-dataset year for --zone (default: --start's)."),
+]
+SignalOption = Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")]
+CapacityOption = Annotated[
+    int | None,
+    typer.Option("--capacity", min=0, help="Servers per slot (overrides the file's capacity)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
 @app.callback()
@@ -65,26 +86,13 @@ def plan_command(
     start: Annotated[
         str, typer.Option(help="Start of the plan (arrivals count from it), ISO 8601.")
     ],
-    trace: Annotated[Path | None, typer.Option(*TRACE_FLAGS, help=TRACE_HELP)] = None,
-    zone: Annotated[
-        str | None,
-        typer.Option(
-            *ZONE_FLAGS,
-            help="With --trace: the zone to select in a file that names zones. Without: a "
-            "zone of the offline dataset (see `carbonscaler traces list`).",
-        ),
-    ] = None,
-    year: Annotated[
-        int | None,
-        typer.Option(*YEAR_FLAGS, help="Offline-dataset year for --zone (default: --start's)."),
-    ] = None,
-    signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
+    trace: TraceOption = None,
+    zone: ZoneOption = None,
+    year: YearOption = None,
+    signal: SignalOption = "direct",
     fill_gaps: FillGapsOption = None,
     tz: TzOption = None,
-    capacity: Annotated[
-        int | None,
-        typer.Option("--capacity", min=0, help="Servers per slot (overrides the file's capacity)."),
-    ] = None,
+    capacity: CapacityOption = None,
     solver: Annotated[
         str, typer.Option(help="fast (production) or exact (HiGHS, for checking).")
     ] = "fast",
@@ -96,7 +104,7 @@ def plan_command(
             help="Seconds for HiGHS (exact solver, and explaining a set that does not fit).",
         ),
     ] = 60.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Plan the jobs of JOBS.yaml together: least carbon within the capacity and deadlines."""
     _plan(
@@ -353,31 +361,6 @@ MarginOption = Annotated[
 SeedOption = Annotated[int, typer.Option(help="Seed of the forecast and profile errors.")]
 
 
-def _conditions(
-    forecast_model: str | None,
-    forecast_error: float,
-    profile_error: float,
-    rescale_overhead_s: float,
-    replan_threshold: float,
-    safety_margin: float,
-    seed: int,
-) -> Conditions:
-    from carbonscaler.advisor import Conditions, ForecastSpec
-    from carbonscaler.planner.model import PlanningError
-
-    try:
-        return Conditions(
-            forecast=ForecastSpec.from_options(forecast_model, forecast_error, seed),
-            profile_error=profile_error,
-            rescale_overhead_s=rescale_overhead_s,
-            replan_threshold=replan_threshold,
-            safety_margin=safety_margin,
-            seed=seed,
-        )
-    except ValueError as exc:
-        raise PlanningError(str(exc)) from None
-
-
 @app.command("run")
 def run_command(
     jobs_file: Annotated[
@@ -392,20 +375,13 @@ def run_command(
             "profiles, on a virtual clock (no processes).",
         ),
     ] = False,
-    trace: Annotated[Path | None, typer.Option(*TRACE_FLAGS, help=TRACE_HELP)] = None,
-    zone: Annotated[
-        str | None, typer.Option(*ZONE_FLAGS, help="Zone of the file, or of the offline dataset.")
-    ] = None,
-    year: Annotated[
-        int | None, typer.Option(*YEAR_FLAGS, help="Offline-dataset year (default: --start's).")
-    ] = None,
-    signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
+    trace: TraceOption = None,
+    zone: ZoneOption = None,
+    year: YearOption = None,
+    signal: SignalOption = "direct",
     fill_gaps: FillGapsOption = None,
     tz: TzOption = None,
-    capacity: Annotated[
-        int | None,
-        typer.Option("--capacity", min=0, help="Servers per slot (overrides the file's capacity)."),
-    ] = None,
+    capacity: CapacityOption = None,
     policy: Annotated[
         str,
         typer.Option(
@@ -420,7 +396,7 @@ def run_command(
     replan_threshold: ThresholdOption = 0.05,
     safety_margin: MarginOption = 0.05,
     seed: SeedOption = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Run the jobs of JOBS.yaml online on one shared capacity: jobs are admitted as they
     arrive and the set is re-planned when a job arrives, finishes or drifts."""
@@ -450,6 +426,7 @@ def _run(
     seed: int,
     as_json: bool,
 ) -> None:
+    from carbonscaler.advisor import Conditions
     from carbonscaler.advisor.cluster import simulate_cluster
     from carbonscaler.control.cluster_spec import load_cluster_spec
     from carbonscaler.planner.model import PlanningError
@@ -461,14 +438,14 @@ def _run(
             "processes under a shared capacity is not built yet; run each job with "
             "`carbonscaler run JOB.yaml`, or add --simulate"
         )
-    cond = _conditions(
-        forecast_model,
-        forecast_error,
-        profile_error,
-        rescale_overhead_s,
-        replan_threshold,
-        safety_margin,
-        seed,
+    cond = Conditions.from_options(
+        forecast_model=forecast_model,
+        forecast_error=forecast_error,
+        seed=seed,
+        profile_error=profile_error,
+        rescale_overhead_s=rescale_overhead_s,
+        replan_threshold=replan_threshold,
+        safety_margin=safety_margin,
     )
     spec = load_cluster_spec(jobs_file)
     cap = capacity if capacity is not None else spec.capacity
@@ -570,20 +547,13 @@ def advise_cluster_command(
     start: Annotated[
         str | None, typer.Option(help="Hour 0 of the stream (default: the trace's first slot).")
     ] = None,
-    trace: Annotated[Path | None, typer.Option(*TRACE_FLAGS, help=TRACE_HELP)] = None,
-    zone: Annotated[
-        str | None, typer.Option(*ZONE_FLAGS, help="Zone of the file, or of the offline dataset.")
-    ] = None,
-    year: Annotated[
-        int | None, typer.Option(*YEAR_FLAGS, help="Offline-dataset year (default: --start's).")
-    ] = None,
-    signal: Annotated[str, typer.Option(help="Electricity Maps column: direct or lca.")] = "direct",
+    trace: TraceOption = None,
+    zone: ZoneOption = None,
+    year: YearOption = None,
+    signal: SignalOption = "direct",
     fill_gaps: FillGapsOption = None,
     tz: TzOption = None,
-    capacity: Annotated[
-        int | None,
-        typer.Option("--capacity", min=0, help="Servers per slot (a cluster file may give it)."),
-    ] = None,
+    capacity: CapacityOption = None,
     policy: Annotated[
         list[str] | None,
         typer.Option(
@@ -598,7 +568,7 @@ def advise_cluster_command(
     replan_threshold: ThresholdOption = 0.05,
     safety_margin: MarginOption = 0.05,
     seed: SeedOption = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOption = False,
     plot: Annotated[
         Path | None,
         typer.Option(help="Write a PNG of the servers each policy holds over time here."),
@@ -645,6 +615,7 @@ def _advise_cluster(
 ) -> None:
     import sys
 
+    from carbonscaler.advisor import Conditions
     from carbonscaler.advisor.cluster import (
         cluster_figure,
         cluster_headline,
@@ -668,14 +639,14 @@ def _advise_cluster(
         check_output_file(plot, "--plot")
     if report is not None:
         check_output_file(report, "--report")
-    cond = _conditions(
-        forecast_model,
-        forecast_error,
-        profile_error,
-        rescale_overhead_s,
-        replan_threshold,
-        safety_margin,
-        seed,
+    cond = Conditions.from_options(
+        forecast_model=forecast_model,
+        forecast_error=forecast_error,
+        seed=seed,
+        profile_error=profile_error,
+        rescale_overhead_s=rescale_overhead_s,
+        replan_threshold=replan_threshold,
+        safety_margin=safety_margin,
     )
     if jobs_file is not None:
         spec = (

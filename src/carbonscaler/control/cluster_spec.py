@@ -238,6 +238,15 @@ def load_cluster_spec(path: str | os.PathLike[str]) -> ClusterSpec:
     """
     file = Path(path)
     data = read_yaml_mapping(file, "cluster file", "capacity:, jobs: [...]")
+    return _validated(data, file)
+
+
+def _validated(data: dict[str, Any], file: Path) -> ClusterSpec:
+    """``data`` as a cluster spec, profile paths taken relative to ``file``.
+
+    Raises:
+        SpecError: naming the file, each field (and job) and what is wrong.
+    """
     try:
         spec = ClusterSpec.model_validate(data)
     except ValidationError as exc:
@@ -288,13 +297,7 @@ def load_jobs_csv(path: str | os.PathLike[str], *, slot_minutes: int = 60) -> Cl
             job[_CSV_ALIASES.get(key.strip(), key.strip())] = value.strip()
         job.setdefault("name", f"job{number - 1}")
         jobs.append(job)
-    data = {"slot_minutes": slot_minutes, "jobs": jobs}
-    try:
-        spec = ClusterSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(_describe(err, data) for err in exc.errors())
-        raise SpecError(f"{file}: {problems}") from None
-    return spec.resolve_paths(file.resolve().parent)
+    return _validated({"slot_minutes": slot_minutes, "jobs": jobs}, file)
 
 
 def generate_cluster_spec(

@@ -307,8 +307,6 @@ def build_spec(query: AdvisorQuery, catalog: Catalog) -> tuple[SweepSpec, dict[s
     """
     from carbonscaler.advisor import (
         Conditions,
-        ForecastModel,
-        ForecastSpec,
         SweepSpec,
         resolve_starts,
     )
@@ -316,8 +314,9 @@ def build_spec(query: AdvisorQuery, catalog: Catalog) -> tuple[SweepSpec, dict[s
     traces = [catalog.load_trace(name) for name in query.traces]
     names = {trace.source: name for trace, name in zip(traces, query.traces, strict=True)}
     profile = catalog.load_profile(query.profile, default_servers=query.max_servers)
-    conditions = Conditions(
-        forecast=ForecastSpec(ForecastModel.parse(query.forecast), query.error, 0),
+    conditions = Conditions.from_options(
+        forecast_model=query.forecast,
+        forecast_error=query.error,
         rescale_overhead_s=query.overhead,
     )
     spec = SweepSpec(
