@@ -1,15 +1,16 @@
 """Per-subscriber delivery of the carbon service's updates: a slow subscriber costs itself.
 
 Each subscriber has a mailbox holding at most one update, the newest (latest value wins: an
-update that has not gone out yet is replaced by the next one, which makes it obsolete), at
-most one push in flight, and its own small HTTP client
-(:class:`~carbonscaler.services._push.PushClient`, one keep-alive connection). A push that
-fails or times out puts its subscriber into back-off (``backoff_s``, doubling per
-consecutive failure up to ``max_backoff_s``, with jitter: the shared policy of
-:mod:`carbonscaler._retry`); during back-off newer updates replace the waiting one, and when
-it ends the newest is sent. After
-``max_failures`` failures in a row the mailbox stops trying; the service deactivates the
-subscriber in its store (persisted, shown in its listing) until it registers again.
+update that has not gone out yet is replaced by the next one, which makes it obsolete) and
+at most one push in flight; every push goes through one
+:class:`~carbonscaler.services._push.PushClient` (aiohttp, one pool of keep-alive
+connections, no limit of its own on the pushes in flight: there is at most one per
+subscriber). A push that fails or times out puts its subscriber into back-off
+(``backoff_s``, doubling per consecutive failure up to ``max_backoff_s``, with jitter: the
+shared policy of :mod:`carbonscaler._retry`); during back-off newer updates replace the
+waiting one, and when it ends the newest is sent. After ``max_failures`` failures in a row
+the mailbox stops trying; the service deactivates the subscriber in its store (persisted,
+shown in its listing) until it registers again.
 
 Why not one fan-out with a shared limit on pushes in flight: hanging subscribers fill the
 limit's slots for a whole timeout each, and healthy ones queue behind them; with 10 % of
@@ -47,7 +48,7 @@ __all__ = ["Deliveries"]
 log = logging.getLogger("carbonscaler.carbon_service")
 
 _HOLD_S = 0.25  # longest a sending slot waits for an answer from a subscriber that answers
-_KEEPALIVE_S = 120.0  # a subscriber's idle connection is kept this long between updates
+_KEEPALIVE_S = 120.0  # an idle connection is kept this long between updates
 _OPEN_FILES_WANTED = 65536  # one socket per subscriber waiting for an answer, and then some
 
 
@@ -72,8 +73,6 @@ class _Mailbox:
     pending: bytes | None = None
     round: _Round | None = None
     task: asyncio.Task[None] | None = None
-    client: PushClient | None = None
-    """Made at its first push; closed when the subscriber is forgotten."""
     failures: int = 0
     retry_at: float = 0.0
     answered: bool = False
@@ -133,8 +132,14 @@ class Deliveries:
         self._on_round = on_round or (lambda _: None)
         self._on_superseded = on_superseded or (lambda: None)
         self._backoff = Backoff(backoff_s, max_backoff_s, jitter=jitter, rng=rng)
-        self._policy = policy
-        self._closing: set[asyncio.Task[None]] = set()
+        # One client for every subscriber: its connections are made on the delivery loop,
+        # at the first push; a cancelled push (a forgotten subscriber) closes its own.
+        self._client = PushClient(
+            timeout_s=timeout_s,
+            max_connections=None,  # one push in flight per subscriber; sending is bounded below
+            keepalive_s=_KEEPALIVE_S,
+            policy=policy,
+        )
         self._boxes: dict[int, _Mailbox] = {}
         self._loop = asyncio.new_event_loop()
         self._slots: asyncio.Semaphore | None = None
@@ -216,10 +221,6 @@ class Deliveries:
         box.pending = box.round = None
         if box.task is not None:
             box.task.cancel()
-        if box.client is not None:  # once its push (if any) has ended
-            closing = self._loop.create_task(_close(box.client, box.task))
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
 
     async def _deliver(self, box: _Mailbox) -> None:
         """Push the newest waiting update until none waits (one task per subscriber)."""
@@ -265,15 +266,6 @@ class Deliveries:
         The sending slot is given back ``hold_s`` after the request is written, or when the
         answer comes if that is sooner.
         """
-        if box.client is None:  # before any await: a forgotten box's client gets closed
-            box.client = PushClient(
-                timeout_s=self.timeout_s,
-                max_connections=1,  # one push in flight per subscriber
-                max_idle=1,
-                keepalive_s=_KEEPALIVE_S,
-                policy=self._policy,
-            )
-        client = box.client
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_sending)
         slots = self._slots
@@ -297,7 +289,7 @@ class Deliveries:
             async with asyncio.timeout(self.timeout_s):
                 await slots.acquire()
                 held = True
-                status = await client.post(box.address, body, on_sent=sent)
+                status = await self._client.post(box.address, body, on_sent=sent)
         except TimeoutError:
             return f"timed out after {self.timeout_s:g} s"
         except Exception as exc:  # any failure is this subscriber's alone: record it
@@ -313,18 +305,9 @@ class Deliveries:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        clients = [box.client for box in self._boxes.values() if box.client is not None]
         self._boxes.clear()
-        await asyncio.gather(*self._closing, return_exceptions=True)
-        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
-
-
-async def _close(client: PushClient, task: asyncio.Task[None] | None) -> None:
-    """Close a forgotten subscriber's client once its cancelled push has ended."""
-    if task is not None:
-        await asyncio.gather(task, return_exceptions=True)
-    with contextlib.suppress(Exception):
-        await client.aclose()
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
 
 
 def _raise_open_files_limit() -> None:

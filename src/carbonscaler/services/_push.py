@@ -1,46 +1,39 @@
-"""POSTs to subscribers over httpx's transport layer, only where the policy allows.
+"""POSTs to subscribers with aiohttp's client, only where the policy allows.
 
-:class:`PushClient` sends a body to http(s) URLs over HTTP/1.1 keep-alive connections, with
-explicit timeouts (connect, write, read, and waiting for a pooled connection) and limits on
-its connections: httpx's request and response models and :class:`httpx.Limits` /
-:class:`httpx.Timeout`, httpcore's connection pool and h11's HTTP/1.1. Each new connection
-resolves the host with the :class:`~carbonscaler.security.netguard.DestinationPolicy`,
-checks every address and connects to a checked one, while the URL's name stays in the
-``Host`` header and the TLS handshake (SNI and certificate check): a name cannot resolve to
-something harmless for the check and to the cloud metadata service for the connection.
+:class:`PushClient` sends a body to http(s) URLs over HTTP/1.1 keep-alive connections,
+with a timeout per request and a limit on the requests in flight: one
+:class:`aiohttp.ClientSession` over one :class:`aiohttp.TCPConnector` (one pool of
+connections for every subscriber). Every name is resolved by a resolver of ours
+(:class:`aiohttp.abc.AbstractResolver`) that asks the
+:class:`~carbonscaler.security.netguard.DestinationPolicy`, checks every address and hands
+aiohttp only checked ones: the connection goes to a checked address while the URL's name
+stays in the ``Host`` header and the TLS handshake (SNI and certificate check), so a name
+cannot resolve to something harmless for the check and to the cloud metadata service for
+the connection. IP literals, which aiohttp connects to without resolving, are checked
+before each request.
 
-Measured on the 2-core reference machine, pushing rounds of 1,000 concurrent POSTs to one
-loopback server (``benchmarks/bench_push_fanout.py`` runs the real fan-out):
-
-- One client per subscriber, not one for all: httpcore's pool looks at every connection it
-  holds each time a request is queued or finished (encode/httpx#3215), so one pool for
-  1,000 subscribers took 23 s per round; 1,000 pools of one connection, under a second.
-- No :class:`httpx.AsyncClient` on top, and asyncio streams under httpcore rather than
-  anyio's (httpcore's default): the client's per-request work (request building, cookies,
-  auth and redirect machinery, none of which a push uses) and anyio's layer cost about
-  0.9 ms of CPU per push against 0.5 ms without them, which decided whether 1,000
-  subscribers got every update at one update a second on a busy machine. The transport
-  below is httpx's documented extension point, :class:`httpx.AsyncBaseTransport`, and the
-  network backend httpcore's, :class:`httpcore.AsyncNetworkBackend`.
-
-The hand-written HTTP/1.1 client this replaced cost about 0.15 ms per push: in the fan-out
-benchmark (1,000 subscribers, an update a second, 10 % or 50 % of them hanging) healthy
-subscribers still get every update, about 0.2-0.35 s (median) after its first arrival
-rather than 0.05-0.1 s.
+Measured on the 2-core reference machine with ``benchmarks/bench_push_fanout.py`` (1,000
+subscribers, an update a second, 10 % of them hanging): healthy subscribers get every
+update about as soon as with the hand-written HTTP/1.1 client this replaced, and 3-5x
+sooner than over httpx's transport (httpcore's pool looks at every connection it holds
+each time a request is queued or finished, encode/httpx#3215, which took one pool per
+subscriber and adapter code to work around); see docs/carbon-service.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
+import socket
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
-import httpcore
-import httpx
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from carbonscaler.security.netguard import DestinationPolicy
 
@@ -56,15 +49,8 @@ __all__ = [
 _MAX_BODY = 1024 * 1024
 """Response bodies up to this size are read (so the connection can be reused) and dropped."""
 _EMPTY = {204, 304}
-_SENT = "http11.send_request_body.complete"  # httpcore trace events
-_CONNECTING = "connection.connect_tcp.started"
-_EXTRA_INFO = {
-    "ssl_object": "ssl_object",
-    "client_addr": "sockname",
-    "server_addr": "peername",
-    "socket": "socket",
-}
-"""httpcore's names of a stream's details -> asyncio's."""
+_DNS_TTL_S = 10
+"""A name's checked addresses are reused this long (aiohttp's DNS cache, per host and port)."""
 
 
 class PushProtocolError(Exception):
@@ -76,7 +62,7 @@ class PushConnectionError(ConnectionError):
 
 
 class PushTimeout(TimeoutError):
-    """Connecting, sending, waiting for the answer or for a free connection took too long."""
+    """The request (waiting for a connection, connecting, sending, the answer) took too long."""
 
 
 @functools.cache
@@ -88,11 +74,15 @@ def default_tls() -> ssl.SSLContext:
 class PushClient:
     """POST bytes to http(s) URLs over pooled keep-alive connections.
 
+    The connections are made on the event loop of the first :meth:`post`; use the client
+    on that loop only.
+
     Args:
-        timeout_s: Default timeout of each phase of a request (connect, write, read, and
-            waiting for a connection when ``max_connections`` are busy).
-        max_connections: Connections open at once (busy or idle).
-        max_idle: Idle keep-alive connections kept.
+        timeout_s: Default timeout of a request, from waiting for a connection (when
+            ``max_connections`` are busy) to the end of the answer.
+        max_connections: Requests in flight at once, each on a connection of its own; None
+            for no limit (a caller bounding its requests itself). Idle keep-alive
+            connections do not count.
         keepalive_s: An idle connection unused for this long is closed.
         user_agent: Sent with every request.
         policy: Where connections may go (link-local and metadata addresses never).
@@ -106,8 +96,7 @@ class PushClient:
         self,
         *,
         timeout_s: float = 5.0,
-        max_connections: int = 8,
-        max_idle: int = 8,
+        max_connections: int | None = 8,
         keepalive_s: float = 60.0,
         user_agent: str = "carbonscaler",
         policy: DestinationPolicy | None = None,
@@ -115,20 +104,42 @@ class PushClient:
     ) -> None:
         if not timeout_s > 0 or not keepalive_s > 0:
             raise ValueError(f"timeouts must be positive, not {timeout_s}, {keepalive_s}")
-        if max_connections < 1 or max_idle < 0:
-            raise ValueError(f"need max_connections >= 1, max_idle >= 0; got {max_connections}")
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(f"need max_connections >= 1 (or None), not {max_connections}")
         self.timeout_s = timeout_s
-        self.policy = policy if policy is not None else DestinationPolicy(what="subscriber address")
-        limits = httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_idle,
-            keepalive_expiry=keepalive_s,
-        )
-        self.limits = limits
+        self.max_connections = max_connections
+        self.keepalive_s = keepalive_s
         self.user_agent = user_agent
-        # No proxy (from the environment or otherwise): it would bypass the policy. No
-        # redirects, no cookies: a push is one POST and its status.
-        self._transport = _PinnedTransport(self.policy, tls or default_tls(), limits)
+        self.policy = policy if policy is not None else DestinationPolicy(what="subscriber address")
+        self._tls = tls or default_tls()
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            resolver=_PinnedResolver(self.policy),
+            ttl_dns_cache=_DNS_TTL_S,
+            ssl=self._tls,
+            limit=self.max_connections or 0,  # 0: no limit
+            limit_per_host=0,
+            keepalive_timeout=self.keepalive_s,
+        )
+        tracing = aiohttp.TraceConfig()
+        tracing.on_connection_reuseconn.append(_on_reuse)
+        tracing.on_request_headers_sent.append(_on_headers_sent)
+        tracing.on_request_chunk_sent.append(_on_chunk_sent)
+        # No proxy (trust_env=False: none from the environment; it would bypass the
+        # policy), no cookies, no redirects (per request), no decompression: a push is one
+        # POST and its status.
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers={"User-Agent": self.user_agent},
+            skip_auto_headers=("Accept-Encoding",),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            trust_env=False,
+            trace_configs=[tracing],
+        )
+        return self._session
 
     async def post(
         self,
@@ -142,287 +153,184 @@ class PushClient:
         """POST ``body`` to ``url``; returns the response status code.
 
         A kept-alive connection the subscriber closed meanwhile costs nothing: the request
-        is sent once more, on a new connection.
+        is sent once more, on a new connection (within the same timeout).
 
         Args:
             url: An http(s) URL.
             body: The request body.
             content_type: Its media type.
-            timeout_s: Timeout of each phase of this request (default: the client's).
-            on_sent: Called once the request is written, before the answer is awaited (a
-                caller bounding concurrent sends can free its slot there); at most once.
+            timeout_s: Timeout of this request (default: the client's).
+            on_sent: Called once the request is handed to the connection, before the
+                answer is awaited (a caller bounding concurrent sends can free its slot
+                there); at most once.
 
         Raises:
             ValueError: If ``url`` is not an http(s) URL with a host.
             DestinationRefused: If the policy refuses the destination.
-            PushTimeout: If a phase of the request timed out.
+            PushTimeout: If the request timed out.
             PushConnectionError, OSError: If it cannot connect or the connection broke.
             PushProtocolError: If the answer is not HTTP/1.x.
         """
         try:
-            parsed = httpx.URL(url)
-        except httpx.InvalidURL:
+            parsed = URL(url)
+            host, _ = parsed.raw_host, parsed.port
+        except (ValueError, TypeError):
             raise ValueError(f"not an http(s) URL: {url!r}") from None
-        if parsed.scheme not in ("http", "https") or not parsed.host:
+        if parsed.scheme not in ("http", "https") or not host:
             raise ValueError(f"not an http(s) URL: {url!r}")
-        timeout = httpx.Timeout(timeout_s if timeout_s is not None else self.timeout_s)
-        headers = {"Content-Type": content_type, "User-Agent": self.user_agent}
-        notify, connected = on_sent, False
-
-        async def trace(event: str, info: dict[str, Any]) -> None:
-            nonlocal notify, connected
-            if event == _CONNECTING:
-                connected = True
-            elif event == _SENT and notify is not None:
-                call, notify = notify, None
-                call()
-
+        # Names are checked by the resolver when they are resolved; aiohttp connects to an
+        # IP literal without resolving it, so it is checked here (a name's check is cheap).
+        self.policy.check_host(host)
+        session = self._session or self._open()
+        limit = timeout_s if timeout_s is not None else self.timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        headers = {"Content-Type": content_type}
+        state = _Attempt(on_sent)
         for attempt in (1, 2):
-            connected = False
-            request = httpx.Request(
-                "POST",
-                parsed,
-                content=body,
-                headers=headers,
-                extensions={"timeout": timeout.as_dict(), "trace": trace},
-            )
+            state.start(len(body))
             try:
-                response = await self._transport.handle_async_request(request)
-                try:
+                async with session.post(
+                    parsed,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=max(deadline - loop.time(), 0.001)),
+                    trace_request_ctx=state,
+                ) as response:
                     await _drain(response)
-                finally:
-                    await response.aclose()
-                return response.status_code
-            except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
-                if connected or attempt == 2:  # not a stale kept-alive connection
-                    raise _push_error(exc, timeout) from exc
-            except httpx.TransportError as exc:
-                raise _push_error(exc, timeout) from exc
+                    return response.status
+            except TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors
+                raise PushTimeout(f"{type(exc).__name__} (timeout {limit:g} s)") from exc
+            except aiohttp.ClientConnectionError as exc:
+                stale = state.reused and not isinstance(exc, aiohttp.ClientConnectorError)
+                if not stale or attempt == 2:  # a failure of this subscriber's, not resent
+                    raise _push_error(exc) from exc
+            except aiohttp.ClientError as exc:
+                raise _push_error(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:
         """Close every connection."""
-        await self._transport.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
-async def _drain(response: httpx.Response) -> None:
+class _Attempt:
+    """One request's state, seen by the trace hooks (``trace_request_ctx``)."""
+
+    __slots__ = ("notify", "reused", "unsent")
+
+    def __init__(self, on_sent: Callable[[], None] | None) -> None:
+        self.notify = on_sent
+        self.reused = False
+        self.unsent = 0
+
+    def start(self, size: int) -> None:
+        self.reused, self.unsent = False, size
+
+    def sent(self, size: int) -> None:
+        self.unsent -= size
+        if self.unsent <= 0 and self.notify is not None:
+            call, self.notify = self.notify, None
+            call()
+
+
+def _state(context: SimpleNamespace) -> _Attempt | None:
+    state = context.trace_request_ctx
+    return state if isinstance(state, _Attempt) else None
+
+
+async def _on_reuse(session: Any, context: SimpleNamespace, params: Any) -> None:
+    if (state := _state(context)) is not None:
+        state.reused = True
+
+
+async def _on_headers_sent(session: Any, context: SimpleNamespace, params: Any) -> None:
+    if (state := _state(context)) is not None:
+        state.sent(0)  # an empty body: the headers are the request
+
+
+async def _on_chunk_sent(
+    session: Any, context: SimpleNamespace, params: aiohttp.TraceRequestChunkSentParams
+) -> None:
+    if (state := _state(context)) is not None:
+        state.sent(len(params.chunk))
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
     """Read (and drop) a small response body so the connection can carry the next request.
 
     A body that runs until the connection closes, or is larger than ``_MAX_BODY``, is not
-    waited for: the connection is closed instead.
+    waited for: the connection is closed instead (aiohttp does not reuse a connection
+    whose answer was not read to its end).
     """
-    headers = response.headers
-    length = headers.get("content-length", "")
-    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-    bounded = length.isdigit() and int(length) <= _MAX_BODY
-    if not (chunked or bounded or response.status_code in _EMPTY):
+    length = response.content_length
+    if length == 0:
+        return
+    chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+    bounded = length is not None and length <= _MAX_BODY
+    if not (chunked or bounded or response.status in _EMPTY):
         return
     total = 0
-    async for chunk in response.aiter_raw():
+    async for chunk in response.content.iter_any():
         total += len(chunk)
         if total > _MAX_BODY:
             return
 
 
-def _push_error(exc: httpx.TransportError, timeout: httpx.Timeout) -> Exception:
-    if isinstance(exc, httpx.TimeoutException):
-        limit = max((t for t in timeout.as_dict().values() if t is not None), default=0.0)
-        return PushTimeout(f"{type(exc).__name__} (timeout {limit:g} s)")
-    if isinstance(exc, httpx.ProtocolError):
+_NOT_HTTP = (
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientResponseError,
+    aiohttp.ClientPayloadError,
+)
+"""No answer before the connection closed, an answer that does not parse, a broken body."""
+
+
+def _push_error(exc: aiohttp.ClientError) -> Exception:
+    if isinstance(exc, _NOT_HTTP):
         return PushProtocolError(f"no valid HTTP/1.x response ({exc})")
+    if isinstance(exc, aiohttp.ClientConnectorError):  # its own message omits the cause
+        cause: Exception = exc.os_error
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            cause = exc.certificate_error
+        reason = str(cause) or type(cause).__name__
+        return PushConnectionError(
+            f"{type(exc).__name__}: cannot connect to {exc.host}:{exc.port} ({reason})"
+        )
     return PushConnectionError(f"{type(exc).__name__}: {exc}".rstrip(": "))
 
 
-# -- httpx over an httpcore pool whose connections go to checked addresses ------------------
+class _PinnedResolver(AbstractResolver):
+    """aiohttp's resolver contract over :meth:`DestinationPolicy.resolve`: every address a
+    name resolves to is checked, and only allowed ones are connected to.
 
-
-class _PinnedBackend(httpcore.AsyncNetworkBackend):
-    """Connects to an address the policy checked (names resolved here, for each connection),
-    over asyncio streams."""
+    Raises (from :meth:`resolve`):
+        DestinationRefused: If the policy refuses the host or an address of it.
+        OSError: If the name does not resolve.
+    """
 
     def __init__(self, policy: DestinationPolicy) -> None:
         self._policy = policy
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Resolve ``host`` with the policy and connect to its first checked address.
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = await self._policy.resolve(host, port)
+        return [
+            {
+                "hostname": host,
+                "host": address,
+                "port": port,
+                "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            }
+            for address in addresses
+        ]
 
-        Raises:
-            DestinationRefused: If the policy refuses the host or an address of it.
-            OSError: If the name does not resolve.
-            httpcore.ConnectTimeout: If resolving and connecting took over ``timeout``.
-            httpcore.ConnectError: If the connection is refused or fails.
-        """
-        try:
-            async with asyncio.timeout(timeout):
-                addresses = await self._policy.resolve(host, port)  # OSError: no such name
-                try:
-                    reader, writer = await asyncio.open_connection(
-                        addresses[0],
-                        port,
-                        local_addr=(local_address, 0) if local_address else None,
-                    )
-                except OSError as exc:  # refused, unreachable, ...
-                    raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(
-                f"connecting to {host!r} took over {timeout:g} s"
-            ) from None
-        stream = _AsyncioStream(reader, writer)
-        sock = writer.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        return stream
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-class _AsyncioStream(httpcore.AsyncNetworkStream):
-    """httpcore's network stream over an asyncio stream pair, every wait bounded."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader, self._writer = reader, writer
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._reader.read(max_bytes)
-        except TimeoutError:
-            raise httpcore.ReadTimeout(f"no answer within {timeout:g} s") from None
-        except OSError as exc:  # ssl.SSLError too
-            raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
-        try:
-            self._writer.write(buffer)
-            async with asyncio.timeout(timeout):
-                await self._writer.drain()
-        except TimeoutError:
-            raise httpcore.WriteTimeout(f"could not send within {timeout:g} s") from None
-        except OSError as exc:  # ssl.SSLError too
-            raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
-
-    async def aclose(self) -> None:
-        self._writer.close()  # not waited for: a hanging peer must not hold anyone up
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            async with asyncio.timeout(timeout):
-                await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
-        except TimeoutError:
-            self._writer.close()
-            raise httpcore.ConnectTimeout(f"TLS handshake took over {timeout:g} s") from None
-        except OSError as exc:  # ssl.SSLError too
-            self._writer.close()
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        return self
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":  # an idle connection the server closed is not reused
-            return self._reader.at_eof() or self._writer.is_closing()
-        name = _EXTRA_INFO.get(info)
-        return None if name is None else self._writer.get_extra_info(name)
-
-
-_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-)
-"""httpcore's exceptions as httpx's, most specific first (as httpx's own transport does)."""
-
-
-@contextlib.contextmanager
-def _as_httpx_errors() -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        for core, mapped in _ERRORS:
-            if isinstance(exc, core):
-                raise mapped(str(exc)) from exc
-        raise
-
-
-class _PinnedTransport(httpx.AsyncBaseTransport):
-    """httpx's transport contract over an httpcore pool with a :class:`_PinnedBackend`."""
-
-    def __init__(self, policy: DestinationPolicy, tls: ssl.SSLContext, limits: httpx.Limits):
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=tls,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=_PinnedBackend(policy),
-        )
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        core = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        with _as_httpx_errors():
-            response = await self._pool.handle_async_request(core)
-        assert isinstance(response.stream, AsyncIterable)
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_ResponseStream(response.stream),
-            extensions=response.extensions,
-        )
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
-
-
-class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, stream: AsyncIterable[bytes]) -> None:
-        self._stream = stream
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _as_httpx_errors():
-            async for part in self._stream:
-                yield part
-
-    async def aclose(self) -> None:
-        close = getattr(self._stream, "aclose", None)
-        if close is not None:
-            with _as_httpx_errors():
-                await close()
+    async def close(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)
