@@ -8,6 +8,7 @@ core — same emissions, completion, rescales, re-plans and servers in every slo
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -310,3 +311,35 @@ def test_a_run_that_never_scaled_says_why(
         assert run["hours_by_servers"].get("2", 0) > 0 and not said
     else:
         assert "2" not in run["hours_by_servers"] and said and said[0].startswith(words)
+
+
+def test_a_paced_simulation_keeps_its_state_where_it_can_be_watched(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    from carbonscaler.control.state import STATE_FILE, StateStore
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "name: paced\nworkload: {command: 'true'}\nprofile: amdahl:0.05\n"
+        "minReplicas: 1\nmaxReplicas: 4\nlength_hours: 6\nslack: 2\n"
+        f"carbon: {{trace: {shared_dir / 'traces' / NL}, start: '2022-05-05T05:00Z'}}\n"
+        f"checkpoint_dir: {tmp_path / 'run'}\n"
+    )
+    watched = tmp_path / "runs" / "paced"
+    args = ["run", str(spec), "--simulate", "--json"]
+    began = time.monotonic()
+    result = runner.invoke(app, [*args, "--pace", "0.02", "--report-dir", str(watched)])
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - began >= 0.02 * 6  # at least the slots it ran, in wall time
+    paced = json.loads(result.stdout)
+    instant = json.loads(runner.invoke(app, args).stdout)
+    assert paced["emissions_g"] == instant["emissions_g"]  # the same decisions, only slower
+    store = StateStore.read_only(watched / STATE_FILE)
+    try:
+        assert [name for name, _ in store.runs()] == ["paced"]
+    finally:
+        store.close()
+    assert (watched / "report.json").is_file() and not (tmp_path / "run").exists()
+    for extra, message in (([], "add --simulate"), (["--simulate"], "--report-dir")):
+        refused = runner.invoke(app, ["run", str(spec), *extra, "--pace", "1"])
+        assert refused.exit_code == 2 and message in refused.stderr

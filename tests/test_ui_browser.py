@@ -17,8 +17,9 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -248,53 +249,36 @@ def test_the_page_fits_a_phone(driver: WebDriver, dashboard: str) -> None:
         driver.set_window_size(1280, 1600)
 
 
-def paced_run(runs: Path, name: str, wall_s: float) -> threading.Thread:
-    """``carbonscaler run --simulate``'s controller, with its state kept in ``runs/NAME`` as
-    a real run keeps it, on a virtual clock that also passes for real (the whole deadline in
-    ``wall_s``); its report is written when it ends, as ``carbonscaler run`` does."""
-    from carbonscaler.cli._runner import build_simulation, state_path
-    from carbonscaler.clock import VirtualClock
-    from carbonscaler.control import JobSpec
-    from carbonscaler.control.report import write_run_report
-    from carbonscaler.control.state import StateStore
-
-    spec = JobSpec.model_validate(
-        {
-            "name": name,
-            "workload": {"command": "true"},
-            "profile": "amdahl:0.05",
-            "minReplicas": 1,
-            "maxReplicas": 2,
-            "length_hours": 12,
-            "slack": 2,
-            "carbon": {"dataset_zone": "DE", "year": 2020, "start": "2020-03-02T00:00Z"},
-            "checkpoint_dir": str(runs / name),
-        }
+def paced_run(runs: Path, name: str, pace_s: float) -> subprocess.Popen[bytes]:
+    """``carbonscaler run JOB --simulate --pace S --report-dir RUNS/NAME`` in its own process:
+    the simulation keeps its state in the folder as a real run does, on a virtual clock that
+    also passes for real (``pace_s`` wall seconds per slot), and writes its report there."""
+    spec = runs.parent / f"{name}.yaml"
+    spec.write_text(
+        json.dumps(  # JSON is YAML
+            {
+                "name": name,
+                "workload": {"command": "true"},
+                "profile": "amdahl:0.05",
+                "minReplicas": 1,
+                "maxReplicas": 2,
+                "length_hours": 12,
+                "slack": 2,
+                "carbon": {"dataset_zone": "DE", "year": 2020, "start": "2020-03-02T00:00Z"},
+                "checkpoint_dir": str(runs.parent / f"{name}-checkpoints"),
+            }
+        )
     )
-
-    class Paced(VirtualClock):
-        def sleep(self, seconds: float) -> None:
-            time.sleep(max(seconds, 0.0) * wall_s / (spec.deadline_slots * spec.seconds_per_slot))
-            super().sleep(seconds)
-
-    def run() -> None:
-        store = StateStore(state_path(spec))
-        controller = build_simulation(spec, store=store)
-        controller.clock = controller.backend.clock = Paced()
-        report = controller.run()
-        store.close()
-        write_run_report(report, Path(spec.checkpoint_dir), spec.slot_hours)
-
-    thread = threading.Thread(target=run, name=f"paced-{name}", daemon=True)
-    thread.start()
-    return thread
+    command = [sys.executable, "-m", "carbonscaler", "run", str(spec), "--simulate"]
+    command += ["--pace", str(pace_s), "--report-dir", str(runs / name)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def test_the_jobs_page_follows_a_simulated_run_to_completion(
     driver: WebDriver, dashboard: str, runs: Path
 ) -> None:
     driver.get(f"{dashboard}/jobs")
-    run = paced_run(runs, "followed", wall_s=24)
+    run = paced_run(runs, "followed", pace_s=1.0)  # 24 slots to the deadline
     # The list and the run's parts are replaced as they refresh: each look is one script.
     link = "document.querySelector(\"[data-run='followed/followed'] a\")"
     wait(driver, lambda d: d.execute_script(f"return {link} !== null"))
@@ -316,7 +300,7 @@ def test_the_jobs_page_follows_a_simulated_run_to_completion(
         if len(seen) == 8:
             screenshot(driver, "run-live.png")
         time.sleep(0.2)
-    run.join(timeout=10)
+    assert run.wait(timeout=30) == 0, run.stderr.read() if run.stderr else ""
     live = [p for s, p in seen if s == "running"]
     assert live and any(float(p.rstrip(" %")) < 100 for p in live), seen  # seen under way
     assert driver.find_element(By.CSS_SELECTOR, "[data-testid=run-status]").text == "finished"

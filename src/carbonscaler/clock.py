@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 
-__all__ = ["ControlClock", "VirtualClock", "WallClock"]
+__all__ = ["ControlClock", "PacedClock", "VirtualClock", "WallClock"]
 
 
 class ControlClock(ABC):
@@ -64,3 +64,27 @@ class VirtualClock(ControlClock):
     @property
     def virtual(self) -> bool:
         return True
+
+
+class PacedClock(VirtualClock):
+    """Virtual time that also passes for real, ``wall_per_s`` wall seconds per virtual second:
+    a simulation someone can watch (``carbonscaler ui`` follows it). It stays virtual: the
+    controller still lands exactly on each event.
+
+    Args:
+        start: the time to start at, seconds since the epoch.
+        wall_per_s: wall seconds per virtual second (> 0).
+
+    Raises:
+        ValueError: if ``wall_per_s`` is not positive.
+    """
+
+    def __init__(self, start: float = 0.0, *, wall_per_s: float) -> None:
+        if not wall_per_s > 0:
+            raise ValueError(f"a paced clock needs wall_per_s > 0, not {wall_per_s}")
+        super().__init__(start)
+        self.wall_per_s = wall_per_s
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(seconds, 0.0) * self.wall_per_s)
+        super().sleep(seconds)

@@ -27,7 +27,7 @@ from carbonscaler.control.carbon import (
 )
 from carbonscaler.control.controller import Controller
 from carbonscaler.control.spec import JobSpec, SpecError
-from carbonscaler.control.state import ControllerState, StateStore
+from carbonscaler.control.state import STATE_FILE, ControllerState, StateStore
 from carbonscaler.forecast import Forecaster, ForecastModel, make_forecaster
 from carbonscaler.power import DEFAULT_POWERCAP_ROOT, MeterError, MeterUnavailable, RaplMeter
 from carbonscaler.profile import ScalingProfile, parse_profile_spec
@@ -39,7 +39,7 @@ __all__ = ["build_controller", "build_simulation", "make_feed", "make_forecaster
 
 def state_path(spec: JobSpec) -> Path:
     """Where the controller keeps its state for this job."""
-    return Path(spec.checkpoint_dir) / "controller.db"
+    return Path(spec.checkpoint_dir) / STATE_FILE
 
 
 def make_forecaster_for(spec: JobSpec) -> Forecaster | None:
@@ -236,6 +236,7 @@ def build_simulation(
     start_s: float = 0.0,
     backend_cls: type[SimulatedBackend] = SimulatedBackend,
     store: StateStore | None = None,
+    clock: VirtualClock | None = None,
 ) -> Controller:
     """The real controller for ``spec`` on a virtual clock, against a simulated workload.
 
@@ -248,6 +249,8 @@ def build_simulation(
         start_s: the virtual clock's start (seconds).
         backend_cls: the simulated workload (tests pass one that misbehaves).
         store: where the state goes (default: memory).
+        clock: the virtual clock (default: one starting at ``start_s``; a
+            :class:`~carbonscaler.clock.PacedClock` lets someone watch).
 
     Raises:
         SpecError: if the spec's profile is ``auto`` (a simulation runs no workload to
@@ -260,7 +263,7 @@ def build_simulation(
             "'auto' measures the workload, which a simulation does not run"
         )
     profile, work, env, source = _profile_and_work(spec, None, None)
-    clock = VirtualClock(start_s)
+    clock = clock or VirtualClock(start_s)
     feed = make_feed(spec)
     if not spec.carbon.is_replay:
         try:

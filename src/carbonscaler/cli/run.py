@@ -258,19 +258,47 @@ def _print_report(
         console().print(f"report: {', '.join(str(p) for p in written)}")
 
 
-def simulate(spec: JobSpec, *, as_json: bool, report_dir: Path | None) -> RunReport:
+def simulate(
+    spec: JobSpec, *, as_json: bool, report_dir: Path | None, pace_s: float | None = None
+) -> RunReport:
     """Run the job's controller on a virtual clock against a simulated workload and report.
 
-    Writes report files only into ``report_dir`` (never into the job's run folder).
+    Writes report files only into ``report_dir`` (never into the job's run folder). With
+    ``pace_s`` (wall seconds per slot) the virtual clock also passes for real and the state is
+    kept in ``report_dir`` as a real run keeps it in its folder, so ``carbonscaler ui --runs``
+    on the folder above follows the simulation live.
+
+    Raises:
+        SpecError: if ``pace_s`` comes without ``report_dir`` or is not positive.
     """
     from carbonscaler.cli._runner import build_simulation
+    from carbonscaler.clock import PacedClock
     from carbonscaler.control.report import write_run_report
+    from carbonscaler.control.spec import SpecError
+    from carbonscaler.control.state import STATE_FILE, StateStore
     from carbonscaler.outputs import check_output_folder
 
     if report_dir is not None:
         check_output_folder(report_dir, "--report-dir")
-    controller = build_simulation(spec)
-    report = controller.run()
+    if pace_s is None:
+        controller = build_simulation(spec)
+        report = controller.run()
+    else:
+        if report_dir is None or not pace_s > 0:
+            raise SpecError(
+                "--pace needs a positive number of wall seconds per slot and --report-dir, "
+                "the folder the simulation keeps its state and report in (watch it with "
+                "`carbonscaler ui --runs <its parent>`)"
+            )
+        report_dir.mkdir(parents=True, exist_ok=True)
+        store = StateStore(report_dir / STATE_FILE)
+        try:
+            store.delete(spec.name)  # a paced simulation always starts afresh
+            clock = PacedClock(wall_per_s=pace_s / spec.seconds_per_slot)
+            controller = build_simulation(spec, store=store, clock=clock)
+            report = controller.run()
+        finally:
+            store.close()
     note = "simulated: the controller on a virtual clock, the workload following its profile"
     report = dataclasses.replace(report, notes=[*report.notes, note])
     written = write_run_report(report, report_dir, spec.slot_hours) if report_dir else []
@@ -302,6 +330,14 @@ def run_command(
             help="Where to write report.json/png/html (default: the job's checkpoint_dir)."
         ),
     ] = None,
+    pace: Annotated[
+        float | None,
+        typer.Option(
+            help="With --simulate: wall seconds per slot, so the simulation can be watched; "
+            "its state and report go to --report-dir, which `carbonscaler ui --runs` on the "
+            "folder above follows live."
+        ),
+    ] = None,
 ) -> None:
     """Run an elastic job carbon-aware: scale up when the grid is clean, down when dirty.
 
@@ -315,6 +351,7 @@ def run_command(
         report_dir=report_dir,
         simulate_only=simulate_only,
         profile=profile,
+        pace=pace,
     )
 
 
@@ -326,6 +363,7 @@ def _run(
     report_dir: Path | None,
     simulate_only: bool,
     profile: str | None,
+    pace: float | None,
 ) -> None:
     from carbonscaler.backends.base import BackendError
     from carbonscaler.control.spec import SpecError, load_job_spec
@@ -335,8 +373,10 @@ def _run(
         if profile.endswith(".csv"):
             profile = str(Path(profile).resolve())
         spec = spec.model_copy(update={"profile": profile})
+    if pace is not None and not simulate_only:
+        raise SpecError("--pace paces a simulation: add --simulate")
     if simulate_only:
-        simulate(spec, as_json=as_json, report_dir=report_dir)
+        simulate(spec, as_json=as_json, report_dir=report_dir, pace_s=pace)
         return
     try:
         report = execute(spec, as_json=as_json, report_dir=report_dir)

@@ -16,7 +16,10 @@ from typing import Any
 
 from carbonscaler._sqlite import open_database, open_read_only, transaction
 
-__all__ = ["ControllerState", "Event", "StateStore"]
+__all__ = ["STATE_FILE", "ControllerState", "Event", "StateStore"]
+
+STATE_FILE = "controller.db"
+"""The controller's state in a run folder (the dashboard finds runs by it)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

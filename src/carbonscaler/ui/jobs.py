@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from carbonscaler.control.state import STATE_FILE
 from carbonscaler.ui.catalog import UnknownNameError
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["STALE_S", "RunRef", "find_run", "list_runs", "run_summary", "run_view"]
 
-STATE_FILE = "controller.db"  # carbonscaler.cli._runner.state_path's name
 REPORT_FILE = "report.json"
 REPORT_FILES = ("report.html", "report.png")
 """The report's other files, served as they are (never parsed)."""
