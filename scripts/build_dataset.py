@@ -28,10 +28,8 @@ import importlib.metadata
 import importlib.util
 import io
 import json
-import os
 import re
 import sys
-import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from carbonscaler import datasets
+from carbonscaler.outputs import atomic_write
 
 SOURCE_FILE = re.compile(r"(?P<year>\d{4})_(?P<zone>[A-Z]{2})_gen_entsoe\.parquet")
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the zip epoch: member timestamps do not change the bytes
@@ -158,23 +157,10 @@ def index_json(derivations: Sequence[datasets.Derivation], archive: bytes) -> st
     return json.dumps(meta, indent=1, ensure_ascii=False) + "\n"
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over."""
+def _write(path: Path, data: bytes) -> None:
+    """Package data, written atomically (readable by everyone, as the umask allows)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); package data must be readable by everyone.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data, "package data")
 
 
 def build(only: Sequence[str] = ()) -> tuple[bytes, str]:
@@ -231,8 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 0 if same else 1
-    write_atomically(archive_path, archive)
-    write_atomically(index_path, index.encode("utf-8"))
+    _write(archive_path, archive)
+    _write(index_path, index.encode("utf-8"))
     print(f"wrote {archive_path} ({len(archive) / 1e6:.2f} MB) and {index_path}", file=sys.stderr)
     return 0
 

@@ -27,7 +27,6 @@ with exit code 0. Exit codes: 0 stopped or done, 1 a worker failed, 2 bad config
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import datetime
 import importlib
@@ -38,15 +37,23 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
+
+from carbonscaler.workload import (
+    ProgressLog,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    remove_stale_temporaries,
+    write_atomically,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -88,27 +95,6 @@ class Config:
     checkpoint_interval: float
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
 def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Config:
     """Read the configuration: flags first, then the environment, then defaults.
 
@@ -116,15 +102,15 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Conf
     reported like a bad flag (exit code 2).
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=_positive_int, default=environ.get("STEPS", "300"))
+    parser.add_argument("--steps", type=positive_int, default=environ.get("STEPS", "300"))
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=environ.get("BATCH_SIZE", "512"),
         help="global batch size, split across the workers",
     )
-    parser.add_argument("--seed", type=_non_negative_int, default=environ.get("SEED", "0"))
-    parser.add_argument("--workers", type=_positive_int, default=environ.get("WORKERS", "1"))
+    parser.add_argument("--seed", type=non_negative_int, default=environ.get("SEED", "0"))
+    parser.add_argument("--workers", type=positive_int, default=environ.get("WORKERS", "1"))
     parser.add_argument(
         "--logs-folder",
         type=Path,
@@ -135,7 +121,7 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Conf
     parser.add_argument("--progress-file", type=Path, default=environ.get("PROGRESS_FILE"))
     parser.add_argument(
         "--checkpoint-interval",
-        type=_positive_float,
+        type=positive_float,
         default=environ.get("CHECKPOINT_INTERVAL", "1.0"),
         help="seconds of training between checkpoints",
     )
@@ -214,41 +200,6 @@ def evaluate(model: torch.nn.Module, task: Task) -> tuple[float, float]:
 # -- files -------------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file so that readers see either the old or the new content, never a mix.
-
-    The data goes to a temporary file in the same directory, is fsynced, then renamed over
-    ``path``; the directory is fsynced so the rename survives a power cut.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file private (0600); give it the permissions open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def remove_stale_temporaries(directory: Path) -> None:
-    """Delete temporary files left by a process killed in the middle of a write."""
-    for tmp in directory.glob(".*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def _identity(cfg: Config) -> dict[str, int]:
     """What a checkpoint must match to be resumed (the worker count need not)."""
     return {"steps": cfg.steps, "batch_size": cfg.batch_size, "seed": cfg.seed}
@@ -265,7 +216,7 @@ def save_checkpoint(
         "step": step,
         "config": _identity(cfg),
     }
-    atomic_write(cfg.checkpoint_dir / CHECKPOINT_NAME, lambda fh: torch.save(state, fh))
+    write_atomically(cfg.checkpoint_dir / CHECKPOINT_NAME, lambda fh: torch.save(state, fh))
 
 
 def load_checkpoint(cfg: Config) -> dict[str, Any] | None:
@@ -286,35 +237,6 @@ def load_checkpoint(cfg: Config) -> dict[str, Any] | None:
             f"{_identity(cfg)}; use another checkpoint directory or the same settings"
         )
     return state
-
-
-class ProgressLog:
-    """Appends ``step,percent`` lines, each flushed at once, to the progress CSV."""
-
-    def __init__(self, path: Path, steps: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._steps = steps
-        self._fh = path.open("a", encoding="utf-8")
-        size = self._fh.tell()
-        if size == 0:
-            self._fh.write("step,percent\n")
-        elif not _ends_with_newline(path, size):
-            # A killed writer left a partial line; end it so ours start on a line of their own.
-            self._fh.write("\n")
-        self._fh.flush()
-
-    def record(self, step: int) -> None:
-        self._fh.write(f"{step},{round(100.0 * step / self._steps, 4)}\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-def _ends_with_newline(path: Path, size: int) -> bool:
-    with path.open("rb") as fh:
-        fh.seek(size - 1)
-        return fh.read(1) == b"\n"
 
 
 # -- workers -----------------------------------------------------------------------------
@@ -473,9 +395,9 @@ def finish(
         "eval_accuracy": accuracy,
         "config": _identity(cfg),
     }
-    atomic_write(cfg.checkpoint_dir / RESULT_NAME, lambda fh: torch.save(result, fh))
+    write_atomically(cfg.checkpoint_dir / RESULT_NAME, lambda fh: torch.save(result, fh))
     progress.record(step)
-    atomic_write(cfg.checkpoint_dir / DONE_NAME, lambda fh: None)
+    write_atomically(cfg.checkpoint_dir / DONE_NAME, lambda fh: None)
 
 
 def _report(what: str, cfg: Config, step: int, steps: int, started: float) -> None:

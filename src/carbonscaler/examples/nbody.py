@@ -37,9 +37,8 @@ import multiprocessing as mp
 import os
 import signal
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -55,6 +54,15 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
+
+from carbonscaler.workload import (  # noqa: E402
+    ProgressLog,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    remove_stale_temporaries,
+    write_atomically,
+)
 
 FloatArray = NDArray[np.float64]
 
@@ -86,27 +94,6 @@ class Config:
     checkpoint_interval: float
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
 def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Config:
     """Read the configuration: flags first, then the environment, then defaults.
 
@@ -114,12 +101,12 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Conf
     reported like a bad flag (exit code 2).
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bodies", type=_positive_int, default=environ.get("BODIES", "2000"))
+    parser.add_argument("--bodies", type=positive_int, default=environ.get("BODIES", "2000"))
     parser.add_argument(
-        "--iterations", type=_positive_int, default=environ.get("ITERATIONS", "1000")
+        "--iterations", type=positive_int, default=environ.get("ITERATIONS", "1000")
     )
-    parser.add_argument("--seed", type=_non_negative_int, default=environ.get("SEED", "0"))
-    parser.add_argument("--workers", type=_positive_int, default=environ.get("WORKERS", "1"))
+    parser.add_argument("--seed", type=non_negative_int, default=environ.get("SEED", "0"))
+    parser.add_argument("--workers", type=positive_int, default=environ.get("WORKERS", "1"))
     parser.add_argument(
         "--logs-folder",
         type=Path,
@@ -130,7 +117,7 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Conf
     parser.add_argument("--progress-file", type=Path, default=environ.get("PROGRESS_FILE"))
     parser.add_argument(
         "--checkpoint-interval",
-        type=_positive_float,
+        type=positive_float,
         default=environ.get("CHECKPOINT_INTERVAL", "1.0"),
         help="seconds of work between checkpoints",
     )
@@ -348,34 +335,6 @@ class WorkerPool:
 # -- files -------------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file so that readers see either the old or the new content, never a mix.
-
-    The data goes to a temporary file in the same directory, is fsynced, then renamed over
-    ``path``; the directory is fsynced so the rename survives a power cut.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file private (0600); give it the permissions open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def save_checkpoint(cfg: Config, state: State) -> None:
     """Store the full state, and what it was computed for, in ``checkpoint.npz``."""
 
@@ -392,7 +351,7 @@ def save_checkpoint(cfg: Config, state: State) -> None:
             seed=np.int64(cfg.seed),
         )
 
-    atomic_write(cfg.checkpoint_dir / CHECKPOINT_NAME, write)
+    write_atomically(cfg.checkpoint_dir / CHECKPOINT_NAME, write)
 
 
 def load_checkpoint(cfg: Config) -> State | None:
@@ -421,42 +380,6 @@ def load_checkpoint(cfg: Config) -> State | None:
         )
 
 
-def remove_stale_temporaries(directory: Path) -> None:
-    """Delete temporary files left by a launcher killed in the middle of a write."""
-    for tmp in directory.glob(".*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-class ProgressLog:
-    """Appends ``step,percent`` lines, each flushed at once, to the progress CSV."""
-
-    def __init__(self, path: Path, iterations: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._iterations = iterations
-        self._fh = path.open("a", encoding="utf-8")
-        size = self._fh.tell()
-        if size == 0:
-            self._fh.write("step,percent\n")
-        elif not _ends_with_newline(path, size):
-            # A killed writer left a partial line; end it so ours start on a line of their own.
-            self._fh.write("\n")
-        self._fh.flush()
-
-    def record(self, step: int) -> None:
-        self._fh.write(f"{step},{round(100.0 * step / self._iterations, 4)}\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-def _ends_with_newline(path: Path, size: int) -> bool:
-    with path.open("rb") as fh:
-        fh.seek(size - 1)
-        return fh.read(1) == b"\n"
-
-
 # -- the run -----------------------------------------------------------------------------
 
 
@@ -480,9 +403,9 @@ def finish(cfg: Config, state: State, progress: ProgressLog) -> None:
     def write(fh: BinaryIO) -> None:
         np.savez(fh, positions=state.pos.T, velocities=state.vel.T, masses=state.mass)
 
-    atomic_write(cfg.checkpoint_dir / RESULT_NAME, write)
+    write_atomically(cfg.checkpoint_dir / RESULT_NAME, write)
     progress.record(state.step)
-    atomic_write(cfg.checkpoint_dir / DONE_NAME, lambda fh: None)
+    write_atomically(cfg.checkpoint_dir / DONE_NAME, lambda fh: None)
 
 
 def simulate(cfg: Config, state: State, fresh: bool, stop: StopRequest) -> int:
