@@ -4,7 +4,9 @@ Pages (Jinja2, ``ui/templates``) carry their whole state in the URL query, so a 
 reproduces a view. The what-if page fetches its results from ``/api/advisor/stream``, which
 sends the sweep's progress as it runs and then the rendered results (newline-delimited JSON);
 leaving the page or pressing *Cancel* closes that request, and the sweep stops at its next
-policy. The jobs pages poll ``/api/jobs/...`` once a second while a run is live.
+policy. The cluster page does the same with ``/api/cluster/stream`` (a generated stream of
+jobs sharing a capacity, each policy simulated in turn). The jobs pages poll
+``/api/jobs/...`` once a second while a run is live.
 
 Every asset (scripts, styles, Swagger UI for ``/docs``) is served from the package, and the
 pages' Content-Security-Policy allows nothing else. Input errors get a 4xx that says what is
@@ -61,6 +63,15 @@ from carbonscaler.ui.catalog import (
     UnknownNameError,
     inline_profile,
 )
+from carbonscaler.ui.cluster import (
+    MAX_JOBS,
+    ClusterCache,
+    ClusterQuery,
+    PreparedCluster,
+    cluster_view,
+    parse_cluster_query,
+    prepare_cluster,
+)
 from carbonscaler.ui.jobs import REPORT_FILES, find_run, list_runs, run_summary, run_view
 
 __all__ = ["API_DESCRIPTION", "DashboardConfig", "create_app"]
@@ -84,8 +95,9 @@ profiles on offer, and the local runtime's runs as the jobs pages show them.
 
 Queries use the what-if page's URL parameters: `trace` (repeat to compare), `profile`,
 `length` (hours at `min` servers), `slack` (deadline = slack × length), `min`, `max`,
-`forecast`, `error`, `overhead` (seconds per rescale), `starts` (`all` or a number). Every
-endpoint only reads: nothing here changes a run or a file.
+`forecast`, `error`, `overhead` (seconds per rescale), `starts` (`all` or a number). The
+cluster endpoints (`carbonscaler advise-cluster --generate N --json`) take the cluster page's
+parameters, listed with them. Every endpoint only reads: nothing here changes a run or a file.
 """
 
 
@@ -160,6 +172,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
     """
     catalog = Catalog(config.trace_folders, config.profile_folders, dataset=config.dataset)
     cache = SweepCache()
+    cluster_cache = ClusterCache()
     templates = _environment()
     templates.globals["policies"] = POLICIES
 
@@ -434,6 +447,141 @@ def create_app(config: DashboardConfig) -> FastAPI:
             return api_error(problem)
         return JSONResponse(view)
 
+    # -- the cluster page and its API ----------------------------------------------------------
+
+    def cluster_query_of(request: Request) -> ClusterQuery:
+        params: dict[str, list[str]] = {}
+        for key, value in request.query_params.multi_items():
+            params.setdefault(key, []).append(value)
+        return parse_cluster_query(params, catalog.default_trace())
+
+    async def cluster_prepared(request: Request) -> tuple[ClusterQuery, PreparedCluster]:
+        query = cluster_query_of(request)
+        prepared = await run_in_threadpool(prepare_cluster, query, catalog)
+        return query, prepared
+
+    def cluster_form(request: Request) -> dict[str, Any]:
+        values: dict[str, Any] = dict(ClusterQuery(trace="").params())
+        values["trace"] = catalog.default_trace() or ""
+        values.update({key: value for key, value in request.query_params.items()})
+        return {
+            "values": values,
+            "traces": catalog.traces(),
+            "presets": PROFILE_PRESETS,
+            "profile_files": catalog.profiles(),
+            "forecasts": FORECAST_MODELS,
+            "max_jobs": MAX_JOBS,
+        }
+
+    @app.get("/cluster", include_in_schema=False, response_class=HTMLResponse)
+    async def cluster_page(request: Request) -> HTMLResponse:
+        try:
+            query, prepared = await cluster_prepared(request)
+        except Exception as exc:
+            problem = _as_problem(exc)
+            if problem is None:
+                raise
+            return page(
+                "cluster.html.j2",
+                problem.status,
+                problems=problem.problems,
+                command="",
+                ready=False,
+                **cluster_form(request),
+            )
+        form = cluster_form(request)
+        form["values"]["start"] = prepared.start_text
+        return page(
+            "cluster.html.j2",
+            problems=[],
+            command=" ".join(_quote(a) for a in query.cli_args(catalog, prepared.start_text)),
+            ready=True,
+            **form,
+        )
+
+    @app.get(
+        "/api/cluster",
+        tags=["cluster"],
+        summary="A shared cluster's what-if (carbonscaler advise-cluster --generate --json)",
+        description="Parameters: `trace`, `start` (ISO 8601; default a week into the trace),"
+        f" `jobs` (at most {MAX_JOBS}), `rate` (arrivals per hour), `shortest`/`longest`"
+        " (hours at `min` servers), `slack`, `min`, `max`, `profile` (a shape or a profile"
+        " file offered), `capacity` (servers per slot), `forecast`, `error`, `overhead`"
+        " (seconds per rescale), `seed`, and `show` (the policy whose jobs the chart shows).",
+        responses={404: {"description": "Unknown trace"}, 422: {"description": "Bad input"}},
+    )
+    async def cluster_api(request: Request) -> JSONResponse:
+        try:
+            query, prepared = await cluster_prepared(request)
+            outcomes = await run_in_threadpool(
+                cluster_cache.run, query, prepared, _ignore, threading.Event()
+            )
+            view = await run_in_threadpool(cluster_view, outcomes, prepared, query)
+        except Exception as exc:
+            problem = _as_problem(exc)
+            if problem is None:
+                raise
+            return api_error(problem)
+        return JSONResponse(
+            {
+                "query": dict(query.params()),
+                "command": query.cli_args(catalog, prepared.start_text),
+                "trace": prepared.source,
+                "zone": prepared.zone,
+                "start": prepared.start.isoformat(),
+                "capacity": query.capacity,
+                "jobs": query.jobs,
+                "headline": view["headline"],
+                "summary": view["summary"],
+                "charts": view["charts"],
+            }
+        )
+
+    @app.get(
+        "/api/cluster/stream",
+        tags=["cluster"],
+        summary="The cluster what-if with progress (newline-delimited JSON)",
+        description='Lines of `{"event": "progress", "done", "total", "label"}`, then one'
+        ' `{"event": "result", ...}` or `{"event": "error", "status", "detail"}`. Closing the'
+        " request cancels the simulations before the next policy.",
+        responses={404: {"description": "Unknown trace"}, 422: {"description": "Bad input"}},
+    )
+    async def cluster_stream(request: Request) -> Response:
+        try:
+            query, prepared = await cluster_prepared(request)
+        except Exception as exc:
+            problem = _as_problem(exc)
+            if problem is None:
+                raise
+            return api_error(problem)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def progress(done: int, total: int, label: str) -> None:
+            event = {"event": "progress", "done": done, "total": total, "label": label}
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        def work() -> dict[str, Any]:
+            outcomes = cluster_cache.run(query, prepared, progress, cancelled)
+            view = cluster_view(outcomes, prepared, query)
+            html = templates.get_template("_cluster_results.html.j2").render(
+                view=view, query=query, link="/cluster?" + urlencode(query.params())
+            )
+            command = query.cli_args(catalog, prepared.start_text)
+            return {
+                "event": "result",
+                "html": html,
+                "charts": view["charts"],
+                "command": " ".join(_quote(a) for a in command) + " --json",
+            }
+
+        return StreamingResponse(
+            _events(loop, queue, work, cancelled),
+            media_type="application/x-ndjson",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
     @app.get("/api/traces", tags=["what-if"], summary="The traces on offer")
     async def traces_api() -> list[dict[str, Any]]:
         return [
@@ -524,6 +672,34 @@ def create_app(config: DashboardConfig) -> FastAPI:
         return page("error.html.j2", 404, title="Not found", problems=[str(detail)])
 
     return app
+
+
+async def _events(
+    loop: asyncio.AbstractEventLoop,
+    queue: "asyncio.Queue[dict[str, Any]]",
+    work: Callable[[], dict[str, Any]],
+    cancelled: threading.Event,
+) -> AsyncIterator[bytes]:
+    """A long computation's progress events, then its result (or error), as NDJSON lines;
+    ``cancelled`` is set when the request goes away or all is sent."""
+    task = loop.run_in_executor(None, work)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    getter: asyncio.Future[dict[str, Any]] | None = None
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield _line(getter.result())
+                continue
+            while not queue.empty():
+                yield _line(queue.get_nowait())
+            yield _line(_outcome(task))
+            return
+    finally:
+        cancelled.set()
+        if getter is not None:
+            getter.cancel()
 
 
 def _outcome(task: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ const Charts = (() => {
     static: "#6b6b6b",
     "static-best": "#8c564b",
     agnostic: "#333333",
+    joint: "#b5178a",
   };
   const FALLBACK = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#17becf"];
 
@@ -541,5 +542,120 @@ const Charts = (() => {
     legend(container, items);
   }
 
-  return { categoryLines, ranges, schedule, timeLines, color };
+  /* A shared cluster per slot: each job's servers stacked (one colour per job), the capacity
+     as a dashed step line, and the carbon intensity on the right axis. */
+  function shares(container, spec) {
+    const plot = document.createElement("div");
+    container.replaceChildren(plot);
+    const slot = spec.slotHours;
+    const slots = spec.capacity.length;
+    const end = Math.max(slots * slot, slot);
+    const jobColor = (i) => `hsl(${(i * 137.508) % 360}, 55%, 52%)`;
+    const anyMissed = spec.jobs.some((job) => !job.deadline_met);
+    const draw = () => {
+      const box = frame(plot, { xTitle: true, rightAxis: true, label: spec.label });
+      const x = scale(0, end, box.x0, box.x1);
+      const totals = new Array(slots).fill(0);
+      for (const job of spec.jobs) job.servers.forEach((v, i) => { totals[i] += v || 0; });
+      const top = Math.max(...spec.capacity, ...totals, 1) * 1.08;
+      const ys = scale(0, top, box.y0, box.y1);
+      const cr = extent([spec.carbon], [0]);
+      cr[0] = 0;
+      const yc = scale(cr[0], cr[1], box.y0, box.y1);
+      yAxis(box, ys, [0, top], "servers", "left");
+      yAxis(box, yc, cr, "gCO2eq/kWh", "right");
+      numericX(box, x, [0, end], spec.xTitle);
+      const base = new Array(slots).fill(0);
+      const width = Math.max(x(slot) - x(0) - (x(slot) - x(0) > 3 ? 0.5 : 0), 0.5);
+      spec.jobs.forEach((job, j) => {
+        const g = el("g", { "data-job": job.name, fill: jobColor(j) }, box.svg);
+        job.servers.forEach((v, i) => {
+          if (!v) return;
+          const bar = el("rect", {
+            x: x(i * slot),
+            y: ys(base[i] + v),
+            width: width,
+            height: Math.max(ys(base[i]) - ys(base[i] + v), 0.5),
+            stroke: job.deadline_met ? null : MISSED,
+            "stroke-width": job.deadline_met ? null : 0.8,
+          }, g);
+          tip(bar, `${job.name}, hour ${(i * slot).toFixed(0)}: ${v.toFixed(2)} servers` +
+            (job.deadline_met ? "" : " (misses its deadline)"));
+          base[i] += v;
+        });
+      });
+      let d = "";
+      spec.capacity.forEach((k, i) => {
+        d += `${i ? " L" : "M"}${x(i * slot)} ${ys(k)} L${x((i + 1) * slot)} ${ys(k)}`;
+      });
+      el("path", { d: d, class: "capacity", fill: "none", stroke: MISSED,
+        "stroke-width": 1.6, "stroke-dasharray": "6 3" }, box.svg);
+      let c = "";
+      spec.carbon.forEach((v, i) => {
+        if (v === null) return;
+        const move = c === "" || spec.carbon[i - 1] === null;
+        c += `${move ? " M" : " L"}${x(i * slot)} ${yc(v)} L${x((i + 1) * slot)} ${yc(v)}`;
+      });
+      if (c) el("path", { d: c.trim(), class: "carbon" }, box.svg);
+    };
+    responsive(plot, draw);
+    const items = [
+      { label: `servers of each job (one colour per job, ${spec.jobs.length} jobs; hover for its name)`,
+        color: "#5b8fc7", kind: "bar" },
+      { label: "capacity (servers)", color: MISSED, kind: "dashed" },
+      { label: "carbon intensity (gCO2eq/kWh, right axis)", color: "#444", kind: "line" },
+    ];
+    if (anyMissed) items.push({ label: "job that misses its deadline (red outline)", kind: "hatch" });
+    legend(container, items);
+  }
+
+  /* Step lines per slot (servers in use under each policy), with the capacity dashed. */
+  function stepLines(container, spec) {
+    const plot = document.createElement("div");
+    container.replaceChildren(plot);
+    const slot = spec.slotHours;
+    const slots = Math.max(spec.capacity.length, ...spec.series.map((s) => s.values.length));
+    const end = Math.max(slots * slot, slot);
+    const draw = () => {
+      const box = frame(plot, { xTitle: true, label: spec.label });
+      const x = scale(0, end, box.x0, box.x1);
+      const top = Math.max(...spec.capacity,
+        ...spec.series.map((s) => Math.max(...s.values.map((v) => v || 0))), 1) * 1.08;
+      const y = scale(0, top, box.y0, box.y1);
+      yAxis(box, y, [0, top], spec.yTitle, "left");
+      numericX(box, x, [0, end], spec.xTitle);
+      const path = (values) => {
+        let d = "";
+        values.forEach((v, i) => {
+          if (v === null) return;
+          d += `${d ? " L" : "M"}${x(i * slot)} ${y(v)} L${x((i + 1) * slot)} ${y(v)}`;
+        });
+        return d;
+      };
+      el("path", { d: path(spec.capacity), fill: "none", stroke: MISSED, "stroke-width": 1.6,
+        "stroke-dasharray": "6 3", class: "capacity" }, box.svg);
+      spec.series.forEach((series, i) => {
+        const line = el("path", {
+          d: path(series.values),
+          fill: "none",
+          stroke: color(series.name, i),
+          "stroke-width": 1.8,
+          "stroke-dasharray": series.missed ? "4 2" : null,
+          class: "series",
+          "data-series": series.name,
+        }, box.svg);
+        tip(line, series.name + (series.missed ? " (misses deadlines)" : ""));
+      });
+    };
+    responsive(plot, draw);
+    const items = spec.series.map((s, i) => ({
+      label: s.name + (s.missed ? " (misses deadlines)" : ""),
+      color: color(s.name, i),
+      kind: s.missed ? "dashed" : "line",
+    }));
+    items.push({ label: "capacity (servers)", color: MISSED, kind: "dashed" });
+    legend(container, items);
+  }
+
+  return { categoryLines, ranges, schedule, shares, stepLines, timeLines, color };
 })();
