@@ -374,15 +374,8 @@ def create_app(config: DashboardConfig) -> FastAPI:
             if problem is None:
                 raise
             return api_error(problem)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        cancelled = threading.Event()
 
-        def progress(done: int, total: int, label: str) -> None:
-            event = {"event": "progress", "done": done, "total": total, "label": label}
-            loop.call_soon_threadsafe(queue.put_nowait, event)
-
-        def work() -> dict[str, Any]:
+        def work(progress: ProgressFn, cancelled: threading.Event) -> dict[str, Any]:
             result = cache.run(query.sweep_key(), spec, progress, cancelled)
             view = results_view(result, query, names)
             html = templates.get_template("_results.html.j2").render(
@@ -395,34 +388,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
                 "focus": view["focus"],
             }
 
-        async def lines() -> AsyncIterator[bytes]:
-            task = loop.run_in_executor(None, work)
-            # A cancelled sweep ends with SweepCancelled, which nobody else reads.
-            task.add_done_callback(lambda done: done.cancelled() or done.exception())
-            getter: asyncio.Future[dict[str, Any]] | None = None
-            try:
-                while True:
-                    getter = asyncio.ensure_future(queue.get())
-                    done, _ = await asyncio.wait(
-                        {task, getter}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if getter in done:
-                        yield _line(getter.result())
-                        continue
-                    while not queue.empty():
-                        yield _line(queue.get_nowait())
-                    yield _line(_outcome(task))
-                    return
-            finally:
-                cancelled.set()  # the page went away, or all is sent
-                if getter is not None:
-                    getter.cancel()
-
-        return StreamingResponse(
-            lines(),
-            media_type="application/x-ndjson",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        return _streamed(work)
 
     @app.get(
         "/api/advisor/schedule",
@@ -554,15 +520,8 @@ def create_app(config: DashboardConfig) -> FastAPI:
             if problem is None:
                 raise
             return api_error(problem)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        cancelled = threading.Event()
 
-        def progress(done: int, total: int, label: str) -> None:
-            event = {"event": "progress", "done": done, "total": total, "label": label}
-            loop.call_soon_threadsafe(queue.put_nowait, event)
-
-        def work() -> dict[str, Any]:
+        def work(progress: ProgressFn, cancelled: threading.Event) -> dict[str, Any]:
             outcomes = cluster_cache.run(query, prepared, progress, cancelled)
             view = cluster_view(outcomes, prepared, query)
             html = templates.get_template("_cluster_results.html.j2").render(
@@ -576,11 +535,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
                 "command": " ".join(_quote(a) for a in command) + " --json",
             }
 
-        return StreamingResponse(
-            _events(loop, queue, work, cancelled),
-            media_type="application/x-ndjson",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        return _streamed(work)
 
     @app.get("/api/traces", tags=["what-if"], summary="The traces on offer")
     async def traces_api() -> list[dict[str, Any]]:
@@ -672,6 +627,30 @@ def create_app(config: DashboardConfig) -> FastAPI:
         return page("error.html.j2", 404, title="Not found", problems=[str(detail)])
 
     return app
+
+
+ProgressFn = Callable[[int, int, str], None]
+"""Called with (done, total, label) as a long computation goes."""
+
+
+def _streamed(
+    work: Callable[[ProgressFn, threading.Event], dict[str, Any]],
+) -> StreamingResponse:
+    """Run ``work`` in a thread and stream its progress events, then its result (or error),
+    as newline-delimited JSON; closing the request sets the event ``work`` is given."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    cancelled = threading.Event()
+
+    def progress(done: int, total: int, label: str) -> None:
+        event = {"event": "progress", "done": done, "total": total, "label": label}
+        loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    return StreamingResponse(
+        _events(loop, queue, lambda: work(progress, cancelled), cancelled),
+        media_type="application/x-ndjson",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 async def _events(

@@ -69,43 +69,23 @@
     results.setAttribute("aria-busy", "true");
     showProblems([]);
     setProgress(0, 0, "starting");
-    let response;
+    let refused;
     try {
-      response = await fetch("/api/cluster/stream?" + currentParams().toString(), {
-        signal: controller.signal,
-      });
+      refused = await streamEvents(
+        "/api/cluster/stream?" + currentParams().toString(),
+        controller.signal,
+        handle,
+      );
     } catch (error) {
       if (controller.signal.aborted) return;
       finish("");
-      showProblems([`the dashboard did not answer: ${error}`]);
+      showProblems([`${error.stage || "the request failed"}: ${error}`]);
       return;
     }
-    if (!response.ok) {
-      const body = await response.json().catch(() => ({ detail: response.statusText }));
+    if (refused) {
       finish("");
-      showProblems(Array.isArray(body.detail) ? body.detail : [String(body.detail)]);
+      showProblems(refused);
       results.replaceChildren();
-      return;
-    }
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += decoder.decode(value, { stream: true });
-        let cut;
-        while ((cut = buffer.indexOf("\n")) >= 0) {
-          const line = buffer.slice(0, cut);
-          buffer = buffer.slice(cut + 1);
-          if (line.trim()) handle(JSON.parse(line));
-        }
-      }
-    } catch (error) {
-      if (controller.signal.aborted) return;
-      finish("");
-      showProblems([`the results stopped arriving: ${error}`]);
       return;
     }
     if (running === controller) finish("");
