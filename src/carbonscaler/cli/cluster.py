@@ -139,32 +139,21 @@ def _plan(
     time_limit_s: float,
     as_json: bool,
 ) -> None:
-    from carbonscaler.control.cluster_spec import load_cluster_spec
     from carbonscaler.planner.cluster import (
         overcommit,
         plan_cluster,
         plan_cluster_agnostic,
         plan_cluster_independent,
     )
-    from carbonscaler.planner.model import PlanningError
     from carbonscaler.planner.policies import savings_pct
 
     if solver not in ("fast", "exact"):
         raise typer.BadParameter(f"{solver!r}: use fast or exact", param_hint="--solver")
-    spec = load_cluster_spec(jobs_file)
-    capacity: int | list[int] | None = (
-        capacity_override if capacity_override is not None else spec.capacity
-    )
-    if capacity is None:
-        raise PlanningError(
-            f"{jobs_file}: no capacity; give `capacity:` in the file or --capacity K"
-        )
-    jobs = spec.cluster_jobs()
     start = parse_start(start_text)
-    horizon = max(job.deadline_slot for job in jobs)
-    carbon_trace, first, carbon = _carbon_from(
-        start, trace, zone, year, signal, spec.slot_minutes, horizon, fill_gaps, tz
+    jobs, capacity, carbon_trace, first, carbon = _cluster_file(
+        jobs_file, capacity_override, start, trace, zone, year, signal, fill_gaps, tz
     )
+    horizon = max(job.deadline_slot for job in jobs)
     if solver == "fast":
         plan = plan_cluster(jobs, carbon, capacity, solver="fast", time_limit_s=time_limit_s)
     else:
@@ -209,6 +198,41 @@ def _plan(
     )
     for note in (*plan.notes, *agnostic.notes):
         console().print(f"  note: {note}", highlight=False, markup=False)
+
+
+def _cluster_file(
+    jobs_file: Path,
+    capacity_override: int | None,
+    start: pd.Timestamp,
+    trace: Path | None,
+    zone: str | None,
+    year: int | None,
+    signal: str,
+    fill_gaps: int | None,
+    tz: str | None,
+) -> tuple[list[ClusterJob], int | list[int], CarbonTrace, int, Any]:
+    """A cluster file's jobs and capacity (``--capacity`` first), and the carbon from
+    ``start`` to its latest deadline (:func:`_carbon_from`).
+
+    Raises:
+        SpecError: for a bad file; PlanningError: without a capacity; TraceError: as
+            :func:`_carbon_from`.
+    """
+    from carbonscaler.control.cluster_spec import load_cluster_spec
+    from carbonscaler.planner.model import PlanningError
+
+    spec = load_cluster_spec(jobs_file)
+    capacity = capacity_override if capacity_override is not None else spec.capacity
+    if capacity is None:
+        raise PlanningError(
+            f"{jobs_file}: no capacity; give `capacity:` in the file or --capacity K"
+        )
+    jobs = spec.cluster_jobs()
+    horizon = max(job.deadline_slot for job in jobs)
+    carbon_trace, first, carbon = _carbon_from(
+        start, trace, zone, year, signal, spec.slot_minutes, horizon, fill_gaps, tz
+    )
+    return jobs, capacity, carbon_trace, first, carbon
 
 
 def _carbon_from(
@@ -428,7 +452,6 @@ def _run(
 ) -> None:
     from carbonscaler.advisor import Conditions
     from carbonscaler.advisor.cluster import simulate_cluster
-    from carbonscaler.control.cluster_spec import load_cluster_spec
     from carbonscaler.planner.model import PlanningError
     from carbonscaler.planner.policies import savings_pct
 
@@ -447,17 +470,9 @@ def _run(
         replan_threshold=replan_threshold,
         safety_margin=safety_margin,
     )
-    spec = load_cluster_spec(jobs_file)
-    cap = capacity if capacity is not None else spec.capacity
-    if cap is None:
-        raise PlanningError(
-            f"{jobs_file}: no capacity; give `capacity:` in the file or --capacity K"
-        )
-    jobs = spec.cluster_jobs()
     when = parse_start(start)
-    horizon = max(job.deadline_slot for job in jobs)
-    carbon_trace, _, carbon = _carbon_from(
-        when, trace, zone, year, signal, spec.slot_minutes, horizon, fill_gaps, tz
+    jobs, cap, carbon_trace, _, carbon = _cluster_file(
+        jobs_file, capacity, when, trace, zone, year, signal, fill_gaps, tz
     )
     outcome = simulate_cluster(jobs, carbon, cap, policy, cond)
     agnostic = simulate_cluster(jobs, carbon, cap, "agnostic", cond)
