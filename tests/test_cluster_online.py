@@ -177,3 +177,57 @@ def test_a_measured_profile_with_idle_power_plans_and_runs() -> None:
     jobs = [ClusterJob(f"n{k}", Job.from_length(profile, 4, 1, 2), k, k + 8) for k in range(4)]
     outcome = simulate_cluster(jobs, _diurnal(3, 7), 3, JOINT)
     assert outcome.deadline_misses == 0
+
+
+@pytest.mark.parametrize("policy", [JOINT, "carbonscaler"])
+def test_a_restored_core_continues_exactly_where_the_saved_one_was(policy: str) -> None:
+    import json
+
+    jobs = _stream(8, 5)
+    trace = _diurnal(6, 5)
+    horizon = max(j.deadline_slot for j in jobs)
+    slow = {j.name: 0.8 + 0.05 * k for k, j in enumerate(jobs)}  # every job drifts
+
+    def run(core: ClusterCore, slots: range, seen: dict[str, Progress]) -> list[dict[str, tuple]]:
+        out = []
+        for slot in slots:
+            grants = core.decide(slot, trace[slot:horizon], seen)
+            out.append(
+                {n: (g.first, g.fraction, g.then, int(g.reasons)) for n, g in grants.items()}
+            )
+            for name, g in grants.items():
+                job = next(j for j in jobs if j.name == name).job
+                tp = job.profile.throughput
+                nominal = g.fraction * tp[g.first] + (1 - g.fraction) * tp[g.then]
+                was = seen.get(name, Progress())
+                done = min(was.work_done + slow[name] * nominal, job.work)
+                seen[name] = Progress(
+                    done, was.nominal_work + nominal, g.then, was.started or g.held > 0
+                )
+        return out
+
+    # A generous time limit: a joint plan cut short by a loaded machine may differ.
+    whole = run(ClusterCore(jobs, 4, policy=policy, time_limit_s=60.0), range(horizon), {})
+    first = ClusterCore(jobs, 4, policy=policy, time_limit_s=60.0)
+    seen: dict[str, Progress] = {}
+    before = run(first, range(20), seen)
+    saved = json.loads(json.dumps(first.to_dict()))
+    again = ClusterCore(jobs, 4, policy=policy, time_limit_s=60.0)
+    again.restore(saved)
+    assert again.admitted() == first.admitted()
+    after = run(again, range(20, horizon), dict(seen))
+    assert before + after == whole
+    assert [again.replans(n) for n in again.admitted()] == [
+        len(again.events(n)) - 1 for n in again.admitted()
+    ]
+
+
+def test_a_saved_core_is_refused_by_another_cluster() -> None:
+    jobs = _stream(3, 6)
+    core = ClusterCore(jobs, 4)
+    core.decide(50, _diurnal(6, 6)[50:], {})
+    saved = core.to_dict()
+    with pytest.raises(PlanningError, match="ran policy 'joint', not 'agnostic'"):
+        ClusterCore(jobs, 4, policy="agnostic").restore(saved)
+    with pytest.raises(PlanningError, match=f"jobs {jobs[0].name} that this one does not"):
+        ClusterCore(jobs[1:], 4).restore(saved)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -194,6 +195,77 @@ class ClusterCore:
     def done(self) -> bool:
         """Whether every job has arrived and finished."""
         return not self._pending and all(m.finished for m in self._members.values())
+
+    def admitted(self) -> list[str]:
+        """The jobs admitted so far, in queue order."""
+        return list(self._members)
+
+    def finished(self, name: str) -> bool:
+        """Whether job ``name`` has done its work."""
+        return self._members[name].finished
+
+    # -- saving and restoring ------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything decided so far, JSON-ready: what a restarted controller or operator
+        needs (with the same jobs and settings) to continue where this core was.
+
+        Plans are kept, not recomputed: a joint plan made under a time limit depends on the
+        machine's speed at the time.
+        """
+        return {
+            "policy": self.policy,
+            "members": {
+                name: {
+                    "plans": m.plans.to_dict(),
+                    "finished": m.finished,
+                    "replans": m.replans,
+                    "events": [[s, int(why)] for s, why in m.events],
+                }
+                for name, m in self._members.items()
+            },
+        }
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Continue from :meth:`to_dict`'s form, on a core built with the same jobs.
+
+        Raises:
+            PlanningError: if the saved core ran another policy or names a job this core
+                does not have.
+        """
+        if saved.get("policy") != self.policy:
+            raise PlanningError(
+                f"the saved cluster ran policy {saved.get('policy')!r}, not {self.policy!r}; "
+                "continue it with the same policy, or start afresh"
+            )
+        members: Mapping[str, Any] = saved.get("members", {})
+        specs = {j.name: j for j in self._pending}
+        specs.update({name: m.spec for name, m in self._members.items()})
+        unknown = sorted(set(members) - set(specs))
+        if unknown:
+            raise PlanningError(
+                f"the saved cluster has jobs {', '.join(unknown)} that this one does not; "
+                "continue it with the same jobs, or start afresh"
+            )
+        self._members = {}
+        for spec in sorted(specs.values(), key=lambda j: j.arrival_slot):
+            data = members.get(spec.name)
+            if data is None:
+                continue
+            plans = Plans.from_dict(data["plans"])
+            if plans.slots != spec.window_slots:
+                raise PlanningError(
+                    f"job {spec.name!r}: the saved plan covers {plans.slots} slots but its "
+                    f"window now has {spec.window_slots}; the job changed since it was saved"
+                )
+            self._members[spec.name] = _Member(
+                spec,
+                plans,
+                finished=bool(data["finished"]),
+                replans=int(data["replans"]),
+                events=[(int(s), Reason(int(why))) for s, why in data["events"]],
+            )
+        self._pending = [j for j in self._pending if j.name not in self._members]
 
     def decide(
         self, slot: int, forecast: FloatArray, progress: Mapping[str, Progress]
