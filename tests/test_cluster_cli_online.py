@@ -43,12 +43,20 @@ def test_cluster_run_simulates_the_example_online(de_trace: list[str]) -> None:
     assert "carbonscaler (simulated)" in table.stdout
 
 
-def test_cluster_run_without_simulate_says_what_exists(de_trace: list[str]) -> None:
+def test_a_real_cluster_run_needs_each_jobs_file(de_trace: list[str], tmp_path: Path) -> None:
+    state = ["--dir", str(tmp_path / "state")]
     result = runner.invoke(
-        app, ["cluster", "run", str(EXAMPLE), *de_trace, "--start", "2022-06-01"]
+        app,
+        ["cluster", "run", str(EXAMPLE), *de_trace, "--start", "2022-06-01", *state],
     )
     assert result.exit_code == 2
-    assert "--simulate" in result.stderr and "not built yet" in result.stderr
+    assert "needs its job file" in result.stderr and "add --simulate" in result.stderr
+    assert "without one: resnet18, efficientnet" in " ".join(result.stderr.split())
+    result = runner.invoke(
+        app,
+        ["cluster", "run", str(EXAMPLE), *de_trace, "--start", "2022-06-01", "--simulate", *state],
+    )
+    assert result.exit_code == 2 and "keeps no state" in result.stderr
 
 
 def test_advise_cluster_compares_policies_on_a_generated_stream(de_trace: list[str]) -> None:

@@ -102,7 +102,7 @@ def test_a_report_is_made_with_the_source_down_after_a_restart(
     for _ in range(6):  # a few slots in
         first.step()
         assert first.state is not None
-        first.clock.sleep(first._sleep_s(first.state))
+        first.clock.sleep(first.wait_s(first.state))
     # The controller restarts while the source is down for good.
     again = build_simulation(spec, store=store)
     again.feed = DownFrom(replay(again), down_at=0)

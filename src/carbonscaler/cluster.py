@@ -50,6 +50,7 @@ from carbonscaler.decision import (
     level_stretch,
     plan_targets,
     review_rows,
+    switched,
     top_level,
     triggers_rows,
 )
@@ -84,6 +85,10 @@ class Grant:
     fraction: float
     then: int
     reasons: Reason = Reason.NONE
+
+    def level(self, into: float) -> int:
+        """The level ``into`` (0..1) the slot."""
+        return self.then if switched(into, self.fraction) else self.first
 
     @property
     def held(self) -> int:

@@ -662,13 +662,19 @@ def level_rows(
     n = plans.slots
     inside = slot < n
     s = np.minimum(slot, n - 1)
-    planned = np.where(
+    planned = np.where(  # not yet :func:`switched`: the slot's first level
         into < plans.fraction[rows, s] - _EPS, plans.servers[rows, s], plans.after[rows, s]
     )
     level, reasons = _running_rules(
         plans, job, rules, rows, planned[:, None], inside[:, None], (slot + into)[:, None], running
     )
     return level[:, 0], reasons[:, 0]
+
+
+def switched(into: float, fraction: float) -> bool:
+    """Whether a slot's switch point ``fraction`` is reached ``into`` (0..1) the slot: the one
+    rule by which a partly used slot changes level, for plans and for a cluster's grants."""
+    return into >= fraction - _EPS
 
 
 def level_stretch(

@@ -9,15 +9,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from carbonscaler import datasets
+from carbonscaler.backends.base import Backend
 from carbonscaler.backends.local import LocalBackend
 from carbonscaler.backends.profiler import profile_workload
 from carbonscaler.backends.simulated import SimulatedBackend
-from carbonscaler.clock import VirtualClock
+from carbonscaler.clock import ControlClock, VirtualClock
 from carbonscaler.control.carbon import (
     BackgroundFeed,
     CarbonFeed,
@@ -26,15 +27,29 @@ from carbonscaler.control.carbon import (
     ReplayFeed,
 )
 from carbonscaler.control.controller import Controller
-from carbonscaler.control.spec import JobSpec, SpecError
+from carbonscaler.control.spec import JobSpec, SpecError, load_job_spec
 from carbonscaler.control.state import STATE_FILE, ControllerState, StateStore
-from carbonscaler.forecast import Forecaster, ForecastModel, make_forecaster
+from carbonscaler.forecast import Forecaster, ForecastModel, ForecastSpec, make_forecaster
 from carbonscaler.power import DEFAULT_POWERCAP_ROOT, MeterError, MeterUnavailable, RaplMeter
 from carbonscaler.profile import ScalingProfile, parse_profile_spec
 from carbonscaler.providers import live_provider
 from carbonscaler.trace import DEFAULT_MAX_GAP, load_trace
 
-__all__ = ["build_controller", "build_simulation", "make_feed", "make_forecaster_for", "state_path"]
+if TYPE_CHECKING:
+    from carbonscaler.control.cluster_controller import ClusterController
+    from carbonscaler.control.cluster_spec import ClusterSpec
+    from carbonscaler.decision import Rules
+
+__all__ = [
+    "build_cluster",
+    "build_controller",
+    "build_simulation",
+    "forecaster_at",
+    "local_backend",
+    "make_feed",
+    "make_forecaster_for",
+    "state_path",
+]
 
 
 def state_path(spec: JobSpec) -> Path:
@@ -44,19 +59,24 @@ def state_path(spec: JobSpec) -> Path:
 
 def make_forecaster_for(spec: JobSpec) -> Forecaster | None:
     """The spec's forecaster (None means the provider's own forecast)."""
-    model = spec.forecaster
-    if model is ForecastModel.PROVIDER:
+    if spec.forecaster is ForecastModel.PROVIDER:
         return None
+    return forecaster_at(
+        ForecastSpec(spec.forecaster, spec.forecast_error, spec.seed, spec.forecast_quantile),
+        spec.slot_hours,
+    )
+
+
+def forecaster_at(forecast: ForecastSpec, slot_hours: float) -> Forecaster:
+    """The forecaster ``forecast`` names, for slots of ``slot_hours``."""
+    model = forecast.model
     options: dict[str, Any] = {}
     if model.is_noisy:
-        options = {"error": spec.forecast_error, "seed": spec.seed}
+        options = {"error": forecast.error, "seed": forecast.seed}
     elif model.is_periodic:
-        options = {"slots_per_day": max(round(24 / spec.slot_hours), 1)}
+        options = {"slots_per_day": max(round(24 / slot_hours), 1)}
     elif model is ForecastModel.LEARNED:
-        options = {
-            "slots_per_day": max(round(24 / spec.slot_hours), 1),
-            "quantile": spec.forecast_quantile,
-        }
+        options = {"slots_per_day": max(round(24 / slot_hours), 1), "quantile": forecast.quantile}
     return make_forecaster(model, **options)
 
 
@@ -111,6 +131,9 @@ def _profile_and_work(
             assert spec.length_hours is not None
             work = spec.length_hours * float(profile.throughput[spec.min_replicas])
         kind = "file" if spec.profile.endswith(".csv") else "parametric"
+        if kind == "file" and spec.workload.size_env:
+            # A measured profile counts the workload's own steps: size it to the work.
+            env[spec.workload.size_env] = str(math.ceil(work))
         return profile, work, env, f"{kind}:{spec.profile}"
     result = profile_workload(
         spec.workload.command_template,
@@ -180,6 +203,36 @@ def machine_power(
     return power
 
 
+def _saved_or_measured(
+    spec: JobSpec,
+    store: StateStore,
+    on_profile: Callable[[int, int], None] | None,
+    meter: RaplMeter | None,
+) -> tuple[ScalingProfile, float, dict[str, str], str]:
+    """The profile, work, environment and profile source of a job: as saved when it has
+    begun (a restart runs the same job), else from its spec (profiling it if ``auto``)."""
+    loaded = store.load(spec.name)
+    if loaded is None:
+        return _profile_and_work(spec, on_profile, meter)
+    state = loaded[1]
+    profile = ScalingProfile(
+        np.array(state.profile_throughput), np.array(state.profile_power_w), name="saved"
+    )
+    return profile, state.work_required, dict(state.workload_env), state.profile_source
+
+
+def local_backend(spec: JobSpec, env: dict[str, str]) -> LocalBackend:
+    """The spec's workload as local processes, kept in its checkpoint folder."""
+    return LocalBackend(
+        spec.workload.command_template,
+        Path(spec.checkpoint_dir) / "workload",
+        env=env,
+        cwd=spec.workload.cwd,
+        launcher=spec.workload.launcher,
+        stop_timeout_s=spec.workload.stop_timeout_s,
+    )
+
+
 def build_controller(
     spec: JobSpec,
     *,
@@ -194,23 +247,8 @@ def build_controller(
     """
     store = StateStore(state_path(spec))
     meter = machine_meter(spec)
-    loaded = store.load(spec.name)
-    if loaded is not None:
-        state = loaded[1]
-        profile = ScalingProfile(
-            np.array(state.profile_throughput), np.array(state.profile_power_w), name="saved"
-        )
-        work, env, source = state.work_required, dict(state.workload_env), state.profile_source
-    else:
-        profile, work, env, source = _profile_and_work(spec, on_profile, meter)
-    backend = LocalBackend(
-        spec.workload.command_template,
-        Path(spec.checkpoint_dir) / "workload",
-        env=env,
-        cwd=spec.workload.cwd,
-        launcher=spec.workload.launcher,
-        stop_timeout_s=spec.workload.stop_timeout_s,
-    )
+    profile, work, env, source = _saved_or_measured(spec, store, on_profile, meter)
+    backend = local_backend(spec, env)
     feed = make_feed(spec)
     if not isinstance(feed, ReplayFeed):
         # A live source can hang: it is asked in the background, never in the control loop.
@@ -292,3 +330,125 @@ def build_simulation(
         # The simulated workload loses exactly the stated overhead; nothing to measure.
         measure_overhead=False,
     )
+
+
+BackendFactory = Callable[[JobSpec, ScalingProfile, float, dict[str, str]], Backend]
+"""Makes a job's backend from its spec, profile, work and environment."""
+
+
+def build_cluster(
+    name: str,
+    cluster: ClusterSpec,
+    *,
+    folder: Path,
+    feed: CarbonFeed,
+    capacity: int | list[int],
+    policy: str,
+    rules: Rules,
+    overhead_s: float | None = None,
+    time_limit_s: float = 2.0,
+    clock: ControlClock | None = None,
+    backend_for: BackendFactory | None = None,
+    on_step: Callable[[ClusterController], None] | None = None,
+) -> ClusterController:
+    """The local runtime of a shared cluster: every job of ``cluster`` given by its job file
+    run as a :class:`~carbonscaler.control.cluster_controller.ClusterMember`, resuming the
+    state saved in ``folder`` when there is one.
+
+    Args:
+        name: the cluster's name (its row in the state store).
+        cluster: the cluster file, every job given by a job file (``job:``).
+        folder: where the cluster's state goes (every job's workload stays in its own
+            checkpoint folder).
+        feed: the carbon, slot 0 at the cluster's start.
+        capacity: servers per slot.
+        policy: ``joint`` or a per-job policy (:data:`carbonscaler.cluster.CLUSTER_POLICIES`).
+        rules: re-plan threshold and safety margin.
+        overhead_s: wall seconds a rescale loses, which plans reserve (default: the largest
+            of the jobs' own).
+        time_limit_s: seconds a joint plan may take.
+        clock: the time (default: wall time).
+        backend_for: each job's backend (default: its workload as local processes).
+        on_step: called after every tick.
+
+    Raises:
+        SpecError: if a job has no job file, or the jobs' slots or time scales differ.
+        PlanningError: as :class:`~carbonscaler.cluster.ClusterCore`.
+    """
+    from carbonscaler.cluster import ClusterCore
+    from carbonscaler.control.cluster_controller import (
+        ClusterController,
+        ClusterMember,
+        ShiftedFeed,
+    )
+    from carbonscaler.planner.cluster import ClusterJob
+
+    files = cluster.job_files()
+    missing = [job.name for job in cluster.jobs if job.name not in files]
+    if missing:
+        raise SpecError(
+            "a cluster run runs each job's workload, so each job needs its job file, as for "
+            f"`carbonscaler run` (`job: JOB.yaml` in the cluster file); without one: "
+            f"{', '.join(missing)} (or add --simulate to simulate them)"
+        )
+    specs = {job_name: load_job_spec(path) for job_name, path in files.items()}
+    paces = {spec.seconds_per_slot for spec in specs.values()}
+    if len(paces) > 1:
+        raise SpecError(
+            "every job of a cluster runs at the cluster's pace; give them all the same "
+            f"time_scale_s (now {', '.join(sorted(f'{p:g}' for p in paces))} s per slot)"
+        )
+    store = StateStore(folder / STATE_FILE)
+    windows = {job.name: job for job in cluster.cluster_jobs()}
+    members: dict[str, ClusterMember] = {}
+    jobs: list[ClusterJob] = []
+    for job_name, spec in specs.items():
+        profile, work, env, source = _saved_or_measured(spec, store, None, None)
+        window = windows[job_name]
+        backend = (backend_for or _local_backend_for)(spec, profile, work, env)
+        member = ClusterMember(
+            spec,
+            backend,
+            ShiftedFeed(feed, window.arrival_slot),
+            profile,
+            work,
+            store,
+            clock=clock,
+            profile_source=source,
+            workload_env=env,
+            arrival_slot=window.arrival_slot,
+        )
+        members[job_name] = member
+        jobs.append(
+            ClusterJob(
+                job_name, member.job, window.arrival_slot, window.deadline_slot, window.weight
+            )
+        )
+    (seconds,) = paces
+    if overhead_s is None:
+        overhead_s = max(spec.restart_overhead_s for spec in specs.values())
+    core = ClusterCore(
+        jobs,
+        capacity,
+        policy=policy,
+        rules=rules,
+        overhead_h=overhead_s / seconds * cluster.slot_hours,
+        time_limit_s=time_limit_s,
+    )
+    return ClusterController(
+        name,
+        core,
+        jobs,
+        members,
+        feed,
+        store,
+        seconds_per_slot=seconds,
+        clock=clock,
+        on_step=on_step,
+    )
+
+
+def _local_backend_for(
+    spec: JobSpec, profile: ScalingProfile, work: float, env: dict[str, str]
+) -> Backend:
+    return local_backend(spec, env)

@@ -30,7 +30,9 @@ from carbonscaler.cli._common import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from carbonscaler.advisor import Conditions
     from carbonscaler.advisor.cluster import ClusterOutcome
+    from carbonscaler.control.cluster_controller import ClusterRunReport
     from carbonscaler.planner.cluster import ClusterJob, ClusterPlan, Overcommit
     from carbonscaler.trace import CarbonTrace
 
@@ -420,10 +422,23 @@ def run_command(
     replan_threshold: ThresholdOption = 0.05,
     safety_margin: MarginOption = 0.05,
     seed: SeedOption = 0,
+    folder: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="Run folder of a real run: the cluster's state (run again to resume after a "
+            "crash). Default: runs/<JOBS file name>. Each job's workload stays in its own "
+            "checkpoint_dir.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run the jobs of JOBS.yaml online on one shared capacity: jobs are admitted as they
-    arrive and the set is re-planned when a job arrives, finishes or drifts."""
+    arrive and the set is re-planned when a job arrives, finishes or drifts.
+
+    For real, each job is given by its job file (`job: JOB.yaml`, as for `carbonscaler run`)
+    and its workload runs as local processes, at the job files' time scale; with --simulate
+    the jobs follow their profiles on a virtual clock."""
     _run(**locals())
 
 
@@ -448,6 +463,7 @@ def _run(
     replan_threshold: float,
     safety_margin: float,
     seed: int,
+    folder: Path | None,
     as_json: bool,
 ) -> None:
     from carbonscaler.advisor import Conditions
@@ -455,12 +471,13 @@ def _run(
     from carbonscaler.planner.model import PlanningError
     from carbonscaler.planner.policies import savings_pct
 
-    if not simulate:
+    if not simulate and profile_error:
         raise PlanningError(
-            "cluster run drives simulated workloads only (--simulate): running real "
-            "processes under a shared capacity is not built yet; run each job with "
-            "`carbonscaler run JOB.yaml`, or add --simulate"
+            "--profile-error simulates jobs slower or faster than profiled; a real run "
+            "measures them: remove it, or add --simulate"
         )
+    if simulate and folder is not None:
+        raise PlanningError("--dir is a real run's folder; a simulation keeps no state")
     cond = Conditions.from_options(
         forecast_model=forecast_model,
         forecast_error=forecast_error,
@@ -471,9 +488,22 @@ def _run(
         safety_margin=safety_margin,
     )
     when = parse_start(start)
-    jobs, cap, carbon_trace, _, carbon = _cluster_file(
+    jobs, cap, carbon_trace, first, carbon = _cluster_file(
         jobs_file, capacity, when, trace, zone, year, signal, fill_gaps, tz
     )
+    if not simulate:
+        _run_for_real(
+            jobs_file,
+            folder or Path("runs") / jobs_file.stem,
+            cap,
+            carbon_trace,
+            first,
+            policy,
+            cond,
+            rescale_overhead_s or None,
+            as_json=as_json,
+        )
+        return
     outcome = simulate_cluster(jobs, carbon, cap, policy, cond)
     agnostic = simulate_cluster(jobs, carbon, cap, "agnostic", cond)
     saved = savings_pct(outcome.emissions_g, agnostic.emissions_g)
@@ -499,6 +529,99 @@ def _run(
         f"{len(jobs) - agnostic.deadline_misses}/{len(jobs)} deadlines met)",
         highlight=False,
     )
+
+
+def _run_for_real(
+    jobs_file: Path,
+    folder: Path,
+    capacity: int | list[int],
+    carbon_trace: CarbonTrace,
+    first: int,
+    policy: str,
+    cond: Conditions,
+    overhead_s: float | None,
+    *,
+    as_json: bool,
+) -> None:
+    """Run the cluster's workloads as local processes (resuming ``folder``'s state), with a
+    progress display, then print the report."""
+    from carbonscaler.cli._progress import ProgressDisplay
+    from carbonscaler.cli._runner import build_cluster, forecaster_at
+    from carbonscaler.control.carbon import ReplayFeed
+    from carbonscaler.control.cluster_controller import ClusterController
+    from carbonscaler.control.cluster_spec import load_cluster_spec
+
+    spec = load_cluster_spec(jobs_file)
+    feed = ReplayFeed(
+        carbon_trace.values,
+        first,
+        forecaster_at(cond.forecast, spec.slot_hours),
+        f"{carbon_trace.zone} ({carbon_trace.source})",
+    )
+    with ProgressDisplay(f"cluster {jobs_file.stem}", total=100.0, unit="%") as shown:
+
+        def on_step(cluster: ClusterController) -> None:
+            states = [m.state for m in cluster.members.values()]
+            done = sum(s.progress_pct for s in states if s is not None) / len(states)
+            running = sum(s.servers for s in states if s is not None and not s.completed)
+            shown.update(
+                done,
+                detail=f"slot {cluster.slot + 1}, {running} of "
+                f"{cluster.core.capacity_at(max(cluster.slot, 0))} servers in use",
+            )
+
+        controller = build_cluster(
+            jobs_file.stem,
+            spec,
+            folder=folder,
+            feed=feed,
+            capacity=capacity,
+            policy=policy,
+            rules=cond.rules("carbonscaler"),
+            overhead_s=overhead_s,
+            on_step=on_step,
+        )
+        report = controller.run()
+    if as_json:
+        out = report.to_dict()
+        out.update(trace=carbon_trace.source, zone=carbon_trace.zone, folder=str(folder))
+        typer.echo(json.dumps(out, indent=2))
+        return
+    console().print(_run_table(report), highlight=False)
+    saved = report.to_dict()["savings_pct"]
+    console().print(
+        f"[bold]{report.policy}[/]: {report.emissions_g:.1f} gCO2eq, "
+        f"{report.deadlines_met}/{len(report.jobs)} deadlines met"
+        + (
+            ""
+            if saved is None
+            else f"; saved {saved:.1f} % against each job run carbon-"
+            f"agnostic alone ({report.agnostic_emissions_g:.1f} gCO2eq)"
+        )
+        + f". State in {folder}; power estimated from each job's profile (jobs sharing one "
+        "machine cannot be told apart by its energy counters).",
+        highlight=False,
+    )
+
+
+def _run_table(report: ClusterRunReport) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"cluster run, {report.policy} — {len(report.jobs)} jobs")
+    for col in ("job", "gCO2eq", "done after (h)", "deadline", "rescales", "re-plans", "restarts"):
+        table.add_column(col, justify="left" if col == "job" else "right")
+    for job in report.jobs:
+        done = job.completion_hours
+        table.add_row(
+            job.name,
+            f"{job.emissions_g:.1f}",
+            "not done" if done is None else f"{done:.2f}",
+            f"met ({job.deadline_hours:g} h)" if job.deadline_met else "[red]missed[/]",
+            str(job.rescales),
+            str(job.replans),
+            str(job.restarts),
+        )
+    return table
 
 
 def _outcome_table(

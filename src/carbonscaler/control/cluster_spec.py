@@ -85,6 +85,12 @@ class ClusterJobSpec(JobSettings):
     arrival_hours: float = Field(
         0.0, ge=0, description="When the job arrives, in hours after the plan's start."
     )
+    job: str | None = Field(
+        None,
+        description="A job file as for `carbonscaler run` (workload, checkpoints): the job's "
+        "settings come from it, and `cluster run` runs its workload. Beside it an entry takes "
+        "only arrival_hours and weight.",
+    )
     weight: float = Field(
         1.0,
         gt=0,
@@ -103,8 +109,9 @@ class ClusterJobSpec(JobSettings):
             )
         if self.profile == "auto":
             raise ValueError(
-                "profile 'auto' measures a running job; give a CSV path or a shape such as "
-                "'linear' or 'amdahl:0.05'"
+                "profile 'auto' measures a running job, but a cluster plans its jobs before "
+                "they run; give a CSV path (measure one with `carbonscaler profile JOB.yaml "
+                "--out FILE.csv`) or a shape such as 'linear' or 'amdahl:0.05'"
             )
         if self.progress >= 100:
             raise ValueError("progress is 100 %: the job is done; remove it from the set")
@@ -188,6 +195,10 @@ class ClusterSpec(BaseModel):
             jobs.append(job.model_copy(update={"profile": profile}))
         return self.model_copy(update={"jobs": jobs})
 
+    def job_files(self) -> dict[str, Path]:
+        """The job file of each job given by one (``job:``), by name."""
+        return {job.name: Path(job.job) for job in self.jobs if job.job is not None}
+
     def cluster_jobs(self) -> list[ClusterJob]:
         """The planner's jobs: profiles read, work sized, windows in slots from the start.
 
@@ -247,12 +258,69 @@ def _validated(data: dict[str, Any], file: Path) -> ClusterSpec:
     Raises:
         SpecError: naming the file, each field (and job) and what is wrong.
     """
+    data = _with_job_files(data, file)
     try:
         spec = ClusterSpec.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(_describe(err, data) for err in exc.errors())
         raise SpecError(f"{file}: {problems}") from None
     return spec.resolve_paths(file.resolve().parent)
+
+
+# What a job file gives a cluster's entry: the job's settings, not how it runs alone.
+_FROM_JOB_FILE = {
+    "name",
+    "profile",
+    "min_replicas",
+    "max_replicas",
+    "length_hours",
+    "work",
+    "deadline",
+    "deadline_hours",
+    "slack",
+    "progress",
+}
+_BESIDE_JOB_FILE = {"job", "arrival_hours", "arrivalHours", "weight"}
+
+
+def _with_job_files(data: dict[str, Any], file: Path) -> dict[str, Any]:
+    """Entries given by a job file (``job: PATH``, relative to ``file``) filled in from it.
+
+    Raises:
+        SpecError: naming the entry or the job file and what is wrong.
+        FileNotFoundError: if a job file does not exist.
+    """
+    from carbonscaler.control.spec import load_job_spec
+
+    jobs = data.get("jobs")
+    if not isinstance(jobs, list) or not any(isinstance(j, dict) and "job" in j for j in jobs):
+        return data
+    minutes = data.get("slot_minutes", data.get("slotMinutes", 60))
+    entries: list[Any] = []
+    for index, entry in enumerate(jobs):
+        if not isinstance(entry, dict) or "job" not in entry:
+            entries.append(entry)
+            continue
+        extra = sorted(set(entry) - _BESIDE_JOB_FILE)
+        if extra:
+            raise SpecError(
+                f"{file}: jobs.{index}: an entry given by its job file takes only "
+                f"arrival_hours and weight beside job:; {', '.join(extra)} "
+                f"{'comes' if len(extra) == 1 else 'come'} from the job file"
+            )
+        path = Path(str(entry["job"]))
+        path = path if path.is_absolute() else file.resolve().parent / path
+        if not path.is_file():
+            raise FileNotFoundError(f"{file}: jobs.{index}: job file not found: {path}")
+        spec = load_job_spec(path)
+        if isinstance(minutes, int) and spec.slot_seconds != minutes * 60:
+            raise SpecError(
+                f"{path}: slot_seconds is {spec.slot_seconds} but the cluster's slots are "
+                f"{minutes} minutes ({file}: slot_minutes); give every job the cluster's slots"
+            )
+        settings = spec.model_dump(include=_FROM_JOB_FILE, exclude_none=True)
+        entries.append({**settings, **entry, "job": str(path)})
+    return {**data, "jobs": entries}
 
 
 def _describe(err: Any, data: dict[str, Any]) -> str:

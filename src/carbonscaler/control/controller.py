@@ -236,7 +236,8 @@ class Controller:
         state.rescale_seconds.append(max(lost, 0.0))
         state.change_wall = None
 
-    def _progress(self, state: ControllerState) -> Progress:
+    def progress(self, state: ControllerState) -> Progress:
+        """What the decision core needs to know of the job's progress."""
         return Progress(state.work_done, state.nominal_work, state.servers, state.started)
 
     def prepare(self) -> ControllerState:
@@ -264,18 +265,7 @@ class Controller:
         except CarbonUnavailable as exc:
             raise PlanningError(f"no carbon forecast to plan on: {exc}") from exc
         decision = first_plan(self.job, self.rules, forecast, overhead_h=self.overhead_h())
-        self.plans = decision.plans
-        state = ControllerState(
-            wall_start=self.clock.now(),
-            work_required=self.job.work,
-            deadline_slots=n,
-            plan=decision.plans.to_dict(),
-            profile_throughput=self.profile.throughput.tolist(),
-            profile_power_w=self.profile.power_w.tolist(),
-            profile_source=self.profile_source,
-            workload_env=self.workload_env,
-        )
-        self.state = state
+        state = self._begin(decision.plans, self.clock.now())
         self._event(
             "planned",
             0.0,
@@ -286,6 +276,21 @@ class Controller:
         )
         self._save()
         return state
+
+    def _begin(self, plans: Plans, wall_start: float) -> ControllerState:
+        """A fresh state for the job, arrived at ``wall_start`` with ``plans`` in force."""
+        self.plans = plans
+        self.state = ControllerState(
+            wall_start=wall_start,
+            work_required=self.job.work,
+            deadline_slots=plans.slots,  # the plan runs from arrival to the deadline
+            plan=plans.to_dict(),
+            profile_throughput=self.profile.throughput.tolist(),
+            profile_power_w=self.profile.power_w.tolist(),
+            profile_source=self.profile_source,
+            workload_env=self.workload_env,
+        )
+        return self.state
 
     # -- one step ------------------------------------------------------------------------
 
@@ -371,7 +376,7 @@ class Controller:
             self.job,
             self.rules,
             slot,
-            self._progress(state),
+            self.progress(state),
             forecast,
             overhead_h=self.overhead_h(),
         )
@@ -396,6 +401,21 @@ class Controller:
 
     def step(self) -> bool:
         """One tick; True once the job is done."""
+        status = self.observe()
+        if status is None:
+            assert self.state is not None
+            return self.state.completed
+        self.act(status)
+        return False
+
+    def observe(self) -> WorkloadState | None:
+        """The first half of a tick: account the time since the last one, read the
+        workload's progress and state, and settle completion and crashes.
+
+        Returns:
+            The workload's state, or None when there is nothing to decide: the job is done
+            (``state.completed``), or has done its work and is being let exit.
+        """
         state, plans = self.state, self.plans
         assert state is not None and plans is not None, "call prepare() first"
         hours = self.job_hours(state)
@@ -410,25 +430,39 @@ class Controller:
             if status is WorkloadState.RUNNING:
                 # Finished its work; let it write its result and exit.
                 self._save()
-                return False
+                return None
             state.completed = True
             state.completion_hours = hours
             state.servers = 0
             self._event("done", hours, emissions_g=state.emissions_g)
             self._save()
-            return True
+            return None
         if status is WorkloadState.CRASHED:
             state.restarts += 1
             self._event("crashed", hours, servers=state.servers)
             state.servers = 0
+        return status
+
+    def level(self, hours: float, running: int) -> tuple[int, Reason]:
+        """The server count to run at job time ``hours`` and why (the decision core's
+        :func:`~carbonscaler.decision.servers_now` on the plan in force)."""
+        assert self.plans is not None
+        return servers_now(self.plans, self.job, self.rules, hours, running)
+
+    def act(self, status: WorkloadState) -> None:
+        """The second half of a tick: at a slot boundary the plan's review, then the level to
+        run now, set through the backend (``status`` is what :meth:`observe` returned)."""
+        state = self.state
+        assert state is not None
+        hours = self.job_hours(state)
         slot, _ = slot_of(hours, self.spec.slot_hours)
         if slot > state.slot:
             state.slot = slot
             self._review(state, slot, hours)
-        desired, why = servers_now(plans, self.job, self.rules, hours, state.servers)
+        desired, why = self.level(hours, state.servers)
         if int(why) != state.level_reason:
             state.level_reason = int(why)
-            if why:  # late, or overrunning the plan: said once when it starts
+            if why:  # late, overrunning the plan, queued: said once when it starts
                 self._event(why.words[0], hours, servers=desired)
         running = self.backend.workers
         if status is WorkloadState.CRASHED and desired > 0:
@@ -454,32 +488,41 @@ class Controller:
             self._save()
         elif self.on_step is not None:
             self.on_step(state)
-        return False
 
     def _save(self) -> None:
+        self.store.save(*self.to_save())
+        if self.on_step is not None:
+            assert self.state is not None
+            self.on_step(self.state)
+
+    def to_save(self) -> tuple[str, dict[str, Any], ControllerState, list[Event]]:
+        """What :meth:`_save` writes — name, spec, state, the events since the last save —
+        taken as saved (for a caller that writes it in a transaction of its own)."""
         assert self.state is not None
         self._saved_at = self.clock.now()
-        self.store.save(
-            self.spec.name, self.spec.model_dump(mode="json"), self.state, self._pending
-        )
-        self._pending = []
-        if self.on_step is not None:
-            self.on_step(self.state)
+        events, self._pending = self._pending, []
+        return self.spec.name, self.spec.model_dump(mode="json"), self.state, events
 
     def run(self) -> RunReport:
         """Run the job to completion (or until interrupted) and report."""
         state = self.prepare()
-        if state.backend and not state.completed:
-            if self.backend.attach(state.backend):
-                self._event("attached", self.job_hours(state), **state.backend)
-            else:
-                self._settle_gap(state)
-                state.servers = 0
+        self.reattach(state)
         while not state.completed:
             if self.step():
                 break
-            self.clock.sleep(self._sleep_s(state))
+            self.clock.sleep(self.wait_s(state))
         return self.report()
+
+    def reattach(self, state: ControllerState) -> None:
+        """After a restart: take over the workload if it kept running, else account the time
+        it ran unwatched (:meth:`_settle_gap`)."""
+        if not state.backend or state.completed:
+            return
+        if self.backend.attach(state.backend):
+            self._event("attached", self.job_hours(state), **state.backend)
+        else:
+            self._settle_gap(state)
+            state.servers = 0
 
     def _settle_gap(self, state: ControllerState) -> None:
         """The workload ended while no controller watched: account the time it really ran
@@ -503,7 +546,7 @@ class Controller:
             self._event("done", until_h, emissions_g=state.emissions_g)
         self._save()
 
-    def _sleep_s(self, state: ControllerState) -> float:
+    def wait_s(self, state: ControllerState) -> float:
         """Until the next tick, or sooner if a slot boundary, a planned change or the
         workload's completion comes first."""
         assert self.plans is not None

@@ -9,7 +9,9 @@ commands) from blocking the writer. SQL is parameterised throughout.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,15 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events (name, id);
+CREATE TABLE IF NOT EXISTS clusters (
+    name TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    updated REAL NOT NULL
+);
 """
+# Version 2 added the clusters table (a shared cluster's own decisions beside its jobs' runs);
+# the schema's CREATE ... IF NOT EXISTS brings a version-1 file up to date.
+_VERSION = 2
 
 
 @dataclass
@@ -136,7 +146,7 @@ class StateStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = open_database(
-            self.path, schema=_SCHEMA, version=1, error=StateError, what="state database"
+            self.path, schema=_SCHEMA, version=_VERSION, error=StateError, what="state database"
         )
 
     @classmethod
@@ -150,7 +160,9 @@ class StateStore:
         """
         store = cls.__new__(cls)
         store.path = Path(path)
-        store._db = open_read_only(store.path, version=1, error=StateError, what="state database")
+        store._db = open_read_only(
+            store.path, version=_VERSION, error=StateError, what="state database"
+        )
         return store
 
     def runs(self) -> list[tuple[str, float]]:
@@ -170,17 +182,53 @@ class StateStore:
     ) -> None:
         """Write the state and new events atomically."""
         with transaction(self._db) as db:
+            self._write_run(db, name, spec, state, events)
+
+    def save_cluster(
+        self,
+        name: str,
+        state: dict[str, Any],
+        runs: Sequence[tuple[str, dict[str, Any], ControllerState, list[Event]]] = (),
+    ) -> None:
+        """Write a shared cluster's own state (its decisions) and its jobs' ``runs`` — name,
+        spec, state, new events, as for :meth:`save` — in one transaction: a decision and
+        what the jobs made of it are never saved one without the other."""
+        with transaction(self._db) as db:
+            for run in runs:
+                self._write_run(db, *run)
             db.execute(
-                "INSERT INTO runs (name, spec, state, updated) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, state = excluded.state, "
+                "INSERT INTO clusters (name, state, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET state = excluded.state, "
                 "updated = excluded.updated",
-                (name, json.dumps(spec), state.to_json(), time.time()),
+                (name, json.dumps(state), time.time()),
             )
-            db.executemany(
-                "INSERT INTO events (name, wall_time, job_hours, kind, detail) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(name, e.wall_time, e.job_hours, e.kind, json.dumps(e.detail)) for e in events],
-            )
+
+    @staticmethod
+    def _write_run(
+        db: sqlite3.Connection,
+        name: str,
+        spec: dict[str, Any],
+        state: ControllerState,
+        events: list[Event],
+    ) -> None:
+        db.execute(
+            "INSERT INTO runs (name, spec, state, updated) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, state = excluded.state, "
+            "updated = excluded.updated",
+            (name, json.dumps(spec), state.to_json(), time.time()),
+        )
+        db.executemany(
+            "INSERT INTO events (name, wall_time, job_hours, kind, detail) VALUES (?, ?, ?, ?, ?)",
+            [(name, e.wall_time, e.job_hours, e.kind, json.dumps(e.detail)) for e in events],
+        )
+
+    def load_cluster(self, name: str) -> dict[str, Any] | None:
+        """The state :meth:`save_cluster` last wrote for cluster ``name``, or None."""
+        row = self._db.execute("SELECT state FROM clusters WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        loaded: dict[str, Any] = json.loads(row[0])
+        return loaded
 
     def events(self, name: str) -> list[Event]:
         rows = self._db.execute(
