@@ -124,6 +124,9 @@ def test_on_a_virtual_clock_the_runtime_is_the_advisors_simulation(
         assert ran.completion_hours == pytest.approx(expected.completion_hours, abs=1e-6)
         assert ran.deadline_met == expected.deadline_met
         assert ran.replans == expected.replans
+    fifo = simulate_cluster(list(controller.jobs.values()), trace, 2, "agnostic")
+    assert report.agnostic_emissions_g == pytest.approx(fifo.emissions_g, rel=1e-9)
+    assert report.agnostic_deadlines_met == 3 - fifo.deadline_misses
     held = np.array(report.servers_by_slot)
     assert (held <= np.array(report.capacity) + 1e-9).all()
     assert held[: len(advisor.servers_used)] == pytest.approx(

@@ -37,7 +37,7 @@ import urllib3  # noqa: E402
 from kubernetes import client  # noqa: E402
 
 from carbonscaler.backends.kubernetes import KubeflowApi  # noqa: E402
-from carbonscaler.kube.crd import GROUP, KINDS, MPI, PYTORCH, VERSION  # noqa: E402
+from carbonscaler.kube.crd import CLUSTER, GROUP, KINDS, MPI, PYTORCH, VERSION  # noqa: E402
 from carbonscaler.kube.operations import (  # noqa: E402
     CreateChild,
     DeleteChild,
@@ -166,7 +166,7 @@ def test_the_first_apply_holds_no_custom_resource() -> None:
         if d["kind"] != "CustomResourceDefinition" and not is_builtin(d["apiVersion"], d["kind"])
     ]
     assert custom == []
-    assert crd_kinds(FIRST_APPLY) == {(GROUP, kind) for kind in KINDS}
+    assert crd_kinds(FIRST_APPLY) == {(GROUP, kind) for kind in KINDS} | {(GROUP, CLUSTER.kind)}
     assert not any(group_of(d["apiVersion"]) == "kopf.dev" for d in FIRST_APPLY)
 
 
@@ -402,6 +402,17 @@ def operator_calls() -> tuple[list[Call], set[str]]:
         assert kubeflow.read_progress(kind, "jobs", "job") is None
         kubeflow.ensure_progress_channel(kind, owner)
         assert kubeflow.read_progress(kind, "jobs", "job") is None  # created empty
+    # A shared cluster's pass: it lists the namespace's clusters and jobs, patches the
+    # cluster's status (the rest goes through the KubeflowApi methods above).
+    from carbonscaler.operator import handlers
+    from carbonscaler.operator.carbon import CarbonBoard
+
+    for plural in [CLUSTER.plural, *(kind.plural for kind in KINDS.values())]:
+        pool.objects[f"/apis/{GROUP}/{VERSION}/namespaces/jobs/{plural}"] = {"items": []}
+    context = handlers.OperatorContext(api=kubeflow._target, board=CarbonBoard())
+    assert handlers.read_cluster(context, "jobs", "shared") is None
+    assert handlers.list_members(context, "jobs", "shared") == []
+    handlers.patch_cluster_status(context, "jobs", "shared", {"phase": "Ready"})
     return pool.calls, kubeflow.ran
 
 
@@ -411,6 +422,7 @@ def operator_calls() -> tuple[list[Call], set[str]]:
 # given namespace patterns instead of --all-namespaces), and post Events (handler errors).
 KOPF_NEEDS: set[Permission] = {
     *((GROUP, kind.plural, verb) for kind in KINDS.values() for verb in ("list", "watch", "patch")),
+    *((GROUP, CLUSTER.plural, verb) for verb in ("list", "watch", "patch")),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     ("", "namespaces", "list"),
@@ -456,6 +468,9 @@ def test_the_cluster_role_grants_every_call_the_operator_makes_and_nothing_else(
         ("kubeflow.org", "mpijobs", "delete"),
         ("kubeflow.org", "mpijobs", "get"),
         (GROUP, "carbonscalermpijobs/status", "patch"),
+        (GROUP, "carbonscalerclusters/status", "patch"),
+        (GROUP, "carbonscalerclusters", "list"),
+        (GROUP, "carbonscalerpytorchjobs", "list"),
         (GROUP, "carbonscalermpijobs/finalizers", "update"),
         (GROUP, "carbonscalerpytorchjobs/finalizers", "update"),
         ("", "events", "create"),

@@ -15,12 +15,19 @@ import yaml
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 jsonschema = pytest.importorskip("jsonschema")
 
-from carbonscaler.kube.crd import KINDS, crd_manifest  # noqa: E402
+from carbonscaler.kube.crd import (  # noqa: E402
+    CLUSTER,
+    KINDS,
+    CarbonScalerClusterSpec,
+    cluster_crd_manifest,
+    crd_manifest,
+)
 from carbonscaler.operator.reconcile import Settings  # noqa: E402
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 VERSIONS = ("1.27", kubernetes_validate.latest_version())
-OURS = set(KINDS)
+OURS = set(KINDS)  # the job kinds
+SHARED = {CLUSTER.kind}  # the shared-capacity kind
 
 
 def documents() -> list[tuple[Path, dict[str, Any]]]:
@@ -34,7 +41,7 @@ def documents() -> list[tuple[Path, dict[str, Any]]]:
 
 DOCS = documents()
 K8S_DOCS = [
-    (p, d) for p, d in DOCS if d["kind"] not in OURS | {"Kustomization"}
+    (p, d) for p, d in DOCS if d["kind"] not in OURS | SHARED | {"Kustomization"}
 ]  # fmt: skip
 
 
@@ -48,7 +55,7 @@ def test_deploy_has_every_part() -> None:
     assert {
         "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "ServiceAccount",
         "Deployment", "Service", "PersistentVolumeClaim", "DaemonSet", "ConfigMap",
-        "CarbonScalerMPIJob", "CarbonScalerPyTorchJob", "Role",
+        "CarbonScalerMPIJob", "CarbonScalerPyTorchJob", "Role", "CarbonScalerCluster",
     } <= kinds  # fmt: skip
     # kopf runs standalone: no peering CRD or object to apply (tests/test_k8s_install.py).
     assert not any(d["apiVersion"].startswith("kopf.dev/") for _, d in DOCS)
@@ -91,6 +98,8 @@ def test_crd_files_are_generated_from_the_code() -> None:
     for kind in KINDS.values():
         on_disk = yaml.safe_load((DEPLOY / "crds" / f"{kind.plural}.yaml").read_text())
         assert on_disk == crd_manifest(kind), "run: python -m carbonscaler.kube.crd deploy/crds"
+    on_disk = yaml.safe_load((DEPLOY / "crds" / f"{CLUSTER.plural}.yaml").read_text())
+    assert on_disk == cluster_crd_manifest(), "run: python -m carbonscaler.kube.crd deploy/crds"
 
 
 _FORBIDDEN_IN_JUNCTORS = {"type", "description", "default", "additionalProperties", "nullable"}
@@ -136,6 +145,10 @@ def test_crds_are_structural(kind: str) -> None:
             assert version["subresources"] == {"status": {}}
             columns = {c["name"] for c in version["additionalPrinterColumns"]}
             assert {"Phase", "Replicas", "Progress", "Deadline", "Age"} <= columns
+        if kind in SHARED:
+            assert version["subresources"] == {"status": {}}
+            columns = {c["name"] for c in version["additionalPrinterColumns"]}
+            assert {"Capacity", "Granted", "Jobs", "Queued", "Age"} <= columns
 
 
 def validator(kind: str) -> Any:
@@ -162,6 +175,83 @@ def test_example_jobs_validate_against_our_crds(item: tuple[Path, dict[str, Any]
             kubernetes_validate.validate(template, version, strict=True)
     profiles = {d["metadata"]["name"] for _, d in DOCS if d["kind"] == "ConfigMap"}
     assert doc["carbonScalerSpec"]["profileName"] in profiles
+
+
+CLUSTERS = [(p, d) for p, d in DOCS if d["kind"] in SHARED]
+
+
+def cel_failures(schema: dict[str, Any], value: Any, old: Any = None) -> list[str]:
+    """The messages of the CEL rules on ``schema`` (one node) that ``value`` breaks, with
+    cel-python, defaults applied as the API server does; a transition rule (``oldSelf``)
+    only when there is an ``old`` value (an update)."""
+    import celpy
+
+    def defaults(doc: dict[str, Any]) -> dict[str, Any]:
+        out = dict(doc)
+        for name, prop in schema["properties"].items():
+            if name not in out and "default" in prop:
+                out[name] = prop["default"]
+        return out
+
+    env = celpy.Environment()
+    failures = []
+    for rule in schema.get("x-kubernetes-validations", []):
+        if "oldSelf" in rule["rule"] and old is None:
+            continue
+        activation = {"self": celpy.json_to_cel(defaults(value))}
+        if old is not None:
+            activation["oldSelf"] = celpy.json_to_cel(defaults(old))
+        if not env.program(env.compile(rule["rule"])).evaluate(activation):
+            failures.append(rule["message"])
+    return failures
+
+
+@pytest.mark.parametrize("item", CLUSTERS, ids=[doc_id(i) for i in CLUSTERS])
+def test_example_clusters_validate_against_their_crd(item: tuple[Path, dict[str, Any]]) -> None:
+    _, doc = item
+    errors = sorted(str(e.message) for e in validator(doc["kind"]).iter_errors(doc))
+    assert errors == []
+    spec_schema = cluster_crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"
+    ]["spec"]
+    assert cel_failures(spec_schema, doc["spec"]) == []
+    spec = CarbonScalerClusterSpec.model_validate(doc["spec"])  # the operator accepts it too
+    # Its jobs name it, in the same file, and share its slots.
+    members = [d for p, d in DOCS if (d.get("carbonScalerSpec") or {}).get("cluster")]
+    assert {d["carbonScalerSpec"]["cluster"] for d in members} == {doc["metadata"]["name"]}
+    for member in members:
+        assert Settings.from_resource(KINDS[member["kind"]], member).slot_seconds == (
+            spec.slot_seconds
+        )
+
+
+@pytest.mark.parametrize(
+    ("spec", "old", "broken"),
+    [
+        ({"capacity": 4}, None, None),
+        ({"capacitySchedule": [4, 2, 8]}, None, None),
+        ({}, None, "exactly one of capacity"),
+        ({"capacity": 4, "capacitySchedule": [4]}, None, "exactly one of capacity"),
+        ({"capacity": 6}, {"capacity": 4}, None),  # the capacity may change
+        ({"capacity": 4, "slotSeconds": 60}, {"capacity": 4}, "slotSeconds cannot change"),
+    ],
+)
+def test_the_cluster_crd_takes_one_capacity_and_keeps_its_slots(
+    spec: dict[str, Any], old: dict[str, Any] | None, broken: str | None
+) -> None:
+    schema = cluster_crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    failures = cel_failures(schema["properties"]["spec"], spec, old)
+    if broken is None:
+        assert failures == []
+        CarbonScalerClusterSpec.model_validate(spec)
+    else:
+        assert any(broken in f for f in failures), failures
+    assert cel_failures(schema["properties"]["spec"], {"capacitySchedule": [4]}) == []
+    bad = {"apiVersion": "carbonscaler.io/v1", "kind": CLUSTER.kind, "metadata": {}}
+    check = validator(CLUSTER.kind)
+    assert not check.is_valid({**bad, "spec": {"capacity": -1}})
+    assert not check.is_valid({**bad, "spec": {"capacity": 4, "policy": "fastest"}})
+    assert not check.is_valid({**bad, "spec": {"capacitySchedule": []}})
 
 
 def test_crd_schema_rejects_bad_settings() -> None:
@@ -205,6 +295,8 @@ def test_operator_rbac_is_least_privilege() -> None:
     assert ("", "configmaps", "get") in granted and ("", "configmaps", "list") not in granted
     assert ("", "configmaps", "patch") not in granted  # only the jobs' own pods write progress
     assert ("carbonscaler.io", "carbonscalermpijobs/status", "patch") in granted
+    assert ("carbonscaler.io", "carbonscalerclusters/status", "patch") in granted
+    assert ("carbonscaler.io", "carbonscalerclusters", "get") not in granted  # lists suffice
     assert not any(r in {"secrets", "pods"} for _, r, _ in granted)
 
 
@@ -291,6 +383,9 @@ def test_one_slot_length_paces_the_carbon_service_the_operator_and_the_jobs() ->
     for _, doc in DOCS:
         if doc["kind"] in OURS:
             assert doc["carbonScalerSpec"].get("slotSeconds", pace) == pace, doc["metadata"]
+        if doc["kind"] in SHARED:
+            assert doc["spec"].get("slotSeconds", pace) == pace, doc["metadata"]
+    assert CarbonScalerClusterSpec.model_fields["slot_seconds"].default == pace
 
 
 def test_dockerfile_copies_what_exists() -> None:

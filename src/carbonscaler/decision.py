@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -114,6 +115,14 @@ class Reason(enum.IntFlag):
     def words(self) -> list[str]:
         """The reasons as lower-case words, for events and reports."""
         return [r.name.lower().replace("_", "-") for r in Reason if r and r in self and r.name]
+
+    @classmethod
+    def from_words(cls, words: Iterable[str]) -> Reason:
+        """The reasons :attr:`words` wrote (unknown words are ignored: a newer writer's)."""
+        reasons = cls.NONE
+        for word in words:
+            reasons |= cls.__members__.get(str(word).upper().replace("-", "_"), cls.NONE)
+        return reasons
 
 
 @dataclass(frozen=True)

@@ -132,8 +132,10 @@ def _profile_and_work(
             work = spec.length_hours * float(profile.throughput[spec.min_replicas])
         kind = "file" if spec.profile.endswith(".csv") else "parametric"
         if kind == "file" and spec.workload.size_env:
-            # A measured profile counts the workload's own steps: size it to the work.
-            env[spec.workload.size_env] = str(math.ceil(work))
+            # A measured profile (`carbonscaler profile`) counts the workload's steps per real
+            # hour; sized so that it lasts length_hours of job time at the spec's time scale.
+            job_hour_s = spec.seconds_per_slot / spec.slot_hours
+            env[spec.workload.size_env] = str(math.ceil(work * job_hour_s / 3600.0))
         return profile, work, env, f"{kind}:{spec.profile}"
     result = profile_workload(
         spec.workload.command_template,
@@ -344,7 +346,7 @@ def build_cluster(
     feed: CarbonFeed,
     capacity: int | list[int],
     policy: str,
-    rules: Rules,
+    rules: Rules | None = None,
     overhead_s: float | None = None,
     time_limit_s: float = 2.0,
     clock: ControlClock | None = None,
@@ -363,7 +365,8 @@ def build_cluster(
         feed: the carbon, slot 0 at the cluster's start.
         capacity: servers per slot.
         policy: ``joint`` or a per-job policy (:data:`carbonscaler.cluster.CLUSTER_POLICIES`).
-        rules: re-plan threshold and safety margin.
+        rules: re-plan threshold and safety margin (default: the job files' most cautious:
+            the smallest threshold, the largest margin).
         overhead_s: wall seconds a rescale loses, which plans reserve (default: the largest
             of the jobs' own).
         time_limit_s: seconds a joint plan may take.
@@ -381,7 +384,9 @@ def build_cluster(
         ClusterMember,
         ShiftedFeed,
     )
+    from carbonscaler.decision import Rules
     from carbonscaler.planner.cluster import ClusterJob
+    from carbonscaler.planner.policies import Policy
 
     files = cluster.job_files()
     missing = [job.name for job in cluster.jobs if job.name not in files]
@@ -425,6 +430,12 @@ def build_cluster(
             )
         )
     (seconds,) = paces
+    if rules is None:
+        rules = Rules(
+            Policy.CARBONSCALER,
+            min(spec.replan_threshold for spec in specs.values()),
+            max(spec.safety_margin for spec in specs.values()),
+        )
     if overhead_s is None:
         overhead_s = max(spec.restart_overhead_s for spec in specs.values())
     core = ClusterCore(

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,8 +39,8 @@ from carbonscaler.cluster import ClusterCore, Grant
 from carbonscaler.control.carbon import CarbonFeed, CarbonUnavailable
 from carbonscaler.control.controller import Controller, RunReport
 from carbonscaler.control.state import ControllerState, StateStore
-from carbonscaler.decision import Plans, Reason, slot_of
-from carbonscaler.planner.cluster import ClusterJob
+from carbonscaler.decision import Plans, Reason, observed_rate, slot_of
+from carbonscaler.planner.cluster import ClusterJob, ClusterPlan, plan_cluster_agnostic
 from carbonscaler.planner.model import FloatArray, PlanningError
 
 __all__ = ["ClusterController", "ClusterMember", "ClusterRunReport", "ShiftedFeed"]
@@ -128,7 +128,13 @@ class ClusterRunReport:
 
     Attributes:
         policy: the cluster's policy.
-        jobs: each admitted job's report (its emissions, its own carbon-agnostic baseline).
+        jobs: each admitted job's report (its emissions, and its own baseline: the job
+            alone at ``m`` servers from its arrival).
+        agnostic_emissions_g: the cluster's baseline: carbon-agnostic first come, first
+            served under the same capacity (every job at ``m`` servers from its arrival,
+            waiting its turn), at the speed each job was seen to run and the intensity each
+            slot was charged at.
+        agnostic_deadlines_met: how many jobs that baseline finishes by their deadlines.
         capacity: servers available per slot from the cluster's start.
         servers_by_slot: mean servers all jobs held per slot (a change takes effect at the
             first tick of a slot, and a finished job holds its servers until it exits).
@@ -139,6 +145,8 @@ class ClusterRunReport:
 
     policy: str
     jobs: tuple[RunReport, ...]
+    agnostic_emissions_g: float
+    agnostic_deadlines_met: int
     capacity: tuple[int, ...]
     servers_by_slot: tuple[float, ...]
     granted_by_slot: tuple[int, ...]
@@ -148,11 +156,6 @@ class ClusterRunReport:
     @property
     def emissions_g(self) -> float:
         return float(sum(j.emissions_g for j in self.jobs))
-
-    @property
-    def agnostic_emissions_g(self) -> float:
-        """Every job's own baseline: its work at ``m`` servers from its arrival."""
-        return float(sum(j.agnostic_emissions_g for j in self.jobs))
 
     @property
     def deadlines_met(self) -> int:
@@ -166,6 +169,7 @@ class ClusterRunReport:
             "completed": self.completed,
             "emissions_g": self.emissions_g,
             "agnostic_emissions_g": agnostic,
+            "agnostic_deadlines_met": self.agnostic_deadlines_met,
             "savings_pct": 100.0 * (1 - self.emissions_g / agnostic) if agnostic > 0 else None,
             "deadlines_met": self.deadlines_met,
             "slot_hours": self.slot_hours,
@@ -402,12 +406,51 @@ class ClusterController:
                 slot = member.arrival_slot + i
                 used[slot] = used.get(slot, 0.0) + servers
                 slots = max(slots, slot + 1 if servers > 0 else slots)
+        baseline = self._agnostic()
         return ClusterRunReport(
             policy=self.core.policy,
             jobs=tuple(reports),
+            agnostic_emissions_g=baseline.emissions_g,
+            agnostic_deadlines_met=baseline.deadlines_met,
             capacity=tuple(self.core.capacity_at(i) for i in range(slots)),
             servers_by_slot=tuple(used.get(i, 0.0) for i in range(slots)),
             granted_by_slot=tuple(self.granted_by_slot.get(str(i), 0) for i in range(slots)),
             slot_hours=next(iter(self.members.values())).spec.slot_hours,
             completed=self.done,
         )
+
+    def _agnostic(self) -> ClusterPlan:
+        """Carbon-agnostic first come, first served under the capacity, for the work each
+        job did at the speed it ran (as each job's own baseline corrects its profile), on
+        the intensity the run was charged at (the slots it never reached: the feed's)."""
+        jobs = []
+        slots = self._latest
+        for job in self.jobs.values():
+            member = self.members[job.name]
+            state = member.state
+            observed = 1.0
+            if state is not None:
+                observed = float(
+                    observed_rate(np.array(state.work_done), np.array(state.nominal_work))
+                )
+            work = job.job.work / observed
+            jobs.append(replace(job, job=job.job.with_work(work)))
+            per_slot = float(job.job.profile.throughput[job.job.min_servers]) * job.job.slot_hours
+            slots += math.ceil(work / per_slot) if per_slot > 0 else 0
+        charged = {
+            m.arrival_slot + int(k): v
+            for m in self._admitted()
+            if m.state is not None
+            for k, v in m.state.carbon_by_slot.items()
+        }
+        carbon = []
+        for slot in range(slots):
+            if slot in charged:
+                carbon.append(charged[slot])
+                continue
+            try:
+                carbon.append(float(self.feed.actual(slot)))
+            except CarbonUnavailable:
+                break
+        capacity = [self.core.capacity_at(i) for i in range(len(carbon))]
+        return plan_cluster_agnostic(jobs, np.array(carbon), capacity)

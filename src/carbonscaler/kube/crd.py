@@ -1,10 +1,13 @@
 """The custom resources: names, and the CRDs with their structural OpenAPI schemas.
 
-Two kinds in group ``carbonscaler.io``, version ``v1``. Each holds a Kubeflow training-job spec
-under ``spec`` (as the reference did) and the carbon-aware settings under ``carbonScalerSpec``;
-the operator writes everything it knows under ``status``. The CRD documents in
-``deploy/crds/`` are generated from :func:`crd_manifest` (``python -m
-carbonscaler.kube.crd deploy/crds``), and a test checks that they are current.
+Two job kinds in group ``carbonscaler.io``, version ``v1``. Each holds a Kubeflow training-job
+spec under ``spec`` (as the reference did) and the carbon-aware settings under
+``carbonScalerSpec``; the operator writes everything it knows under ``status``. A third kind,
+``CarbonScalerCluster`` (:data:`CLUSTER`), is a shared capacity: the jobs that name it in
+``carbonScalerSpec.cluster`` are planned together under its ``spec.capacity``
+(:class:`CarbonScalerClusterSpec`; see :mod:`carbonscaler.operator.cluster`). The CRD documents in
+``deploy/crds/`` are generated from :func:`crd_manifest` and :func:`cluster_crd_manifest`
+(``python -m carbonscaler.kube.crd deploy/crds``), and a test checks that they are current.
 
 The Kubeflow pod templates are kept as opaque objects (``x-kubernetes-preserve-unknown-fields``)
 so any training-operator release's fields pass through; the parts the operator reads or sets
@@ -16,20 +19,25 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
 
-from carbonscaler.settings import JobSettings, cel_rules_for
+from carbonscaler.settings import JobSettings, _assumed_overhead_s, cel_rules_for
 
 __all__ = [
+    "CLUSTER",
     "GROUP",
     "KINDS",
     "MPI",
     "PYTORCH",
     "VERSION",
+    "CarbonScalerClusterSpec",
+    "ClusterKind",
     "JobKind",
+    "cluster_crd_manifest",
     "crd_manifest",
     "write_manifests",
 ]
@@ -91,10 +99,39 @@ PYTORCH = JobKind(
 )
 KINDS: dict[str, JobKind] = {MPI.kind: MPI, PYTORCH.kind: PYTORCH}
 
-CONDITION_TYPES = ("Created", "Running", "Paused", "Rescaling", "Succeeded", "Failed")
+
+@dataclass(frozen=True)
+class ClusterKind:
+    """The shared-capacity kind: no Kubeflow job of its own, its member jobs name it."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+
+    @property
+    def api_version(self) -> str:
+        return f"{GROUP}/{VERSION}"
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{GROUP}"
+
+
+CLUSTER = ClusterKind(
+    kind="CarbonScalerCluster",
+    plural="carbonscalerclusters",
+    singular="carbonscalercluster",
+    short_names=("cscluster", "csc"),
+)
+
+# Queued: a member job of a shared cluster held below its plan by the capacity.
+CONDITION_TYPES = ("Created", "Running", "Paused", "Rescaling", "Succeeded", "Failed", "Queued")
 PHASES = ("Pending", "Running", "Paused", "Rescaling", "Succeeded", "Failed")
 
 _OPAQUE: dict[str, Any] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+# A Kubernetes object name (RFC 1123 subdomain).
+_DNS_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 
 def _int(minimum: int | None = None, maximum: int | None = None, **extra: Any) -> dict[str, Any]:
@@ -242,6 +279,129 @@ class CarbonScalerSpec(JobSettings):
         "resume it (training-operator >= 1.7; an MPIJob is resized while suspended). A "
         "suspension the training operator drops or ignores falls back to Delete.",
     )
+    cluster: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=_DNS_NAME,
+        description="The CarbonScalerCluster in the job's namespace whose capacity the job "
+        "shares: the cluster plans it together with its other jobs and grants it servers "
+        "slot by slot (the cluster's policy, replanThreshold, safetyMargin and "
+        "rescaleOverheadSeconds apply, not the job's; its slotSeconds must be the "
+        "cluster's). Without it the job is planned alone.",
+    )
+
+
+_CLUSTER_POLICIES = ("joint", "carbonscaler", "suspend-resume", "agnostic", "exact")
+ClusterPolicy = Literal["joint", "carbonscaler", "suspend-resume", "agnostic", "exact"]
+
+
+class CarbonScalerClusterSpec(BaseModel):
+    """A ``CarbonScalerCluster``'s ``spec``: the capacity its member jobs share and how the
+    cluster plans them (:class:`carbonscaler.cluster.ClusterCore`'s settings).
+
+    Exactly one of ``capacity`` (servers in every slot) or ``capacitySchedule`` (servers per
+    slot from the cluster's slot 0, the slot it was created in; the last value holds after).
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "has(self.capacity) != has(self.capacitySchedule)",
+            "message": "give exactly one of capacity (servers in every slot) or "
+            "capacitySchedule (servers per slot from the cluster's creation)",
+        },
+        {
+            # A transition rule: checked on updates only (oldSelf is the stored spec).
+            "rule": "self.slotSeconds == oldSelf.slotSeconds",
+            "message": "slotSeconds cannot change once the cluster exists (its plans are in "
+            "its slots); create a new cluster",
+        },
+    ]
+
+    capacity: int | None = Field(
+        None, ge=0, le=100_000, description="Servers the member jobs may hold together."
+    )
+    capacity_schedule: list[Annotated[int, Field(ge=0, le=100_000)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=10_000,
+        description="Servers per slot from the cluster's slot 0 (the slot it was created "
+        "in); the last value holds after the list.",
+    )
+    slot_seconds: int = Field(
+        3600,
+        ge=10,
+        le=86400,
+        description="Slot length: the member jobs' slotSeconds and the carbon data's pace.",
+    )
+    policy: ClusterPolicy = Field(
+        "joint",
+        description="joint (every active job planned together, re-planned when a job arrives "
+        "or leaves) or a single-job policy applied to each job alone and queued first come, "
+        "first served: carbonscaler, suspend-resume, agnostic, exact.",
+    )
+    carbon_zone: str | None = Field(
+        None, max_length=64, description="Grid zone to plan on; default the carbon source's."
+    )
+    replan_threshold: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Re-plan a job when the forecast, or its progress ahead of plan, drifts "
+        "beyond this share.",
+    )
+    safety_margin: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Extra share of each job's remaining work its plan covers where it fits.",
+    )
+    rescale_overhead_s: float | None = Field(
+        None,
+        ge=0,
+        alias="rescaleOverheadSeconds",
+        description="Seconds of work a rescale loses, which plans reserve; default 5 % of a "
+        "slot, at least 0.5 s and at most 30 s (as for a single job).",
+    )
+    time_limit_s: float = Field(
+        2.0,
+        gt=0,
+        le=120,
+        alias="timeLimitSeconds",
+        description="Seconds one joint plan may take (online, a good plan now beats a "
+        "better one later).",
+    )
+
+    @model_validator(mode="after")
+    def _one_capacity(self) -> CarbonScalerClusterSpec:
+        if (self.capacity is None) == (self.capacity_schedule is None):
+            raise ValueError(
+                "give exactly one of capacity (servers in every slot) or capacitySchedule "
+                "(servers per slot from the cluster's creation)"
+            )
+        return self
+
+    @property
+    def capacities(self) -> int | list[int]:
+        """The capacity as :class:`~carbonscaler.cluster.ClusterCore` takes it."""
+        if self.capacity_schedule is not None:
+            return list(self.capacity_schedule)
+        assert self.capacity is not None  # by validation
+        return self.capacity
+
+    def capacity_at(self, slot: int) -> int:
+        """Servers in ``slot`` (from the cluster's slot 0; the last value holds after)."""
+        if self.capacity_schedule is not None:
+            return self.capacity_schedule[min(max(slot, 0), len(self.capacity_schedule) - 1)]
+        assert self.capacity is not None
+        return self.capacity
+
+    def overhead_s(self) -> float:
+        """Seconds of work a rescale loses until measured: stated, else assumed."""
+        if self.rescale_overhead_s is not None:
+            return self.rescale_overhead_s
+        return _assumed_overhead_s(float(self.slot_seconds))
 
 
 def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -467,14 +627,144 @@ def crd_manifest(kind: JobKind) -> dict[str, Any]:
     }
 
 
+def _cluster_status() -> dict[str, Any]:
+    number = {"type": "number"}
+    integer = {"type": "integer"}
+    text = {"type": "string"}
+    time = {"type": "string", "format": "date-time"}
+    return {
+        "type": "object",
+        "properties": {
+            "phase": {"type": "string", "enum": ["Ready", "Failed"]},
+            "message": text,
+            "revision": integer,
+            "epoch": {**time, "description": "When the cluster's slot 0 began."},
+            "slot": {**integer, "description": "The slot the cluster last decided in."},
+            "policy": text,
+            "capacity": {**integer, "description": "Servers in the current slot."},
+            "granted": {**integer, "description": "Servers granted in the current slot."},
+            "active": {**integer, "description": "Jobs admitted and not finished."},
+            "queued": {**integer, "description": "Jobs held below their plan."},
+            "degraded": {"type": "boolean"},
+            "carbonPaceMismatch": text,
+            "slotSeconds": integer,
+            "specDigest": text,
+            "forecast": {
+                "type": "object",
+                "description": "The last carbon forecast planned on (gCO2eq/kWh per slot).",
+                "properties": {
+                    "fromSlot": integer,
+                    "values": {"type": "array", "items": number},
+                    "time": time,
+                },
+            },
+            "jobs": {
+                "type": "object",
+                "description": "Every member job the cluster admitted, by <csmpi|cspt>/<name>.",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "kind": text,
+                        "name": text,
+                        "uid": text,
+                        "digest": text,
+                        "arrivalSlot": integer,
+                        "deadlineSlot": integer,
+                        "finished": {"type": "boolean"},
+                        "replans": integer,
+                        "plans": {**integer, "description": "Plans made for it so far."},
+                        "grant": {
+                            "type": "object",
+                            "properties": {
+                                "slot": integer,
+                                "first": integer,
+                                "fraction": number,
+                                "then": integer,
+                                "reasons": {"type": "array", "items": text},
+                            },
+                        },
+                    },
+                },
+            },
+            "core": {
+                **_OPAQUE,
+                "description": "The saved decisions (carbonscaler.cluster.ClusterCore.to_dict): "
+                "every active job's plan, so a restarted operator continues them.",
+            },
+        },
+    }
+
+
+def cluster_crd_manifest() -> dict[str, Any]:
+    """The CustomResourceDefinition (apiextensions.k8s.io/v1) of ``CarbonScalerCluster``."""
+    spec = openapi_schema(CarbonScalerClusterSpec)
+    spec["description"] = (
+        "The capacity the member jobs share and how they are planned together "
+        "(carbonscaler.kube.crd.CarbonScalerClusterSpec)."
+    )
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CLUSTER.crd_name,
+            "labels": {"app.kubernetes.io/part-of": "carbonscaler"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": CLUSTER.kind,
+                "listKind": f"{CLUSTER.kind}List",
+                "plural": CLUSTER.plural,
+                "singular": CLUSTER.singular,
+                "shortNames": list(CLUSTER.short_names),
+                "categories": ["carbonscaler"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Capacity", "type": "integer", "jsonPath": ".status.capacity"},
+                        {"name": "Granted", "type": "integer", "jsonPath": ".status.granted"},
+                        {"name": "Jobs", "type": "integer", "jsonPath": ".status.active"},
+                        {"name": "Queued", "type": "integer", "jsonPath": ".status.queued"},
+                        {"name": "Policy", "type": "string", "jsonPath": ".status.policy"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A capacity shared by CarbonScaler jobs (those that "
+                            "name it in carbonScalerSpec.cluster), planned together.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": _cluster_status(),
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
 def write_manifests(folder: Path) -> list[Path]:
     """Write one YAML file per CRD into ``folder``; returns the paths."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for kind in KINDS.values():
-        path = folder / f"{kind.plural}.yaml"
+    manifests = [(kind.plural, crd_manifest(kind)) for kind in KINDS.values()]
+    manifests.append((CLUSTER.plural, cluster_crd_manifest()))
+    for plural, manifest in manifests:
+        path = folder / f"{plural}.yaml"
         text = "# Generated by `python -m carbonscaler.kube.crd deploy/crds`; do not edit.\n"
-        text += yaml.safe_dump(crd_manifest(kind), sort_keys=False, width=100)
+        text += yaml.safe_dump(manifest, sort_keys=False, width=100)
         path.write_text(text, encoding="utf-8")
         written.append(path)
     return written

@@ -24,6 +24,19 @@ Passes over one resource are serialised, and the status each pass wrote is kept,
 never works from a status older than the previous pass's (kopf's copy may lag by a watch
 event). The blocking client runs in a worker thread; every call has a request timeout, and
 :func:`configure` gives kopf's own calls and watches theirs.
+
+**Shared clusters** (``CarbonScalerCluster``): one pass per cluster decides and runs all its
+members — it lists the jobs that name the cluster, calls
+:func:`~carbonscaler.operator.cluster.decide_cluster`, writes the cluster's status, then runs
+each member's pass (:func:`reconcile_resource` with its
+:class:`~carbonscaler.operator.reconcile.Membership`) in
+:func:`~carbonscaler.operator.cluster.pass_order`, those giving servers back first. The
+cluster's create, resume, update and timer run it, and so do a member's create and update (a
+new job is admitted and, under ``joint``, re-planned with the others at once) and a member's
+resume and timer while no pass of its cluster runs here (a missing cluster: the member
+waits). All passes of one cluster and its members hold one lock,
+so no two passes ever write a member's status at once, and each works from the statuses the
+previous one wrote.
 """
 
 from __future__ import annotations
@@ -38,25 +51,41 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import kopf
+import urllib3
+from kubernetes.client.exceptions import ApiException
 
 from carbonscaler.backends.base import BackendError
 from carbonscaler.backends.kubernetes import ChildRejected, KubeflowApi, ProfileUnavailable
-from carbonscaler.kube.crd import GROUP, KINDS, VERSION, JobKind
+from carbonscaler.kube.crd import CLUSTER, GROUP, KINDS, VERSION, JobKind
 from carbonscaler.kube.operations import ChildError
 from carbonscaler.operator.carbon import CarbonBoard
+from carbonscaler.operator.cluster import (
+    ClusterDecision,
+    ClusterObservation,
+    Member,
+    decide_cluster,
+    others_held,
+    pass_order,
+)
 from carbonscaler.operator.reconcile import (
     Decision,
     DeleteChild,
     EventNote,
+    Membership,
     Observation,
     PatchChild,
+    job_finished,
     reconcile,
-    settings_digest,
 )
 from carbonscaler.profile import ScalingProfile
 
 __all__ = [
     "OperatorContext",
+    "on_cluster_create",
+    "on_cluster_delete",
+    "on_cluster_resume",
+    "on_cluster_timer",
+    "on_cluster_update",
     "on_create",
     "on_delete",
     "on_resume",
@@ -64,6 +93,7 @@ __all__ = [
     "on_update",
     "reconcile_resource",
     "register",
+    "run_cluster_pass",
 ]
 
 log = logging.getLogger("carbonscaler.operator")
@@ -86,6 +116,7 @@ class OperatorContext:
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     channels: set[str] = field(default_factory=set)  # jobs whose progress ConfigMap exists
+    clusters: set[str] = field(default_factory=set)  # "<ns>/<name>" of the clusters run here
 
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
@@ -94,11 +125,7 @@ TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 def finished(resource: dict[str, Any]) -> bool:
     """Whether nothing is left to do for the job: it succeeded, or it failed for its current
     spec (an edit of the spec retries it)."""
-    status = resource.get("status") or {}
-    phase = status.get("phase")
-    if phase == "Succeeded":
-        return True
-    return phase == "Failed" and status.get("settingsDigest") == settings_digest(resource)
+    return job_finished(resource)
 
 
 def active(status: kopf.Status, **_: Any) -> bool:
@@ -134,8 +161,15 @@ def _ensure_channel(ctx: OperatorContext, kind: JobKind, resource: dict[str, Any
         log.warning("no progress ConfigMap for %s: %s", resource["metadata"]["name"], exc)
 
 
-def reconcile_resource(ctx: OperatorContext, resource: dict[str, Any]) -> Decision:
+def reconcile_resource(
+    ctx: OperatorContext, resource: dict[str, Any], cluster: Membership | None = None
+) -> Decision:
     """One full pass for one resource (blocking: runs in a worker thread).
+
+    Args:
+        ctx: the operator's context.
+        resource: the job (with the freshest status known).
+        cluster: for a member of a shared cluster, what the cluster's pass decided for it.
 
     Raises:
         BackendError: if an API call fails (kopf retries the handler).
@@ -165,6 +199,7 @@ def reconcile_resource(ctx: OperatorContext, resource: dict[str, Any]) -> Decisi
         profile=profile,
         profile_error=profile_error,
         reported_progress=reported,
+        cluster=cluster,
     )
     decision, error = _perform(ctx, observation)
     if error is not None:
@@ -211,15 +246,36 @@ def _perform(ctx: OperatorContext, observation: Observation) -> tuple[Decision, 
     return decision, None
 
 
-async def _pass(body: Any, memo: OperatorContext) -> None:
+def _freshest(ctx: OperatorContext, resource: dict[str, Any]) -> dict[str, Any]:
+    """``resource`` with the status this operator last wrote, where that is newer."""
+    uid = resource["metadata"].get("uid")
+    mine = ctx.statuses.get(uid) if uid else None
+    theirs = resource.get("status") or {}
+    if mine is not None and int(mine.get("revision", 0)) > int(theirs.get("revision", 0)):
+        resource["status"] = mine
+    return resource
+
+
+def _cluster_of(resource: dict[str, Any]) -> str | None:
+    """The shared cluster a job names, if any."""
+    name = (resource.get("carbonScalerSpec") or {}).get("cluster")
+    return str(name) if name else None
+
+
+async def _pass(body: Any, memo: OperatorContext, *, periodic: bool = False) -> None:
     resource = _plain(body)
+    cluster = _cluster_of(resource)
+    if cluster is not None:
+        namespace = resource["metadata"]["namespace"]
+        if periodic and f"{namespace}/{cluster}" in memo.clusters:
+            return  # the cluster's own passes run this job
+        if not finished(_freshest(memo, resource)):
+            await _cluster_pass(memo, namespace, cluster, None)
+        return
     uid = resource["metadata"]["uid"]
     lock = memo.locks.setdefault(uid, asyncio.Lock())
     async with lock:
-        mine = memo.statuses.get(uid)
-        theirs = resource.get("status") or {}
-        if mine is not None and int(mine.get("revision", 0)) > int(theirs.get("revision", 0)):
-            resource["status"] = mine
+        _freshest(memo, resource)
         if finished(resource):
             return  # nothing to poll: not even the Kubeflow job is read
         try:
@@ -236,7 +292,7 @@ async def on_create(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
 
 async def on_resume(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
     """The operator (re)started and found the job: continue from its status."""
-    await _pass(body, memo)
+    await _pass(body, memo, periodic=True)
 
 
 async def on_update(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
@@ -246,7 +302,7 @@ async def on_update(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
 
 async def on_timer(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
     """Periodic pass: slot boundaries, planned changes, carbon updates, the job's state."""
-    await _pass(body, memo)
+    await _pass(body, memo, periodic=True)
 
 
 async def on_delete(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
@@ -270,6 +326,218 @@ async def on_delete(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
     memo.statuses.pop(meta["uid"], None)
     memo.locks.pop(meta["uid"], None)
     memo.channels.discard(meta["uid"])
+
+
+# -- shared clusters ---------------------------------------------------------------------------
+
+
+def _api_call(what: str, call: Callable[[], Any]) -> Any:
+    """Run one official-client call, its failures as a :class:`BackendError`."""
+    try:
+        return call()
+    except ApiException as exc:
+        hint = ""
+        if exc.status == 403:
+            hint = " — the service account lacks a permission; apply deploy/operator/rbac.yaml"
+        raise BackendError(f"{what}: HTTP {exc.status} {exc.reason}{hint}") from None
+    except urllib3.exceptions.HTTPError as exc:
+        raise BackendError(
+            f"{what}: the API server did not answer ({type(exc).__name__}: {exc}); retrying "
+            "on the next pass"
+        ) from None
+
+
+def _listed(ctx: OperatorContext, namespace: str, plural: str, kind: str) -> list[dict[str, Any]]:
+    """Every object of one of our kinds in ``namespace`` (a list: what kopf's watch needs
+    anyway, so no ``get`` is granted)."""
+    api = ctx.api
+    found = _api_call(
+        f"listing {plural} in {namespace}",
+        lambda: api.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, _request_timeout=api.timeout
+        ),
+    )
+    items = found.get("items", []) if isinstance(found, dict) else []
+    out = []
+    for item in items:
+        if isinstance(item, dict):
+            item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
+            item.setdefault("kind", kind)
+            out.append(_plain(item))
+    return out
+
+
+def read_cluster(ctx: OperatorContext, namespace: str, name: str) -> dict[str, Any] | None:
+    """The CarbonScalerCluster ``name``, or None if there is none (or it is being deleted).
+
+    Raises:
+        BackendError: on an API error.
+    """
+    for item in _listed(ctx, namespace, CLUSTER.plural, CLUSTER.kind):
+        meta = item.get("metadata") or {}
+        if meta.get("name") == name and not meta.get("deletionTimestamp"):
+            return item
+    return None
+
+
+def list_members(ctx: OperatorContext, namespace: str, name: str) -> list[tuple[JobKind, Any]]:
+    """Every job in ``namespace`` that names cluster ``name``, with its kind.
+
+    Raises:
+        BackendError: on an API error.
+    """
+    members = []
+    for kind in KINDS.values():
+        for item in _listed(ctx, namespace, kind.plural, kind.kind):
+            if _cluster_of(item) == name:
+                members.append((kind, item))
+    return members
+
+
+def patch_cluster_status(
+    ctx: OperatorContext, namespace: str, name: str, patch: dict[str, Any]
+) -> None:
+    """Merge-patch a CarbonScalerCluster's ``status``.
+
+    Raises:
+        BackendError: on an API error.
+    """
+    api = ctx.api
+    _api_call(
+        f"patching the status of {CLUSTER.kind} {namespace}/{name}",
+        lambda: api.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            CLUSTER.plural,
+            name,
+            {"status": patch},
+            _request_timeout=api.timeout,
+        ),
+    )
+
+
+def run_cluster_pass(
+    ctx: OperatorContext, namespace: str, name: str, body: dict[str, Any] | None = None
+) -> ClusterDecision | None:
+    """One pass over a shared cluster and its members (blocking: runs in a worker thread):
+    decide for the cluster, write its status and Events, then run each member's pass with
+    what the cluster decided for it, those giving servers back first, each told what the
+    others hold as they go. Without the cluster, each member's pass runs alone (it waits, or
+    keeps its level).
+
+    Args:
+        ctx: the operator's context.
+        namespace: the cluster's namespace.
+        name: the cluster's name.
+        body: the cluster as kopf gave it; None reads it.
+
+    Returns:
+        The cluster's decision, or None without the cluster.
+
+    Raises:
+        BackendError: if an API call fails (kopf retries the handler).
+    """
+    where = f"{namespace}/{name}"
+    cluster = body if body is not None else read_cluster(ctx, namespace, name)
+    members = [(kind, _freshest(ctx, item)) for kind, item in list_members(ctx, namespace, name)]
+    if cluster is None or (cluster.get("metadata") or {}).get("deletionTimestamp"):
+        ctx.clusters.discard(where)
+        for _, item in members:
+            if not finished(item):
+                alone = reconcile_resource(ctx, item, Membership(name))
+                ctx.statuses[item["metadata"]["uid"]] = alone.status
+        return None
+    ctx.clusters.add(where)
+    cluster = _freshest(ctx, cluster)
+    views = []
+    for kind, item in members:
+        profile = None
+        settings = item.get("carbonScalerSpec") or {}
+        if not finished(item) and not (item.get("status") or {}).get("profile"):
+            with contextlib.suppress(ProfileUnavailable):
+                profile = ctx.api.read_profile(namespace, str(settings.get("profileName", "")))
+        views.append(Member(kind, item, profile))
+    zone = (cluster.get("spec") or {}).get("carbonZone")
+    now = ctx.clock()
+    decision = decide_cluster(ClusterObservation(cluster, now, views, ctx.board.get(zone)))
+    for note in decision.events:
+        ctx.api.post_event(cluster, note, now)
+        log.info("%s %s: %s", where, note.reason, note.message)
+    if decision.status_patch:
+        patch_cluster_status(ctx, namespace, name, decision.status_patch)
+    ctx.statuses[cluster["metadata"]["uid"]] = decision.status
+    by_key = {view.key: view for view in views}
+    for key, notes in decision.member_events.items():
+        member = by_key.get(key)
+        if member is None:
+            continue
+        for note in notes:
+            ctx.api.post_event(member.resource, note, now)
+            log.info("%s/%s %s: %s", namespace, member.name, note.reason, note.message)
+    held = {
+        view.key: int((view.status.get("cluster") or {}).get("held", 0))
+        for view in views
+        if not finished(view.resource)
+    }
+    for key in pass_order(decision.memberships, held):
+        view = by_key.get(key)
+        if view is None or finished(view.resource):
+            continue
+        membership = replace(decision.memberships[key], others_held=others_held(held, key))
+        done = reconcile_resource(ctx, view.resource, membership)
+        ctx.statuses[view.resource["metadata"]["uid"]] = done.status
+        if finished({**view.resource, "status": done.status}):
+            held.pop(key, None)
+        else:
+            held[key] = int((done.status.get("cluster") or {}).get("held", 0))
+    return decision
+
+
+async def _cluster_pass(
+    memo: OperatorContext, namespace: str, name: str, body: dict[str, Any] | None
+) -> None:
+    """:func:`run_cluster_pass` under the cluster's lock (its members' passes hold it too)."""
+    lock = memo.locks.setdefault(f"cluster:{namespace}/{name}", asyncio.Lock())
+    async with lock:
+        try:
+            await asyncio.to_thread(run_cluster_pass, memo, namespace, name, body)
+        except BackendError as exc:
+            raise kopf.TemporaryError(str(exc), delay=15) from None
+
+
+async def _cluster_handler(body: Any, memo: OperatorContext) -> None:
+    resource = _plain(body)
+    meta = resource["metadata"]
+    await _cluster_pass(memo, meta["namespace"], meta["name"], resource)
+
+
+async def on_cluster_create(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
+    """A new shared cluster: admit and plan the jobs that already name it."""
+    await _cluster_handler(body, memo)
+
+
+async def on_cluster_resume(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
+    """The operator (re)started: continue the cluster from its status."""
+    await _cluster_handler(body, memo)
+
+
+async def on_cluster_update(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
+    """The cluster's spec changed (capacity, policy): decide with it."""
+    await _cluster_handler(body, memo)
+
+
+async def on_cluster_timer(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
+    """Periodic pass: slot boundaries, and every member's own pass."""
+    await _cluster_handler(body, memo)
+
+
+async def on_cluster_delete(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
+    """The cluster is gone: its members' own timers take over (they wait, or keep their
+    level)."""
+    meta = _plain(body)["metadata"]
+    memo.clusters.discard(f"{meta['namespace']}/{meta['name']}")
+    memo.statuses.pop(meta.get("uid"), None)
 
 
 WATCH_SERVER_TIMEOUT_S = 300
@@ -303,7 +571,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
 
 
 def register(registry: kopf.OperatorRegistry, *, tick_s: float = 10.0) -> None:
-    """Attach the handlers for both kinds to ``registry``."""
+    """Attach the handlers for both job kinds and the shared clusters to ``registry``."""
     for kind in KINDS.values():
         resource = (GROUP, VERSION, kind.plural)
         kopf.on.create(*resource, registry=registry)(on_create)
@@ -311,6 +579,12 @@ def register(registry: kopf.OperatorRegistry, *, tick_s: float = 10.0) -> None:
         kopf.on.update(*resource, registry=registry)(on_update)
         kopf.on.delete(*resource, registry=registry)(on_delete)
         kopf.timer(*resource, interval=tick_s, sharp=True, when=active, registry=registry)(on_timer)
+    cluster = (GROUP, VERSION, CLUSTER.plural)
+    kopf.on.create(*cluster, registry=registry)(on_cluster_create)
+    kopf.on.resume(*cluster, registry=registry)(on_cluster_resume)
+    kopf.on.update(*cluster, registry=registry)(on_cluster_update)
+    kopf.on.delete(*cluster, registry=registry)(on_cluster_delete)
+    kopf.timer(*cluster, interval=tick_s, sharp=True, registry=registry)(on_cluster_timer)
 
 
 def instance_name() -> str:

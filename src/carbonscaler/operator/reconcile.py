@@ -28,6 +28,16 @@ fails with the server's message), the progress the job's pods reported
 (``Observation.reported_progress``), and carbon data whose slots are not the job's
 (``CarbonSnapshot.slot_seconds``: a job not yet planned waits, a planned one keeps its plan).
 
+**A member of a shared cluster** (``carbonScalerSpec.cluster``) is planned by its cluster
+(:func:`carbonscaler.operator.cluster.decide_cluster`): ``Observation.cluster`` (a
+:class:`Membership`) brings its plan and its grant for the current slot, and the job makes no
+plan or review of its own. Its slots are the cluster's from its arrival; it runs its grant
+(``first`` workers for ``fraction`` of the slot, then ``then``), raising its workers only into
+servers the other members do not hold (``status.cluster.held`` says what its Kubeflow job may
+hold); a job held below its plan by the capacity is ``Queued``, and waits in ``Pending``
+without a Kubeflow job if it has not started. Everything else — accounting, progress,
+execution, the end — is the same code.
+
 Time is *job hours* since ``startTime``. Energy and emissions are the profile's power ``P(k)``
 over the time the workers ran, split at slot edges so each part is charged its own slot's
 intensity (:func:`~carbonscaler.accounting.integrate.charge_slots`; ``status.carbonBySlot``
@@ -58,13 +68,13 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
 from carbonscaler.accounting.integrate import charge_slots
+from carbonscaler.cluster import Grant
 from carbonscaler.decision import (
     Plans,
     Progress,
@@ -87,6 +97,7 @@ from carbonscaler.kube.operations import (
     PatchChild,
 )
 from carbonscaler.kube.resources import child_body, resize_patch, suspend_patch
+from carbonscaler.operator._format import compact, iso, iso_precise, parse_time
 from carbonscaler.planner.model import FloatArray, Job, PlanningError
 from carbonscaler.planner.policies import Policy
 from carbonscaler.profile import ProfileError, ScalingProfile
@@ -99,10 +110,14 @@ __all__ = [
     "Decision",
     "DeleteChild",
     "EventNote",
+    "Membership",
     "Observation",
     "PatchChild",
     "Settings",
     "SettingsError",
+    "held_workers",
+    "job_finished",
+    "job_of",
     "reconcile",
 ]
 
@@ -156,6 +171,8 @@ class Settings:
     pause_mode: str
     # Where ``work`` came from when the settings gave no size (the reference's env sizing).
     work_source: str | None = None
+    # The CarbonScalerCluster whose capacity the job shares (None: planned alone).
+    cluster: str | None = None
 
     @property
     def slot_hours(self) -> float:
@@ -203,6 +220,7 @@ class Settings:
             overhead_s=parsed.overhead_s(),
             max_relaunches=parsed.max_relaunches,
             pause_mode=parsed.pause_mode,
+            cluster=parsed.cluster,
         )
         settings._check(kind, spec)
         if settings.length_hours is None and settings.work is None:
@@ -298,6 +316,16 @@ def _work_from_env(kind: JobKind, spec: dict[str, Any]) -> tuple[float, str]:
     raise SettingsError(f"the job has no size: {add}")
 
 
+def job_finished(resource: dict[str, Any]) -> bool:
+    """Whether nothing is left to do for a job: it succeeded, or it failed for its current
+    spec (an edit of the spec retries it)."""
+    status = resource.get("status") or {}
+    phase = status.get("phase")
+    if phase == "Succeeded":
+        return True
+    return phase == "Failed" and status.get("settingsDigest") == settings_digest(resource)
+
+
 def settings_digest(resource: dict[str, Any]) -> str:
     """A fingerprint of what the plan depends on: the spec and the settings, less progress
     (which the job raises as it runs)."""
@@ -345,6 +373,54 @@ class CarbonSnapshot:
 
 
 @dataclass(frozen=True)
+class Membership:
+    """What a member job of a shared cluster (``carbonScalerSpec.cluster``) learns from its
+    cluster's pass (:func:`carbonscaler.operator.cluster.decide_cluster`): the cluster plans
+    it, and the job runs what it is granted.
+
+    Args:
+        cluster: the CarbonScalerCluster's name.
+        found: whether it exists.
+        slot_seconds: its slot length (the job's ``slotSeconds`` must be the same).
+        epoch: when its slot 0 began (epoch seconds).
+        arrival_slot: the job's first slot, in the cluster's slots (None: not admitted).
+        deadline_slot: the end of its window (exclusive), in the cluster's slots.
+        grant: what it may run in ``grant_slot`` (None: nothing granted yet).
+        grant_slot: the cluster slot the grant is for.
+        plan: its plan (:meth:`~carbonscaler.decision.Plans.to_dict`, its own slots from
+            arrival).
+        policy: the cluster's policy (saved with the plan).
+        forecast_time: when the forecast the plan was made on was issued (epoch seconds).
+        replans: plans made for it after its first.
+        capacity: the cluster's servers in the current slot.
+        others_held: servers the other members' Kubeflow jobs may hold now (their
+            ``status.cluster.held``): the job raises its workers only into what is free.
+        finished: the cluster counts its work as done (it keeps its workers until its
+            Kubeflow job ends).
+        refused: why the cluster cannot take the job (it fails with this message).
+        waiting: why the cluster cannot decide for now (the job waits).
+    """
+
+    cluster: str
+    found: bool = False
+    slot_seconds: int | None = None
+    epoch: float | None = None
+    arrival_slot: int | None = None
+    deadline_slot: int | None = None
+    grant: Grant | None = None
+    grant_slot: int | None = None
+    plan: dict[str, Any] | None = None
+    policy: str = "joint"
+    forecast_time: float | None = None
+    replans: int = 0
+    capacity: int = 0
+    others_held: int = 0
+    finished: bool = False
+    refused: str | None = None
+    waiting: str | None = None
+
+
+@dataclass(frozen=True)
 class Observation:
     """Everything :func:`reconcile` looks at.
 
@@ -361,6 +437,8 @@ class Observation:
             Kubeflow job, if it refused one (the job fails with its message).
         reported_progress: the percent done the job's pods reported in its progress
             ConfigMap, if any (with ``carbonScalerSpec.progress``, the larger counts).
+        cluster: for a member of a shared cluster, what its cluster decided for it (a
+            member without one waits as if its cluster were missing).
     """
 
     kind: JobKind
@@ -372,6 +450,7 @@ class Observation:
     profile_error: str | None = None
     child_error: ChildError | None = None
     reported_progress: float | None = None
+    cluster: Membership | None = None
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -389,37 +468,6 @@ class Decision:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _epoch(text: str | None) -> float | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def _compact(servers: list[int]) -> str:
-    """``0×3 2×2 1`` — a plan as runs of equal worker counts."""
-    runs: list[str] = []
-    i = 0
-    while i < len(servers):
-        j = i
-        while j < len(servers) and servers[j] == servers[i]:
-            j += 1
-        runs.append(f"{servers[i]}×{j - i}" if j - i > 1 else str(servers[i]))
-        i = j
-    return " ".join(runs)
-
-
-def _iso_precise(t: float) -> str:
-    """``_iso`` to the microsecond, for the accounting's saved point (passes land mid-second)."""
-    moment = datetime.fromtimestamp(t, UTC)
-    if moment.microsecond == 0:
-        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _rules(settings: Settings) -> Rules:
@@ -444,6 +492,7 @@ class _Run:
         self.status = copy.deepcopy(self.old)
         self.decision = Decision()
         self.now = obs.now
+        self.membership: Membership | None = None  # set for a member of a shared cluster
 
     # -- emitting
 
@@ -459,7 +508,7 @@ class _Run:
         for c in conditions:
             if c["type"] == type_:
                 if c["status"] != value:
-                    c["lastTransitionTime"] = _iso(self.now)
+                    c["lastTransitionTime"] = iso(self.now)
                 c.update(status=value, reason=reason, message=message)
                 return
         if not true and type_ not in ("Created",):
@@ -470,7 +519,7 @@ class _Run:
                 "status": value,
                 "reason": reason,
                 "message": message,
-                "lastTransitionTime": _iso(self.now),
+                "lastTransitionTime": iso(self.now),
             }
         )
 
@@ -501,10 +550,18 @@ class _Run:
         return self.finish()
 
     def finish(self) -> Decision:
+        if self.membership is not None:
+            # What this job's Kubeflow job may hold now, for the other members' passes.
+            block = self.status.setdefault("cluster", {"name": self.membership.cluster})
+            block["held"] = (
+                0
+                if self.status.get("phase") == "Succeeded"
+                else held_workers(self.kind, self.obs.child, self.decision.operations)
+            )
         old, new = self.old, self.status
         changed = {k for k in new if new[k] != old.get(k)} | {k for k in old if k not in new}
         if changed and changed <= _ACCOUNTING_FIELDS:
-            last = _epoch(old.get("accountedUntil"))
+            last = parse_time(old.get("accountedUntil"))
             if last is not None and self.now - last < ACCOUNTING_WRITE_S:
                 changed = set()  # the next pass integrates from the saved point again
         if changed:
@@ -535,7 +592,18 @@ def reconcile(obs: Observation) -> Decision:
     except SettingsError as exc:
         status["settingsDigest"] = digest
         return run.fail("InvalidSpec", str(exc))
-    if not _carbon_pace(run, settings):
+    membership: Membership | None = None
+    if settings.cluster is not None:
+        membership = obs.cluster
+        if membership is None or membership.cluster != settings.cluster:
+            membership = Membership(settings.cluster)
+        run.membership = membership
+        problem = _membership_problem(settings, membership)
+        if problem is not None:
+            status["settingsDigest"] = digest
+            return run.fail(*problem)
+        _member_carbon(run, settings)
+    elif not _carbon_pace(run, settings):
         return run.finish()
     child = obs.child
     if child is not None and not child.owned:
@@ -556,15 +624,25 @@ def reconcile(obs: Observation) -> Decision:
         status["settingsDigest"] = digest
         return run.fail("InvalidSpec", str(exc))
 
-    start = _start_time(run)
+    plans: Plans | None
+    if membership is not None:
+        placed = _placement(run, membership)
+        if placed is None:
+            return _await_cluster(run, membership)
+        start, plans = placed
+        # The job's slots are the cluster's from its arrival; its window is the plan's.
+        settings = replace(settings, deadline_slots=plans.slots)
+        status["startTime"] = iso(start)
+    else:
+        start = _start_time(run)
+        status.setdefault("startTime", iso(start))
+        plans = _saved_plan(status)
     n = settings.deadline_slots
-    status.setdefault("startTime", _iso(start))
-    status["deadlineTime"] = _iso(start + n * settings.slot_seconds)
+    status["deadlineTime"] = iso(start + n * settings.slot_seconds)
     status["slotSeconds"] = settings.slot_seconds
     status["workRequired"] = job.work
     hours = max(obs.now - start, 0.0) / 3600.0  # job hours since arrival
     slot, _ = slot_of(hours, job.slot_hours)
-    plans = _saved_plan(status)
 
     _record_carbon(run, settings, start, slot)
     _account(run, profile, settings, start, plans)
@@ -573,7 +651,10 @@ def reconcile(obs: Observation) -> Decision:
     running = 0 if child is None or child.deleting or child.suspended else child.workers
     started = int((status.get("child") or {}).get("launches", 0)) > 0
 
-    if plans is None or status.get("settingsDigest") != digest:
+    if membership is not None:
+        assert plans is not None  # placed
+        _follow_cluster(run, membership, digest)
+    elif plans is None or status.get("settingsDigest") != digest:
         replanning = "plan" in status
         try:
             progress = Progress(work_done, _nominal(status), running, started)
@@ -593,7 +674,11 @@ def reconcile(obs: Observation) -> Decision:
     elif slot > int(status.get("slot", 0)):
         _review(run, settings, job, rules, plans, start, slot, work_done, running, started)
     status["slot"] = slot
-    run.condition("Created", True, "Planned", f"planned with policy {settings.policy}")
+    if membership is not None:
+        planned_by = f"planned by cluster {membership.cluster} (policy {membership.policy})"
+        run.condition("Created", True, "Planned", planned_by)
+    else:
+        run.condition("Created", True, "Planned", f"planned with policy {settings.policy}")
 
     if child is not None and not child.deleting and child.succeeded:
         if status.get("progressSource") == "reported" and done_pct < _DONE_PCT:
@@ -633,7 +718,14 @@ def reconcile(obs: Observation) -> Decision:
         run.phase("Rescaling", "Relaunching", "relaunching after a failure")
         return run.finish()
 
-    desired, why = servers_now(plans, job, rules, hours, running)
+    wait_note = None
+    if membership is not None:
+        desired, queued, wait_note = _granted(run, membership, job, hours, running)
+        # Late or overrunning at this moment (the grant's reasons cover its whole slot).
+        _, now_why = servers_now(plans, job, rules, hours, running)
+        why = (now_why & (Reason.LATE | Reason.OVERRUN)) | queued
+    else:
+        desired, why = servers_now(plans, job, rules, hours, running)
     if Reason.LATE in why and not status.get("pastDeadline"):
         status["pastDeadline"] = True
         run.event(
@@ -654,6 +746,9 @@ def reconcile(obs: Observation) -> Decision:
         )
     status["desiredReplicas"] = desired
     _execute(run, settings, child, desired, slot)
+    if membership is not None:
+        planned, _ = servers_now(plans, job, rules, hours, running)
+        _member_status(run, membership, hours, job, why, desired, planned, started, wait_note)
     _next_change(run, plans, job, rules, start, hours, desired, overrun=Reason.OVERRUN in why)
     return run.finish()
 
@@ -698,10 +793,199 @@ def _carbon_pace(run: _Run, settings: Settings) -> bool:
     return True
 
 
+# -- a member of a shared cluster ------------------------------------------------------------
+
+
+def held_workers(kind: JobKind, child: ChildState | None, operations: list[Operation]) -> int:
+    """The workers a job's Kubeflow job may hold once ``operations`` are sent: the workers it
+    had (a job being deleted, or suspended with its pods not yet stopped, still holds them;
+    a finished one holds none), or the count just created or patched in, if larger — a
+    shrinking job counts as large until a later pass sees it smaller."""
+    held = 0
+    if child is not None and not child.succeeded and not (child.suspended and child.pods_stopped):
+        held = child.workers
+    for operation in operations:
+        replicas: Any = None
+        if isinstance(operation, CreateChild):
+            spec = operation.body.get("spec") or {}
+            replicas = ((spec.get(kind.replica_specs_key) or {}).get("Worker") or {}).get(
+                "replicas"
+            )
+        elif isinstance(operation, PatchChild):
+            spec = operation.patch.get("spec") or {}
+            replicas = ((spec.get(kind.replica_specs_key) or {}).get("Worker") or {}).get(
+                "replicas"
+            )
+        if isinstance(replicas, int):
+            held = max(held, replicas)
+    return held
+
+
+def _membership_problem(settings: Settings, membership: Membership) -> tuple[str, str] | None:
+    """Why a member job cannot run in its cluster at all (it fails), or None."""
+    if membership.refused is not None:
+        return "Infeasible", membership.refused
+    pace = membership.slot_seconds
+    if pace is not None and pace != settings.slot_seconds:
+        return (
+            "InvalidSpec",
+            f"carbonScalerSpec.slotSeconds is {settings.slot_seconds} but cluster "
+            f"{membership.cluster} plans in slots of {pace} s; set slotSeconds: {pace}",
+        )
+    return None
+
+
+def _member_carbon(run: _Run, settings: Settings) -> None:
+    """A member's carbon data serve only its accounting (its cluster plans it, and reports a
+    pace mismatch): data at another pace are not used."""
+    carbon = run.obs.carbon
+    pace = None if carbon is None else carbon.slot_seconds
+    if pace is not None and not math.isclose(pace, settings.slot_seconds, rel_tol=1e-6):
+        run.obs = replace(run.obs, carbon=None)
+
+
+def _placement(run: _Run, membership: Membership) -> tuple[float, Plans] | None:
+    """A member's start (its arrival slot's start) and plan: its cluster's; without a
+    decision from the cluster now (missing, invalid, or counting the job as done), the start
+    and plan it was given before; None if it never had one."""
+    m = membership
+    if (
+        m.plan is not None
+        and m.arrival_slot is not None
+        and m.epoch is not None
+        and m.slot_seconds is not None
+    ):
+        return m.epoch + m.arrival_slot * m.slot_seconds, Plans.from_dict(m.plan)
+    plans = _saved_plan(run.status)
+    start = parse_time(run.status.get("startTime"))
+    if plans is None or start is None or "cluster" not in run.status:
+        return None
+    return start, plans
+
+
+def _await_cluster(run: _Run, membership: Membership) -> Decision:
+    """A member its cluster has not planned (missing, invalid, or not yet decided): it waits
+    in Pending, nothing is created."""
+    m = membership
+    namespace = run.meta.get("namespace", "")
+    if m.waiting is not None:
+        message = f"waiting for cluster {m.cluster}: {m.waiting}"
+    elif not m.found:
+        message = (
+            f"waiting for CarbonScalerCluster {m.cluster} in namespace {namespace}: it does not "
+            "exist; create it, or remove carbonScalerSpec.cluster to plan the job alone"
+        )
+    else:
+        message = f"waiting for cluster {m.cluster} to plan it"
+    if run.old.get("message") != message:
+        run.event("Warning" if not m.found or m.waiting else "Normal", "WaitingForCluster", message)
+    run.status["replicas"] = 0
+    run.phase("Pending", "WaitingForCluster", message)
+    run.condition("Created", False, "WaitingForCluster", message)
+    return run.finish()
+
+
+def _follow_cluster(run: _Run, membership: Membership, digest: str) -> None:
+    """Show the plan the cluster made for the job in its status (the cluster's Events
+    announce it), with the cluster's count of re-plans."""
+    m = membership
+    status = run.status
+    if m.plan is not None:
+        plan: dict[str, Any] = {**m.plan, "policy": m.policy}
+        if m.forecast_time is not None:
+            plan["forecastTime"] = iso(m.forecast_time)
+        status["plan"] = plan
+        status["replans"] = m.replans
+    status["settingsDigest"] = digest
+
+
+def _granted(
+    run: _Run, membership: Membership, job: Job, hours: float, running: int
+) -> tuple[int, Reason, str | None]:
+    """A member's level now: its grant for the current slot (``first`` for ``fraction`` of
+    it, then ``then``), raised only into servers the other members do not hold; with no grant
+    for this slot, the level running (never raised). Returns the level, ``QUEUED`` if the
+    capacity holds the job below its plan, and what the job waits for, if it waits."""
+    m = membership
+    slot, into = slot_of(hours, job.slot_hours)
+    arrival = m.arrival_slot
+    if arrival is None:
+        arrival = int((run.status.get("cluster") or {}).get("arrivalSlot", 0))
+    absolute = arrival + slot
+    grant = m.grant
+    if grant is None or m.grant_slot != absolute:
+        note = None
+        if not m.finished:
+            note = f"cluster {m.cluster} has not decided slot {absolute}: keeping {running} workers"
+        return running, Reason.NONE, note
+    level = grant.first if into < grant.fraction - 1e-9 else grant.then
+    queued = grant.reasons & Reason.QUEUED
+    free = m.capacity - m.others_held
+    if level > running and level > free:
+        return (
+            running,
+            queued,
+            f"waiting for {level - max(free, running)} of cluster {m.cluster}'s servers that "
+            f"other jobs are releasing ({m.others_held} of {m.capacity} held by them)",
+        )
+    return level, queued, None
+
+
+def _member_status(
+    run: _Run,
+    membership: Membership,
+    hours: float,
+    job: Job,
+    why: Reason,
+    desired: int,
+    planned: int,
+    started: bool,
+    wait_note: str | None,
+) -> None:
+    """A member's ``status.cluster`` and what it waits for: a job held below its plan by the
+    capacity is ``Queued`` (condition and Event), and waits in ``Pending`` when it has not
+    started — without a Kubeflow job, so no pod waits for servers."""
+    m = membership
+    status = run.status
+    before = status.get("cluster") or {}
+    slot, _ = slot_of(hours, job.slot_hours)
+    arrival = m.arrival_slot if m.arrival_slot is not None else before.get("arrivalSlot", 0)
+    deadline = m.deadline_slot if m.deadline_slot is not None else before.get("deadlineSlot")
+    absolute = int(arrival) + slot
+    queued = Reason.QUEUED in why
+    status["cluster"] = {
+        "name": m.cluster,
+        "slot": absolute,
+        "granted": desired,
+        "queued": queued,
+        "arrivalSlot": int(arrival),
+        **({} if deadline is None else {"deadlineSlot": int(deadline)}),
+        "held": int(before.get("held", 0)),
+    }
+    if queued:
+        message = (
+            f"slot {absolute}: waiting for capacity: cluster {m.cluster}'s {m.capacity} servers "
+            f"are granted to jobs queued before it (its plan: {planned} workers now, granted "
+            f"{desired})"
+        )
+        if not before.get("queued"):
+            run.event("Normal", "Queued", message)
+        run.condition("Queued", True, "WaitingForCapacity", message)
+        if desired == 0 and not started:
+            run.phase("Pending", "WaitingForCapacity", message)
+    else:
+        run.condition("Queued", False, "Granted", "")
+    if wait_note is not None:
+        if desired == 0 and not started:
+            run.phase("Pending", "WaitingForServers", wait_note)
+        else:
+            status["message"] = wait_note
+
+
 def _start_time(run: _Run) -> float:
     """The job's arrival: the saved start, else the resource's creation, else now."""
     for text in (run.status.get("startTime"), run.meta.get("creationTimestamp")):
-        at = _epoch(text)
+        at = parse_time(text)
         if at is not None:
             return at
     return run.now
@@ -730,6 +1014,16 @@ def _profile(run: _Run, settings: Settings) -> ScalingProfile | None:
         "powerW": [float(x) for x in profile.power_w],
     }
     return profile
+
+
+def job_of(settings: Settings, profile: ScalingProfile) -> Job:
+    """The planner's job for these settings and this profile (what the operator plans).
+
+    Raises:
+        ProfileError: if ``minReplicas`` is beyond the profile.
+        PlanningError: on a job the planner cannot take (no work, a bad slot length).
+    """
+    return _job(settings, profile)
 
 
 def _job(settings: Settings, profile: ScalingProfile) -> Job:
@@ -776,8 +1070,8 @@ def _account(
     split at slot edges: each part at its slot's intensity as seen (``carbonBySlot``), or the
     plan's forecast for a slot no pass saw with carbon data."""
     status = run.status
-    since = _epoch(status.get("accountedUntil"))
-    status["accountedUntil"] = _iso_precise(run.now)
+    since = parse_time(status.get("accountedUntil"))
+    status["accountedUntil"] = iso_precise(run.now)
     status.setdefault("emissionsG", 0.0)
     status.setdefault("energyKWh", 0.0)
     status.setdefault("nominalWork", 0.0)
@@ -843,7 +1137,7 @@ def _save_plan(run: _Run, plans: Plans, rules: Rules) -> None:
     run.status["plan"] = {
         **plans.to_dict(),
         "policy": str(rules.policy),
-        "forecastTime": _iso(carbon.received if carbon is not None else run.now),
+        "forecastTime": iso(carbon.received if carbon is not None else run.now),
     }
 
 
@@ -906,7 +1200,7 @@ def _first_plan(
         "Normal",
         "Planned",
         f"{settings.policy}: workers per slot from slot {slot}: "
-        f"{_compact(made.servers[slot:])}; deadline {run.status['deadlineTime']}{notes}",
+        f"{compact(made.servers[slot:])}; deadline {run.status['deadlineTime']}{notes}",
     )
     return plans
 
@@ -964,7 +1258,7 @@ def _review(
         "Normal",
         "Replanned",
         f"slot {slot} ({', '.join(reasons.words)}; {status['progress']:.1f} % done): workers "
-        f"per slot from slot {slot}: {_compact(servers)}",
+        f"per slot from slot {slot}: {compact(servers)}",
     )
 
 
@@ -986,7 +1280,7 @@ def _next_change(
         run.status.pop("nextChange", None)
         return
     level, _ = servers_now(plans, job, rules, at, 0)  # the plan's level then
-    run.status["nextChange"] = {"time": _iso(start + at * 3600.0), "replicas": level}
+    run.status["nextChange"] = {"time": iso(start + at * 3600.0), "replicas": level}
 
 
 # -- execution -------------------------------------------------------------------------------
@@ -1004,7 +1298,7 @@ def _suspend_failure(run: _Run, child: ChildState | None, info: dict[str, Any]) 
             f"the training operator dropped spec.runPolicy.suspend from {what} (its CRD "
             "predates training-operator v1.7)"
         )
-    since = _epoch(info.get("suspendedAt"))
+    since = parse_time(info.get("suspendedAt"))
     if (
         child.suspended
         and child.running_condition
@@ -1067,7 +1361,7 @@ def _execute(
             assert child is not None
             if use_suspend:
                 run.op(PatchChild(child.name, suspend_patch()))
-                info.update(suspended=True, suspendedAt=_iso(run.now))
+                info.update(suspended=True, suspendedAt=iso(run.now))
             else:
                 run.op(DeleteChild(child.name))
             if not retry:
@@ -1137,7 +1431,7 @@ def _execute(
         if kind is MPI:
             if use_suspend:
                 run.op(PatchChild(child.name, suspend_patch()))
-                info.update(suspended=True, suspendedAt=_iso(run.now))
+                info.update(suspended=True, suspendedAt=iso(run.now))
                 how = "suspending the MPIJob to resume it"
             else:
                 run.op(DeleteChild(child.name))
@@ -1165,7 +1459,7 @@ def _succeeded(run: _Run, settings: Settings, start: float) -> Decision:
     status = run.status
     status.update(progress=100.0, replicas=0, desiredReplicas=0)
     status["workDone"] = status.get("workRequired", status.get("workDone", 0.0))
-    status["completionTime"] = _iso(run.now)
+    status["completionTime"] = iso(run.now)
     status.pop("nextChange", None)
     hours = (run.now - start) / 3600.0
     deadline_h = settings.deadline_slots * settings.slot_seconds / 3600.0
