@@ -47,23 +47,10 @@ CAPACITY = 2
 CLUSTERS = f"/apis/carbonscaler.io/v1/namespaces/{NS}/{CLUSTER.plural}"
 
 
-def declare_clusters(k8s: Cluster) -> None:
-    """The shared-capacity kind, served as our other kinds are (status subresource)."""
-    k8s.resources[f"carbonscaler.io/v1/{CLUSTER.plural}"] = kmock.ResourceInfo(
-        kind=CLUSTER.kind,
-        singular=CLUSTER.singular,
-        shortnames=set(CLUSTER.short_names),
-        namespaced=True,
-        verbs={"get", "list", "watch", "patch", "create", "delete"},
-        subresources={"status"},
-    )
-
-
 @asynccontextmanager
 async def running() -> AsyncIterator[tuple[Cluster, Operator]]:
     async with Cluster() as k8s, kmock.Server(k8s):
         declare(k8s)
-        declare_clusters(k8s)
         clock = Clock()
         clock.now = T0  # the cluster and the first job are created now: slot 0 begins
         operator = Operator(k8s, clock)

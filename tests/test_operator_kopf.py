@@ -37,7 +37,7 @@ pytest.importorskip("kubernetes")
 from kubernetes import client  # noqa: E402
 
 from carbonscaler.backends.kubernetes import KubeflowApi  # noqa: E402
-from carbonscaler.kube.crd import KINDS, MPI, PYTORCH, JobKind  # noqa: E402
+from carbonscaler.kube.crd import CLUSTER, KINDS, MPI, PYTORCH, JobKind  # noqa: E402
 from carbonscaler.operator import handlers  # noqa: E402
 from carbonscaler.operator.carbon import CarbonBoard  # noqa: E402
 from carbonscaler.operator.progress import ProgressReporter  # noqa: E402
@@ -140,7 +140,7 @@ class Cluster(kmock.KubernetesEmulator):  # type: ignore[misc]
 def declare(k8s: Cluster) -> None:
     """What discovery serves: our kinds (watchable, patchable, with a status subresource),
     the Kubeflow kinds, ConfigMaps, Events, and what kopf itself looks for."""
-    for kind in KINDS.values():
+    for kind in (*KINDS.values(), CLUSTER):
         k8s.resources[f"carbonscaler.io/v1/{kind.plural}"] = kmock.ResourceInfo(
             kind=kind.kind,
             singular=kind.singular,

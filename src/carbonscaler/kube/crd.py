@@ -35,8 +35,8 @@ __all__ = [
     "PYTORCH",
     "VERSION",
     "CarbonScalerClusterSpec",
-    "ClusterKind",
     "JobKind",
+    "ResourceKind",
     "cluster_crd_manifest",
     "crd_manifest",
     "write_manifests",
@@ -49,13 +49,27 @@ KUBEFLOW_VERSION = "v1"
 
 
 @dataclass(frozen=True)
-class JobKind:
-    """One CarbonScaler kind and the Kubeflow kind it drives."""
+class ResourceKind:
+    """One CarbonScaler kind: its names in the API."""
 
     kind: str
     plural: str
     singular: str
     short_names: tuple[str, ...]
+
+    @property
+    def api_version(self) -> str:
+        return f"{GROUP}/{VERSION}"
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{GROUP}"
+
+
+@dataclass(frozen=True)
+class JobKind(ResourceKind):
+    """One CarbonScaler job kind and the Kubeflow kind it drives."""
+
     child_kind: str
     child_plural: str
     replica_specs_key: str  # mpiReplicaSpecs / pytorchReplicaSpecs
@@ -63,16 +77,8 @@ class JobKind:
     framework: str
 
     @property
-    def api_version(self) -> str:
-        return f"{GROUP}/{VERSION}"
-
-    @property
     def child_api_version(self) -> str:
         return f"{KUBEFLOW_GROUP}/{KUBEFLOW_VERSION}"
-
-    @property
-    def crd_name(self) -> str:
-        return f"{self.plural}.{GROUP}"
 
 
 MPI = JobKind(
@@ -100,25 +106,7 @@ PYTORCH = JobKind(
 KINDS: dict[str, JobKind] = {MPI.kind: MPI, PYTORCH.kind: PYTORCH}
 
 
-@dataclass(frozen=True)
-class ClusterKind:
-    """The shared-capacity kind: no Kubeflow job of its own, its member jobs name it."""
-
-    kind: str
-    plural: str
-    singular: str
-    short_names: tuple[str, ...]
-
-    @property
-    def api_version(self) -> str:
-        return f"{GROUP}/{VERSION}"
-
-    @property
-    def crd_name(self) -> str:
-        return f"{self.plural}.{GROUP}"
-
-
-CLUSTER = ClusterKind(
+CLUSTER = ResourceKind(
     kind="CarbonScalerCluster",
     plural="carbonscalerclusters",
     singular="carbonscalercluster",
