@@ -231,3 +231,38 @@ def test_a_saved_core_is_refused_by_another_cluster() -> None:
         ClusterCore(jobs, 4, policy="agnostic").restore(saved)
     with pytest.raises(PlanningError, match=f"jobs {jobs[0].name} that this one does not"):
         ClusterCore(jobs[1:], 4).restore(saved)
+
+
+def test_a_core_restored_with_another_capacity_plans_its_jobs_again() -> None:
+    linear = linear_profile(4)
+    jobs = [
+        ClusterJob("a", Job.from_length(linear, 6, 1, 4), 0, 12),
+        ClusterJob("b", Job.from_length(linear, 4, 1, 4), 0, 12),
+    ]
+    carbon = _diurnal(1, 9)
+    core = ClusterCore(jobs, 6, time_limit_s=60.0)
+    core.decide(0, carbon[:12], {})
+    saved = core.to_dict()
+    same = ClusterCore(jobs, 6, time_limit_s=60.0)
+    same.restore(saved)
+    on_plan: dict[str, Progress] = {}
+    for name in "ab":  # progress exactly as planned: no trigger fires
+        done = float(core.plans(name).planned_done[0, 1])
+        on_plan[name] = Progress(done, done, int(core.plans(name).servers[0, 0]), done > 0)
+    same.decide(1, carbon[1:12], on_plan)
+    assert [len(same.events(n)) for n in "ab"] == [1, 1]
+    smaller = ClusterCore(jobs, 2, time_limit_s=60.0)
+    smaller.restore(saved)
+    grants = smaller.decide(1, carbon[1:12], on_plan)
+    for name in "ab":
+        slot, why = smaller.events(name)[-1]
+        assert slot == 1 and Reason.CAPACITY in why
+    held = sum(
+        np.where(
+            smaller.plans(n).fraction[0, 1:] < 1,
+            np.maximum(smaller.plans(n).servers[0, 1:], smaller.plans(n).after[0, 1:]),
+            smaller.plans(n).servers[0, 1:],
+        )
+        for n in "ab"
+    )
+    assert (held <= 2).all() and sum(g.held for g in grants.values()) <= 2

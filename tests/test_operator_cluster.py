@@ -468,3 +468,25 @@ def test_merge_patch_removes_what_is_gone() -> None:
     merged = copy.deepcopy(old)
     merge(merged, patch)
     assert merged == new
+
+
+def test_a_new_capacity_plans_every_job_again_under_joint() -> None:
+    world = World(capacity=8)
+    a = world.add("a", T0)
+    b = world.add("b", T0, deadline=6)
+    world.step(T0 + 60)
+    assert status(a)["plan"]["servers"] == [0, 0, 0, 0, 0, 0, 4, 0]
+    assert status(b)["plan"]["servers"] == [0, 0, 4, 0, 0, 0]
+    world.cluster["spec"]["capacity"] = 2
+    edited = world.step(T0 + 0.5 * HOUR)
+    assert events(edited) == [
+        (
+            "Replanned",
+            "slot 0: the capacity changed: csmpi/a, csmpi/b planned together in 2 servers",
+        )
+    ]
+    assert status(a)["plan"]["servers"] == [0, 0, 0, 0, 0, 0, 2, 2]
+    assert status(b)["plan"]["servers"] == [0, 0, 2, 2, 0, 0]
+    assert world.cluster["status"]["core"]["capacity"] == [2]
+    calm = world.step(T0 + 0.6 * HOUR)  # planned in this capacity: nothing more to say
+    assert events(calm) == []

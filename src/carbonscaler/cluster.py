@@ -10,7 +10,8 @@ past the deadline, an overrun keeps its level) and the plans themselves — is
 * **Policies.** ``joint`` plans every active job together with
   :func:`~carbonscaler.planner.cluster.plan_cluster` (least total carbon within the capacity and
   every deadline) whenever a job arrives, a job finishes (freeing servers), or a job's own
-  trigger fires (behind, ahead, forecast drift). A per-job policy (``carbonscaler``,
+  trigger fires (behind, ahead, forecast drift), and when the capacity changed (a core restored
+  with another capacity than it saved). A per-job policy (``carbonscaler``,
   ``suspend-resume``, ``agnostic``, ``exact``) plans and re-plans each job alone, as if it owned
   the cluster, and is then queued: what CarbonScaler does on a shared cluster without this
   module.
@@ -173,6 +174,7 @@ class ClusterCore:
         # The queue: order of arrival, then of input.
         self._pending = sorted(jobs, key=lambda j: j.arrival_slot)
         self._members: dict[str, _Member] = {}
+        self._cause = Reason.NONE  # a re-plan owed at the next decision (a new capacity)
 
     # -- what the world asks -------------------------------------------------------------
 
@@ -220,6 +222,7 @@ class ClusterCore:
         """
         return {
             "policy": self.policy,
+            "capacity": [int(k) for k in self._capacity],
             "members": {
                 name: {
                     "plans": m.plans.to_dict(),
@@ -233,6 +236,9 @@ class ClusterCore:
 
     def restore(self, saved: Mapping[str, Any]) -> None:
         """Continue from :meth:`to_dict`'s form, on a core built with the same jobs.
+
+        A core built with another capacity than the saved one re-plans its jobs together at
+        its next decision (``CAPACITY``).
 
         Raises:
             PlanningError: if the saved core ran another policy or names a job this core
@@ -271,6 +277,8 @@ class ClusterCore:
                 events=[(int(s), Reason(int(why))) for s, why in data["events"]],
             )
         self._pending = [j for j in self._pending if j.name not in self._members]
+        if "capacity" in saved and list(saved["capacity"]) != [int(k) for k in self._capacity]:
+            self._cause |= Reason.CAPACITY
 
     def decide(
         self, slot: int, forecast: FloatArray, progress: Mapping[str, Progress]
@@ -295,7 +303,7 @@ class ClusterCore:
         departed = self._settle(progress)
         active = [m for m in self._members.values() if not m.finished]
         if self.policy == JOINT:
-            cause = Reason.NONE
+            cause, self._cause = self._cause, Reason.NONE
             if arrived:
                 cause |= Reason.ARRIVAL
             if departed:

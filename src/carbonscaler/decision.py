@@ -110,6 +110,7 @@ class Reason(enum.IntFlag):
     QUEUED = enum.auto()  # held below its plan by a shared cluster's capacity
     ARRIVAL = enum.auto()  # a job joined the shared cluster: its jobs are planned together
     DEPARTURE = enum.auto()  # a job left the shared cluster, freeing capacity
+    CAPACITY = enum.auto()  # the shared cluster's capacity changed: its jobs are planned again
 
     @property
     def words(self) -> list[str]:

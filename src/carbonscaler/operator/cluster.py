@@ -427,7 +427,17 @@ def decide_cluster(obs: ClusterObservation) -> ClusterDecision:
     core_out: dict[str, Any] | None = {"policy": spec.policy, "members": {}}
     if due and jobs:
         decided = _decide(
-            run, spec, epoch, slot, jobs, saved_members, progress, arriving, leaving, records
+            run,
+            spec,
+            epoch,
+            slot,
+            jobs,
+            saved_members,
+            progress,
+            arriving,
+            leaving,
+            records,
+            planned_capacity=(saved or {}).get("capacity"),
         )
         if decided is None:
             core_out = {"policy": spec.policy, "members": saved_members}
@@ -594,10 +604,13 @@ def _decide(
     arriving: Sequence[ClusterJob],
     leaving: Sequence[ClusterJob],
     records: dict[str, dict[str, Any]],
+    *,
+    planned_capacity: Any = None,
 ) -> dict[str, Any] | None:
     """Rebuild the core from the saved state, decide at ``slot``, and update the records and
     Events; the core's new saved form (finished jobs left out), or None if it could not
-    decide (then nothing changes, and the next pass tries again)."""
+    decide (then nothing changes, and the next pass tries again). A capacity other than the
+    one the saved plans were made in (``planned_capacity``) re-plans every job together."""
     horizon = max(1, max(j.deadline_slot for j in jobs) - slot)
     forecast = _forecast(run, spec, epoch, slot, horizon)
     names = {j.name for j in jobs}
@@ -611,12 +624,13 @@ def _decide(
             overhead_h=spec.overhead_s() / 3600.0,
             time_limit_s=spec.time_limit_s,
         )
-        core.restore(
-            {
-                "policy": core.policy,
-                "members": {k: v for k, v in saved_members.items() if k in names},
-            }
-        )
+        saved: dict[str, Any] = {
+            "policy": core.policy,
+            "members": {k: v for k, v in saved_members.items() if k in names},
+        }
+        if planned_capacity is not None:
+            saved["capacity"] = planned_capacity
+        core.restore(saved)
         finished_before = {k for k in core.admitted() if core.finished(k)}
         grants = core.decide(slot, forecast, progress)
     except PlanningError as exc:
@@ -629,6 +643,7 @@ def _decide(
     arrived = [j.name for j in arriving]
     left = sorted(gone | {k for k in core.admitted() if core.finished(k)} - finished_before)
     joint_names: list[str] = []
+    resized = False
     for key in core.admitted():
         if key in gone:
             continue
@@ -640,6 +655,7 @@ def _decide(
         plans = core.plans(key)
         for made_at, why in events[previous:]:
             joint_names.append(key)
+            resized = resized or Reason.CAPACITY in why
             _announce(run, key, job, plans, made_at, why)
         record.update(
             arrivalSlot=job.arrival_slot,
@@ -661,8 +677,8 @@ def _decide(
             }
         records[key] = record
     _identify(run, records)
-    if arrived or left:
-        _announce_cluster(run, spec, slot, arrived, left, sorted(set(joint_names)))
+    if arrived or left or resized:
+        _announce_cluster(run, spec, slot, arrived, left, sorted(set(joint_names)), resized)
     saved = core.to_dict()
     saved["members"] = {
         k: v for k, v in saved["members"].items() if k not in gone and not core.finished(k)
@@ -720,9 +736,12 @@ def _announce_cluster(
     arrived: list[str],
     left: list[str],
     planned: list[str],
+    resized: bool = False,
 ) -> None:
-    """The cluster's Event for a job arriving or leaving."""
+    """The cluster's Event for a job arriving or leaving, or a new capacity."""
     what = []
+    if resized:
+        what.append("the capacity changed")
     if arrived:
         what.append(f"{', '.join(arrived)} arrived")
     if left:
