@@ -2,9 +2,12 @@
 
 * The compiled batch greedy (:mod:`carbonscaler.planner._kernels`) against the single-plan greedy
   (:func:`carbonscaler.planner.greedy.select_increments`), with ties, zero carbon and non-concave
-  ladders; with a rescale overhead, against the rounds written out here in plain Python.
+  ladders; with a rescale overhead, against the rounds written out here in plain Python; and
+  its sliding lists (rows that are the last row one slot later) against sorting every row.
 * The executor's one-stretch path (plans followed to the deadline at once where nothing can
-  re-plan, fixed-rule policies in stretches) against advancing one slot at a time.
+  re-plan, fixed-rule policies in stretches) and its first-plan path (plans straight from the
+  planner into the compiled world where runs go as planned) against advancing one slot at a
+  time, including the rows it hands back (infeasible plans, runs that outlast their plans).
 * ``exact`` on a concave ladder decides as ``carbonscaler`` (one simulation serves both).
 """
 
@@ -17,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carbonscaler.advisor import Conditions, ForecastSpec, simulate_policy
+from carbonscaler.advisor import Conditions, ForecastSpec, _world, simulate_policy
 from carbonscaler.decision import deciding_policy
 from carbonscaler.planner import Job
 from carbonscaler.planner.batch import BatchPlan, batch_greedy, batch_greedy_with_overhead
@@ -196,3 +199,160 @@ def test_exact_decides_as_carbonscaler_only_on_concave_ladders() -> None:
         simulate_policy("exact", concave, trace, starts, 16, cond),
         simulate_policy("carbonscaler", concave, trace, starts, 16, cond),
     )
+
+
+def _windows(rng: np.random.Generator, rows: int, n: int, ties: bool) -> np.ndarray:
+    """Forecast rows as a sweep plans them: windows of one trace at mostly consecutive starts,
+    with jumps and repeats (so the kernel both slides and sorts afresh)."""
+    trace = _carbon(rng, 1, rows + n + 20, ties)[0]
+    steps = rng.choice([0, 1, 1, 1, 1, 1, 1, 3], size=rows)
+    starts = np.minimum(np.cumsum(steps), rows + 20)
+    return np.lib.stride_tricks.sliding_window_view(trace, n)[starts]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    kind=st.integers(0, 2),
+    servers=st.integers(1, 8),
+    low=st.integers(1, 3),
+    n=st.sampled_from([1, 2, 5, 17, 36, 70]),
+    ties=st.booleans(),
+    overhead_s=st.sampled_from([0, 120]),
+)
+def test_sliding_lists_plan_as_sorting_every_row(
+    seed: int, kind: int, servers: int, low: int, n: int, ties: bool, overhead_s: int
+) -> None:
+    low = min(low, servers)
+    job = Job.from_length(_profile(kind, servers), 1.0, low, servers)
+    ladder = job.ladder()
+    rng = np.random.default_rng(seed)
+    carbon = _windows(rng, 30, n, ties)
+    targets = rng.uniform(0.05, 1.1, 30) * ladder.d_work.sum() * n
+    fallback = targets * rng.uniform(0.5, 1.0, 30)
+    tp, overhead_h = job.profile.throughput, overhead_s / 3600
+    batch = batch_greedy_with_overhead(
+        ladder,
+        carbon,
+        targets,
+        throughput=tp,
+        overhead_h=overhead_h,
+        slot_hours=1.0,
+        fallback=fallback,
+    )
+    for row in range(30):
+        alone = batch_greedy_with_overhead(
+            ladder,
+            carbon[row : row + 1].copy(),
+            targets[row],
+            throughput=tp,
+            overhead_h=overhead_h,
+            slot_hours=1.0,
+            fallback=fallback[row : row + 1],
+        )
+        assert batch.feasible[row] == alone.feasible[0]
+        assert batch.fell_back is not None and alone.fell_back is not None
+        assert batch.fell_back[row] == alone.fell_back[0]
+        assert batch.servers[row].tolist() == alone.servers[0].tolist()
+        assert batch.after[row].tolist() == alone.after[0].tolist()
+        assert batch.fraction[row].tolist() == alone.fraction[0].tolist()
+        if overhead_s == 0 and batch.feasible[row] and not batch.fell_back[row]:
+            single = _single(ladder, carbon[row], float(targets[row]))
+            assert single is not None
+            assert batch.servers[row].tolist() == single.servers[0].tolist()
+
+
+RUNNABLE = ["carbonscaler", "suspend-resume", "agnostic", "exact"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    kind=st.integers(0, 2),
+    servers=st.integers(1, 6),
+    low=st.integers(1, 2),
+    length=st.sampled_from([1.0, 4.0, 7.5, 12.0]),
+    slack=st.sampled_from([0.5, 1.0, 1.3, 2.0]),
+    margin=st.sampled_from([0.0, 0.05, 0.3]),
+    ties=st.booleans(),
+    policy=st.sampled_from(RUNNABLE),
+    slot_hours=st.sampled_from([1.0, 0.25, 1 / 3]),
+)
+def test_first_plans_followed_equal_slot_by_slot(
+    seed: int,
+    kind: int,
+    servers: int,
+    low: int,
+    length: float,
+    slack: float,
+    margin: float,
+    ties: bool,
+    policy: str,
+    slot_hours: float,
+) -> None:
+    """Runs that go as planned are their first plans: straight from the planner into the
+    compiled world, the same numbers as stepping through every slot. Deadlines shorter than the
+    job (slack < 1) leave plans that cannot fit, which run at the top level past the deadline."""
+    low = min(low, servers)
+    job = Job.from_length(_profile(kind, servers), length, low, servers, slot_hours)
+    rng = np.random.default_rng(seed)
+    deadline = max(1, round(slack * length / slot_hours))
+    trace = _carbon(rng, 1, 120 + deadline, ties)[0]
+    count = 12 if policy == "exact" and not job.ladder().concave else 120
+    starts = np.arange(count)
+    if seed % 3 == 0:
+        starts = np.sort(rng.choice(120, size=40))
+    cond = Conditions(safety_margin=margin)
+    fast = simulate_policy(policy, job, trace, starts, deadline, cond, record_slots=deadline + 4)
+    slow = simulate_policy(
+        policy, job, trace, starts, deadline, cond, record_slots=deadline + 4, stepwise=True
+    )
+    _outcomes_equal_exactly(fast, slow)
+
+
+def _outcomes_equal_exactly(a: object, b: object) -> None:
+    for field in dataclasses.fields(a):  # type: ignore[arg-type]
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if x is None:
+            assert y is None
+            continue
+        assert np.array_equal(x, y, equal_nan=np.asarray(x).dtype.kind == "f"), field.name
+
+
+def test_followed_plans_hand_back_what_the_running_rules_decide() -> None:
+    """The rows the compiled world leaves to the reference path: a plan that cannot fit, a
+    run its plan does not finish, and a plan with an idle sliver (where a run could reach the
+    plan's end and the overrun rule)."""
+    profile = amdahl_profile(3, 0.1)
+    work = 2.5 * float(profile.throughput[1])
+    trace = np.array([100.0, 200.0, 300.0, 400.0, 500.0, 600.0])
+    servers = np.array([[1, 1, 1], [1, 0, 0], [1, 0, 1], [1, 1, 1]])
+    fraction = np.ones((4, 3))
+    fraction[0, 2] = 0.5  # does the work at the switch point
+    fraction[2, 0] = 1 - 1e-9  # an idle sliver before the last slot
+    after = servers.copy()
+    after[0, 2] = after[2, 0] = 0
+    feasible = np.array([True, True, True, False])
+    state = [np.zeros(4) for _ in range(2)]
+    status = np.full(4, -1, dtype=np.int8)
+    outputs = [np.zeros(4, dtype=np.int64), np.zeros(4, dtype=bool), np.full(4, np.nan)]
+    totals = [np.zeros(4, dtype=np.int64), *(np.zeros(4) for _ in range(3))]
+    _world.follow(
+        np.zeros(4, dtype=np.int64),
+        trace,
+        servers,
+        fraction,
+        after,
+        feasible,
+        profile.throughput,
+        profile.power_w,
+        work,
+        1.0,
+        *state,
+        *outputs,
+        *totals,
+        np.zeros((4, 0)),
+        status,
+    )
+    assert status.tolist() == [_world.WORK_DONE, _world.RUNNING, _world.RUNNING, _world.RUNNING]
+    assert outputs[2][0] == pytest.approx(2.5)

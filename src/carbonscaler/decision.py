@@ -83,6 +83,7 @@ __all__ = [
     "review_rows",
     "servers_now",
     "slot_of",
+    "targeted_plans",
     "top_level",
     "triggers_rows",
 ]
@@ -494,6 +495,25 @@ def _plan_and_install(
     overhead_h: float,
 ) -> NDArray[np.int64]:
     """Plan the rest of each row's job from ``first`` and install it; the reasons it adds."""
+    targets, made = targeted_plans(
+        job, rules, forecast, work_done, nominal_work, previous, started, overhead_h
+    )
+    return adopt_rows(plans, job, rules, rows, first, made, forecast, work_done, targets)
+
+
+def targeted_plans(
+    job: Job,
+    rules: Rules,
+    forecast: FloatArray,
+    work_done: FloatArray,
+    nominal_work: FloatArray,
+    previous: IntArray,
+    started: BoolArray,
+    overhead_h: float,
+) -> tuple[Targets, BatchPlan]:
+    """The plans the core makes for each row — the remaining work at the observed pace plus
+    the safety margin (the bare work where the margin does not fit) over its forecast row —
+    before they are installed, and the targets they were made for."""
     targets = plan_targets(job, rules, work_done, nominal_work)
     made = plan_rows(
         job,
@@ -506,7 +526,7 @@ def _plan_and_install(
         # No room for the margin: plan the bare work.
         fallback_work=targets.bare if targets.factor > 1.0 else None,
     )
-    return adopt_rows(plans, job, rules, rows, first, made, forecast, work_done, targets)
+    return targets, made
 
 
 def _merge(base: BatchPlan, rows: IntArray, other: BatchPlan) -> BatchPlan:

@@ -12,6 +12,11 @@ The decisions — the first plan, re-plans at slot boundaries, the safety margin
 when late — are the decision core's, exactly as the local controller and the Kubernetes
 operator make them, so a what-if row describes what a real run would do. The policies that
 follow fixed rules (static, threshold, static-best) never re-plan.
+
+Where runs go exactly as planned (:attr:`Conditions.exact_world`: perfect forecasts, no profile
+error, no overhead) no re-plan can fire, so a run is its first plan: the world runs the
+planner's plans in one compiled call, and only the runs whose plan leaves a say to the running
+rules (top level, overrun) step through the slots (see :func:`_follow_first_plans`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from carbonscaler.decision import (
     first_plans,
     level_stretch,
     review_rows,
+    targeted_plans,
 )
 from carbonscaler.forecast import ForecastSpec, issue_forecasts
 from carbonscaler.planner.model import FloatArray, IntArray, Job, PlanningError
@@ -111,6 +117,12 @@ class Conditions:
         """The decision rules a running job with ``policy`` follows under these conditions."""
         return Rules(Policy.parse(policy), self.replan_threshold, self.safety_margin)
 
+    @property
+    def exact_world(self) -> bool:
+        """Whether runs go exactly as planned: perfect forecasts, no profile error and no
+        overhead, so no re-plan can fire and the plan made at arrival is what runs."""
+        return self.forecast.is_perfect and self.profile_error == 0 and self.rescale_overhead_s == 0
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -149,12 +161,13 @@ def simulate_policy(
         cond: forecast, profile error, overhead and re-planning settings.
         record_slots: also return the mean servers of each run's first ``record_slots`` slots.
         stepwise: advance one slot at a time even where nothing can re-plan (the reference
-            path the tests hold the one-stretch path to).
+            path the tests hold the fast paths to).
 
     Raises:
         ValueError: for an unknown policy or starts too close to the trace's end.
     """
     starts = np.asarray(starts, dtype=np.int64)
+    trace = np.asarray(trace, dtype=np.float64)
     if len(starts) and (starts.min() < 0 or starts.max() + deadline_slots > len(trace)):
         raise ValueError(
             f"every start needs {deadline_slots} slots of trace after it; the trace has "
@@ -163,6 +176,114 @@ def simulate_policy(
     name = Policy.parse(policy)
     if name is Policy.STATIC_BEST:
         return _static_best(job, trace, starts, deadline_slots, cond)
+    if name.runnable and cond.exact_world and not stepwise:
+        return _follow_first_plans(name, job, trace, starts, deadline_slots, cond, record_slots)
+    return _run_slots(name, job, trace, starts, deadline_slots, cond, record_slots, stepwise)
+
+
+def _follow_first_plans(
+    name: Policy,
+    job: Job,
+    trace: FloatArray,
+    starts: IntArray,
+    deadline_slots: int,
+    cond: Conditions,
+    record_slots: int,
+) -> Outcome:
+    """:func:`simulate_policy` of a runnable policy where runs go exactly as planned
+    (:attr:`Conditions.exact_world`): each run is its first plan, straight from the planner.
+
+    The decision core plans every start at once (:func:`~carbonscaler.decision.targeted_plans`,
+    as its first plans are made) and the world
+    runs each plan in one compiled call (:func:`_world.follow`), with no per-slot numpy: no
+    plan to install, no levels of a stretch. The rows where the decision core's running rules
+    could say more than the plan — a plan that cannot fit (top level), a run that outlasts its
+    plan (overrun, late) — are run by the reference path (:func:`_run_slots`) instead.
+    """
+    from carbonscaler.advisor import _world  # numba: imported when first needed
+
+    rows = len(starts)
+    rules = cond.rules(name)
+    # A perfect forecast is the trace itself (ForecastSpec.is_perfect).
+    forecast = np.lib.stride_tricks.sliding_window_view(trace, deadline_slots)[starts]
+    # The plans first_plans makes, without installing them.
+    nothing = np.zeros(rows)
+    _, made = targeted_plans(
+        job,
+        rules,
+        forecast,
+        nothing,
+        nothing,
+        np.zeros(rows, dtype=np.int64),
+        np.zeros(rows, dtype=bool),
+        0.0,
+    )
+    done, nominal = np.zeros(rows), np.zeros(rows)
+    previous, started = np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=bool)
+    emissions, energy, server_hours = np.zeros(rows), np.zeros(rows), np.zeros(rows)
+    completion = np.full(rows, np.nan)
+    rescales = np.zeros(rows, dtype=np.int64)
+    by_slot = np.zeros((rows, record_slots))
+    status = np.empty(rows, dtype=np.int8)
+    _world.follow(
+        starts,
+        trace,
+        made.servers,
+        made.fraction,
+        made.after,
+        made.feasible,
+        job.profile.throughput,
+        job.profile.power_w,
+        float(job.work),
+        job.slot_hours,
+        done,
+        nominal,
+        previous,
+        started,
+        completion,
+        rescales,
+        energy,
+        emissions,
+        server_hours,
+        by_slot,
+        status,
+    )
+    met = (status == _world.WORK_DONE) & (completion <= deadline_slots * job.slot_hours + 1e-9)
+    outcome = Outcome(
+        emissions,
+        energy,
+        completion,
+        met,
+        rescales,
+        np.zeros(rows, dtype=np.int64),
+        server_hours,
+        done,
+        by_slot if record_slots else None,
+    )
+    rest = np.flatnonzero(status != _world.WORK_DONE)
+    if len(rest):
+        again = _run_slots(
+            name, job, trace, starts[rest], deadline_slots, cond, record_slots, stepwise=False
+        )
+        for mine, theirs in zip(_fields(outcome), _fields(again), strict=True):
+            mine[rest] = theirs
+        if record_slots:
+            by_slot[rest] = again.servers_by_slot
+    return outcome
+
+
+def _run_slots(
+    name: Policy,
+    job: Job,
+    trace: FloatArray,
+    starts: IntArray,
+    deadline_slots: int,
+    cond: Conditions,
+    record_slots: int,
+    stepwise: bool,
+) -> Outcome:
+    """:func:`simulate_policy` by stepping through the slots in stretches (one slot at a time
+    where a run may re-plan, or with ``stepwise``), asking the decision core for the levels."""
     rows = len(starts)
     dt = job.slot_hours
     tp, power = job.profile.throughput, job.profile.power_w
@@ -207,10 +328,7 @@ def simulate_policy(
     # Re-plans are possible only where the world can drift from the plan (carbon-agnostic never
     # re-plans); elsewhere a plan is followed to the deadline in one stretch, and fixed-rule
     # policies run in stretches to the end. The decisions are the same either way.
-    exact_world = (
-        cond.forecast.is_perfect and cond.profile_error == 0 and cond.rescale_overhead_s == 0
-    )
-    drifts = planned and (stepwise or (name is not Policy.AGNOSTIC and not exact_world))
+    drifts = planned and (stepwise or (name is not Policy.AGNOSTIC and not cond.exact_world))
     chunk = max(deadline_slots, 24)
     from carbonscaler.advisor import _world  # numba: imported when first needed
 

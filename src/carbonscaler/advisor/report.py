@@ -13,21 +13,12 @@ import io
 import json
 import os
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
 from rich.table import Table
 from rich.text import Text
 
@@ -43,6 +34,10 @@ from carbonscaler.outputs import (
 from carbonscaler.planner.model import Job
 from carbonscaler.templating import render
 from carbonscaler.wording import percent, saving
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = [
     "RANKING_RULE",
@@ -438,7 +433,20 @@ def _label(row: Any) -> str:
     return label
 
 
+@cache
+def _agg() -> None:
+    """Draw on matplotlib's Agg backend (files only; never needs a display). Matplotlib is
+    imported by the first figure, so a sweep that draws none does not wait for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
 def _savings_distribution(result: SweepResult) -> Figure:
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     everyone = _overall(result)
     overall = everyone[everyone["policy"] != "agnostic"].reset_index(drop=True)
     runs = result.runs
@@ -513,6 +521,9 @@ def _scenario_runs(result: SweepResult, row: pd.Series) -> pd.DataFrame:
 
 
 def _example_schedule(result: SweepResult) -> Figure:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
     spec = result.spec
     run, policy = _example_run(result)
     trace = next(t for t in spec.traces if t.source == run["trace"]).resample(spec.slot_minutes)
@@ -600,6 +611,9 @@ def _example_schedule(result: SweepResult) -> Figure:
 
 
 def _savings_vs_slack(result: SweepResult) -> Figure:
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
     summary = result.summary
     everyone = _overall(result)
     overall = everyone[everyone["policy"] != "agnostic"].reset_index(drop=True)
@@ -664,6 +678,8 @@ def _savings_vs_slack(result: SweepResult) -> Figure:
 
 
 def _savings_vs_region(result: SweepResult) -> Figure:
+    import matplotlib.pyplot as plt
+
     summary = result.summary
     fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     policy = str(ranked_summary(result).iloc[0]["policy"])
@@ -720,6 +736,7 @@ def _pad_x(ax: Axes) -> None:
 
 def figures(result: SweepResult) -> dict[str, Figure]:
     """The sweep's figures by file stem."""
+    _agg()
     out = {
         "savings_distribution": _savings_distribution(result),
         "example_schedule": _example_schedule(result),
@@ -743,6 +760,8 @@ def write_plots(result: SweepResult, folder: str | os.PathLike[str]) -> list[Pat
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create plot folder {target}: {exc.strerror or exc}") from exc
+    import matplotlib.pyplot as plt
+
     written = []
     for stem, fig in figures(result).items():
         path = target / f"{stem}.png"
@@ -820,6 +839,8 @@ def write_html(result: SweepResult, path: str | os.PathLike[str], *, command: st
     Raises:
         OutputError: If the file cannot be written.
     """
+    import matplotlib.pyplot as plt
+
     check_output_file(path, "report")
     images = []
     for stem, fig in figures(result).items():

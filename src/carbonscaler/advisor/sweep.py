@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -175,15 +175,34 @@ def resolve_starts(
     return np.array(sorted(set(indices)), dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class _Savings:
+    """Per run, percent against the scenario's baselines at the same start."""
+
+    vs_agnostic: FloatArray
+    server_hours_change: FloatArray
+    vs_suspend_resume: FloatArray
+
+    @classmethod
+    def of(cls, outcome: Outcome, agnostic: Outcome, suspend_resume: Outcome) -> _Savings:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return cls(
+                100.0 * (1.0 - outcome.emissions_g / agnostic.emissions_g),
+                100.0 * (outcome.server_hours / agnostic.server_hours - 1),
+                100.0 * (1.0 - outcome.emissions_g / suspend_resume.emissions_g),
+            )
+
+
 def _frame(
     outcome: Outcome,
+    savings: _Savings,
     scenario: Scenario,
     policy: str,
     starts: np.ndarray,
     trace: CarbonTrace,
     price: float | None,
 ) -> pd.DataFrame:
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {
             "trace": trace.source,
             "zone": trace.zone,
@@ -200,11 +219,12 @@ def _frame(
             "rescales": outcome.rescales,
             "replans": outcome.replans,
             "server_hours": outcome.server_hours,
+            **({} if price is None else {"cost": outcome.server_hours * price}),
+            "savings_vs_agnostic_pct": savings.vs_agnostic,
+            "server_hours_change_pct": savings.server_hours_change,
+            "savings_vs_suspend_resume_pct": savings.vs_suspend_resume,
         }
     )
-    if price is not None:
-        frame["cost"] = outcome.server_hours * price
-    return frame
 
 
 @dataclass(frozen=True)
@@ -302,26 +322,30 @@ def run_sweep(
                 progress(count, total, f"{scenarios[task.scenario].label}: {policy}")
 
     outcomes = _run_tasks(tasks, jobs, finished)
-    frames: list[pd.DataFrame] = []
-    for number, (scenario, trace, starts) in enumerate(prepared):
-        for policy in policies:
-            outcome = outcomes[number, deciders[number][policy]]
-            frames.append(
-                _frame(outcome, scenario, policy, starts, trace, spec.price_per_server_hour)
-            )
-    runs = _add_savings(pd.concat(frames, ignore_index=True))
-    requested = runs[runs["policy"].isin(spec.policies)]
-    # Report policies in the order asked for, scenario by scenario.
+    # Report the policies asked for, in that order, scenario by scenario; every saving is
+    # against the baselines of the same scenario and start (the runs share their starts).
     rank = {name: i for i, name in enumerate(spec.policies)}
-    scenario_order = requested.groupby(_KEYS[:-1], sort=False).ngroup()
-    requested = (
-        requested.assign(_s=scenario_order, _p=requested["policy"].map(rank))
-        .sort_values(["_s", "_p"], kind="stable")
-        .drop(columns=["_s", "_p"])
-        .reset_index(drop=True)
-    )
-    summary = summarise(requested, spec.traces)
-    return SweepResult(requested, summary, spec)
+    reported = sorted(dict.fromkeys(spec.policies), key=rank.__getitem__)
+    cv = {t.source: t.stats().cv for t in spec.traces}
+    price = spec.price_per_server_hour
+    frames: list[pd.DataFrame] = []
+    rows: list[dict[str, Any]] = []
+    emissions: list[np.ndarray] = []
+    for number, (scenario, trace, starts) in enumerate(prepared):
+        ran = {policy: outcomes[number, deciders[number][policy]] for policy in policies}
+        for policy in reported:
+            outcome = ran[policy]
+            savings = _Savings.of(outcome, ran["agnostic"], ran["suspend-resume"])
+            frames.append(_frame(outcome, savings, scenario, policy, starts, trace, price))
+            rows.append(_summary_row(outcome, savings, scenario, policy, trace, cv, price))
+            emissions.append(outcome.emissions_g)
+    if not frames:  # nothing asked for: the tables, empty
+        scenario, trace, starts = prepared[0]
+        none = outcomes[0, deciders[0]["agnostic"]]
+        empty = _frame(none, _Savings.of(none, none, none), scenario, "", starts, trace, price)
+        frames.append(empty.iloc[:0])
+    runs = pd.concat(frames, ignore_index=True)
+    return SweepResult(runs, _summary(rows, emissions), spec)
 
 
 def _run_tasks(
@@ -371,78 +395,87 @@ def _first_error(order: dict[Future[Outcome], int]) -> BaseException:
     return error
 
 
-_KEYS = ["trace", "slack", "min_servers", "max_servers", "start"]
+def _mean(values: np.ndarray) -> float:
+    """The mean of the values that are not NaN (NaN if none), summed as pandas'
+    ``Series.mean`` sums them."""
+    count = len(values)
+    if values.dtype.kind == "f":
+        missing = np.isnan(values)
+        if missing.any():
+            values = np.where(missing, 0.0, values)
+            count -= int(missing.sum())
+    return float(values.sum(dtype=np.float64) / count) if count else float("nan")
 
 
-def _add_savings(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per-run savings against the two baselines of the same scenario and start."""
-    out = runs
-    for baseline, column in (
-        ("agnostic", "savings_vs_agnostic_pct"),
-        ("suspend-resume", "savings_vs_suspend_resume_pct"),
-    ):
-        base = runs[runs["policy"] == baseline][[*_KEYS, "emissions_g", "server_hours"]]
-        base = base.rename(columns={"emissions_g": "_base_g", "server_hours": "_base_h"})
-        out = out.merge(base, on=_KEYS, how="left")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[column] = 100.0 * (1.0 - out["emissions_g"] / out["_base_g"])
-            if baseline == "agnostic":
-                out["server_hours_change_pct"] = 100.0 * (out["server_hours"] / out["_base_h"] - 1)
-        out = out.drop(columns=["_base_g", "_base_h"])
-    return out
+def _median(values: np.ndarray) -> float:
+    """The median of the values that are not NaN (NaN if none): pandas' ``Series.median``."""
+    present = values[~np.isnan(values)]
+    return float(np.median(present)) if len(present) else float("nan")
 
 
-def summarise(runs: pd.DataFrame, traces: Sequence[CarbonTrace] = ()) -> pd.DataFrame:
-    """One row per (trace, slack, m, M, policy) with the decision statistics, in the order of
-    ``runs``, each with its ``rank`` in its scenario (see :func:`rank_policies`)."""
-    cv = {t.source: t.stats().cv for t in traces}
-    rows = []
-    emissions_by_row: list[np.ndarray] = []
-    group_keys = ["trace", "zone", "slack", "min_servers", "max_servers", "policy"]
-    for key, group in runs.groupby(group_keys, sort=False):
-        trace, zone, slack, m, top, policy = cast(tuple[Any, ...], key)
-        emissions = group["emissions_g"].to_numpy()
-        misses = int((~group["deadline_met"]).sum())
-        row = {
-            "trace": trace,
-            "zone": zone,
-            "slack": float(slack),
-            "min_servers": int(m),
-            "max_servers": int(top),
-            "policy": policy,
-            "runs": len(group),
-            "mean_emissions_g": float(np.mean(emissions)),
-            "median_emissions_g": float(np.median(emissions)),
-            "p5_emissions_g": float(np.percentile(emissions, 5)),
-            "p95_emissions_g": float(np.percentile(emissions, 95)),
-            "mean_savings_vs_agnostic_pct": float(group["savings_vs_agnostic_pct"].mean()),
-            "median_savings_vs_agnostic_pct": float(group["savings_vs_agnostic_pct"].median()),
-            "mean_savings_vs_suspend_resume_pct": float(
-                group["savings_vs_suspend_resume_pct"].mean()
-            ),
-            "deadline_misses": misses,
-            "deadline_miss_pct": 100.0 * misses / len(group),
-            "mean_completion_hours": float(group["completion_hours"].mean()),
-            "mean_server_hours": float(group["server_hours"].mean()),
-            "server_hours_change_pct": float(group["server_hours_change_pct"].mean()),
-            "mean_rescales": float(group["rescales"].mean()),
-            "mean_replans": float(group["replans"].mean()),
-            "not_completed": int((~group["completed"]).sum()),
-            "trace_cv": cv.get(trace, float("nan")),
-        }
-        if "cost" in group:
-            row["mean_cost"] = float(group["cost"].mean())
-        rows.append(row)
-        emissions_by_row.append(emissions)
+def _summary_row(
+    outcome: Outcome,
+    savings: _Savings,
+    scenario: Scenario,
+    policy: str,
+    trace: CarbonTrace,
+    cv: dict[str, float],
+    price: float | None,
+) -> dict[str, Any]:
+    """One scenario's statistics of one policy (a row of the summary)."""
+    emissions = outcome.emissions_g
+    runs = len(emissions)
+    misses = int((~outcome.deadline_met).sum())
+    row: dict[str, Any] = {
+        "trace": trace.source,
+        "zone": trace.zone,
+        "slack": float(scenario.slack),
+        "min_servers": int(scenario.min_servers),
+        "max_servers": int(scenario.max_servers),
+        "policy": policy,
+        "runs": runs,
+        "mean_emissions_g": float(np.mean(emissions)),
+        "median_emissions_g": float(np.median(emissions)),
+        "p5_emissions_g": float(np.percentile(emissions, 5)),
+        "p95_emissions_g": float(np.percentile(emissions, 95)),
+        "mean_savings_vs_agnostic_pct": _mean(savings.vs_agnostic),
+        "median_savings_vs_agnostic_pct": _median(savings.vs_agnostic),
+        "mean_savings_vs_suspend_resume_pct": _mean(savings.vs_suspend_resume),
+        "deadline_misses": misses,
+        "deadline_miss_pct": 100.0 * misses / runs,
+        "mean_completion_hours": _mean(outcome.completion_hours),
+        "mean_server_hours": _mean(outcome.server_hours),
+        "server_hours_change_pct": _mean(savings.server_hours_change),
+        "mean_rescales": _mean(outcome.rescales),
+        "mean_replans": _mean(outcome.replans),
+        "not_completed": int(np.isnan(outcome.completion_hours).sum()),
+        "trace_cv": cv.get(trace.source, float("nan")),
+    }
+    if price is not None:
+        row["mean_cost"] = _mean(outcome.server_hours * price)
+    return row
+
+
+def _summary(rows: list[dict[str, Any]], emissions: list[np.ndarray]) -> pd.DataFrame:
+    """The summary table of :func:`_summary_row` rows, each with its ``rank`` in its scenario
+    (see :func:`rank_policies`) and the policy whose runs it repeats (``same_as``)."""
     summary = pd.DataFrame(rows)
     if summary.empty:
         return summary
     summary.insert(list(summary.columns).index("policy") + 1, "rank", rank_policies(summary))
-    summary["same_as"] = _same_as(summary, emissions_by_row)
+    summary["same_as"] = _same_as(summary, emissions)
     return summary
 
 
 SCENARIO_KEYS = ["trace", "zone", "slack", "min_servers", "max_servers"]
+
+
+def _scenario_numbers(summary: pd.DataFrame) -> np.ndarray:
+    """Each row's scenario, numbered in order of first appearance (as
+    ``groupby(SCENARIO_KEYS, sort=False).ngroup()`` numbers them, without a groupby's cost)."""
+    numbers: dict[tuple[Any, ...], int] = {}
+    keys = zip(*(summary[key].tolist() for key in SCENARIO_KEYS), strict=True)
+    return np.array([numbers.setdefault(key, len(numbers)) for key in keys], dtype=np.int64)
 
 
 def rank_policies(summary: pd.DataFrame) -> pd.Series:
@@ -453,7 +486,7 @@ def rank_policies(summary: pd.DataFrame) -> pd.Series:
     (highest first); then those that miss some, fewest misses first, then by saving. Equal
     results share a rank (``exact`` and ``carbonscaler`` on a concave profile).
     """
-    scenario = summary.groupby(SCENARIO_KEYS, sort=False).ngroup().to_numpy()
+    scenario = _scenario_numbers(summary)
     misses = summary["deadline_miss_pct"].to_numpy(dtype=float)
     lost = -summary["mean_savings_vs_agnostic_pct"].to_numpy(dtype=float)
     lost[np.isnan(lost)] = np.inf
@@ -475,7 +508,7 @@ def _same_as(summary: pd.DataFrame, emissions: list[np.ndarray]) -> pd.Series:
     emitted, finished and rescaled alike (``exact`` = ``carbonscaler`` on a concave ladder),
     or ``None``."""
     same: list[str | None] = [None] * len(summary)
-    scenario = summary.groupby(SCENARIO_KEYS, sort=False).ngroup().to_numpy()
+    scenario = _scenario_numbers(summary)
     stats = summary[["deadline_misses", "mean_completion_hours", "mean_rescales"]].to_numpy()
     for i in range(len(summary)):
         for j in range(i):

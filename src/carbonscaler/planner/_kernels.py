@@ -4,7 +4,10 @@ One row of the batch greedy is a small problem — ``n`` slots, ``J`` ladder ste
 pays its per-call overhead on every one of its many passes. These loops do each row in one go:
 
 * per step ``j``, the slots in descending score ``e_j / c_i`` (ties by slot): one sort, then
-  linear insertion passes that repair the rare floating-point ties between steps;
+  linear insertion passes that repair the rare floating-point ties between steps. Where a row
+  is the last row one slot later — the forecasts of consecutive start times, as a sweep of
+  every start plans them — the lists slide instead: the leaving slot out, the new one in, a
+  move of the entries between the two places (:func:`_slide`) rather than a sort;
 * a ``J``-way merge of those lists (ties by flat index ``i·J + j``, as a stable sort of all
   ``n·J`` scores would give) that stops at the completing increment — the physical floor of the
   greedy, fewer than ``n·J`` steps and no sort of the increments;
@@ -72,13 +75,76 @@ def _lists(carbon: Any, efficiency: Any, lists: Any, scores: Any) -> None:
 
 
 @_jit
-def _extend(goal: float, d_work: Any, lists: Any, scores: Any, heads: Any, log: Any) -> int:
+def _shifted(previous: Any, row: Any) -> bool:
+    """Whether ``row`` is ``previous`` one slot later: the windows of one trace at consecutive
+    starts (a year of hourly starts, a forecast issued at every slot)."""
+    n = row.shape[0]
+    same: bool = n > 0
+    i = 0
+    while same and i < n - 1:
+        same = row[i] == previous[i + 1]
+        i += 1
+    return same
+
+
+@_jit
+def _count_above(values: Any, bound: float, inclusive: bool) -> int:
+    """How many of the non-increasing ``values`` are ``> bound`` (``>=`` with ``inclusive``):
+    a binary search."""
+    low, high = 0, values.shape[0]
+    while low < high:
+        mid = (low + high) // 2
+        if values[mid] > bound or (inclusive and values[mid] == bound):
+            low = mid + 1
+        else:
+            high = mid
+    return low
+
+
+@_jit
+def _slide(
+    leaving: float, entering: float, efficiency: Any, lists: Any, scores: Any, base: int
+) -> None:
+    """:func:`_lists` for the next window, from the last window's (see :func:`_shifted`).
+
+    Each list is sorted by descending score, ties by slot, and a score depends only on its
+    slot's intensity, so one slot later every list is the last one without its first slot
+    (the leaving intensity) and with the new last slot inserted: a move of the entries between
+    the two places, instead of a sort. Entries are stored as ``slot + base``, so the slots of
+    those that stay need no rewriting (the caller raises ``base`` by one per slide).
+    """
+    steps, n = lists.shape
+    for j in range(steps):
+        old = _score(efficiency[j], leaving)
+        new = _score(efficiency[j], entering)
+        sc, li = scores[j], lists[j]
+        # The leaving slot is the first of its score (the lowest slot of any tie).
+        gone = _count_above(sc, old, False)
+        place = _count_above(sc, new, True)  # after every entry scoring >= new
+        if gone < place:
+            place -= 1
+            for p in range(gone, place):
+                sc[p] = sc[p + 1]
+                li[p] = li[p + 1]
+        else:
+            for p in range(gone, place, -1):
+                sc[p] = sc[p - 1]
+                li[p] = li[p - 1]
+        sc[place] = new
+        li[place] = n - 1 + base
+
+
+@_jit
+def _extend(
+    goal: float, d_work: Any, lists: Any, scores: Any, heads: Any, log: Any, base: int
+) -> int:
     """Merge further, logging picks, until the cumulative work reaches ``goal`` or every
     increment is taken; returns how many picks are logged.
 
     ``log`` holds, per pick, its slot, step and cumulative work (as float); ``heads[j]`` is
-    how far list ``j`` is merged. The merge order does not depend on the target, so a larger
-    target continues where a smaller one stopped.
+    how far list ``j`` is merged; the lists hold ``slot + base`` (see :func:`_slide`: an
+    offset that keeps their order). The merge order does not depend on the target, so a
+    larger target continues where a smaller one stopped.
     """
     steps, n = lists.shape
     made = heads.sum()
@@ -98,7 +164,7 @@ def _extend(goal: float, d_work: Any, lists: Any, scores: Any, heads: Any, log: 
             ):
                 best = j
         cumulative += d_work[best]
-        log[made, 0] = lists[best, heads[best]]
+        log[made, 0] = lists[best, heads[best]] - base
         log[made, 1] = best
         log[made, 2] = cumulative
         heads[best] += 1
@@ -113,6 +179,7 @@ def _select(
     levels: Any,
     lists: Any,
     scores: Any,
+    base: int,
     heads: Any,
     log: Any,
     counts: Any,
@@ -123,7 +190,7 @@ def _select(
     """Take increments in score order until ``target`` is covered; False if it cannot be."""
     n = lists.shape[1]
     goal = target * (1 - 1e-12)
-    made = _extend(goal, d_work, lists, scores, heads, log)
+    made = _extend(goal, d_work, lists, scores, heads, log, base)
     for i in range(n):
         fraction[i] = 1.0
     if made == 0 or log[made - 1, 2] < goal:
@@ -188,11 +255,12 @@ def _losses(
 
 @_jit
 def _plan_row(
-    base: float,
+    work: float,
     d_work: Any,
     levels: Any,
     lists: Any,
     scores: Any,
+    base: int,
     heads: Any,
     log: Any,
     counts: Any,
@@ -206,16 +274,27 @@ def _plan_row(
     fraction: Any,
     after: Any,
 ) -> bool:
-    """One row's plan for ``base`` work, covering its own rescale losses; False if it cannot fit.
+    """One row's plan for ``work``, covering its own rescale losses; False if it cannot fit.
 
-    Round 0 plans ``base``; each later round (at most ``rounds``) plans ``base`` plus the last
+    Round 0 plans ``work``; each later round (at most ``rounds``) plans ``work`` plus the last
     plan's losses, until the losses repeat.
     """
     loss = 0.0
     ok = False
     for round_ in range(rounds + 1):
         ok = _select(
-            base + loss, d_work, levels, lists, scores, heads, log, counts, servers, fraction, after
+            work + loss,
+            d_work,
+            levels,
+            lists,
+            scores,
+            base,
+            heads,
+            log,
+            counts,
+            servers,
+            fraction,
+            after,
         )
         if overhead_h <= 0.0 or round_ == rounds:
             break
@@ -256,23 +335,30 @@ def greedy_rows(
     heads = np.empty(steps, dtype=np.int64)
     counts = np.empty(n, dtype=np.int64)
     log = np.empty((n * steps, 3))
+    base = 0
     for r in range(rows):
-        _lists(carbon[r], efficiency, lists, scores)
+        if r > 0 and _shifted(carbon[r - 1], carbon[r]):
+            base += 1
+            _slide(carbon[r - 1, 0], carbon[r, n - 1], efficiency, lists, scores, base)
+        else:
+            base = 0
+            _lists(carbon[r], efficiency, lists, scores)
         heads[:] = 0
         fell_back[r] = False
         ok = False
         for attempt in range(2):
-            base = targets[r] if attempt == 0 else fallbacks[r]
+            work = targets[r] if attempt == 0 else fallbacks[r]
             if attempt == 1:
-                if np.isnan(base):
+                if np.isnan(work):
                     break
                 fell_back[r] = True
             ok = _plan_row(
-                base,
+                work,
                 d_work,
                 levels,
                 lists,
                 scores,
+                base,
                 heads,
                 log,
                 counts,

@@ -17,10 +17,9 @@ schedule says so in its notes.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import coo_array, csr_array
 
 from carbonscaler.planner.greedy import (
     Selection,
@@ -37,6 +36,9 @@ from carbonscaler.planner.model import (
     check_feasible,
 )
 
+if TYPE_CHECKING:
+    from scipy.sparse import csr_array
+
 __all__ = ["plan_exact"]
 
 _FULL = 1.0 - 1e-6
@@ -48,6 +50,8 @@ def _precedence_rows(n: int, steps: int, binary_steps: IntArray) -> tuple[csr_ar
     Variables are laid out as x (n·steps, slot-major) followed by one y per slot and binary step.
     Each row has one +1 and one -1 entry.
     """
+    from scipy.sparse import coo_array, csr_array
+
     nx = n * steps
     n_bin = len(binary_steps)
     y_of = {int(j): b for b, j in enumerate(binary_steps)}
@@ -79,6 +83,10 @@ def _precedence_rows(n: int, steps: int, binary_steps: IntArray) -> tuple[csr_ar
 
 
 def _solve(ladder: Ladder, carbon: FloatArray, target: float, time_limit_s: float) -> FloatArray:
+    # scipy is imported when a MILP is solved: every command imports this module, few solve.
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import csr_array
+
     n, steps = len(carbon), ladder.steps
     raw = ladder.d_work / np.where(ladder.d_power_w > 0, ladder.d_power_w, np.nan)
     rising = np.flatnonzero(np.nan_to_num(np.diff(raw), nan=1.0) > 1e-12 * np.nan_to_num(raw[:-1]))
