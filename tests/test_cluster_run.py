@@ -168,7 +168,9 @@ def test_a_job_file_entry_takes_only_its_arrival_and_weight(tmp_path: Path) -> N
     _job_file(tmp_path, "a", 2.0, 4.0, 60.0)
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump({"capacity": 2, "jobs": [{"job": "a.yaml", "maxReplicas": 3}]}))
-    with pytest.raises(SpecError, match=r"takes only arrival_hours and weight.*maxReplicas comes"):
+    with pytest.raises(
+        SpecError, match=r"takes only arrival_hours, weight, regions and migrate.*maxReplicas comes"
+    ):
         load_cluster_spec(path)
     path.write_text(
         yaml.safe_dump({"capacity": 2, "slot_minutes": 30, "jobs": [{"job": "a.yaml"}]})

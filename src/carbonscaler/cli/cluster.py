@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -33,7 +34,9 @@ if TYPE_CHECKING:
     from carbonscaler.advisor import Conditions
     from carbonscaler.advisor.cluster import ClusterOutcome
     from carbonscaler.control.cluster_controller import ClusterRunReport
+    from carbonscaler.control.cluster_spec import ClusterSpec
     from carbonscaler.planner.cluster import ClusterJob, ClusterPlan, Overcommit
+    from carbonscaler.planner.regions import RegionalJobPlan, RegionalPlan
     from carbonscaler.trace import CarbonTrace
 
 app = typer.Typer(
@@ -108,7 +111,11 @@ def plan_command(
     ] = 60.0,
     as_json: JsonOption = False,
 ) -> None:
-    """Plan the jobs of JOBS.yaml together: least carbon within the capacity and deadlines."""
+    """Plan the jobs of JOBS.yaml together: least carbon within the capacity and deadlines.
+
+    A file with clusters: plans across them: each job gets a cluster (where it may run) and a
+    schedule there; each cluster's trace or zone and capacity replace --trace/--zone/--capacity.
+    """
     _plan(
         jobs_file=jobs_file,
         start_text=start,
@@ -141,6 +148,7 @@ def _plan(
     time_limit_s: float,
     as_json: bool,
 ) -> None:
+    from carbonscaler.control.cluster_spec import load_cluster_spec
     from carbonscaler.planner.cluster import (
         overcommit,
         plan_cluster,
@@ -152,6 +160,27 @@ def _plan(
     if solver not in ("fast", "exact"):
         raise typer.BadParameter(f"{solver!r}: use fast or exact", param_hint="--solver")
     start = parse_start(start_text)
+    spec = load_cluster_spec(jobs_file)
+    if spec.clusters is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--trace", trace),
+                ("--zone", zone),
+                ("--year", year),
+                ("--capacity", capacity_override),
+            )
+            if value is not None
+        ]
+        if given:
+            from carbonscaler.control.spec import SpecError
+
+            raise SpecError(
+                f"{jobs_file}: its clusters: give each cluster's carbon (trace:, or zone: and "
+                f"year:) and capacity; drop {', '.join(given)}"
+            )
+        _plan_regions(spec, start, signal, fill_gaps, tz, solver, time_limit_s, as_json)
+        return
     jobs, capacity, carbon_trace, first, carbon = _cluster_file(
         jobs_file, capacity_override, start, trace, zone, year, signal, fill_gaps, tz
     )
@@ -202,6 +231,206 @@ def _plan(
         console().print(f"  note: {note}", highlight=False, markup=False)
 
 
+def _plan_regions(
+    spec: ClusterSpec,
+    start: pd.Timestamp,
+    signal: str,
+    fill_gaps: int | None,
+    tz: str | None,
+    solver: str,
+    time_limit_s: float,
+    as_json: bool,
+) -> None:
+    """``cluster plan`` of a file with clusters: where as well as when (issue #12).
+
+    Raises:
+        SpecError, ProfileError, PlanningError: for a bad file or a set that cannot fit;
+        TraceError, DatasetError: as :func:`_cluster_carbon`.
+    """
+    from carbonscaler.planner.cluster import overcommit
+    from carbonscaler.planner.policies import savings_pct
+    from carbonscaler.planner.regions import (
+        Region,
+        plan_regions,
+        plan_regions_agnostic,
+        plan_regions_independent,
+    )
+
+    assert spec.clusters is not None
+    jobs = spec.regional_jobs()
+    horizon = max(job.job.deadline_slot for job in jobs)
+    loaded = _cluster_carbon(spec, start, signal, fill_gaps, tz, horizon)
+    regions = [
+        Region(cluster.name, carbon, cluster.capacity)
+        for cluster, (_, _, carbon) in zip(spec.clusters, loaded, strict=True)
+    ]
+    if solver == "fast":
+        plan = plan_regions(jobs, regions, solver="fast", time_limit_s=time_limit_s)
+    else:
+        plan = plan_regions(jobs, regions, solver="exact", time_limit_s=time_limit_s)
+    agnostic = plan_regions_agnostic(jobs, regions)
+    independent = plan_regions_independent(jobs, regions)
+    excess = {name: overcommit(part) for name, part in independent.regions.items()}
+    first_trace, first, _ = loaded[0]
+    times = first_trace.index[first : first + horizon]
+    saved = savings_pct(plan.emissions_g, agnostic.emissions_g)
+    if as_json:
+        out = _regions_json(plan, agnostic, independent, excess, spec, loaded, horizon)
+        out.update(
+            start=start.isoformat(),
+            slot_starts=[t.isoformat() for t in times],
+            savings_vs_agnostic_pct=saved,
+        )
+        typer.echo(json.dumps(out, indent=2))
+        return
+    described = "; ".join(
+        f"{cluster.name}: {trace.zone}, capacity "
+        + (str(cluster.capacity) if isinstance(cluster.capacity, int) else "per slot")
+        for cluster, (trace, _, _) in zip(spec.clusters, loaded, strict=True)
+    )
+    title = (
+        f"cluster plan ({plan.solver}) — {len(jobs)} jobs in {len(regions)} clusters "
+        f"({described}) from {start:%Y-%m-%d %H:%M} UTC"
+    )
+    symbols = {job.name: _SYMBOLS[i % len(_SYMBOLS)] for i, job in enumerate(plan.jobs)}
+    console().print(
+        _jobs_table(
+            plan.combined(),
+            agnostic.combined(),
+            independent.combined(),
+            title,
+            regions=[_route(job) for job in plan.jobs],
+        )
+    )
+    for region, (trace, _, carbon) in zip(regions, loaded, strict=True):
+        part = plan.regions[region.name]
+        console().print(
+            f"\n{region.name} ({trace.zone}): {_count(len(part.jobs), 'job')}, "
+            f"{part.emissions_g:.1f} gCO2eq",
+            highlight=False,
+            markup=False,
+        )
+        chart = _chart(part, times, carbon[:horizon], [symbols[j.name] for j in part.jobs])
+        console().print(chart, highlight=False, markup=False)
+    over = {name: e for name, e in excess.items() if e.max_servers}
+    console().print(
+        f"[bold]joint plan[/]: {plan.emissions_g:.1f} gCO2eq, "
+        f"{plan.deadlines_met}/{len(jobs)} deadlines met, planned in {plan.solve_ms:.1f} ms; "
+        f"saved {saved:.1f} % against carbon-agnostic FIFO in each job's first cluster "
+        f"({agnostic.emissions_g:.1f} gCO2eq, {agnostic.deadlines_met}/{len(jobs)} deadlines "
+        f"met); independent plans in each job's cleanest cluster: "
+        f"{independent.emissions_g:.1f} gCO2eq, "
+        + (
+            "over capacity by up to "
+            + ", ".join(f"{_count(e.max_servers, 'server')} in {name}" for name, e in over.items())
+            if over
+            else "within the capacities"
+        ),
+        highlight=False,
+    )
+    for note in (*plan.notes, *agnostic.notes):
+        console().print(f"  note: {note}", highlight=False, markup=False)
+
+
+def _cluster_carbon(
+    spec: ClusterSpec,
+    start: pd.Timestamp,
+    signal: str,
+    fill_gaps: int | None,
+    tz: str | None,
+    horizon: int,
+) -> list[tuple[CarbonTrace, int, Any]]:
+    """Each cluster's trace, the index of ``start`` in it and its values from ``start`` on
+    (:func:`_carbon_from`, with the cluster's trace or zone and year).
+
+    Raises:
+        TraceError, DatasetError: naming the cluster, as :func:`_carbon_from`.
+    """
+    from carbonscaler.datasets import DatasetError
+    from carbonscaler.trace import TraceError
+
+    assert spec.clusters is not None
+    loaded = []
+    for cluster in spec.clusters:
+        trace = None if cluster.trace is None else Path(cluster.trace)
+        try:
+            loaded.append(
+                _carbon_from(
+                    start,
+                    trace,
+                    cluster.zone,
+                    cluster.year,
+                    signal,
+                    spec.slot_minutes,
+                    horizon,
+                    fill_gaps,
+                    tz,
+                )
+            )
+        except (TraceError, DatasetError) as exc:
+            raise type(exc)(f"cluster {cluster.name!r}: {exc}") from None
+    return loaded
+
+
+def _route(job: RegionalJobPlan) -> str:
+    """Where a job runs: its cluster, or the clusters a migrating job runs in, in order."""
+    visited: list[str] = []
+    for region in job.slot_regions:
+        if region is not None and (not visited or visited[-1] != region):
+            visited.append(region)
+    if len(visited) <= 1:
+        return job.region
+    if len(visited) > 4:
+        return "→".join(visited[:3]) + f"… ({job.moves} moves)"
+    return "→".join(visited)
+
+
+def _regions_json(
+    plan: RegionalPlan,
+    agnostic: RegionalPlan,
+    independent: RegionalPlan,
+    excess: dict[str, Overcommit],
+    spec: ClusterSpec,
+    loaded: list[tuple[CarbonTrace, int, Any]],
+    horizon: int,
+) -> dict[str, Any]:
+    """The ``--json`` object of a file with clusters: the single cluster's (servers and
+    capacity per slot summed over the clusters, ``capacity`` by cluster as given), each job
+    with its ``region`` (and ``regions_per_slot``, ``migrate``, the baselines' regions), and
+    per cluster (``regions``) its capacity, servers used, emissions, trace and baselines."""
+    assert spec.clusters is not None
+    out = plan.to_dict()
+    out["capacity_per_slot"] = out.pop("capacity")
+    out["capacity"] = {cluster.name: cluster.capacity for cluster in spec.clusters}
+    out["horizon_hours"] = plan.horizon * plan.slot_hours
+    out["deadlines_met"] = plan.deadlines_met
+    out["agnostic_emissions_g"] = agnostic.emissions_g
+    out["agnostic_deadlines_met"] = agnostic.deadlines_met
+    out["independent_emissions_g"] = independent.emissions_g
+    out["independent_overcommit"] = max(e.max_servers for e in excess.values())
+    out["independent_overcommit_server_hours"] = sum(e.server_hours for e in excess.values())
+    out["independent_overcommit_slots"] = sum(e.slots for e in excess.values())
+    for job, agn, ind in zip(out["jobs"], agnostic.jobs, independent.jobs, strict=True):
+        job["agnostic_emissions_g"] = agn.emissions_g
+        job["agnostic_completion_hours"] = agn.completion_hours if agn.schedule.completed else None
+        job["agnostic_region"] = agn.region
+        job["independent_emissions_g"] = ind.emissions_g
+        job["independent_region"] = ind.region
+    for entry, cluster, (trace, _, carbon) in zip(
+        out["regions"], spec.clusters, loaded, strict=True
+    ):
+        name = cluster.name
+        entry["capacity_per_slot"] = entry.pop("capacity")
+        entry["capacity"] = cluster.capacity
+        entry["trace"] = trace.source
+        entry["zone"] = trace.zone
+        entry["carbon_intensity"] = [float(c) for c in carbon[:horizon]]
+        entry["agnostic_emissions_g"] = agnostic.regions[name].emissions_g
+        entry["independent_emissions_g"] = independent.regions[name].emissions_g
+        entry["independent_overcommit"] = excess[name].max_servers
+    return out
+
+
 def _cluster_file(
     jobs_file: Path,
     capacity_override: int | None,
@@ -221,9 +450,16 @@ def _cluster_file(
             :func:`_carbon_from`.
     """
     from carbonscaler.control.cluster_spec import load_cluster_spec
+    from carbonscaler.control.spec import SpecError
     from carbonscaler.planner.model import PlanningError
 
     spec = load_cluster_spec(jobs_file)
+    if spec.clusters is not None:
+        raise SpecError(
+            f"{jobs_file} names several clusters (clusters:); running and simulating take one "
+            "cluster for now: plan them with `carbonscaler cluster plan`, or give one "
+            "`capacity:` and no `clusters:`"
+        )
     capacity = capacity_override if capacity_override is not None else spec.capacity
     if capacity is None:
         raise PlanningError(
@@ -301,13 +537,20 @@ def _json(
 
 
 def _jobs_table(
-    plan: ClusterPlan, agnostic: ClusterPlan, independent: ClusterPlan, title: str
+    plan: ClusterPlan,
+    agnostic: ClusterPlan,
+    independent: ClusterPlan,
+    title: str,
+    regions: Sequence[str] | None = None,
 ) -> Any:
+    """Per job: window, servers, work, emissions, completion, deadline and the baselines'
+    emissions; with ``regions`` (one per job), a region column after the job's name."""
     from rich.table import Table
 
     table = Table(title=title)
     for col in (
         "job",
+        *(() if regions is None else ("region",)),
         "window (h)",
         "servers",
         "work",
@@ -317,7 +560,7 @@ def _jobs_table(
         "alone gCO2eq",
         "agnostic gCO2eq",
     ):
-        table.add_column(col, justify="left" if col == "job" else "right")
+        table.add_column(col, justify="left" if col in ("job", "region") else "right")
     dt = plan.slot_hours
     for i, (job, agn, ind) in enumerate(
         zip(plan.jobs, agnostic.jobs, independent.jobs, strict=True)
@@ -327,6 +570,7 @@ def _jobs_table(
         levels = f"{int(active.min())}..{int(active.max())}" if len(active) else "0"
         table.add_row(
             f"{_SYMBOLS[i % len(_SYMBOLS)]} {job.name}",
+            *(() if regions is None else (regions[i],)),
             f"{job.arrival_slot * dt:g}–{job.deadline_slot * dt:g}",
             levels,
             f"{schedule.work_required:.4g}",
@@ -339,8 +583,15 @@ def _jobs_table(
     return table
 
 
-def _chart(plan: ClusterPlan, times: pd.DatetimeIndex, carbon: Any) -> str:
-    """Servers per slot as text bars: one symbol per job's server, '·' for free capacity."""
+def _chart(
+    plan: ClusterPlan,
+    times: pd.DatetimeIndex,
+    carbon: Any,
+    symbols: Sequence[str] | None = None,
+) -> str:
+    """Servers per slot as text bars: one symbol per job's server (``symbols``, one per job
+    of ``plan``; by default the jobs' letters in order), '·' for free capacity."""
+    letters = symbols or [_SYMBOLS[i % len(_SYMBOLS)] for i in range(len(plan.jobs))]
     capacity = plan.capacity[: plan.horizon]
     widest = max(int(capacity.max()), int(plan.servers_used.max()), 1)
     scale = max(1.0, widest / _CHART_WIDTH)
@@ -351,8 +602,8 @@ def _chart(plan: ClusterPlan, times: pd.DatetimeIndex, carbon: Any) -> str:
     ]
     for t in range(plan.horizon):
         bar = ""
-        for i, per_slot in enumerate(servers):
-            bar += _SYMBOLS[i % len(_SYMBOLS)] * round(int(per_slot[t]) / scale)
+        for letter, per_slot in zip(letters, servers, strict=True):
+            bar += letter * round(int(per_slot[t]) / scale)
         used, cap = int(plan.servers_used[t]), int(capacity[t])
         bar += "·" * max(round(cap / scale) - len(bar), 0)
         width = round(widest / scale)
@@ -385,6 +636,20 @@ MarginOption = Annotated[
     float, typer.Option(help="Extra share of the remaining work each plan covers, where it fits.")
 ]
 SeedOption = Annotated[int, typer.Option(help="Seed of the forecast and profile errors.")]
+RunThresholdOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Deviation that re-plans (0.05 = 5 %). Default: 0.05 simulated; for real, the "
+        "smallest of the job files' replanThreshold."
+    ),
+]
+RunMarginOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Extra share of the remaining work each plan covers, where it fits. Default: 0.05 "
+        "simulated; for real, the largest of the job files' safetyMargin."
+    ),
+]
 
 
 @app.command("run")
@@ -419,8 +684,8 @@ def run_command(
     forecast_error: ForecastErrorOption = 0.0,
     profile_error: ProfileErrorOption = 0.0,
     rescale_overhead_s: OverheadOption = 0.0,
-    replan_threshold: ThresholdOption = 0.05,
-    safety_margin: MarginOption = 0.05,
+    replan_threshold: RunThresholdOption = None,
+    safety_margin: RunMarginOption = None,
     seed: SeedOption = 0,
     folder: Annotated[
         Path | None,
@@ -460,8 +725,8 @@ def _run(
     forecast_error: float,
     profile_error: float,
     rescale_overhead_s: float,
-    replan_threshold: float,
-    safety_margin: float,
+    replan_threshold: float | None,
+    safety_margin: float | None,
     seed: int,
     folder: Path | None,
     as_json: bool,
@@ -484,8 +749,8 @@ def _run(
         seed=seed,
         profile_error=profile_error,
         rescale_overhead_s=rescale_overhead_s,
-        replan_threshold=replan_threshold,
-        safety_margin=safety_margin,
+        replan_threshold=0.05 if replan_threshold is None else replan_threshold,
+        safety_margin=0.05 if safety_margin is None else safety_margin,
     )
     when = parse_start(start)
     jobs, cap, carbon_trace, first, carbon = _cluster_file(
@@ -501,6 +766,7 @@ def _run(
             policy,
             cond,
             rescale_overhead_s or None,
+            stated=replan_threshold is not None or safety_margin is not None,
             as_json=as_json,
         )
         return
@@ -541,10 +807,12 @@ def _run_for_real(
     cond: Conditions,
     overhead_s: float | None,
     *,
+    stated: bool,
     as_json: bool,
 ) -> None:
     """Run the cluster's workloads as local processes (resuming ``folder``'s state), with a
-    progress display, then print the report."""
+    progress display, then print the report; the re-plan threshold and safety margin are
+    ``cond``'s when ``stated`` on the command line, else the job files'."""
     from carbonscaler.cli._progress import ProgressDisplay
     from carbonscaler.cli._runner import build_cluster, forecaster_at
     from carbonscaler.control.carbon import ReplayFeed
@@ -577,7 +845,7 @@ def _run_for_real(
             feed=feed,
             capacity=capacity,
             policy=policy,
-            rules=cond.rules("carbonscaler"),
+            rules=cond.rules("carbonscaler") if stated else None,
             overhead_s=overhead_s,
             on_step=on_step,
         )
@@ -589,17 +857,19 @@ def _run_for_real(
         return
     console().print(_run_table(report), highlight=False)
     saved = report.to_dict()["savings_pct"]
+    jobs = len(report.jobs)
+    verdict = (
+        ""
+        if saved is None
+        else f"; saved {saved:.1f} % against carbon-agnostic first come first served under "
+        f"the same capacity ({report.agnostic_emissions_g:.1f} gCO2eq, "
+        f"{report.agnostic_deadlines_met}/{jobs} deadlines met)"
+    )
     console().print(
         f"[bold]{report.policy}[/]: {report.emissions_g:.1f} gCO2eq, "
-        f"{report.deadlines_met}/{len(report.jobs)} deadlines met"
-        + (
-            ""
-            if saved is None
-            else f"; saved {saved:.1f} % against each job run carbon-"
-            f"agnostic alone ({report.agnostic_emissions_g:.1f} gCO2eq)"
-        )
-        + f". State in {folder}; power estimated from each job's profile (jobs sharing one "
-        "machine cannot be told apart by its energy counters).",
+        f"{report.deadlines_met}/{jobs} deadlines met{verdict}. State in {folder}; power "
+        "estimated from each job's profile (jobs sharing one machine cannot be told apart by "
+        "its energy counters).",
         highlight=False,
     )
 

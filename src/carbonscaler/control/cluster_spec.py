@@ -46,10 +46,12 @@ from carbonscaler.settings import JobSettings
 
 if TYPE_CHECKING:
     from carbonscaler.planner.cluster import ClusterJob
+    from carbonscaler.planner.regions import RegionalJob
 
 __all__ = [
     "JOBS_CSV_COLUMNS",
     "ClusterJobSpec",
+    "ClusterRegionSpec",
     "ClusterSpec",
     "generate_cluster_spec",
     "load_cluster_spec",
@@ -97,6 +99,16 @@ class ClusterJobSpec(JobSettings):
         description="Priority when the set cannot fit: the jobs kept finishing are those of "
         "the largest total weight.",
     )
+    regions: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="With clusters: the names of the clusters the job may run in (default: all).",
+    )
+    migrate: bool = Field(
+        False,
+        description="With clusters: the job may change cluster at slot boundaries (default: "
+        "it runs in one).",
+    )
 
     @model_validator(mode="after")
     def _plannable(self) -> Self:
@@ -127,8 +139,62 @@ class ClusterJobSpec(JobSettings):
         return self.slack * self.length_hours
 
 
+class ClusterRegionSpec(BaseModel):
+    """One of several clusters (regions) of a cluster file: its carbon and its capacity.
+
+    The carbon is a trace file (``trace``, relative to the cluster file; ``zone`` then picks
+    a zone of a file that names several) or a zone of the offline dataset (``zone``, with an
+    optional ``year``; default: the plan's start year).
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", description="Unique cluster name."
+    )
+    trace: str | None = Field(
+        None, min_length=1, description="Carbon-intensity file, relative to the cluster file."
+    )
+    zone: str | None = Field(
+        None,
+        min_length=1,
+        description="Without trace: a zone of the offline dataset. With: the zone of a file "
+        "that names several.",
+    )
+    year: int | None = Field(
+        None, ge=1900, le=2200, description="Offline-dataset year for zone (default: --start's)."
+    )
+    capacity: int | list[int] = Field(
+        description="Servers per slot: one number, or one per slot from the plan's start."
+    )
+
+    @field_validator("capacity")
+    @classmethod
+    def _whole_servers(cls, value: int | list[int]) -> int | list[int]:
+        values = value if isinstance(value, list) else [value]
+        if any(v < 0 for v in values):
+            raise ValueError("servers per slot cannot be negative")
+        if isinstance(value, list) and not value:
+            raise ValueError("a per-slot capacity needs at least one value")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.trace is None and self.zone is None:
+            raise ValueError(
+                f"cluster {self.name!r}: give its carbon, trace: PATH (a carbon-intensity "
+                "file) or zone: Z (the offline dataset; see `carbonscaler traces list`)"
+            )
+        if self.trace is not None and self.year is not None:
+            raise ValueError(
+                f"cluster {self.name!r}: year: selects an offline-dataset year; it does not "
+                "apply to a trace file"
+            )
+        return self
+
+
 class ClusterSpec(BaseModel):
-    """A cluster file: the capacity, the slot length and the jobs."""
+    """A cluster file: the capacity (or several clusters), the slot length and the jobs."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
 
@@ -139,6 +205,12 @@ class ClusterSpec(BaseModel):
     )
     slot_minutes: int = Field(60, ge=1, le=1440, description="Slot length of every job.")
     jobs: list[ClusterJobSpec] = Field(min_length=1)
+    clusters: list[ClusterRegionSpec] | None = Field(
+        None,
+        min_length=1,
+        description="Several clusters (regions), each with its own carbon and capacity, "
+        "instead of one capacity; a job's regions: says where it may run.",
+    )
 
     @field_validator("capacity")
     @classmethod
@@ -180,12 +252,43 @@ class ClusterSpec(BaseModel):
             raise ValueError(f"job names must be unique; repeated: {', '.join(repeated)}")
         return self
 
+    @model_validator(mode="after")
+    def _regions(self) -> Self:
+        if self.clusters is None:
+            placed = [job.name for job in self.jobs if job.regions is not None or job.migrate]
+            if placed:
+                raise ValueError(
+                    f"job{'s' if len(placed) > 1 else ''} {', '.join(placed)}: regions: and "
+                    "migrate: choose among clusters; add clusters: [{name, trace | zone, "
+                    "capacity}] at the top level"
+                )
+            return self
+        if self.capacity is not None:
+            raise ValueError(
+                "with clusters: give each cluster its capacity (clusters[].capacity), not a "
+                "top-level capacity"
+            )
+        names = [cluster.name for cluster in self.clusters]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"cluster names must be unique; repeated: {', '.join(repeated)}")
+        for job in self.jobs:
+            unknown = [r for r in job.regions or () if r not in names]
+            if unknown:
+                raise ValueError(
+                    f"job {job.name!r}: unknown cluster{'s' if len(unknown) > 1 else ''} "
+                    f"{', '.join(repr(u) for u in unknown)} in regions; the clusters are "
+                    f"{', '.join(names)}"
+                )
+        return self
+
     @property
     def slot_hours(self) -> float:
         return self.slot_minutes / 60.0
 
     def resolve_paths(self, base: Path) -> ClusterSpec:
-        """Profile paths (anything but a parametric shape) made relative to ``base``."""
+        """Profile paths (anything but a parametric shape) and the clusters' trace paths made
+        relative to ``base``."""
         jobs = []
         for job in self.jobs:
             profile = job.profile
@@ -193,7 +296,15 @@ class ClusterSpec(BaseModel):
             if looks_like_path and not os.path.isabs(profile):
                 profile = str((base / profile).resolve())
             jobs.append(job.model_copy(update={"profile": profile}))
-        return self.model_copy(update={"jobs": jobs})
+        update: dict[str, Any] = {"jobs": jobs}
+        if self.clusters is not None:
+            update["clusters"] = [
+                cluster
+                if cluster.trace is None or os.path.isabs(cluster.trace)
+                else cluster.model_copy(update={"trace": str((base / cluster.trace).resolve())})
+                for cluster in self.clusters
+            ]
+        return self.model_copy(update=update)
 
     def job_files(self) -> dict[str, Path]:
         """The job file of each job given by one (``job:``), by name."""
@@ -239,6 +350,21 @@ class ClusterSpec(BaseModel):
             out.append(ClusterJob(spec.name, job, arrival, deadline, spec.weight))
         return out
 
+    def regional_jobs(self) -> list[RegionalJob]:
+        """The planner's jobs (:meth:`cluster_jobs`) with the clusters each may run in (none
+        listed: all) and whether it may migrate, for
+        :func:`~carbonscaler.planner.regions.plan_regions`.
+
+        Raises:
+            ProfileError, FileNotFoundError, PlanningError: as :meth:`cluster_jobs`.
+        """
+        from carbonscaler.planner.regions import RegionalJob
+
+        return [
+            RegionalJob(job, tuple(spec.regions or ()), spec.migrate)
+            for job, spec in zip(self.cluster_jobs(), self.jobs, strict=True)
+        ]
+
 
 def load_cluster_spec(path: str | os.PathLike[str]) -> ClusterSpec:
     """Read and validate a cluster file; profile paths are taken relative to the file.
@@ -280,7 +406,7 @@ _FROM_JOB_FILE = {
     "slack",
     "progress",
 }
-_BESIDE_JOB_FILE = {"job", "arrival_hours", "arrivalHours", "weight"}
+_BESIDE_JOB_FILE = {"job", "arrival_hours", "arrivalHours", "weight", "regions", "migrate"}
 
 
 def _with_job_files(data: dict[str, Any], file: Path) -> dict[str, Any]:
@@ -305,7 +431,7 @@ def _with_job_files(data: dict[str, Any], file: Path) -> dict[str, Any]:
         if extra:
             raise SpecError(
                 f"{file}: jobs.{index}: an entry given by its job file takes only "
-                f"arrival_hours and weight beside job:; {', '.join(extra)} "
+                f"arrival_hours, weight, regions and migrate beside job:; {', '.join(extra)} "
                 f"{'comes' if len(extra) == 1 else 'come'} from the job file"
             )
         path = Path(str(entry["job"]))

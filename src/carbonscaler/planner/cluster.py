@@ -69,7 +69,7 @@ import math
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -89,6 +89,7 @@ __all__ = [
     "ClusterJob",
     "ClusterJobPlan",
     "ClusterPlan",
+    "JobPlans",
     "Overcommit",
     "overcommit",
     "plan_cluster",
@@ -253,8 +254,44 @@ class ClusterJobPlan:
         return None if p is None else self.arrival_slot + p
 
 
+_JobPlanT = TypeVar("_JobPlanT", bound=ClusterJobPlan)
+
+
+class JobPlans(Generic[_JobPlanT]):
+    """What a plan of several jobs says of them all: totals and each job by name (one cluster's
+    plan, or several regions')."""
+
+    jobs: tuple[_JobPlanT, ...]
+
+    @property
+    def emissions_g(self) -> float:
+        """Total emissions of all jobs, in grams CO2eq."""
+        return float(sum(j.emissions_g for j in self.jobs))
+
+    @property
+    def energy_kwh(self) -> float:
+        """Total energy of all jobs, in kWh."""
+        return float(sum(j.schedule.energy_kwh for j in self.jobs))
+
+    @property
+    def deadlines_met(self) -> int:
+        """How many jobs finish by their deadlines."""
+        return sum(j.deadline_met for j in self.jobs)
+
+    def job(self, name: str) -> _JobPlanT:
+        """The plan of the job called ``name``.
+
+        Raises:
+            KeyError: if there is no such job.
+        """
+        for plan in self.jobs:
+            if plan.name == name:
+                return plan
+        raise KeyError(name)
+
+
 @dataclass(frozen=True, eq=False)
-class ClusterPlan:
+class ClusterPlan(JobPlans[ClusterJobPlan]):
     """Plans of all jobs of a cluster and the capacity they share.
 
     Attributes:
@@ -277,35 +314,9 @@ class ClusterPlan:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
-    def emissions_g(self) -> float:
-        """Total emissions of all jobs, in grams CO2eq."""
-        return float(sum(j.emissions_g for j in self.jobs))
-
-    @property
-    def energy_kwh(self) -> float:
-        """Total energy of all jobs, in kWh."""
-        return float(sum(j.schedule.energy_kwh for j in self.jobs))
-
-    @property
-    def deadlines_met(self) -> int:
-        """How many jobs finish by their deadlines."""
-        return sum(j.deadline_met for j in self.jobs)
-
-    @property
     def horizon(self) -> int:
         """Slots the plan covers from the planning start."""
         return len(self.servers_used)
-
-    def job(self, name: str) -> ClusterJobPlan:
-        """The plan of the job called ``name``.
-
-        Raises:
-            KeyError: if there is no such job.
-        """
-        for plan in self.jobs:
-            if plan.name == name:
-                return plan
-        raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: per job servers per slot (from the start), totals, capacity."""
