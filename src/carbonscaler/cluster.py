@@ -570,9 +570,17 @@ class ClusterCore:
                 if m.spec.name not in leave_out
             ]
 
-        def attempt(jobs: list[ClusterJob]) -> ClusterPlan:
+        def attempt(jobs: list[ClusterJob], *, late: bool = False) -> ClusterPlan:
+            # Only the bare work's fallback needs to know which jobs are late; the searches
+            # for a capacity or an extension that would fit are of no use online.
             try:
-                return plan_cluster(jobs, forecast, capacity, time_limit_s=self.time_limit_s)
+                return plan_cluster(
+                    jobs,
+                    forecast,
+                    capacity,
+                    time_limit_s=self.time_limit_s,
+                    explain="late" if late else "none",
+                )
             except ClusterInfeasibleError:
                 raise
             except PlanningError as trouble:  # out of time, undecided: as if it did not fit
@@ -609,7 +617,7 @@ class ClusterCore:
                 if not rest:
                     break
                 try:
-                    plan = attempt(rest)
+                    plan = attempt(rest, late=True)
                 except ClusterInfeasibleError as err:
                     out_of_reach |= frozenset(err.late_jobs) or {rest[-1].name}
         made: dict[str, BatchPlan] = {}

@@ -98,6 +98,7 @@ __all__ = [
 ]
 
 Solver = Literal["fast", "exact"]
+Explain = Literal["all", "late", "none"]
 
 # Relative tolerance on work: a job whose plan covers work·(1 - _TOL) is done (as the greedy).
 _TOL = 1e-12
@@ -1649,9 +1650,24 @@ def _max_weight(inst: _Instance, time_limit_s: float) -> tuple[list[int], dict[i
 
 
 def _diagnose(
-    inst: _Instance, carbon_all: FloatArray, scalar_capacity: bool, time_limit_s: float
+    inst: _Instance,
+    carbon_all: FloatArray,
+    scalar_capacity: bool,
+    time_limit_s: float,
+    explain: Explain = "all",
 ) -> ClusterInfeasibleError:
-    """Build the error for a set that does not fit (the caller knows it does not)."""
+    """Build the error for a set that does not fit (the caller knows it does not), as far as
+    ``explain`` asks (:func:`plan_cluster`)."""
+    if explain == "none":
+        return ClusterInfeasibleError(
+            f"cluster plan: the {len(inst.jobs)} jobs cannot all finish by their deadlines "
+            "under the capacity",
+            late_jobs=(),
+            work_required={},
+            work_possible={},
+            capacity_needed=None,
+            deadline_extension_hours=None,
+        )
     # Jobs that cannot fit their window with the capacity to themselves.
     alone_short = []
     for j, lad in enumerate(inst.ladders):
@@ -1671,7 +1687,8 @@ def _diagnose(
     # Capacity: the smallest addition to every slot that lets the whole set fit.
     top = int(sum(int(lad.levels[-1]) for lad in inst.ladders))
     capacity_needed: int | None = None
-    if _feasible(inst.with_capacity(inst.capacity + top), time_limit_s):
+    searched = explain == "all"
+    if searched and _feasible(inst.with_capacity(inst.capacity + top), time_limit_s):
         lo, hi = 0, top  # infeasible at lo, feasible at hi
         while hi - lo > 1:
             mid = (lo + hi) // 2
@@ -1688,7 +1705,7 @@ def _diagnose(
     def extended(e: int) -> _Instance:
         return inst.with_deadlines({j: inst.jobs[j].deadline_slot + e for j in late}, carbon_all)
 
-    if room > 0 and _feasible(extended(room), time_limit_s):
+    if searched and room > 0 and _feasible(extended(room), time_limit_s):
         lo, hi = 0, room
         while hi - lo > 1:
             mid = (lo + hi) // 2
@@ -1716,7 +1733,11 @@ def _diagnose(
             f"{extension * dt:g} h"
         )
     if not fixes:
-        fixes.append("longer deadlines than the carbon forecast covers")
+        fixes.append(
+            "longer deadlines than the carbon forecast covers"
+            if searched
+            else "more capacity or longer deadlines"
+        )
     top_capacity = int(inst.capacity.max())
     message = (
         f"cluster plan: {len(late)} of {len(inst.jobs)} jobs cannot finish by their deadlines "
@@ -1788,6 +1809,7 @@ def plan_cluster(
     *,
     solver: Solver = "fast",
     time_limit_s: float = 60.0,
+    explain: Explain = "all",
 ) -> ClusterPlan:
     """Plan all ``jobs`` together: least total emissions within the capacity and deadlines.
 
@@ -1800,6 +1822,11 @@ def plan_cluster(
         solver: ``fast`` (the default) or ``exact`` (HiGHS; never worse than ``fast``).
         time_limit_s: HiGHS time limit (exact solver, and the diagnosis of a set that does not
             fit); also bounds the fast solver's local search.
+        explain: how much a set that does not fit is diagnosed: ``all`` (the late jobs, the
+            work that fits, the capacity and the deadline extension that would make it fit),
+            ``late`` (the late jobs and the work that fits), ``none`` (only that it does not
+            fit: for a caller with a fallback of its own, such as the online core). The
+            searches for a capacity and an extension solve a MILP at every step.
 
     Returns:
         The plan: each job's schedule, servers used per slot, total emissions, solve time.
@@ -1834,7 +1861,7 @@ def plan_cluster(
             f"raise the time limit (now {time_limit_s:g} s) or the capacity"
         ) from None
     if exact is None:
-        raise _diagnose(inst, carbon_all, scalar, time_limit_s)
+        raise _diagnose(inst, carbon_all, scalar, time_limit_s, explain)
     if solver == "fast":
         note = "the fast construction could not place every job; the exact solver did"
         return _plan_from(inst, exact, "fast", started, (note,))
