@@ -3,7 +3,10 @@
 * The compiled batch greedy (:mod:`carbonscaler.planner._kernels`) against the single-plan greedy
   (:func:`carbonscaler.planner.greedy.select_increments`), with ties, zero carbon and non-concave
   ladders; with a rescale overhead, against the rounds written out here in plain Python; and
-  its sliding lists (rows that are the last row one slot later) against sorting every row.
+  its sliding lists (rows that are the last row one slot later) against sorting every row,
+  and its orders made once per issue slot (``increment_order`` of a longer forecast) likewise.
+* The executor's forecasts issued once per issue slot and cut, against issuing each.
+* The compiled forecast trigger against the rule written out in numpy.
 * The executor's one-stretch path (plans followed to the deadline at once where nothing can
   re-plan, fixed-rule policies in stretches) and its first-plan path (plans straight from the
   planner into the compiled world where runs go as planned) against advancing one slot at a
@@ -21,9 +24,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from carbonscaler.advisor import Conditions, ForecastSpec, _world, simulate_policy
-from carbonscaler.decision import deciding_policy
+from carbonscaler.advisor.executor import _Issuer
+from carbonscaler.decision import Plans, Reason, Rules, deciding_policy, triggers_rows
+from carbonscaler.forecast import issue_forecasts
 from carbonscaler.planner import Job
-from carbonscaler.planner.batch import BatchPlan, batch_greedy, batch_greedy_with_overhead
+from carbonscaler.planner.batch import (
+    BatchPlan,
+    IncrementOrder,
+    batch_greedy,
+    batch_greedy_with_overhead,
+    increment_order,
+)
 from carbonscaler.planner.greedy import select_increments
 from carbonscaler.planner.model import Ladder
 from carbonscaler.planner.policies import Policy
@@ -260,6 +271,110 @@ def test_sliding_lists_plan_as_sorting_every_row(
             single = _single(ladder, carbon[row], float(targets[row]))
             assert single is not None
             assert batch.servers[row].tolist() == single.servers[0].tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    kind=st.integers(0, 2),
+    servers=st.integers(1, 8),
+    low=st.integers(1, 3),
+    n=st.sampled_from([1, 2, 5, 17, 36, 70]),
+    extra=st.sampled_from([0, 1, 9]),
+    ties=st.booleans(),
+    overhead_s=st.sampled_from([0, 120]),
+)
+def test_orders_of_longer_rows_plan_as_sorting_every_row(
+    seed: int, kind: int, servers: int, low: int, n: int, extra: int, ties: bool, overhead_s: int
+) -> None:
+    low = min(low, servers)
+    job = Job.from_length(_profile(kind, servers), 1.0, low, servers)
+    ladder = job.ladder()
+    rng = np.random.default_rng(seed)
+    longer = _carbon(rng, 30, n + extra, ties)
+    longer[:10] = _windows(rng, 10, n + extra, ties)  # some rows slide instead
+    carbon = longer[:, :n].copy()
+    perm = rng.permutation(30)  # the table's rows in another order
+    targets = rng.uniform(0.05, 1.1, 30) * ladder.d_work.sum() * n
+    fallback = targets * rng.uniform(0.5, 1.0, 30)
+    settings_ = dict(
+        throughput=job.profile.throughput,
+        overhead_h=overhead_s / 3600,
+        slot_hours=1.0,
+        fallback=fallback,
+    )
+    plain = batch_greedy_with_overhead(ladder, carbon, targets, **settings_)  # type: ignore[arg-type]
+    ordered = batch_greedy_with_overhead(
+        ladder,
+        carbon,
+        targets,
+        order=IncrementOrder(increment_order(ladder, longer[perm]), np.argsort(perm)),
+        **settings_,  # type: ignore[arg-type]
+    )
+    for name in ("servers", "fraction", "after", "feasible", "fell_back"):
+        assert np.array_equal(getattr(plain, name), getattr(ordered, name)), name
+    with pytest.raises(ValueError, match="order"):
+        batch_greedy_with_overhead(
+            ladder,
+            carbon,
+            targets,
+            order=IncrementOrder(
+                increment_order(ladder, longer)[:, : n * len(ladder.efficiency) - 1],
+                np.arange(30),
+            ),
+            **settings_,  # type: ignore[arg-type]
+        )
+
+
+@pytest.mark.parametrize("model", ["uniform", "gaussian", "persistence", "seasonal", "perfect"])
+@pytest.mark.parametrize("dense", [True, False])
+def test_forecasts_issued_once_equal_issuing_each(model: str, dense: bool) -> None:
+    rng = np.random.default_rng(4)
+    trace = rng.uniform(0, 500, 300)
+    trace[rng.random(300) < 0.2] = 200.0
+    spec = (
+        ForecastSpec(model, 0.2, seed=7)
+        if model in ("uniform", "gaussian")
+        else ForecastSpec(model)
+    )
+    starts = np.arange(0, 300 - 20, 1 if dense else 40)
+    ladder = Job.from_length(amdahl_profile(5, 0.1), 8.0, 1, 5).ladder()
+    issue = _Issuer(spec, trace, starts, 20, 0.5, ladder)
+    assert (issue.table is not None) == dense
+    for t in range(20):
+        each = issue_forecasts(spec, trace, starts + t, 20 - t, 0.5)
+        assert np.array_equal(issue(starts, t), each, equal_nan=True)
+        order = issue.order(starts, t)
+        assert (order is None) == (not dense)
+        if order is not None:
+            steps = len(ladder.efficiency)
+            kept = [order.table[i][order.table[i] // steps < 20 - t] for i in order.rows]
+            for mine, theirs in zip(kept, increment_order(ladder, each), strict=True):
+                assert np.array_equal(mine, theirs)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compiled_forecast_trigger_equals_the_rule(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rows, n, slot = 200, 12, 3
+    plans = Plans.empty(rows, n)
+    plans.forecast[:] = np.round(rng.uniform(0, 400, (rows, n)) / 50) * 50
+    plans.forecast[rng.random((rows, n)) < 0.05] = np.nan
+    factor = 1 + rng.choice(
+        [0.0, 0.05, 0.1, -0.05, -0.2], (rows, n - slot), p=[0.9, 0.04, 0.02, 0.02, 0.02]
+    )
+    forecast = plans.forecast[:, slot:] * factor
+    forecast[rng.random((rows, n - slot)) < 0.02] = np.nan
+    forecast[rng.random((rows, n - slot)) < 0.02] = 1e-13
+    job = Job.from_length(amdahl_profile(4, 0.1), 4.0, 1, 4)
+    rules = Rules(Policy.CARBONSCALER, 0.05, 0.0)
+    index = rng.permutation(rows)[:150]
+    done = np.zeros(150)
+    fired = triggers_rows(plans, job, rules, index, slot, done, forecast[index])
+    expected = plans.forecast[index, slot:]
+    rule = (np.abs(forecast[index] - expected) > 0.05 * np.maximum(expected, 1e-12)).any(axis=1)
+    assert np.array_equal((fired & Reason.FORECAST) > 0, rule)
+    assert 0 < rule.sum() < 150
 
 
 RUNNABLE = ["carbonscaler", "suspend-resume", "agnostic", "exact"]

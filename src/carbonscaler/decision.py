@@ -47,6 +47,7 @@ from numpy.typing import NDArray
 
 from carbonscaler.planner.batch import (
     BatchPlan,
+    IncrementOrder,
     batch_greedy_with_overhead,
     plans_from_schedules,
 )
@@ -290,6 +291,7 @@ def plan_rows(
     previous: IntArray,
     started: BoolArray,
     fallback_work: FloatArray | None = None,
+    order: IncrementOrder | None = None,
 ) -> BatchPlan:
     """The policy's plans for ``target_work`` over each row's ``forecast`` (relative slots).
 
@@ -307,6 +309,9 @@ def plan_rows(
         previous: ``(B,)`` level running before the first slot.
         started: ``(B,)`` whether the job has run before (so its next start is a rescale).
         fallback_work: ``(B,)`` work to cover where ``target_work`` cannot fit, or None.
+        order: each row's increments in the greedy's order, to save its sort and merge
+            (:class:`~carbonscaler.planner.batch.IncrementOrder`; the plans are the same), or
+            None.
     """
     horizon = forecast.shape[1]
     dt = job.slot_hours
@@ -335,6 +340,7 @@ def plan_rows(
             previous=previous,
             started=started,
             fallback=fallback,
+            order=order,
         )
     if fallback_work is None:
         return made
@@ -389,38 +395,35 @@ def _install(
     ``planned_done`` gets the work each plan promises at the bare pace: its own work in the
     profile's units, times ``pace`` (the observed throughput over the margin factor).
     """
-    n = plans.slots
-    if made.feasible.all():
-        servers, share, tail = made.servers, made.fraction, made.after
-    else:
-        top = top_level(job, rules)
-        feasible = made.feasible[:, None]
-        servers = np.where(feasible, made.servers, top)
-        share = np.where(feasible, made.fraction, 1.0)
-        tail = np.where(feasible, made.after, top)
-    # Every row (first plans): slices, which numpy writes several times faster than rows.
-    every = len(rows) == plans.rows and bool(np.all(rows == np.arange(plans.rows)))
-    index = slice(None) if every else rows
-    plans.servers[index, first:n] = servers
-    plans.fraction[index, first:n] = share
-    plans.after[index, first:n] = tail
-    plans.forecast[index, first:n] = forecast
-    tp = job.profile.throughput
-    work = (tp[tail] + (tp[servers] - tp[tail]) * share) * job.slot_hours * pace[:, None]
-    plans.planned_done[index, first] = start_work
-    plans.planned_done[index, first + 1 :] = start_work[:, None] + np.cumsum(work, axis=1)
+    width = plans.slots - first
+    if made.servers.shape != (len(rows), width) or np.shape(forecast) != (len(rows), width):
+        raise ValueError(f"{len(rows)} plans of {width} slots from slot {first} expected")
+    from carbonscaler.planner import _kernels  # numba: imported when first needed
+
+    # One compiled pass per row: the plan's levels, the forecast, the promised progress and
+    # where the plan ends, written straight into the table (no temporaries per field).
+    _kernels.install_rows(
+        np.ascontiguousarray(rows, dtype=np.int64),
+        int(first),
+        np.ascontiguousarray(made.servers, dtype=np.int64),
+        np.ascontiguousarray(made.fraction, dtype=np.float64),
+        np.ascontiguousarray(made.after, dtype=np.int64),
+        np.ascontiguousarray(made.feasible, dtype=np.bool_),
+        top_level(job, rules),
+        np.ascontiguousarray(forecast, dtype=np.float64),
+        np.ascontiguousarray(job.profile.throughput, dtype=np.float64),
+        float(job.slot_hours),
+        np.ascontiguousarray(start_work, dtype=np.float64),
+        np.ascontiguousarray(pace, dtype=np.float64),
+        plans.servers,
+        plans.fraction,
+        plans.after,
+        plans.forecast,
+        plans.planned_done,
+        plans.end_slot,
+    )
     plans.margin[rows] = margin
     plans.made_at[rows] = first
-    # Where the last planned server stops: the end of the last active slot, or the switch
-    # point of a partial last slot that drops to nothing.
-    active = (servers > 0) | (tail > 0)
-    width = n - first
-    last = width - 1 - np.argmax(active[:, ::-1], axis=1)
-    any_active = active.any(axis=1)
-    idx = np.arange(len(rows))
-    ends_inside = (tail[idx, last] == 0) & (share[idx, last] < 1.0)
-    end = first + last + np.where(ends_inside, share[idx, last], 1.0)
-    plans.end_slot[rows] = np.where(any_active, end, float(first))
 
 
 @dataclass(frozen=True)
@@ -493,10 +496,11 @@ def _plan_and_install(
     previous: IntArray,
     started: BoolArray,
     overhead_h: float,
+    order: IncrementOrder | None = None,
 ) -> NDArray[np.int64]:
     """Plan the rest of each row's job from ``first`` and install it; the reasons it adds."""
     targets, made = targeted_plans(
-        job, rules, forecast, work_done, nominal_work, previous, started, overhead_h
+        job, rules, forecast, work_done, nominal_work, previous, started, overhead_h, order=order
     )
     return adopt_rows(plans, job, rules, rows, first, made, forecast, work_done, targets)
 
@@ -510,10 +514,13 @@ def targeted_plans(
     previous: IntArray,
     started: BoolArray,
     overhead_h: float,
+    *,
+    order: IncrementOrder | None = None,
 ) -> tuple[Targets, BatchPlan]:
     """The plans the core makes for each row — the remaining work at the observed pace plus
     the safety margin (the bare work where the margin does not fit) over its forecast row —
-    before they are installed, and the targets they were made for."""
+    before they are installed, and the targets they were made for (``order``: see
+    :func:`plan_rows`)."""
     targets = plan_targets(job, rules, work_done, nominal_work)
     made = plan_rows(
         job,
@@ -525,6 +532,7 @@ def targeted_plans(
         started=started,
         # No room for the margin: plan the bare work.
         fallback_work=targets.bare if targets.factor > 1.0 else None,
+        order=order,
     )
     return targets, made
 
@@ -538,12 +546,18 @@ def _merge(base: BatchPlan, rows: IntArray, other: BatchPlan) -> BatchPlan:
 
 
 def first_plans(
-    job: Job, rules: Rules, forecast: FloatArray, *, overhead_h: float = 0.0
+    job: Job,
+    rules: Rules,
+    forecast: FloatArray,
+    *,
+    overhead_h: float = 0.0,
+    order: IncrementOrder | None = None,
 ) -> tuple[Plans, NDArray[np.int64]]:
     """Plans for ``B`` jobs arriving now, each over its ``(n,)`` forecast row.
 
     Rows whose work cannot fit before the deadline run at the top level (reason
-    ``OUT_OF_REACH``); :func:`first_plan` refuses them instead.
+    ``OUT_OF_REACH``); :func:`first_plan` refuses them instead. ``order``: see
+    :func:`plan_rows`.
     """
     rows, n = forecast.shape
     plans = Plans.empty(rows, n)
@@ -561,6 +575,7 @@ def first_plans(
         np.zeros(rows, dtype=np.int64),
         np.zeros(rows, dtype=bool),
         overhead_h,
+        order,
     )
     return plans, reasons | Reason.FIRST
 
@@ -578,6 +593,7 @@ def review_rows(
     started: BoolArray,
     forecast: FloatArray | None,
     overhead_h: float,
+    order: IncrementOrder | None = None,
 ) -> tuple[IntArray, NDArray[np.int64]]:
     """At the start of ``slot``, re-plan the ``rows`` whose triggers fire (see module doc).
 
@@ -594,6 +610,8 @@ def review_rows(
         forecast: ``(R, n - slot)`` forecast issued now, or None when it cannot have changed
             (perfect foresight) or is unavailable (the runtime keeps the last one).
         overhead_h: job hours of work lost per change of level.
+        order: each row's increments in the greedy's order, to save its sort (see
+            :func:`plan_rows`), or None.
 
     Returns:
         The rows re-planned and, for each, why (:class:`Reason` bits).
@@ -609,13 +627,16 @@ def review_rows(
         rows, work_done, nominal_work = rows[keep], work_done[keep], nominal_work[keep]
         running, started = running[keep], started[keep]
         forecast = None if forecast is None else forecast[keep]
+        order = None if order is None else order[keep]
         if not len(rows):
             return rows, np.zeros(0, dtype=np.int64)
     reasons = triggers_rows(plans, job, rules, rows, slot, work_done, forecast)
     again = np.flatnonzero(reasons)
     if not len(again):
         return rows[:0], np.zeros(0, dtype=np.int64)
-    issued = plans.forecast[rows[again], slot:] if forecast is None else forecast[again]
+    # Under noisy forecasts nearly every row re-plans: then the forecasts are not copied.
+    pick: IntArray | slice = slice(None) if len(again) == len(rows) else again
+    issued = plans.forecast[rows[again], slot:] if forecast is None else forecast[pick]
     added = _plan_and_install(
         plans,
         job,
@@ -628,6 +649,7 @@ def review_rows(
         running[again],
         started[again],
         overhead_h,
+        None if order is None or forecast is None else order[pick],
     )
     return rows[again], reasons[again] | added
 
@@ -663,9 +685,21 @@ def triggers_rows(
     reasons[work_done - done_now < -BEHIND_SHARE * job.work] |= Reason.BEHIND
     reasons[work_done - own_pace > threshold * job.work] |= Reason.AHEAD
     if forecast is not None:
-        expected = plans.forecast[rows, slot:]
-        drift = np.abs(forecast - expected) > threshold * np.maximum(expected, _EPS)
-        reasons[drift.any(axis=1)] |= Reason.FORECAST
+        issued = np.broadcast_to(forecast, (len(rows), plans.slots - slot))
+        from carbonscaler.planner import _kernels  # numba: imported when first needed
+
+        # Compiled: a row stops at its first drift (most rows drift early under noise).
+        drift = np.empty(len(rows), dtype=np.bool_)
+        _kernels.drift_rows(
+            np.ascontiguousarray(issued, dtype=np.float64),
+            plans.forecast,
+            np.ascontiguousarray(rows, dtype=np.int64),
+            int(slot),
+            float(threshold),
+            _EPS,
+            drift,
+        )
+        reasons[drift] |= Reason.FORECAST
     return reasons
 
 

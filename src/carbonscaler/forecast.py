@@ -240,7 +240,10 @@ def issue_forecasts(
     """Forecasts issued at absolute slots ``issued_at`` for the next ``horizon`` slots.
 
     The one implementation of the trace models: :meth:`Forecaster.predict_array` calls it with
-    one row. A row depends only on the trace, its issue slot, the horizon and ``spec``.
+    one row. A row depends only on the trace, its issue slot, the horizon and ``spec``; but for
+    ``learned`` (whose model depends on the horizon) it is the first ``horizon`` entries of
+    the same issue slot's row over any longer horizon (the advisor issues each slot's
+    forecast once and cuts it).
 
     Args:
         spec: the forecast model, its error and seed.

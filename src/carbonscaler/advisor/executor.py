@@ -30,18 +30,22 @@ from numpy.typing import NDArray
 
 from carbonscaler.decision import (
     Rules,
+    deciding_policy,
     first_plans,
     level_stretch,
     review_rows,
     targeted_plans,
 )
-from carbonscaler.forecast import ForecastSpec, issue_forecasts
-from carbonscaler.planner.model import FloatArray, IntArray, Job, PlanningError
+from carbonscaler.forecast import ForecastModel, ForecastSpec, issue_forecasts
+from carbonscaler.planner.batch import IncrementOrder, increment_order
+from carbonscaler.planner.model import FloatArray, IntArray, Job, Ladder, PlanningError
 from carbonscaler.planner.policies import Policy
 
 __all__ = ["Conditions", "Outcome", "simulate_policy"]
 
 _EPS = 1e-12
+_ORDER_CELLS = 16_000_000
+"""At most this many increments (4 bytes each) in the greedy's orders made once per issue slot."""
 
 
 @dataclass(frozen=True)
@@ -297,8 +301,20 @@ def _run_slots(
     threshold = np.zeros(rows)
     if planned:
         rules = cond.rules(name)
-        forecast = issue_forecasts(cond.forecast, trace, starts, deadline_slots, dt)
-        plans, _ = first_plans(job, rules, forecast, overhead_h=overhead_h)
+        # The greedy plans (not carbon-agnostic, nor exact on a non-concave ladder): each
+        # issue slot's order of the slots is made once with its forecast.
+        greedy = name is not Policy.AGNOSTIC and deciding_policy(name, job) is not Policy.EXACT
+        issue = _Issuer(
+            cond.forecast,
+            trace,
+            starts,
+            deadline_slots,
+            dt,
+            rules.planning_job(job).ladder() if greedy else None,
+        )
+        plans, _ = first_plans(
+            job, rules, issue(starts, 0), overhead_h=overhead_h, order=issue.order(starts, 0)
+        )
     elif name is Policy.STATIC:
         fixed_level = cond.static_servers or min(2 * job.min_servers, job.profile.max_servers)
         job.profile.check_bounds(fixed_level, fixed_level)
@@ -343,29 +359,32 @@ def _run_slots(
         slots = t + np.arange(span)
         carbon = padded[np.minimum(starts[live, None] + slots[None, :], last_index)]
         # Two sub-intervals per slot: the plan's level up to its switch point, then the next.
-        switch = np.ones((len(live), span))
+        # Where no slot of the stretch has a switch point (fixed rules, past the deadline),
+        # one row of times serves every run.
+        inside = min(deadline_slots, t + span) - t if planned else 0
+        switch = np.ones((len(live) if inside > 0 else 1, span))
+        if inside > 0:
+            switch[:, :inside] = plans.fraction[live, t : t + inside]
         if planned:
-            inside = min(deadline_slots, t + span) - t
-            if inside > 0:
-                switch[:, :inside] = plans.fraction[live, t : t + inside]
             level, _ = level_stretch(plans, job, rules, live, t, span, previous[live])
         elif name is Policy.SUSPEND_RESUME_THRESHOLD:
             level = np.where(carbon <= threshold[live, None], job.min_servers, 0).repeat(2, axis=1)
         else:
             level = np.full((len(live), 2 * span), fixed_level, dtype=np.int64)
-        begin = np.empty((len(live), 2 * span))
+        begin = np.empty((len(switch), 2 * span))
         begin[:, 0::2] = slots
         begin[:, 1::2] = slots + switch
         width = np.empty_like(begin)
         width[:, 0::2], width[:, 1::2] = switch, 1.0 - switch
+        shape = (len(live), 2 * span)
         carbon = carbon.repeat(2, axis=1)
         status = np.empty(len(live), dtype=np.int8)
         _world.advance(
             live,
             t,
             np.ascontiguousarray(level, dtype=np.int64),
-            begin * dt,
-            width * dt,
+            np.broadcast_to(begin * dt, shape),
+            np.broadcast_to(width * dt, shape),
             carbon,
             tp,
             power,
@@ -389,11 +408,9 @@ def _run_slots(
         live = live[status == _world.RUNNING]
         t += span
         if drifts and t < deadline_slots and len(live):
-            issued = None
+            issued, order = None, None
             if not cond.forecast.is_perfect:
-                issued = issue_forecasts(
-                    cond.forecast, trace, starts[live] + t, deadline_slots - t, dt
-                )
+                issued, order = issue(starts[live], t), issue.order(starts[live], t)
             again, _ = review_rows(
                 plans,
                 job,
@@ -406,6 +423,7 @@ def _run_slots(
                 started=started[live],
                 forecast=issued,
                 overhead_h=overhead_h,
+                order=order,
             )
             replans[again] += 1
 
@@ -421,6 +439,61 @@ def _run_slots(
         done,
         by_slot if record_slots else None,
     )
+
+
+class _Issuer:
+    """The forecasts runs arriving at ``starts`` are issued ``t`` slots after arrival, for the
+    slots left to the deadline: :func:`issue_forecasts`, issued once per issue slot.
+
+    A run re-plans at nearly every slot when forecasts are noisy, and the run that arrived
+    one slot later is issued the same forecast one slot earlier. Where the model's forecasts
+    of one issue slot are prefixes of each other (every model but ``learned``, see
+    :func:`issue_forecasts`) and the starts are dense, each issue slot's forecast to the
+    furthest deadline is made once and cut; elsewhere each call issues its own. With the
+    planning ``ladder``, so is each issue slot's order of its increments for the greedy
+    (:func:`~carbonscaler.planner.batch.increment_order`: a cut takes its increments in the
+    same order), up to :data:`_ORDER_CELLS` increments in all.
+    """
+
+    def __init__(
+        self,
+        spec: ForecastSpec,
+        trace: FloatArray,
+        starts: IntArray,
+        deadline_slots: int,
+        slot_hours: float,
+        ladder: Ladder | None = None,
+    ) -> None:
+        self.spec, self.trace, self.slot_hours = spec, trace, slot_hours
+        self.deadline_slots = deadline_slots
+        self.first = int(starts.min()) if len(starts) else 0
+        span = (int(starts.max()) - self.first + deadline_slots) if len(starts) else 0
+        self.table: FloatArray | None = None
+        if spec.model is not ForecastModel.LEARNED and 0 < span <= 2 * len(starts):
+            self.table = issue_forecasts(
+                spec, trace, np.arange(self.first, self.first + span), deadline_slots, slot_hours
+            )
+        self.orders: NDArray[np.int32] | None = None
+        if (
+            self.table is not None
+            and ladder is not None
+            and self.table.size * len(ladder.efficiency) <= _ORDER_CELLS
+        ):
+            self.orders = increment_order(ladder, self.table)
+
+    def __call__(self, starts: IntArray, t: int) -> FloatArray:
+        """The forecasts issued at ``starts + t`` for the ``deadline_slots - t`` slots left."""
+        horizon = self.deadline_slots - t
+        if self.table is None:
+            return issue_forecasts(self.spec, self.trace, starts + t, horizon, self.slot_hours)
+        return self.table[starts + (t - self.first), :horizon]
+
+    def order(self, starts: IntArray, t: int) -> IncrementOrder | None:
+        """The greedy's order of the increments of each forecast ``self(starts, t)``, or
+        None."""
+        if self.orders is None:
+            return None
+        return IncrementOrder(self.orders, starts + (t - self.first))
 
 
 def _thresholds(

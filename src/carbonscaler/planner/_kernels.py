@@ -11,6 +11,9 @@ pays its per-call overhead on every one of its many passes. These loops do each 
 * a ``J``-way merge of those lists (ties by flat index ``i·J + j``, as a stable sort of all
   ``n·J`` scores would give) that stops at the completing increment — the physical floor of the
   greedy, fewer than ``n·J`` steps and no sort of the increments;
+* where the caller has the merge order of a longer row that begins with the row (the same
+  issue's forecast to a later deadline: :func:`orders_rows`), no lists and no merge — the
+  row's increments are read off it in its order, those of later slots skipped;
 * for a rescale overhead, the work the plan's own rescales lose, re-planned until it settles
   (at most ``rounds`` times, as :func:`~carbonscaler.planner.batch.batch_greedy_with_overhead`
   documents; a round whose losses repeat the last would give the same plan, so it stops there).
@@ -30,7 +33,7 @@ from typing import Any
 import numba
 import numpy as np
 
-__all__ = ["greedy_rows", "losses_rows"]
+__all__ = ["drift_rows", "greedy_rows", "install_rows", "losses_rows", "orders_rows"]
 
 _jit = numba.njit(cache=True, nogil=True)
 
@@ -136,7 +139,7 @@ def _slide(
 
 @_jit
 def _extend(
-    goal: float, d_work: Any, lists: Any, scores: Any, heads: Any, log: Any, base: int
+    goal: float, d_work: Any, lists: Any, scores: Any, heads: Any, log: Any, base: int, seq: Any
 ) -> int:
     """Merge further, logging picks, until the cumulative work reaches ``goal`` or every
     increment is taken; returns how many picks are logged.
@@ -145,9 +148,30 @@ def _extend(
     how far list ``j`` is merged; the lists hold ``slot + base`` (see :func:`_slide`: an
     offset that keeps their order). The merge order does not depend on the target, so a
     larger target continues where a smaller one stopped.
+
+    Where ``seq`` is not empty it is the merge order itself (:func:`orders_rows` of a longer
+    row that begins with this one): the picks are its increments of this row's slots, in its
+    order, and ``heads`` holds how far it is read and how many picks are logged.
     """
     steps, n = lists.shape
-    made = heads.sum()
+    if seq.shape[0] > 0:
+        at, made = heads[0], heads[1]
+        cumulative = log[made - 1, 2] if made > 0 else 0.0
+        while made < n * steps and cumulative < goal:
+            flat = seq[at]
+            at += 1
+            slot = flat // steps
+            if slot >= n:
+                continue
+            step = flat - slot * steps
+            cumulative += d_work[step]
+            log[made, 0] = slot
+            log[made, 1] = step
+            log[made, 2] = cumulative
+            made += 1
+        heads[0], heads[1] = at, made
+        return int(made)
+    made = heads[:steps].sum()
     cumulative = log[made - 1, 2] if made > 0 else 0.0
     while made < n * steps and cumulative < goal:
         best = -1
@@ -186,11 +210,12 @@ def _select(
     servers: Any,
     fraction: Any,
     after: Any,
+    seq: Any,
 ) -> bool:
     """Take increments in score order until ``target`` is covered; False if it cannot be."""
     n = lists.shape[1]
     goal = target * (1 - 1e-12)
-    made = _extend(goal, d_work, lists, scores, heads, log, base)
+    made = _extend(goal, d_work, lists, scores, heads, log, base, seq)
     for i in range(n):
         fraction[i] = 1.0
     if made == 0 or log[made - 1, 2] < goal:
@@ -273,6 +298,7 @@ def _plan_row(
     servers: Any,
     fraction: Any,
     after: Any,
+    seq: Any,
 ) -> bool:
     """One row's plan for ``work``, covering its own rescale losses; False if it cannot fit.
 
@@ -295,6 +321,7 @@ def _plan_row(
             servers,
             fraction,
             after,
+            seq,
         )
         if overhead_h <= 0.0 or round_ == rounds:
             break
@@ -321,23 +348,33 @@ def greedy_rows(
     previous: Any,
     started: Any,
     rounds: int,
+    order_table: Any,
+    order_rows: Any,
     servers: Any,
     fraction: Any,
     after: Any,
     feasible: Any,
     fell_back: Any,
 ) -> None:
-    """Plan every row for its target or, where that cannot fit, its fallback (NaN: none)."""
+    """Plan every row for its target or, where that cannot fit, its fallback (NaN: none).
+
+    ``order_table[order_rows[r]]`` (``w·J`` wide, ``w`` = 0 for none) is row ``r``'s merge
+    order, as :func:`orders_rows` gives it for a row of ``w`` slots that begins with the row:
+    the lists are then neither sorted nor merged.
+    """
     rows, n = carbon.shape
     steps = efficiency.shape[0]
     lists = np.empty((steps, n), dtype=np.int64)
     scores = np.empty((steps, n))
-    heads = np.empty(steps, dtype=np.int64)
+    heads = np.empty(steps + 1, dtype=np.int64)  # a merge order's use needs two
     counts = np.empty(n, dtype=np.int64)
     log = np.empty((n * steps, 3))
     base = 0
+    ordered = order_table.shape[1] > 0
     for r in range(rows):
-        if r > 0 and _shifted(carbon[r - 1], carbon[r]):
+        if ordered:
+            base = 0  # the lists are not used
+        elif r > 0 and _shifted(carbon[r - 1], carbon[r]):
             base += 1
             _slide(carbon[r - 1, 0], carbon[r, n - 1], efficiency, lists, scores, base)
         else:
@@ -371,6 +408,7 @@ def greedy_rows(
                 servers[r],
                 fraction[r],
                 after[r],
+                order_table[order_rows[r]],
             )
             if ok:
                 break
@@ -400,3 +438,100 @@ def losses_rows(
             previous[r],
             started[r],
         )
+
+
+@_jit
+def install_rows(
+    rows: Any,
+    first: int,
+    servers: Any,
+    fraction: Any,
+    after: Any,
+    feasible: Any,
+    top: int,
+    forecast: Any,
+    throughput: Any,
+    slot_hours: float,
+    start_work: Any,
+    pace: Any,
+    plan_servers: Any,
+    plan_fraction: Any,
+    plan_after: Any,
+    plan_forecast: Any,
+    planned_done: Any,
+    end_slot: Any,
+) -> None:
+    """Write row ``r`` of the plans made into row ``rows[r]`` of a plan table from slot
+    ``first`` on (:func:`carbonscaler.decision.adopt_rows`): infeasible rows run at ``top``;
+    ``planned_done`` gets ``start_work`` plus the cumulative work of each slot at the profile's
+    ``throughput`` times ``pace``, and ``end_slot`` where the last planned server stops."""
+    width = servers.shape[1]
+    for r in range(servers.shape[0]):
+        row = rows[r]
+        ok = feasible[r]
+        start = start_work[r]
+        p = pace[r]
+        planned_done[row, first] = start
+        cumulative = 0.0
+        last = -1
+        for i in range(width):
+            k = servers[r, i] if ok else top
+            share = fraction[r, i] if ok else 1.0
+            tail = after[r, i] if ok else top
+            plan_servers[row, first + i] = k
+            plan_fraction[row, first + i] = share
+            plan_after[row, first + i] = tail
+            plan_forecast[row, first + i] = forecast[r, i]
+            low = throughput[tail]
+            cumulative += (low + (throughput[k] - low) * share) * slot_hours * p
+            planned_done[row, first + i + 1] = start + cumulative
+            if k > 0 or tail > 0:
+                last = i
+        if last < 0:
+            end_slot[row] = float(first)
+        else:
+            share = fraction[r, last] if ok else 1.0
+            tail = after[r, last] if ok else top
+            inside = tail == 0 and share < 1.0
+            end_slot[row] = float(first + last) + (share if inside else 1.0)
+
+
+@_jit
+def orders_rows(carbon: Any, efficiency: Any, d_work: Any, out: Any) -> None:
+    """Each row's merge order: every increment ``slot·J + step`` in the order the greedy takes
+    them (descending score, ties by that flat index). Any row that begins a row of ``carbon``
+    takes its own increments in the same order, so this is ``greedy_rows``' ``order`` for it.
+    """
+    rows, n = carbon.shape
+    steps = efficiency.shape[0]
+    lists = np.empty((steps, n), dtype=np.int64)
+    scores = np.empty((steps, n))
+    heads = np.zeros(steps + 1, dtype=np.int64)
+    log = np.empty((n * steps, 3))
+    none = np.empty(0, dtype=out.dtype)
+    for r in range(rows):
+        _lists(carbon[r], efficiency, lists, scores)
+        heads[:] = 0
+        _extend(np.inf, d_work, lists, scores, heads, log, 0, none)
+        for k in range(n * steps):
+            out[r, k] = int(log[k, 0]) * steps + int(log[k, 1])
+
+
+@_jit
+def drift_rows(
+    forecast: Any, planned: Any, rows: Any, first: int, threshold: float, floor: float, out: Any
+) -> None:
+    """Whether row ``r`` of ``forecast`` differs from row ``rows[r]`` of ``planned`` (from
+    slot ``first`` on) anywhere by more than ``threshold`` relative to the planned value
+    (at least ``floor``): :func:`carbonscaler.decision.triggers_rows`' forecast trigger,
+    stopping at a row's first drift. A NaN on either side is no drift."""
+    for r in range(forecast.shape[0]):
+        row = rows[r]
+        drift = False
+        for i in range(forecast.shape[1]):
+            expected = planned[row, first + i]
+            scale = expected if (expected >= floor or expected != expected) else floor
+            if abs(forecast[r, i] - expected) > threshold * scale:
+                drift = True
+                break
+        out[r] = drift

@@ -20,8 +20,10 @@ from carbonscaler.planner.model import FloatArray, IntArray, Ladder, Schedule
 
 __all__ = [
     "BatchPlan",
+    "IncrementOrder",
     "batch_greedy",
     "batch_greedy_with_overhead",
+    "increment_order",
     "plans_from_schedules",
     "rescale_losses",
 ]
@@ -61,7 +63,7 @@ def batch_greedy(ladder: Ladder, carbon: FloatArray, target: FloatArray | float)
     Returns:
         The plans; rows whose target exceeds ``n`` slots at the top level are infeasible.
     """
-    return _greedy(ladder, carbon, target, None, None, 0.0, 1.0, None, None, 0)
+    return _greedy(ladder, carbon, target, None, None, 0.0, 1.0, None, None, 0, None)
 
 
 def rescale_losses(
@@ -115,6 +117,7 @@ def batch_greedy_with_overhead(
     started: NDArray[np.bool_] | None = None,
     rounds: int = 3,
     fallback: FloatArray | None = None,
+    order: IncrementOrder | None = None,
 ) -> BatchPlan:
     """:func:`batch_greedy` that also covers the work each plan will lose to rescaling.
 
@@ -123,6 +126,11 @@ def batch_greedy_with_overhead(
     where the losses repeat (the losses settle quickly). Without overhead this is exactly
     :func:`batch_greedy`. Rows whose target cannot fit are planned for their ``fallback``
     target instead, where one is given (the result's ``fell_back`` marks them).
+
+    ``order`` (optional) saves each row's sort and merge: its increments in the greedy's
+    order, from :func:`increment_order` of a ``w``-slot row (``w >= n``) that begins with the
+    row (the same issue's forecast over a longer horizon). The plans are the same with or
+    without it.
     """
     return _greedy(
         ladder,
@@ -135,6 +143,7 @@ def batch_greedy_with_overhead(
         previous,
         started,
         rounds,
+        order,
     )
 
 
@@ -149,6 +158,7 @@ def _greedy(
     previous: IntArray | None,
     started: NDArray[np.bool_] | None,
     rounds: int,
+    order: IncrementOrder | None,
 ) -> BatchPlan:
     carbon = np.ascontiguousarray(carbon, dtype=np.float64)
     rows, n = carbon.shape
@@ -161,6 +171,15 @@ def _greedy(
     fallbacks = np.full(rows, np.nan) if fallback is None else np.asarray(fallback, np.float64)
     if overhead_h > 0 and throughput is None:
         raise ValueError("a rescale overhead needs the profile's throughput")
+    steps = len(ladder.efficiency)
+    if order is None:
+        order = IncrementOrder(np.empty((1, 0), dtype=np.int32), np.zeros(rows, dtype=np.int64))
+    elif (
+        len(order.rows) != rows
+        or order.table.shape[1] < n * steps
+        or (rows and not 0 <= order.rows.min() <= order.rows.max() < len(order.table))
+    ):
+        raise ValueError(f"an order needs {rows} rows of at least {n} slots × {steps} steps")
     from carbonscaler.planner import _kernels  # numba: imported when first needed
 
     _kernels.greedy_rows(
@@ -182,6 +201,8 @@ def _greedy(
         if started is None
         else np.ascontiguousarray(started, dtype=np.bool_),
         int(rounds),
+        np.ascontiguousarray(order.table, dtype=np.int32),
+        np.ascontiguousarray(order.rows, dtype=np.int64),
         servers,
         fraction,
         after,
@@ -189,6 +210,42 @@ def _greedy(
         fell_back,
     )
     return BatchPlan(servers, fraction, after, feasible, None if fallback is None else fell_back)
+
+
+@dataclass(frozen=True)
+class IncrementOrder:
+    """Rows of an :func:`increment_order` table: row ``b`` of a batch takes its increments
+    in the order of ``table[rows[b]]`` (the rows are not copied; indexing picks rows)."""
+
+    table: NDArray[np.int32]
+    rows: IntArray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: IntArray | slice) -> IncrementOrder:
+        return IncrementOrder(self.table, self.rows[index])
+
+
+def increment_order(ladder: Ladder, carbon: FloatArray) -> NDArray[np.int32]:
+    """Each row's increments (``slot·J + step``) in the order the greedy takes them
+    (descending ``efficiency / intensity``, ties by that index): the ``table`` of an
+    :class:`IncrementOrder` for any row that begins a row of ``carbon``, whose increments come
+    in the same order."""
+    carbon = np.ascontiguousarray(carbon, dtype=np.float64)
+    steps = len(ladder.efficiency)
+    if carbon.shape[1] * steps >= 2**31:
+        raise ValueError("a row has too many increments for an order")
+    out = np.empty((carbon.shape[0], carbon.shape[1] * steps), dtype=np.int32)
+    from carbonscaler.planner import _kernels  # numba: imported when first needed
+
+    _kernels.orders_rows(
+        carbon,
+        np.ascontiguousarray(ladder.efficiency, dtype=np.float64),
+        np.ascontiguousarray(ladder.d_work, dtype=np.float64),
+        out,
+    )
+    return out
 
 
 def plans_from_schedules(schedules: Sequence[Schedule | None], slots: int) -> BatchPlan:
