@@ -1,6 +1,6 @@
 """Slow, hanging and dead subscribers cost only themselves (issue 16, item 9); the push
-client under them (aiohttp) keeps connections alive, times out, and connects only where the
-destination policy allows.
+client under them (httptools parsing, pooled asyncio connections) keeps connections alive,
+times out, and connects only where the destination policy allows.
 
 The carbon service runs for real (uvicorn on 127.0.0.1); healthy subscribers are real HTTP
 servers, hanging ones accept connections and never answer. Every update steps the replay by
@@ -250,22 +250,30 @@ def test_failing_subscribers_back_off_and_are_deactivated(tmp_path: Path) -> Non
         receiver.close()
 
 
-# -- the push client (aiohttp, one pool of connections for every subscriber) ------------------
+# -- the push client (httptools parses, one pool of connections for every subscriber) --------
 
 
 class Origin:
     """An asyncio HTTP/1.1 server on 127.0.0.1 for one test's event loop: answers each POST
-    with 200 after ``delay_s``, records bodies and ``Host`` headers, counts connections; a
+    with 200 after ``delay_s`` (or with the raw bytes ``answers`` has for its path), records
+    bodies, paths and ``Host`` headers, counts connections made and closed by the client; a
     request for ``/drop`` (or the second request of a connection when ``drop_second``) is
     read and the connection closed without an answer; ``/hang`` is never answered."""
 
     def __init__(
-        self, delay_s: float = 0.0, drop_second: bool = False, tls: ssl.SSLContext | None = None
+        self,
+        delay_s: float = 0.0,
+        drop_second: bool = False,
+        tls: ssl.SSLContext | None = None,
+        answers: dict[str, bytes] | None = None,
     ) -> None:
         self.delay_s, self.drop_second, self.tls = delay_s, drop_second, tls
+        self.answers = answers or {}
         self.accepted = 0
+        self.ended = 0
         self.bodies: list[bytes] = []
         self.hosts: list[str] = []
+        self.paths: list[str] = []
 
     async def __aenter__(self) -> Origin:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.tls)
@@ -288,16 +296,22 @@ class Origin:
                 self.bodies.append(await reader.readexactly(int(fields["content-length"])))
                 self.hosts.append(fields["host"])
                 path = head.split(" ")[1]
+                self.paths.append(path)
                 if path == "/hang":
                     await asyncio.sleep(3600)
                 if path == "/drop" or (self.drop_second and served == 1):
                     writer.close()
                     return
                 await asyncio.sleep(self.delay_s)
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                writer.write(
+                    self.answers.get(path, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                )
                 await writer.drain()
                 served += 1
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except asyncio.IncompleteReadError as exc:
+            self.ended += not exc.partial  # the client closed the connection between requests
+            writer.close()
+        except ConnectionError:
             writer.close()
 
 
@@ -307,9 +321,11 @@ def test_push_client_keeps_connections_alive_and_resends_on_a_stale_one() -> Non
             client = PushClient()
             assert await client.post(origin.url + "/a", b"1") == 200
             # The subscriber closes the kept-alive connection as the second push arrives:
-            # the push goes again, once, on a new connection.
-            assert await client.post(origin.url + "/b", b"2") == 200
+            # the push goes again, once, on a new connection (and says it was sent once).
+            sent: list[int] = []
+            assert await client.post(origin.url + "/b", b"2", on_sent=lambda: sent.append(1)) == 200
             assert origin.accepted == 2 and origin.bodies == [b"1", b"2", b"2"]
+            assert sent == [1]
             await client.aclose()
             # On a new connection the same failure is the subscriber's answer: not resent.
             fresh = PushClient()
@@ -420,3 +436,93 @@ def test_push_client_speaks_tls_to_the_checked_address_verifying_the_name(tmp_pa
             await client.aclose()
 
     asyncio.run(main())
+
+
+def test_push_client_reuses_a_connection_only_after_a_clean_answer() -> None:
+    # httptools parses every answer; a connection carries the next push only if its answer
+    # ended cleanly where HTTP/1.1 says it ends.
+    answers = {
+        "/interim": b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        "/empty": b"HTTP/1.1 204 No Content\r\n\r\n",
+        "/huge": b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\nnot all of it",
+        "/twice": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" * 2,
+        "/old": b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+        "/conflict": b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    }
+
+    async def main() -> None:
+        async with Origin(answers=answers) as origin:
+            client = PushClient()
+            assert await client.post(origin.url + "/interim", b"{}") == 201
+            assert await client.post(origin.url + "/empty", b"{}") == 204
+            assert origin.accepted == 1  # both on one connection
+            # A body too long to read is not waited for; its connection is not reused. Nor
+            # is one that answered twice, or an HTTP/1.0 one without keep-alive.
+            for path, connections in (("/huge", 2), ("/twice", 3), ("/old", 4)):
+                assert await client.post(origin.url + path, b"{}") == 200
+                assert await client.post(origin.url + "/ok", b"{}") == 200
+                assert origin.accepted == connections, path
+            with pytest.raises(PushProtocolError, match="Duplicate Content-Length"):
+                await client.post(origin.url + "/conflict", b"{}")
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_push_client_closes_idle_connections_and_keeps_requests_well_formed() -> None:
+    async def main() -> None:
+        async with Origin() as origin:
+            client = PushClient(keepalive_s=0.2, user_agent="carbonscaler-test")
+            assert await client.post(origin.url + "/a b/é?q=1 2", b"{}") == 200
+            assert origin.paths == ["/a%20b/%C3%A9?q=1+2"]  # percent-encoded by yarl
+            await asyncio.sleep(0.8)  # idle longer than keepalive_s: closed by the client
+            assert origin.ended == 1
+            assert await client.post(origin.url + "/b", b"{}") == 200
+            assert origin.accepted == 2
+            with pytest.raises(ValueError, match="control characters"):
+                await client.post(origin.url, b"{}", "text/plain\r\nX-Evil: 1")
+            with pytest.raises(ValueError, match="control characters"):
+                PushClient(user_agent="a\nb")
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_push_client_resolves_a_name_once_for_many_connections() -> None:
+    calls: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        calls.append(host)
+        await asyncio.sleep(0.05)
+        return ["127.0.0.1"]
+
+    async def main() -> None:
+        async with Origin(delay_s=0.1) as origin:
+            client = PushClient(max_connections=None, policy=DestinationPolicy(resolver=resolve))
+            url = f"http://subscriber.test:{origin.port}/s"
+            statuses = await asyncio.gather(*(client.post(url, b"{}") for _ in range(10)))
+            assert statuses == [200] * 10 and origin.accepted == 10
+            # One resolution, its checked addresses reused by every new connection meanwhile.
+            assert calls == ["subscriber.test"]
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_push_client_runs_on_uvloop() -> None:
+    # uvloop's transports are not asyncio.Transport instances; the client only needs their
+    # methods (uvicorn[standard] runs services on uvloop).
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        async with Origin() as origin:
+            client = PushClient()
+            assert await client.post(origin.url + "/a", b"1") == 200
+            assert await client.post(origin.url + "/b", b"2") == 200
+            assert origin.accepted == 1
+            with pytest.raises(PushTimeout):
+                await client.post(origin.url + "/hang", b"3", timeout_s=0.2)
+            await client.aclose()
+
+    uvloop.run(main())

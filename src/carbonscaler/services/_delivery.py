@@ -3,9 +3,9 @@
 Each subscriber has a mailbox holding at most one update, the newest (latest value wins: an
 update that has not gone out yet is replaced by the next one, which makes it obsolete) and
 at most one push in flight; every push goes through one
-:class:`~carbonscaler.services._push.PushClient` (aiohttp, one pool of keep-alive
-connections, no limit of its own on the pushes in flight: there is at most one per
-subscriber). A push that fails or times out puts its subscriber into back-off
+:class:`~carbonscaler.services._push.PushClient` (answers parsed by httptools, one pool
+of keep-alive connections per origin, no limit of its own on the pushes in flight: there is at
+most one per subscriber). A push that fails or times out puts its subscriber into back-off
 (``backoff_s``, doubling per consecutive failure up to ``max_backoff_s``, with jitter: the
 shared policy of :mod:`carbonscaler._retry`); during back-off newer updates replace the
 waiting one, and when it ends the newest is sent. After ``max_failures`` failures in a row

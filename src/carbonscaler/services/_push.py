@@ -1,38 +1,38 @@
-"""POSTs to subscribers with aiohttp's client, only where the policy allows.
+"""POSTs to subscribers over pooled HTTP/1.1 keep-alive connections, only where the policy allows.
 
-:class:`PushClient` sends a body to http(s) URLs over HTTP/1.1 keep-alive connections,
-with a timeout per request and a limit on the requests in flight: one
-:class:`aiohttp.ClientSession` over one :class:`aiohttp.TCPConnector` (one pool of
-connections for every subscriber). Every name is resolved by a resolver of ours
-(:class:`aiohttp.abc.AbstractResolver`) that asks the
-:class:`~carbonscaler.security.netguard.DestinationPolicy`, checks every address and hands
-aiohttp only checked ones: the connection goes to a checked address while the URL's name
-stays in the ``Host`` header and the TLS handshake (SNI and certificate check), so a name
-cannot resolve to something harmless for the check and to the cloud metadata service for
-the connection. IP literals, which aiohttp connects to without resolving, are checked
-before each request.
+:class:`PushClient` sends a body to http(s) URLs with a timeout per request and a limit on
+the requests in flight. The answers are parsed by ``httptools`` (llhttp, the parser behind
+uvicorn and Node.js): status line, headers, ``Content-Length``, chunked bodies, keep-alive,
+malformed answers. The request is one fixed form (``POST``, ``Host``, ``User-Agent``,
+``Content-Type``, ``Content-Length``, the body) whose target is the URL as ``yarl``
+percent-encodes it. The connections are this module's: asyncio protocols in one pool per
+origin (scheme, host, port), reused most-recently-used first, closed after ``keepalive_s``
+idle.
 
-Measured on the 2-core reference machine with ``benchmarks/bench_push_fanout.py`` (1,000
-subscribers, an update a second, 10 % of them hanging): healthy subscribers get every
-update about as soon as with the hand-written HTTP/1.1 client this replaced, and 3-5x
-sooner than over httpx's transport (httpcore's pool looks at every connection it holds
-each time a request is queued or finished, encode/httpx#3215, which took one pool per
-subscriber and adapter code to work around); see docs/carbon-service.md.
+Every name is resolved through the :class:`~carbonscaler.security.netguard.DestinationPolicy`,
+which checks every address, and the connection goes to a checked address while the URL's
+name stays in the ``Host`` header and the TLS handshake (SNI and certificate check), so a
+name cannot resolve to something harmless for the check and to the cloud metadata service
+for the connection. IP literals are checked without resolving.
+
+Why not aiohttp's or httpx's client: a push is tiny and the fan-out to 1,000 subscribers runs
+on one core, so the CPU per push is the lag. Measured side by side with
+``benchmarks/bench_push_fanout.py`` (docs/carbon-service.md), aiohttp's ``ClientSession``
+spent about three times this client's CPU per push (request and response objects, trace hooks,
+a task to write each body, a timeout scope) and delivered at 2-3x the lag; httpx's pool more
+still. This client spends no more than the hand-written one it replaced, and keeps its lag.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any
+from typing import cast
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+import httptools
 from yarl import URL
 
 from carbonscaler.security.netguard import DestinationPolicy
@@ -48,9 +48,10 @@ __all__ = [
 
 _MAX_BODY = 1024 * 1024
 """Response bodies up to this size are read (so the connection can be reused) and dropped."""
-_EMPTY = {204, 304}
-_DNS_TTL_S = 10
-"""A name's checked addresses are reused this long (aiohttp's DNS cache, per host and port)."""
+_DNS_TTL_S = 10.0
+"""A name's checked addresses are reused this long (per host and port)."""
+_MAX_TARGETS = 8192
+"""Parsed and checked URLs remembered (a subscriber's URL is pushed to every update)."""
 
 
 class PushProtocolError(Exception):
@@ -65,10 +66,27 @@ class PushTimeout(TimeoutError):
     """The request (waiting for a connection, connecting, sending, the answer) took too long."""
 
 
+class _Stale(Exception):
+    """A kept-alive connection was closed by the subscriber before it took the request."""
+
+
 @functools.cache
 def default_tls() -> ssl.SSLContext:
     """The system's default TLS client context, made once and shared by every client."""
     return ssl.create_default_context()
+
+
+Origin = tuple[str, str, int]
+"""(scheme, host, port): connections to one origin are interchangeable."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """A URL, checked against the policy, with the start of its request."""
+
+    origin: Origin
+    head: bytes
+    """Request line, ``Host`` and ``User-Agent``."""
 
 
 class PushClient:
@@ -89,7 +107,8 @@ class PushClient:
         tls: TLS client context for https (default: :func:`default_tls`).
 
     Raises:
-        ValueError: If a timeout or limit is not positive.
+        ValueError: If a timeout or limit is not positive, or ``user_agent`` has control
+            characters.
     """
 
     def __init__(
@@ -110,36 +129,17 @@ class PushClient:
         self.max_connections = max_connections
         self.keepalive_s = keepalive_s
         self.user_agent = user_agent
+        self._agent = _field(b"User-Agent", user_agent)
         self.policy = policy if policy is not None else DestinationPolicy(what="subscriber address")
-        self._tls = tls or default_tls()
-        self._session: aiohttp.ClientSession | None = None
-
-    def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            resolver=_PinnedResolver(self.policy),
-            ttl_dns_cache=_DNS_TTL_S,
-            ssl=self._tls,
-            limit=self.max_connections or 0,  # 0: no limit
-            limit_per_host=0,
-            keepalive_timeout=self.keepalive_s,
-        )
-        tracing = aiohttp.TraceConfig()
-        tracing.on_connection_reuseconn.append(_on_reuse)
-        tracing.on_request_headers_sent.append(_on_headers_sent)
-        tracing.on_request_chunk_sent.append(_on_chunk_sent)
-        # No proxy (trust_env=False: none from the environment; it would bypass the
-        # policy), no cookies, no redirects (per request), no decompression: a push is one
-        # POST and its status.
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers={"User-Agent": self.user_agent},
-            skip_auto_headers=("Accept-Encoding",),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            trust_env=False,
-            trace_configs=[tracing],
-        )
-        return self._session
+        self._tls = tls
+        self._targets: dict[str, _Target] = {}
+        self._content_types: dict[str, bytes] = {}
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._open: set[_Connection] = set()
+        self._addresses: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self._resolving: dict[tuple[str, int], asyncio.Task[list[str]]] = {}
+        self._slots: asyncio.Semaphore | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def post(
         self,
@@ -168,169 +168,416 @@ class PushClient:
             ValueError: If ``url`` is not an http(s) URL with a host.
             DestinationRefused: If the policy refuses the destination.
             PushTimeout: If the request timed out.
-            PushConnectionError, OSError: If it cannot connect or the connection broke.
+            PushConnectionError: If it cannot connect or the connection broke.
             PushProtocolError: If the answer is not HTTP/1.x.
         """
-        try:
-            parsed = URL(url)
-            host, _ = parsed.raw_host, parsed.port
-        except (ValueError, TypeError):
-            raise ValueError(f"not an http(s) URL: {url!r}") from None
-        if parsed.scheme not in ("http", "https") or not host:
-            raise ValueError(f"not an http(s) URL: {url!r}")
-        # Names are checked by the resolver when they are resolved; aiohttp connects to an
-        # IP literal without resolving it, so it is checked here (a name's check is cheap).
-        self.policy.check_host(host)
-        session = self._session or self._open()
+        target = self._targets.get(url) or self._target(url)
+        kind = self._content_types.get(content_type) or self._content_type(content_type)
+        request = b"%s%sContent-Length: %d\r\n\r\n%s" % (target.head, kind, len(body), body)
         limit = timeout_s if timeout_s is not None else self.timeout_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
-        headers = {"Content-Type": content_type}
-        state = _Attempt(on_sent)
-        for attempt in (1, 2):
-            state.start(len(body))
-            try:
-                async with session.post(
-                    parsed,
-                    data=body,
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=max(deadline - loop.time(), 0.001)),
-                    trace_request_ctx=state,
-                ) as response:
-                    await _drain(response)
-                    return response.status
-            except TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors
-                raise PushTimeout(f"{type(exc).__name__} (timeout {limit:g} s)") from exc
-            except aiohttp.ClientConnectionError as exc:
-                stale = state.reused and not isinstance(exc, aiohttp.ClientConnectorError)
-                if not stale or attempt == 2:  # a failure of this subscriber's, not resent
-                    raise _push_error(exc) from exc
-            except aiohttp.ClientError as exc:
-                raise _push_error(exc) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        reuse = True
+        if self.max_connections is None:
+            connection = self._idle_connection(target.origin)
+            if connection is not None:
+                # The common case: a kept-alive connection and no limit to wait for, so the
+                # answer is all there is to time (one timer: a third of the CPU of a timeout
+                # scope per push).
+                timer = loop.call_at(deadline, connection.expire, limit)
+                try:
+                    return await self._exchange(connection, request, on_sent)
+                except _Stale:  # closed by the subscriber while idle: once more, on a new one
+                    reuse = False
+                    if connection.notified:
+                        on_sent = None
+                finally:
+                    timer.cancel()
+        try:
+            async with asyncio.timeout_at(deadline):
+                if self.max_connections is None:
+                    return await self._send(target.origin, request, on_sent, reuse)
+                if self._slots is None:
+                    self._slots = asyncio.Semaphore(self.max_connections)
+                async with self._slots:
+                    return await self._send(target.origin, request, on_sent, reuse)
+        except TimeoutError as exc:
+            if isinstance(exc, PushTimeout):
+                raise
+            raise PushTimeout(f"no answer within {limit:g} s") from exc
 
     async def aclose(self) -> None:
         """Close every connection."""
-        if self._session is not None:
-            await self._session.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for connection in list(self._open):
+            connection.close()
+        self._open.clear()
+        self._idle.clear()
+        for task in self._resolving.values():
+            task.cancel()
 
+    # -- one request ------------------------------------------------------------------------
 
-class _Attempt:
-    """One request's state, seen by the trace hooks (``trace_request_ctx``)."""
+    async def _send(
+        self, origin: Origin, request: bytes, on_sent: Callable[[], None] | None, reuse: bool
+    ) -> int:
+        connection = self._idle_connection(origin) if reuse else None
+        if connection is not None:
+            try:
+                return await self._exchange(connection, request, on_sent)
+            except _Stale:  # closed by the subscriber while idle: once more, on a new one
+                if connection.notified:
+                    on_sent = None
+        connection = await self._connect(origin)
+        try:
+            return await self._exchange(connection, request, on_sent)
+        except _Stale as exc:  # on a new connection, this is the subscriber's answer
+            raise PushProtocolError(f"no valid HTTP/1.x response ({exc})") from None
 
-    __slots__ = ("notify", "reused", "unsent")
+    async def _exchange(
+        self, connection: _Connection, request: bytes, on_sent: Callable[[], None] | None
+    ) -> int:
+        answer: asyncio.Future[int] | None = None
+        try:
+            answer = connection.send(request)
+            if connection.paused:
+                await connection.drained()
+            if on_sent is not None:
+                connection.notified = True
+                on_sent()
+            status = await answer
+        except BaseException:
+            self._discard(connection)
+            if answer is not None and answer.done() and not answer.cancelled():
+                answer.exception()  # retrieved: the failure that matters is being raised
+            raise
+        if connection.reusable():
+            connection.idle_since = connection.loop.time()
+            self._idle.setdefault(connection.origin, []).append(connection)
+            if self._sweeper is None:
+                self._sweep_later()
+        else:
+            self._discard(connection)
+        return status
 
-    def __init__(self, on_sent: Callable[[], None] | None) -> None:
-        self.notify = on_sent
-        self.reused = False
-        self.unsent = 0
+    # -- connections ------------------------------------------------------------------------
 
-    def start(self, size: int) -> None:
-        self.reused, self.unsent = False, size
-
-    def sent(self, size: int) -> None:
-        self.unsent -= size
-        if self.unsent <= 0 and self.notify is not None:
-            call, self.notify = self.notify, None
-            call()
-
-
-def _state(context: SimpleNamespace) -> _Attempt | None:
-    state = context.trace_request_ctx
-    return state if isinstance(state, _Attempt) else None
-
-
-async def _on_reuse(session: Any, context: SimpleNamespace, params: Any) -> None:
-    if (state := _state(context)) is not None:
-        state.reused = True
-
-
-async def _on_headers_sent(session: Any, context: SimpleNamespace, params: Any) -> None:
-    if (state := _state(context)) is not None:
-        state.sent(0)  # an empty body: the headers are the request
-
-
-async def _on_chunk_sent(
-    session: Any, context: SimpleNamespace, params: aiohttp.TraceRequestChunkSentParams
-) -> None:
-    if (state := _state(context)) is not None:
-        state.sent(len(params.chunk))
-
-
-async def _drain(response: aiohttp.ClientResponse) -> None:
-    """Read (and drop) a small response body so the connection can carry the next request.
-
-    A body that runs until the connection closes, or is larger than ``_MAX_BODY``, is not
-    waited for: the connection is closed instead (aiohttp does not reuse a connection
-    whose answer was not read to its end).
-    """
-    length = response.content_length
-    if length == 0:
-        return
-    chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
-    bounded = length is not None and length <= _MAX_BODY
-    if not (chunked or bounded or response.status in _EMPTY):
-        return
-    total = 0
-    async for chunk in response.content.iter_any():
-        total += len(chunk)
-        if total > _MAX_BODY:
-            return
-
-
-_NOT_HTTP = (
-    aiohttp.ServerDisconnectedError,
-    aiohttp.ClientResponseError,
-    aiohttp.ClientPayloadError,
-)
-"""No answer before the connection closed, an answer that does not parse, a broken body."""
-
-
-def _push_error(exc: aiohttp.ClientError) -> Exception:
-    if isinstance(exc, _NOT_HTTP):
-        return PushProtocolError(f"no valid HTTP/1.x response ({exc})")
-    if isinstance(exc, aiohttp.ClientConnectorError):  # its own message omits the cause
-        cause: Exception = exc.os_error
-        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-            cause = exc.certificate_error
-        reason = str(cause) or type(cause).__name__
-        return PushConnectionError(
-            f"{type(exc).__name__}: cannot connect to {exc.host}:{exc.port} ({reason})"
-        )
-    return PushConnectionError(f"{type(exc).__name__}: {exc}".rstrip(": "))
-
-
-class _PinnedResolver(AbstractResolver):
-    """aiohttp's resolver contract over :meth:`DestinationPolicy.resolve`: every address a
-    name resolves to is checked, and only allowed ones are connected to.
-
-    Raises (from :meth:`resolve`):
-        DestinationRefused: If the policy refuses the host or an address of it.
-        OSError: If the name does not resolve.
-    """
-
-    def __init__(self, policy: DestinationPolicy) -> None:
-        self._policy = policy
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        addresses = await self._policy.resolve(host, port)
-        return [
-            {
-                "hostname": host,
-                "host": address,
-                "port": port,
-                "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-            }
-            for address in addresses
-        ]
-
-    async def close(self) -> None:
+    def _idle_connection(self, origin: Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()  # the most recently used: the likeliest to be alive
+            if connection.usable():
+                return connection
+            self._discard(connection)
         return None
+
+    async def _connect(self, origin: Origin) -> _Connection:
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        tls = (self._tls or default_tls()) if scheme == "https" else None
+        failure: OSError | None = None
+        # Connect to a checked address; the name stays in the Host header and in TLS (SNI,
+        # certificate check).
+        for address in await self._checked_addresses(host, port):
+            try:
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(origin, loop),
+                    address,
+                    port,
+                    ssl=tls,
+                    server_hostname=host if tls is not None else None,
+                )
+            except OSError as exc:
+                failure = exc
+                continue
+            self._open.add(connection)
+            return connection
+        assert failure is not None
+        reason = f"{type(failure).__name__}: {failure}".rstrip(": ")
+        raise PushConnectionError(f"cannot connect to {host}:{port} ({reason})") from failure
+
+    async def _checked_addresses(self, host: str, port: int) -> list[str]:
+        """The addresses ``host`` resolves to, each allowed by the policy."""
+        if self.policy.check_host(host) is not None:
+            return [host]  # an IP literal, checked
+        key = (host, port)
+        loop = asyncio.get_running_loop()
+        known = self._addresses.get(key)
+        if known is not None and known[0] > loop.time():
+            return known[1]
+        task = self._resolving.get(key)
+        if task is None:  # one resolution at a time per name, shared by its requests
+            task = self._resolving[key] = loop.create_task(self.policy.resolve(host, port))
+            task.add_done_callback(functools.partial(self._resolved, key))
+        try:
+            addresses = await asyncio.shield(task)
+        except OSError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise PushConnectionError(f"cannot resolve {host!r} ({reason})") from exc
+        if len(self._addresses) >= _MAX_TARGETS:
+            self._addresses.clear()
+        self._addresses[key] = (loop.time() + _DNS_TTL_S, addresses)
+        return addresses
+
+    def _resolved(self, key: tuple[str, int], task: asyncio.Task[list[str]]) -> None:
+        self._resolving.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved, also when every request waiting for it timed out
+
+    def _discard(self, connection: _Connection) -> None:
+        connection.close()
+        self._open.discard(connection)
+
+    def _sweep_later(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.call_later(min(max(self.keepalive_s / 4, 0.05), 5.0), self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle for ``keepalive_s`` (each pool is oldest first)."""
+        self._sweeper = None
+        if not self._idle:
+            return
+        expired = asyncio.get_running_loop().time() - self.keepalive_s
+        for origin, idle in list(self._idle.items()):
+            old = 0
+            while old < len(idle) and (idle[old].idle_since <= expired or idle[old].closed):
+                self._discard(idle[old])
+                old += 1
+            del idle[:old]
+            if not idle:
+                del self._idle[origin]
+        if self._idle:
+            self._sweep_later()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _target(self, url: str) -> _Target:
+        try:
+            parsed = URL(url)
+            scheme, host, port = parsed.scheme, parsed.raw_host, parsed.port
+            if scheme not in ("http", "https") or not host or port is None:
+                raise ValueError(url)
+            name = f"[{host}]" if ":" in host else host
+            authority = name if port == (443 if scheme == "https" else 80) else f"{name}:{port}"
+            # yarl's percent-encoded form: no spaces, controls or non-ASCII characters left.
+            line = f"POST {parsed.raw_path_qs or '/'} HTTP/1.1\r\nHost: {authority}\r\n"
+            head = line.encode("ascii") + self._agent
+        except (ValueError, TypeError):
+            raise ValueError(f"not an http(s) URL: {url!r}") from None
+        self.policy.check_host(host)  # a name's addresses are checked when it is resolved
+        if len(self._targets) >= _MAX_TARGETS:
+            self._targets.clear()
+        target = self._targets[url] = _Target((scheme, host.rstrip("."), port), head)
+        return target
+
+    def _content_type(self, content_type: str) -> bytes:
+        kind = _field(b"Content-Type", content_type)
+        if len(self._content_types) < 64:
+            self._content_types[content_type] = kind
+        return kind
+
+
+def _field(name: bytes, value: str) -> bytes:
+    """One header line; refuses a value that would break the request.
+
+    Raises:
+        ValueError: If ``value`` has control characters or is not Latin-1.
+    """
+    if any(c < " " or c == "\x7f" for c in value):
+        raise ValueError(f"a {name.decode()} must not contain control characters: {value!r}")
+    try:
+        return b"%s: %s\r\n" % (name, value.encode("latin-1"))
+    except UnicodeEncodeError:
+        raise ValueError(f"a {name.decode()} must be Latin-1 text: {value!r}") from None
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: one request at a time, its answer parsed by httptools."""
+
+    __slots__ = (
+        "_answer",
+        "_body",
+        "_broken",
+        "_drain",
+        "_framed",
+        "_keep",
+        "_parser",
+        "_received",
+        "_reused",
+        "_status",
+        "_transport",
+        "_used",
+        "closed",
+        "idle_since",
+        "loop",
+        "notified",
+        "origin",
+        "paused",
+    )
+
+    def __init__(self, origin: Origin, loop: asyncio.AbstractEventLoop) -> None:
+        self.origin = origin
+        self.loop = loop
+        self.idle_since = 0.0
+        self.closed = False
+        self.paused = False
+        self.notified = False
+        """Whether the caller was told that its request went out on this connection."""
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._used = False
+        self._answer: asyncio.Future[int] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._received = False
+        self._reused = False
+        self._status = 0
+        self._framed = False
+        self._body = 0
+        self._keep = False
+        self._broken = False
+
+    # -- used by the client -----------------------------------------------------------------
+
+    def send(self, request: bytes) -> asyncio.Future[int]:
+        """Write the request; the future is its answer's status.
+
+        Raises:
+            _Stale: If the connection was kept alive and is closed now.
+        """
+        transport = self._transport
+        if self.closed or transport is None or transport.is_closing():
+            raise _Stale("the connection was closed")
+        reused, self._used = self._used, True
+        self._received = self._broken = self._framed = self._keep = False
+        self._status = self._body = 0
+        self._answer = answer = self.loop.create_future()
+        self._reused = reused
+        transport.write(request)
+        return answer
+
+    async def drained(self) -> None:
+        """Wait until the transport takes more data (its buffer is below the high mark)."""
+        if self.paused:
+            self._drain = self.loop.create_future()
+            await self._drain
+
+    def expire(self, limit: float) -> None:
+        """The request's time is up: fail it (the client then closes the connection)."""
+        if self._answer is not None and not self._answer.done():
+            self._fail(PushTimeout(f"no answer within {limit:g} s"))
+
+    def usable(self) -> bool:
+        transport = self._transport
+        return not self.closed and transport is not None and not transport.is_closing()
+
+    def reusable(self) -> bool:
+        return self._keep and not self._broken and self.usable()
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+        self._fail(PushConnectionError("the connection was closed"))
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (not an asyncio.Transport instance on every loop: uvloop's).
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._answer is None or self._answer.done():
+            self._broken = True  # an answer nobody asked for: never reused
+            self.close()
+            return
+        self._received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(PushProtocolError("no valid HTTP/1.x response (a protocol switch)"))
+            self.close()
+        except httptools.HttpParserError as exc:
+            self._fail(PushProtocolError(f"no valid HTTP/1.x response ({exc})"))
+            self.close()
+
+    def eof_received(self) -> bool:
+        self._lost(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(exc)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._framed = False
+        if self._answer is None or self._answer.done():
+            self._broken = True  # a second answer to one request: never reused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        if lower == b"content-length":  # (llhttp refuses invalid or conflicting lengths)
+            length = value.strip()
+            self._framed = length.isdigit() and int(length) <= _MAX_BODY
+        elif lower == b"transfer-encoding":
+            self._framed = value.lower().rstrip().endswith(b"chunked")
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            return  # an interim answer: the real one follows
+        self._status = status
+        self._keep = self._parser.should_keep_alive()
+        if not self._framed and status not in (204, 304):
+            # The body runs until the connection closes (or is too long): not waited for.
+            self._keep = False
+            self._done()
+
+    def on_body(self, body: bytes) -> None:
+        self._body += len(body)
+        if self._body > _MAX_BODY:
+            self._keep = False
+            self._done()
+
+    def on_message_complete(self) -> None:
+        if self._status:
+            self._done()
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def _done(self) -> None:
+        answer = self._answer
+        if answer is not None and not answer.done():
+            answer.set_result(self._status)
+
+    def _fail(self, exc: Exception) -> None:
+        self._broken = True
+        for waiter in (self._answer, self._drain):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+
+    def _lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        answer = self._answer
+        if answer is None or answer.done():
+            return
+        if self._reused and not self._received:
+            self._fail(_Stale("the connection closed before the answer"))
+        elif exc is not None:
+            host, port = self.origin[1:]
+            self._fail(PushConnectionError(f"the connection to {host}:{port} broke ({exc})"))
+        else:
+            self._fail(PushProtocolError("no valid HTTP/1.x response (the connection closed)"))
 
 
 @dataclass(frozen=True)
