@@ -67,7 +67,7 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -1649,6 +1649,34 @@ def _max_weight(inst: _Instance, time_limit_s: float) -> tuple[list[int], dict[i
     return late, fits
 
 
+def _smallest(most: int, fits: Callable[[int], bool]) -> int | None:
+    """The smallest ``k`` in ``1..most`` for which ``fits(k)`` (monotone; ``fits(0)`` is known
+    false), or None if not even ``most`` fits: a bisection, each step one ``fits``."""
+    if not fits(most):
+        return None
+    lo, hi = 0, most  # does not fit at lo, fits at hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _late_message(late: int, jobs: int, fixes: Sequence[str]) -> str:
+    """How a diagnosis ends: which of the other jobs finish, and what would make all fit."""
+    others = jobs - late
+    finish = (
+        ""
+        if not others
+        else ", while the other job finishes"
+        if others == 1
+        else f", while the other {others} jobs finish"
+    )
+    return f"{finish}; it fits with {' or with '.join(fixes)}"
+
+
 def _diagnose(
     inst: _Instance,
     carbon_all: FloatArray,
@@ -1688,15 +1716,13 @@ def _diagnose(
     top = int(sum(int(lad.levels[-1]) for lad in inst.ladders))
     capacity_needed: int | None = None
     searched = explain == "all"
-    if searched and _feasible(inst.with_capacity(inst.capacity + top), time_limit_s):
-        lo, hi = 0, top  # infeasible at lo, feasible at hi
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if _feasible(inst.with_capacity(inst.capacity + mid), time_limit_s):
-                hi = mid
-            else:
-                lo = mid
-        capacity_needed = int(inst.capacity.max()) + hi if scalar_capacity else hi
+    added = (
+        _smallest(top, lambda k: _feasible(inst.with_capacity(inst.capacity + k), time_limit_s))
+        if searched
+        else None
+    )
+    if added is not None:
+        capacity_needed = int(inst.capacity.max()) + added if scalar_capacity else added
 
     # Deadlines: the smallest extension of the late jobs' deadlines (all by the same slots).
     room = len(carbon_all) - max(inst.jobs[j].deadline_slot for j in late)
@@ -1705,22 +1731,14 @@ def _diagnose(
     def extended(e: int) -> _Instance:
         return inst.with_deadlines({j: inst.jobs[j].deadline_slot + e for j in late}, carbon_all)
 
-    if searched and room > 0 and _feasible(extended(room), time_limit_s):
-        lo, hi = 0, room
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if _feasible(extended(mid), time_limit_s):
-                hi = mid
-            else:
-                lo = mid
-        extension = hi
+    if searched and room > 0:
+        extension = _smallest(room, lambda e: _feasible(extended(e), time_limit_s))
 
     dt = inst.slot_hours
     details = ", ".join(
         f"{inst.jobs[j].name} (needs {inst.jobs[j].job.work:.6g} work units, {fits[j]:.6g} fit)"
         for j in late
     )
-    others = len(inst.jobs) - len(late)
     fixes = []
     if capacity_needed is not None:
         if scalar_capacity:
@@ -1742,15 +1760,7 @@ def _diagnose(
     message = (
         f"cluster plan: {len(late)} of {len(inst.jobs)} jobs cannot finish by their deadlines "
         f"under the capacity (at most {top_capacity} server{'s' if top_capacity != 1 else ''} "
-        f"per slot): {details}"
-        + (
-            ""
-            if not others
-            else ", while the other job finishes"
-            if others == 1
-            else f", while the other {others} jobs finish"
-        )
-        + f"; it fits with {' or with '.join(fixes)}"
+        f"per slot): {details}" + _late_message(len(late), len(inst.jobs), fixes)
     )
     return ClusterInfeasibleError(
         message,

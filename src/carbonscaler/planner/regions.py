@@ -92,6 +92,7 @@ from carbonscaler.planner.cluster import (
     _improve,
     _insert,
     _Instance,
+    _late_message,
     _Layout,
     _layout,
     _mask_below,
@@ -102,6 +103,7 @@ from carbonscaler.planner.cluster import (
     _priced_response,
     _rate,
     _room,
+    _smallest,
     _SolverTrouble,
     _State,
     _total_rate,
@@ -1743,16 +1745,7 @@ def _diagnose(prep: _Prep, time_limit_s: float) -> RegionalInfeasibleError:
     names = [prep.jobs[j].name for j in late]
 
     top = int(sum(int(lad.levels[-1]) for lad in prep.ladders))
-    capacity_needed: int | None = None
-    if _feasible(prep.changed(add=top), time_limit_s):
-        lo, hi = 0, top  # infeasible at lo, feasible at hi
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if _feasible(prep.changed(add=mid), time_limit_s):
-                hi = mid
-            else:
-                lo = mid
-        capacity_needed = hi
+    capacity_needed = _smallest(top, lambda k: _feasible(prep.changed(add=k), time_limit_s))
 
     shortest = min(len(c) for c in prep.carbon_all)
     room = shortest - max(prep.jobs[j].deadline_slot for j in late)
@@ -1761,15 +1754,8 @@ def _diagnose(prep: _Prep, time_limit_s: float) -> RegionalInfeasibleError:
     def extended(e: int) -> _Prep:
         return prep.changed(deadlines={j: prep.jobs[j].deadline_slot + e for j in late})
 
-    if room > 0 and _feasible(extended(room), time_limit_s):
-        lo, hi = 0, room
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if _feasible(extended(mid), time_limit_s):
-                hi = mid
-            else:
-                lo = mid
-        extension = hi
+    if room > 0:
+        extension = _smallest(room, lambda e: _feasible(extended(e), time_limit_s))
 
     dt = prep.slot_hours
     details = ", ".join(
@@ -1783,7 +1769,6 @@ def _diagnose(prep: _Prep, time_limit_s: float) -> RegionalInfeasibleError:
         + ")"
         for j in late
     )
-    others = n_jobs - len(late)
     fixes = []
     if capacity_needed is not None:
         fixes.append(f"{capacity_needed} more servers in every slot of every region")
@@ -1800,14 +1785,7 @@ def _diagnose(prep: _Prep, time_limit_s: float) -> RegionalInfeasibleError:
     message = (
         f"cluster plan: {len(late)} of {n_jobs} jobs cannot finish by their deadlines in the "
         f"regions they may use ({capacities} servers per slot): {details}"
-        + (
-            ""
-            if not others
-            else ", while the other job finishes"
-            if others == 1
-            else f", while the other {others} jobs finish"
-        )
-        + f"; it fits with {' or with '.join(fixes)}"
+        + _late_message(len(late), n_jobs, fixes)
     )
     return RegionalInfeasibleError(
         message,
