@@ -50,6 +50,7 @@ if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
     )
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -102,7 +103,11 @@ def console_errors(driver: WebDriver) -> list[dict[str, Any]]:
 
 
 def wait(driver: WebDriver, until: Callable[[WebDriver], Any], timeout: float = WAIT_S) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(until)
+    """Until ``until`` holds; an element redrawn while it was being read is looked up again
+    at the next poll (results replace their section as they stream in)."""
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(until)
 
 
 def savings(driver: WebDriver) -> dict[str, str]:

@@ -6,7 +6,7 @@ capacity updates the results and the URL, and the page fits a phone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,6 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
 # test_ui_browser skips this module too, with its reason, when Chromium or chromedriver is
 # missing.
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -80,16 +79,9 @@ def shown_savings(driver: WebDriver) -> dict[str, str]:
 def savings_are(driver: WebDriver, expected: dict[str, str]) -> None:
     """Wait until the page shows ``expected`` (the results may be redrawn while read)."""
     try:
-        wait(driver, lambda d: _settled(lambda: shown_savings(d) == expected), timeout=10)
+        wait(driver, lambda d: shown_savings(d) == expected, timeout=10)
     except Exception:  # say what differs
         assert shown_savings(driver) == expected
-
-
-def _settled(check: Callable[[], bool]) -> bool:
-    try:
-        return check()
-    except StaleElementReferenceException:  # redrawn while read: look again
-        return False
 
 
 def results_for(driver: WebDriver, capacity: int) -> None:
@@ -99,7 +91,7 @@ def results_for(driver: WebDriver, capacity: int) -> None:
             d.find_elements(By.CSS_SELECTOR, "#chart-shares svg rect")
         )
 
-    wait(driver, lambda d: _settled(lambda: shown(d)))
+    wait(driver, shown)
 
 
 def test_the_cluster_page(driver: WebDriver, dashboard: str, traces: Path) -> None:
