@@ -1461,7 +1461,7 @@ def _run_milp(
     z_offset: int | None,
     time_limit_s: float,
 ) -> FloatArray | None:
-    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.optimize import LinearConstraint
     from scipy.sparse import coo_array
 
     matrix, lower, upper, work = _milp_rows(inst, lay)
@@ -1488,11 +1488,25 @@ def _run_milp(
         integrality[u0 : u0 + int(lay.sizes[j])] = 1
     if z_offset is not None:
         integrality[z_offset : z_offset + len(inst.jobs)] = 1
+    return _highs(cost, constraints, integrality, time_limit_s)
+
+
+def _highs(
+    cost: FloatArray, constraints: list[Any], integrality: FloatArray, time_limit_s: float
+) -> FloatArray | None:
+    """Solve a MILP over variables in ``[0, 1]`` with HiGHS: the solution, or None if it is
+    proven infeasible.
+
+    Raises:
+        _SolverTrouble: if HiGHS gives no answer (time limit, numerical trouble).
+    """
+    from scipy.optimize import Bounds, milp
+
     result = milp(
         cost,
         constraints=constraints,
         integrality=integrality,
-        bounds=Bounds(np.zeros(lay.n_vars), np.ones(lay.n_vars)),
+        bounds=Bounds(np.zeros(len(cost)), np.ones(len(cost))),
         options={"time_limit": time_limit_s, "mip_rel_gap": 1e-7},
     )
     if result.x is None:

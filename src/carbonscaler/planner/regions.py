@@ -88,6 +88,7 @@ from carbonscaler.planner.cluster import (
     _extend,
     _fast,
     _greedy_by_unit,
+    _highs,
     _hull_unit,
     _improve,
     _insert,
@@ -1498,7 +1499,7 @@ def _run_regional_milp(
     Raises:
         _SolverTrouble: if HiGHS gives no usable answer in time.
     """
-    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.optimize import LinearConstraint
     from scipy.sparse import coo_array
 
     lay = _Layout(model.offsets, model.sizes, model.n_vars)
@@ -1575,21 +1576,11 @@ def _run_regional_milp(
         u0 = int(model.offsets[v] + model.sizes[v])
         integrality[u0 : u0 + int(model.sizes[v])] = 1
     integrality[model.y_offset :] = 1
-    result = milp(
-        cost,
-        constraints=[
-            LinearConstraint(matrix, lower, upper),
-            LinearConstraint(extra, lower_extra, upper_extra),
-        ],
-        integrality=integrality,
-        bounds=Bounds(np.zeros(model.n_vars), np.ones(model.n_vars)),
-        options={"time_limit": time_limit_s, "mip_rel_gap": 1e-7},
-    )
-    if result.x is None:
-        if result.status == 2:  # proven infeasible
-            return None
-        raise _SolverTrouble(f"HiGHS found no solution ({result.message})")
-    return np.asarray(result.x, dtype=np.float64)
+    constraints = [
+        LinearConstraint(matrix, lower, upper),
+        LinearConstraint(extra, lower_extra, upper_extra),
+    ]
+    return _highs(cost, constraints, integrality, time_limit_s)
 
 
 def _emission_costs(prep: _Prep, model: _Milp) -> FloatArray:
