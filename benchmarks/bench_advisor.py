@@ -26,6 +26,7 @@ from _shared import shared_dir
 from carbonscaler.advisor import (
     Conditions,
     ForecastSpec,
+    SweepResult,
     SweepSpec,
     default_jobs,
     run_sweep,
@@ -84,8 +85,27 @@ def main() -> None:
     starts = np.arange(len(trace) - deadline + 1)
     windows = np.lib.stride_tricks.sliding_window_view(trace.values, deadline)
     ladder = job.ladder()
-    # Compile (or load the compiled cache) before timing: a one-off per process.
-    warm_s = best_of(lambda: simulate_policy("carbonscaler", job, trace.values, starts[:2], 36), 1)
+    # Compile (or load the compiled cache) before timing: a one-off per process. The sweeps
+    # with errors use loops a perfect world does not (increment orders, the forecast trigger,
+    # installing re-plans), so a short sweep with errors loads those too.
+    noisy = Conditions(
+        forecast=ForecastSpec("uniform", 0.1, seed=1), profile_error=0.05, rescale_overhead_s=30
+    )
+    short = SweepSpec(
+        traces=[from_values(trace.values[: 4 * deadline], zone="warm-up")],
+        profile=job.profile,
+        length_hours=24,
+        slacks=[1.5],
+        max_servers=[8],
+        conditions=noisy,
+    )
+    warm_s = best_of(
+        lambda: (
+            simulate_policy("carbonscaler", job, trace.values, starts[:2], deadline),
+            run_sweep(short),
+        ),
+        1,
+    )
     print(f"first use of the compiled loops in this process: {warm_s:.2f} s")
 
     naive_s = best_of(lambda: naive_batched_greedy(ladder, windows, job.work))
@@ -144,13 +164,13 @@ def main() -> None:
             max_servers=[8],
             conditions=cond,
         )
-        start = time.perf_counter()
-        result = run_sweep(spec)
-        seconds = time.perf_counter() - start
-        cs = result.summary[result.summary["policy"] == "carbonscaler"].iloc[0]
+        results: list[SweepResult] = []  # best of 3, as every figure above
+        seconds = best_of(lambda spec=spec, results=results: results.append(run_sweep(spec)))
+        summary = results[-1].summary
+        cs = summary[summary["policy"] == "carbonscaler"].iloc[0]
         print(
             f"sweep, every policy, {len(starts)} starts, {model} forecast ±10 %, profile error "
-            f"±5 %, 30 s rescale: {seconds:.2f} s = {seconds / naive_s:.0f}x naive (target <= 10x);"
+            f"±5 %, 30 s rescale: {seconds:.2f} s = {seconds / naive_s:.1f}x naive (target <= 10x);"
             f" carbonscaler mean replans {cs['mean_replans']:.1f}, misses "
             f"{int(cs['deadline_misses'])}"
         )

@@ -2,7 +2,8 @@
 
 * The compiled batch greedy (:mod:`carbonscaler.planner._kernels`) against the single-plan greedy
   (:func:`carbonscaler.planner.greedy.select_increments`), with ties, zero carbon and non-concave
-  ladders; with a rescale overhead, against the rounds written out here in plain Python; and
+  ladders; with a rescale overhead, against the rounds written out here in plain Python (and
+  exactly, where a round stops because its losses would repeat); and
   its sliding lists (rows that are the last row one slot later) against sorting every row,
   and its orders made once per issue slot (``increment_order`` of a longer forecast) likewise.
 * The executor's forecasts issued once per issue slot and cut, against issuing each.
@@ -145,6 +146,50 @@ def test_compiled_overhead_rounds_equal_the_rounds_by_hand(
         assert fast.feasible[row] == plan.feasible[0]
         assert fast.servers[row].tolist() == plan.servers[0].tolist()
         np.testing.assert_allclose(fast.fraction[row], plan.fraction[0], rtol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    kind=st.integers(0, 2),
+    n=st.integers(2, 36),
+    overhead_s=st.sampled_from([30, 600, 1800, 3600]),
+    rounds=st.integers(1, 4),
+)
+def test_overhead_rounds_stop_where_the_losses_repeat(
+    seed: int, kind: int, n: int, overhead_s: int, rounds: int
+) -> None:
+    """The compiled rounds give exactly the rule with its early stop, written out here: a
+    round that completes where the last did, with both parts of that slot at least the
+    overhead long, stops without summing its losses — only where they would repeat."""
+    job = Job.from_length(_profile(kind, 6), 1.0, 1, 6)
+    ladder, throughput = job.ladder(), job.profile.throughput
+    rng = np.random.default_rng(seed)
+    carbon = _carbon(rng, 8, n, ties=bool(seed % 2))
+    base = 0.4 * ladder.d_work.sum() * n * rng.uniform(0.3, 2.6, 8)  # a few cannot fit
+    overhead_h = overhead_s / 3600
+    fast = batch_greedy_with_overhead(
+        ladder,
+        carbon,
+        base,
+        throughput=throughput,
+        overhead_h=overhead_h,
+        slot_hours=1.0,
+        rounds=rounds,
+    )
+    for row in range(8):
+        loss = 0.0
+        for round_ in range(rounds + 1):
+            plan = batch_greedy(ladder, carbon[row : row + 1], base[row] + loss)
+            if round_ == rounds:
+                break
+            last, loss = loss, _losses_by_hand(plan, 0, throughput, overhead_h, 0)
+            if loss == last:
+                break
+        assert fast.feasible[row] == plan.feasible[0]
+        assert fast.servers[row].tolist() == plan.servers[0].tolist()
+        assert fast.after[row].tolist() == plan.after[0].tolist()
+        assert fast.fraction[row].tolist() == plan.fraction[0].tolist()
 
 
 def _outcomes_equal(a: object, b: object) -> None:

@@ -30,7 +30,7 @@ _SLIVER = 1e-6
 _charge = numba.njit(cache=True)(charge)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _through(
     run: int,
     first_slot: int,
@@ -58,7 +58,8 @@ def _through(
     """Run ``run`` through its sub-intervals (see :func:`advance`); returns its status.
 
     One call per run, not per sub-interval: a compiled call that passes the state arrays
-    costs more than a sub-interval's physics.
+    costs more than a sub-interval's physics, and inlined where it is called (numba IR), so
+    not even that.
     """
     for k in range(levels.shape[0]):
         if np.isnan(carbon[k]):

@@ -18,7 +18,9 @@ pays its per-call overhead on every one of its many passes. These loops do each 
   (at most ``rounds`` times, as :func:`~carbonscaler.planner.batch.batch_greedy_with_overhead`
   documents; a round whose losses repeat the last would give the same plan, so it stops there).
   The merge order does not depend on the target, so each round resumes the logged merge
-  rather than starting again.
+  rather than starting again; a round that ends at the last round's completing pick, with
+  each part of that slot at least the overhead long either way, loses what the last did, so
+  it stops without summing the losses again.
 
 The numpy-free single plan (:mod:`carbonscaler.planner.greedy`) is the reference the tests
 compare against. Compiled code is cached on disk (numba's ``cache=True``), so only the first run
@@ -36,6 +38,9 @@ import numpy as np
 __all__ = ["drift_rows", "greedy_rows", "install_rows", "losses_rows", "orders_rows"]
 
 _jit = numba.njit(cache=True, nogil=True)
+_inline = numba.njit(cache=True, nogil=True, inline="always")
+"""For the steps of a row's plan: inlined where called (numba IR), so a call neither passes
+its arrays nor counts their references — a round costs less than calling its parts."""
 
 
 @_jit
@@ -137,7 +142,7 @@ def _slide(
         li[place] = n - 1 + base
 
 
-@_jit
+@_inline
 def _extend(
     goal: float, d_work: Any, lists: Any, scores: Any, heads: Any, log: Any, base: int, seq: Any
 ) -> int:
@@ -157,12 +162,13 @@ def _extend(
     if seq.shape[0] > 0:
         at, made = heads[0], heads[1]
         cumulative = log[made - 1, 2] if made > 0 else 0.0
-        while made < n * steps and cumulative < goal:
+        limit = n * steps  # the increments of slots >= n
+        while made < limit and cumulative < goal:
             flat = seq[at]
             at += 1
-            slot = flat // steps
-            if slot >= n:
+            if flat >= limit:
                 continue
+            slot = flat // steps
             step = flat - slot * steps
             cumulative += d_work[step]
             log[made, 0] = slot
@@ -196,7 +202,7 @@ def _extend(
     return int(made)
 
 
-@_jit
+@_inline
 def _select(
     target: float,
     d_work: Any,
@@ -211,17 +217,24 @@ def _select(
     fraction: Any,
     after: Any,
     seq: Any,
-) -> bool:
-    """Take increments in score order until ``target`` is covered; False if it cannot be."""
+) -> int:
+    """Take increments in score order until ``target`` is covered; returns the completing
+    pick's place in ``log``, or -1 if ``target`` cannot be covered (an all-zero plan).
+
+    ``counts[:n]`` holds how many of the first ``counts[n]`` logged picks fall in each slot,
+    and ``counts[n + 1]`` the partial slot of the plan in ``servers``, ``fraction`` and
+    ``after`` (-1: none). A later round of the row (the log only grows) moves only the picks
+    between the two completing picks; ``counts[n] = -1`` starts the plan afresh.
+    """
     n = lists.shape[1]
     goal = target * (1 - 1e-12)
     made = _extend(goal, d_work, lists, scores, heads, log, base, seq)
-    for i in range(n):
-        fraction[i] = 1.0
     if made == 0 or log[made - 1, 2] < goal:
         servers[:] = 0
         after[:] = 0
-        return False
+        fraction[:] = 1.0
+        counts[n] = -1
+        return -1
     # The completing pick: the first whose cumulative work reaches the goal.
     low, high = 0, made - 1
     while low < high:
@@ -230,22 +243,38 @@ def _select(
             high = mid
         else:
             low = mid + 1
-    counts[:] = 0
-    for p in range(low + 1):
-        counts[int(log[p, 0])] += 1
-    for i in range(n):
-        servers[i] = levels[counts[i]]
-        after[i] = servers[i]
+    counted = counts[n]
+    if counted < 0:
+        counted = 0
+        for i in range(n):
+            counts[i] = 0
+            servers[i] = after[i] = levels[0]
+            fraction[i] = 1.0
+    elif counts[n + 1] >= 0:
+        fraction[counts[n + 1]] = 1.0
+        after[counts[n + 1]] = servers[counts[n + 1]]
+    while counted <= low:
+        i = int(log[counted, 0])
+        counts[i] += 1
+        servers[i] = after[i] = levels[counts[i]]
+        counted += 1
+    while counted > low + 1:
+        counted -= 1
+        i = int(log[counted, 0])
+        counts[i] -= 1
+        servers[i] = after[i] = levels[counts[i]]
+    counts[n], counts[n + 1] = counted, -1
     slot, step = int(log[low, 0]), int(log[low, 1])
     before = log[low - 1, 2] if low > 0 else 0.0
     share = (target - before) / d_work[step]
     if share < 1 - 1e-12:
         fraction[slot] = min(max(share, 0.0), 1.0)
         after[slot] = levels[counts[slot] - 1]
-    return True
+        counts[n + 1] = slot
+    return low
 
 
-@_jit
+@_inline
 def _losses(
     servers: Any,
     fraction: Any,
@@ -278,7 +307,7 @@ def _losses(
     return lost / slot_hours
 
 
-@_jit
+@_inline
 def _plan_row(
     work: float,
     d_work: Any,
@@ -303,12 +332,16 @@ def _plan_row(
     """One row's plan for ``work``, covering its own rescale losses; False if it cannot fit.
 
     Round 0 plans ``work``; each later round (at most ``rounds``) plans ``work`` plus the last
-    plan's losses, until the losses repeat.
+    plan's losses, until the losses repeat. A round that completes at the same pick as the
+    last differs from its plan only in the completing slot's split; where both splits leave
+    each part of that slot at least the overhead long (:func:`_overhead_fits`), every rescale
+    loses exactly what it lost in the last plan, so the losses repeat without being summed.
     """
     loss = 0.0
-    ok = False
+    pick, split = -1, 1.0
     for round_ in range(rounds + 1):
-        ok = _select(
+        last_pick, last_split = pick, split
+        pick = _select(
             work + loss,
             d_work,
             levels,
@@ -325,13 +358,34 @@ def _plan_row(
         )
         if overhead_h <= 0.0 or round_ == rounds:
             break
+        split = fraction[int(log[pick, 0])] if pick >= 0 else 1.0
+        if (
+            pick >= 0
+            and pick == last_pick
+            and (
+                split == last_split
+                or (
+                    _overhead_fits(split, overhead_h, slot_hours)
+                    and _overhead_fits(last_split, overhead_h, slot_hours)
+                )
+            )
+        ):
+            break
         last_loss = loss
         loss = _losses(
             servers, fraction, after, throughput, overhead_h, slot_hours, previous, started
         )
         if loss == last_loss:
             break
-    return bool(ok)
+    return pick >= 0
+
+
+@_inline
+def _overhead_fits(split: float, overhead_h: float, slot_hours: float) -> bool:
+    """Whether both parts of a slot split at ``split`` run (as :func:`_losses` times them) at
+    least ``overhead_h``: a rescale at the start of either loses ``overhead_h`` exactly."""
+    shorter = min(split * slot_hours, (1.0 - split) * slot_hours)
+    return shorter >= overhead_h and shorter > 1e-12
 
 
 @_jit
@@ -367,7 +421,7 @@ def greedy_rows(
     lists = np.empty((steps, n), dtype=np.int64)
     scores = np.empty((steps, n))
     heads = np.empty(steps + 1, dtype=np.int64)  # a merge order's use needs two
-    counts = np.empty(n, dtype=np.int64)
+    counts = np.empty(n + 2, dtype=np.int64)  # and the picks counted, the partial slot
     log = np.empty((n * steps, 3))
     base = 0
     ordered = order_table.shape[1] > 0
@@ -381,6 +435,7 @@ def greedy_rows(
             base = 0
             _lists(carbon[r], efficiency, lists, scores)
         heads[:] = 0
+        counts[n] = -1
         fell_back[r] = False
         ok = False
         for attempt in range(2):
