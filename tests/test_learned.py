@@ -73,6 +73,19 @@ def test_it_learns_the_cycle_and_beats_persistence() -> None:
     np.testing.assert_allclose(early, persistence)
 
 
+def test_the_fit_is_a_correction_to_persistence_so_regularising_leads_back_to_it() -> None:
+    """Each lead's ridge fits the difference from persistence: made ever stiffer, the model
+    becomes persistence (not zero, which shrank level forecasts of flat, high grids)."""
+    values = synthetic(days=40)
+    at = np.arange(24 * 20, 24 * 30, 5)
+    naive = issue_forecasts(ForecastSpec("persistence"), values, at, 40, 1.0)
+    for log_space in (False, True):
+        stiff = LearnedModel.fit(values, 1.0, horizon=48, ridge=1e12, log_space=log_space)
+        np.testing.assert_allclose(stiff.predict(values, at, 40, quantile=None), naive, rtol=1e-6)
+        loose = LearnedModel.fit(values, 1.0, horizon=48, log_space=log_space)
+        assert np.abs(loose.predict(values, at, 40, quantile=None) - naive).max() > 1.0
+
+
 def test_quantiles_order_and_bad_ones_are_refused() -> None:
     values = synthetic()
     at = np.arange(24 * 20, 24 * 30, 7)
