@@ -42,7 +42,7 @@ def scale_free(
     log_values: NDArray[np.float64], issued: NDArray[np.int64], lead: int
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """GBM rows for ``lead`` slots ahead, and the level they are relative to."""
-    rows = _features(_recent(log_values, issued, 24), log_values, issued, lead, 24, 0)
+    rows = _features(_recent(log_values, issued, 24), log_values, issued, lead, 24)
     level = rows[:, _DAY_MEAN].copy()
     rows[:, _SCALED] -= level[:, None]
     return np.column_stack([rows[:, 1:], np.full(issued.size, lead)]), level

@@ -6,7 +6,8 @@ predicted from what is known at ``t``:
 * the latest values ``y[t], y[t-1], y[t-2], y[t-3], y[t-6], y[t-12]`` and the mean of the last day;
 * the *seasonal naive* values: the same slot one day before the target (the latest such day that
   is known at ``t``) and one week before;
-* the calendar of the target slot: hour of day and day of week as harmonics, and the weekend.
+* the calendar of the target slot: hour of day and day of week as harmonics, counted from the
+  trace's first slot (a harmonic needs no origin: a fit on any phase is the same model).
 
 Each lead time ``h`` has its own linear model of the target's *difference from persistence*
 (the same slot a day before), refitted every week on every sample whose target was known before
@@ -26,9 +27,10 @@ India-West (nearly flat), where the old fit lost to persistence, is now below it
 not adopted: LightGBM (``benchmarks/forecast_alternatives.py``: worse alone, 0.80 against 0.77
 of persistence on the median trace; averaged with the ridge 0.764 against 0.767 — not worth a
 dependency and one fit of about two seconds where the ridge refits a whole year weekly in
-about one), and, each within half a percent of the median, the
-generation mix's shares as extra lags, forgetting old samples, a per-feature ridge penalty and
-the true weekday.
+about one), and, each within half a percent of the median or worse, the
+generation mix's shares as extra lags, forgetting old samples, a per-feature ridge penalty, and
+public holidays (the ``holidays`` package's calendar for the zone's country). A weekend flag,
+which needs the true weekday, did as well as the second weekly harmonic that replaced it.
 
 **Intervals** are conformal: at every refit the quantiles of the model's own *out-of-sample*
 errors over the four weeks before (per lead time) are stored, and a forecast may be asked at a
@@ -56,7 +58,7 @@ Floats = NDArray[np.float64]
 QUANTILES = (0.05, 0.1, 0.5, 0.9, 0.95)
 """The quantiles a learned forecast can be asked at."""
 _LAGS = (0, 1, 2, 3, 4, 6, 9, 12, 18, 23, 47, 167)
-_VERSION = 3  # raise whenever the model changes: cached fits are keyed by it
+_VERSION = 4  # raise whenever the model changes: cached fits are keyed by it
 _MIN_TRAIN_DAYS = 14
 _LOG_CEILING = float(np.log(1e6))  # no grid comes near 1e6 g/kWh: a wild fit is cut here
 _CALIBRATION_DAYS = 28
@@ -88,7 +90,6 @@ def _features(
     issued: NDArray[np.int64],
     lead: int,
     per_day: int,
-    first_index: int,
 ) -> Floats:
     """Feature rows for forecasts issued at ``issued`` for ``lead`` slots ahead: ``recent``
     (from :func:`_recent`), then the seasonal naive values and the target's calendar."""
@@ -101,13 +102,13 @@ def _features(
     daily = -(-lead // per_day) * per_day
     week = per_day * 7
     cols = [clip(target - daily), clip(target - (-(-lead // week) * week))]
-    slot_of_day = (first_index + target) % per_day
-    weekday = ((first_index + target) // per_day) % 7
+    slot_of_day = target % per_day
+    weekday = (target // per_day) % 7
     for k in (1, 2, 3):
         angle = 2 * np.pi * k * slot_of_day / per_day
         cols += [np.sin(angle), np.cos(angle)]
     wangle = 2 * np.pi * weekday / 7
-    cols += [np.sin(wangle), np.cos(wangle), (weekday >= 5).astype(np.float64)]
+    cols += [np.sin(wangle), np.cos(wangle), np.sin(2 * wangle), np.cos(2 * wangle)]
     return np.column_stack([recent, *cols])
 
 
@@ -119,7 +120,6 @@ class LearnedModel:
         slot_hours: slot length.
         horizon: the longest lead time fitted (slots).
         refit_every: slots between refits (a week).
-        start_weekday_slot: the calendar position of slot 0 (slots since a Monday 00:00).
         weights: ``(refits, horizon + 1, features)``; NaN rows where too little was known.
         quantiles: ``(refits, horizon + 1, len(QUANTILES))`` out-of-sample error quantiles.
         fingerprint: the data and settings it was fitted on.
@@ -129,7 +129,6 @@ class LearnedModel:
     slot_hours: float
     horizon: int
     refit_every: int
-    start_weekday_slot: int
     weights: Floats
     quantiles: Floats
     fingerprint: str
@@ -147,7 +146,6 @@ class LearnedModel:
         slot_hours: float,
         *,
         horizon: int,
-        start_weekday_slot: int = 0,
         ridge: float = 1e-3,
         log_space: bool = False,
     ) -> LearnedModel:
@@ -157,7 +155,6 @@ class LearnedModel:
             values: gCO2eq/kWh per slot.
             slot_hours: slot length.
             horizon: the longest lead time to fit, in slots.
-            start_weekday_slot: slots from the Monday 00:00 before slot 0 (for the calendar).
             ridge: regularisation, relative to the features' scale.
             log_space: fit on ``log(max(value, 1))`` (relative errors count alike at low
                 and high intensity).
@@ -169,16 +166,14 @@ class LearnedModel:
         refits = max(-(-n // every), 1)
         recent = _recent(values, np.arange(n, dtype=np.int64), per_day)
         first = np.array([0], dtype=np.int64)
-        n_features = _features(recent[:1], values, first, 1, per_day, start_weekday_slot).shape[1]
+        n_features = _features(recent[:1], values, first, 1, per_day).shape[1]
         weights = np.full((refits, horizon + 1, n_features), np.nan)
         quantiles = np.zeros((refits, horizon + 1, len(QUANTILES)))
         # Out-of-sample predictions, per lead time, of the model in force at each issue slot.
         predicted = np.full((horizon + 1, n), np.nan)
         for lead in range(1, horizon + 1):
             issued = np.arange(max(n - lead, 0), dtype=np.int64)
-            feats = _features(
-                recent[: issued.size], values, issued, lead, per_day, start_weekday_slot
-            )
+            feats = _features(recent[: issued.size], values, issued, lead, per_day)
             targets = values[issued + lead]
             naive = _persistence(feats)
             differences = targets - naive
@@ -210,14 +205,13 @@ class LearnedModel:
                 errors = errors[np.isfinite(errors)]
                 if errors.size >= per_day:
                     quantiles[k, lead] = np.quantile(errors, QUANTILES)
-        fingerprint = _fingerprint(values, slot_hours, horizon, start_weekday_slot, ridge)
+        fingerprint = _fingerprint(values, slot_hours, horizon, ridge)
         if log_space:
             predicted = np.exp(np.minimum(predicted, _LOG_CEILING))
         return cls(
             slot_hours,
             horizon,
             every,
-            start_weekday_slot,
             weights,
             quantiles,
             fingerprint,
@@ -253,7 +247,7 @@ class LearnedModel:
         per_day = self.per_day
         recent = _recent(values, issued, per_day)
         for lead in range(1, horizon):
-            feats = _features(recent, values, issued, lead, per_day, self.start_weekday_slot)
+            feats = _features(recent, values, issued, lead, per_day)
             w = self.weights[refit, lead]
             fallback = _persistence(feats)
             fitted = np.einsum("bf,bf->b", feats, np.nan_to_num(w)) + fallback
@@ -290,9 +284,7 @@ class LearnedForecast:
     quantiles: Floats
 
     @classmethod
-    def fit(
-        cls, values: Floats, slot_hours: float, *, horizon: int, start_weekday_slot: int = 0
-    ) -> LearnedForecast:
+    def fit(cls, values: Floats, slot_hours: float, *, horizon: int) -> LearnedForecast:
         """Fit both models and the blend's band (no look-ahead, as each model)."""
         values = np.asarray(values, dtype=np.float64)
         plain, log = (
@@ -300,7 +292,6 @@ class LearnedForecast:
                 values,
                 slot_hours,
                 horizon=horizon,
-                start_weekday_slot=start_weekday_slot,
                 log_space=log_space,
             )
             for log_space in (False, True)
@@ -352,9 +343,9 @@ class LearnedForecast:
         return np.maximum(median, 0.0)
 
 
-def _fingerprint(values: Floats, slot_hours: float, horizon: int, start: int, ridge: float) -> str:
+def _fingerprint(values: Floats, slot_hours: float, horizon: int, ridge: float) -> str:
     digest = hashlib.sha256(np.ascontiguousarray(values, dtype=np.float64).tobytes())
-    digest.update(f"v{_VERSION}:{slot_hours}:{horizon}:{start}:{ridge}".encode())
+    digest.update(f"v{_VERSION}:{slot_hours}:{horizon}:{ridge}".encode())
     return digest.hexdigest()[:32]
 
 
@@ -364,9 +355,7 @@ def _cache_dir() -> Path:
     return base / "learned"
 
 
-def learned_model(
-    values: Floats, slot_hours: float, *, horizon: int, start_weekday_slot: int = 0
-) -> LearnedForecast:
+def learned_model(values: Floats, slot_hours: float, *, horizon: int) -> LearnedForecast:
     """The learned forecast for ``values``, from memory, the disk cache, or fitted now.
 
     The horizon fitted is at least four days, so one model serves every shorter question.
@@ -374,7 +363,7 @@ def learned_model(
     values = np.asarray(values, dtype=np.float64)
     per_day = max(round(24.0 / slot_hours), 1)
     fit_horizon = max(horizon, 4 * per_day)
-    key = _fingerprint(values, slot_hours, fit_horizon, start_weekday_slot, 1e-3)
+    key = _fingerprint(values, slot_hours, fit_horizon, 1e-3)
     found = _MEMORY.get(key)
     if found is not None:
         return found
@@ -386,7 +375,6 @@ def learned_model(
                     float(saved["slot_hours"]),
                     int(saved["horizon"]),
                     int(saved["refit_every"]),
-                    int(saved["start"]),
                     saved[f"{name}_weights"],
                     saved[f"{name}_quantiles"],
                     key,
@@ -396,9 +384,7 @@ def learned_model(
             ]
             forecast = LearnedForecast(parts[0], parts[1], saved["blend_quantiles"])
     except (OSError, KeyError, ValueError):
-        forecast = LearnedForecast.fit(
-            values, slot_hours, horizon=fit_horizon, start_weekday_slot=start_weekday_slot
-        )
+        forecast = LearnedForecast.fit(values, slot_hours, horizon=fit_horizon)
         _save(forecast, path)
     _MEMORY[key] = forecast
     return forecast
@@ -415,7 +401,6 @@ def _save(forecast: LearnedForecast, path: Path) -> None:
                 slot_hours=model.slot_hours,
                 horizon=model.horizon,
                 refit_every=model.refit_every,
-                start=model.start_weekday_slot,
                 plain_weights=forecast.plain.weights,
                 plain_quantiles=forecast.plain.quantiles,
                 log_weights=forecast.log.weights,
