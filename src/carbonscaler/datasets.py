@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from carbonscaler.providers.base import iso_utc
 from carbonscaler.trace import CarbonTrace, Gap, TraceWarning, from_series
 
 __all__ = [
@@ -173,14 +174,14 @@ class Derivation:
             "zone": trace.zone,
             "year": self.year,
             "step_minutes": self.step_minutes,
-            "start": _iso(trace.start),
+            "start": iso_utc(trace.start, "seconds"),
             "hours": len(trace),
-            "native_start": _iso(pd.Timestamp(self.native[0])),
+            "native_start": iso_utc(pd.Timestamp(self.native[0]), "seconds"),
             "native_length": len(self.native),
             "filled": trace.filled,
             "longest_gap": None
             if gap is None
-            else {"start": _iso(gap.start), "values": gap.values},
+            else {"start": iso_utc(gap.start, "seconds"), "values": gap.values},
             "gap_runs": len(self.gap_runs()),
             "notes": list(trace.notes),
         }
@@ -448,10 +449,6 @@ def _source(zone: str, year: int) -> str:
 
 def _key(zone: str, year: int) -> str:
     return f"{zone}_{year}"
-
-
-def _iso(stamp: pd.Timestamp) -> str:
-    return stamp.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _corrupt(what: str, exc: BaseException | None = None) -> DatasetError:

@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI command groups: error reporting and carbon sources.
+"""Helpers shared by the CLI command groups: error reporting, carbon sources, serving an app.
 
 Every command that takes a carbon source spells it the same way, where it makes sense:
 
@@ -20,10 +20,11 @@ pass both on to :func:`open_trace` / :func:`load_carbon`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
@@ -34,8 +35,10 @@ import typer
 # imported inside the functions that use it.
 if TYPE_CHECKING:
     import pandas as pd
+    from fastapi import FastAPI
     from rich.console import Console
 
+    from carbonscaler.providers import FallbackChain
     from carbonscaler.trace import CarbonTrace
 
 P = ParamSpec("P")
@@ -109,6 +112,26 @@ def user_errors(func: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(code=2) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def setup_errors(*errors: type[Exception]) -> Iterator[None]:
+    """Turn the ``errors`` of a long-running command's setup into one red line and exit code 2."""
+    try:
+        yield
+    except errors as exc:
+        err_console().print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(code=2) from None
+
+
+def serve(app: FastAPI, *, host: str, port: int, log_level: str = "warning") -> None:
+    """Serve a service's app until interrupted, its log (INFO and up) on standard error."""
+    import logging
+
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
 def parse_start(value: str) -> pd.Timestamp:
@@ -276,6 +299,15 @@ class CarbonSourceChoice:
     trace: CarbonTrace | None = None
     provider: str | None = None
     service_url: str | None = None
+
+    def cached_provider(self, db_path: Path) -> FallbackChain | None:
+        """The live providers of ``provider``, their answers cached beside a service's database
+        (``db_path`` with the suffix ``.cache``); None for another source."""
+        if self.provider is None:
+            return None
+        from carbonscaler.providers import TTLCache, live_provider
+
+        return live_provider(self.provider, cache=TTLCache(db_path.with_suffix(".cache")))
 
 
 def pick_carbon_source(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -19,8 +18,9 @@ from carbonscaler.cli._common import (
     ZONE_FLAGS,
     FillGapsOption,
     TzOption,
-    err_console,
     pick_carbon_source,
+    serve,
+    setup_errors,
 )
 from carbonscaler.cli._security import (
     CarbonServiceTokenFileOption,
@@ -118,16 +118,16 @@ def accounting_command(
     carbon_service_token_file: CarbonServiceTokenFileOption = None,
 ) -> None:
     """Account each job's energy (kWh) and emissions (gCO2eq), measured vs estimated."""
-    import uvicorn
-
     from carbonscaler.accounting.ledger import LedgerError
     from carbonscaler.accounting.tracker import TrackerConfig, TrackerError
     from carbonscaler.datasets import DatasetError
-    from carbonscaler.providers import ProviderError, TTLCache, live_provider
+    from carbonscaler.providers import ProviderError
     from carbonscaler.services.accounting import AccountingConfig, create_app
     from carbonscaler.trace import TraceError
 
-    try:
+    with setup_errors(
+        ValueError, ProviderError, TraceError, DatasetError, LedgerError, TrackerError, OSError
+    ):
         resolved_token = service_token(
             token, token_file, host=host, insecure=insecure, service="accounting service"
         )
@@ -151,15 +151,12 @@ def accounting_command(
                 "give a carbon source: --trace PATH, --zone ZONE --year YEAR (offline dataset),"
                 " --provider SPEC (live providers, e.g. ukgrid:GB) or --carbon-service URL"
             )
-        provider = None
-        if source.provider is not None:
-            provider = live_provider(source.provider, cache=TTLCache(db_path.with_suffix(".cache")))
         config = AccountingConfig(
             db_path=db_path,
             trace=source.trace,
             carbon_start=carbon_start,
             seconds_per_slot=speed,
-            provider=provider,
+            provider=source.cached_provider(db_path),
             carbon_service_url=source.service_url,
             public_url=public_url or f"http://{host}:{port}",
             tracker=TrackerConfig(
@@ -175,16 +172,4 @@ def accounting_command(
             resubscribe_after_s=resubscribe_after,
         )
         app = create_app(config)
-    except (
-        ValueError,
-        ProviderError,
-        TraceError,
-        DatasetError,
-        LedgerError,
-        TrackerError,
-        OSError,
-    ) as exc:
-        err_console().print(f"[red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(code=2) from None
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    serve(app, host=host, port=port)

@@ -7,7 +7,6 @@ rest add an accelerated replay and an admin token. See docs/carbon-service.md.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -23,8 +22,9 @@ from carbonscaler.cli._common import (
     ZONE_FLAGS,
     FillGapsOption,
     TzOption,
-    err_console,
     pick_carbon_source,
+    serve,
+    setup_errors,
 )
 from carbonscaler.cli._security import (
     InsecureOption,
@@ -112,14 +112,12 @@ def carbon_service_command(
     tz: TzOption = None,
 ) -> None:
     """Serve carbon intensity and forecasts, and push them to subscribers."""
-    import uvicorn
-
     from carbonscaler.datasets import DatasetError
-    from carbonscaler.providers import ProviderError, TTLCache, live_provider
+    from carbonscaler.providers import ProviderError
     from carbonscaler.services._store import StoreError
     from carbonscaler.services.carbon import CarbonServiceConfig, create_app
 
-    try:
+    with setup_errors(ValueError, ProviderError, DatasetError, StoreError, OSError):
         resolved_token = service_token(
             token, token_file, host=host, insecure=insecure, service="carbon service"
         )
@@ -141,13 +139,10 @@ def carbon_service_command(
                 " to replay the offline dataset, or --provider SPEC for live data (e.g."
                 " --provider ukgrid:GB)"
             )
-        provider = None
-        if source.provider is not None:
-            provider = live_provider(source.provider, cache=TTLCache(db_path.with_suffix(".cache")))
         config = CarbonServiceConfig(
             db_path=db_path,
             trace=source.trace,
-            provider=provider,
+            provider=source.cached_provider(db_path),
             start=start,
             update_interval_s=update_interval,
             prediction_window=prediction_window,
@@ -158,8 +153,4 @@ def carbon_service_command(
             destinations=destinations,
         )
         app = create_app(config)
-    except (ValueError, ProviderError, DatasetError, StoreError, OSError) as exc:
-        err_console().print(f"[red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(code=2) from None
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    serve(app, host=host, port=port, log_level="info")

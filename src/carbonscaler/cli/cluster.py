@@ -212,23 +212,15 @@ def _plan(
     )
     console().print(_jobs_table(plan, agnostic, independent, title))
     console().print(_chart(plan, times, carbon[:horizon]), highlight=False, markup=False)
-    console().print(
-        f"[bold]joint plan[/]: {plan.emissions_g:.1f} gCO2eq, "
-        f"{plan.deadlines_met}/{len(jobs)} deadlines met, planned in {plan.solve_ms:.1f} ms; "
-        f"saved {savings_pct(plan.emissions_g, agnostic.emissions_g):.1f} % against "
-        f"carbon-agnostic FIFO ({agnostic.emissions_g:.1f} gCO2eq, "
-        f"{agnostic.deadlines_met}/{len(jobs)} deadlines met); "
-        f"independent plans: {independent.emissions_g:.1f} gCO2eq, "
-        + (
-            f"over capacity by up to {_count(excess.max_servers, 'server')} "
-            f"({excess.server_hours:g} server-hours in {_count(excess.slots, 'slot')})"
-            if excess.max_servers
-            else "within the capacity"
-        ),
-        highlight=False,
+    _print_headline(
+        plan,
+        agnostic,
+        independent,
+        f"over capacity by up to {_count(excess.max_servers, 'server')} "
+        f"({excess.server_hours:g} server-hours in {_count(excess.slots, 'slot')})"
+        if excess.max_servers
+        else "within the capacity",
     )
-    for note in (*plan.notes, *agnostic.notes):
-        console().print(f"  note: {note}", highlight=False, markup=False)
 
 
 def _plan_regions(
@@ -273,13 +265,12 @@ def _plan_regions(
     excess = {name: overcommit(part) for name, part in independent.regions.items()}
     first_trace, first, _ = loaded[0]
     times = first_trace.index[first : first + horizon]
-    saved = savings_pct(plan.emissions_g, agnostic.emissions_g)
     if as_json:
         out = _regions_json(plan, agnostic, independent, excess, spec, loaded, horizon)
         out.update(
             start=start.isoformat(),
             slot_starts=[t.isoformat() for t in times],
-            savings_vs_agnostic_pct=saved,
+            savings_vs_agnostic_pct=savings_pct(plan.emissions_g, agnostic.emissions_g),
         )
         typer.echo(json.dumps(out, indent=2))
         return
@@ -313,19 +304,41 @@ def _plan_regions(
         chart = _chart(part, times, carbon[:horizon], [symbols[j.name] for j in part.jobs])
         console().print(chart, highlight=False, markup=False)
     over = {name: e for name, e in excess.items() if e.max_servers}
+    _print_headline(
+        plan,
+        agnostic,
+        independent,
+        "over capacity by up to "
+        + ", ".join(f"{_count(e.max_servers, 'server')} in {name}" for name, e in over.items())
+        if over
+        else "within the capacities",
+        agnostic_where=" in each job's first cluster",
+        independent_where=" in each job's cleanest cluster",
+    )
+
+
+def _print_headline(
+    plan: ClusterPlan | RegionalPlan,
+    agnostic: ClusterPlan | RegionalPlan,
+    independent: ClusterPlan | RegionalPlan,
+    capacity_text: str,
+    *,
+    agnostic_where: str = "",
+    independent_where: str = "",
+) -> None:
+    """``cluster plan``'s verdict: the joint plan against carbon-agnostic FIFO and against
+    independent plans (``capacity_text``: how those fit the capacity), then the plans' notes."""
+    from carbonscaler.planner.policies import savings_pct
+
+    jobs = len(plan.jobs)
     console().print(
         f"[bold]joint plan[/]: {plan.emissions_g:.1f} gCO2eq, "
-        f"{plan.deadlines_met}/{len(jobs)} deadlines met, planned in {plan.solve_ms:.1f} ms; "
-        f"saved {saved:.1f} % against carbon-agnostic FIFO in each job's first cluster "
-        f"({agnostic.emissions_g:.1f} gCO2eq, {agnostic.deadlines_met}/{len(jobs)} deadlines "
-        f"met); independent plans in each job's cleanest cluster: "
-        f"{independent.emissions_g:.1f} gCO2eq, "
-        + (
-            "over capacity by up to "
-            + ", ".join(f"{_count(e.max_servers, 'server')} in {name}" for name, e in over.items())
-            if over
-            else "within the capacities"
-        ),
+        f"{plan.deadlines_met}/{jobs} deadlines met, planned in {plan.solve_ms:.1f} ms; "
+        f"saved {savings_pct(plan.emissions_g, agnostic.emissions_g):.1f} % against "
+        f"carbon-agnostic FIFO{agnostic_where} ({agnostic.emissions_g:.1f} gCO2eq, "
+        f"{agnostic.deadlines_met}/{jobs} deadlines met); "
+        f"independent plans{independent_where}: {independent.emissions_g:.1f} gCO2eq, "
+        + capacity_text,
         highlight=False,
     )
     for note in (*plan.notes, *agnostic.notes):

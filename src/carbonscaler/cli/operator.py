@@ -26,6 +26,7 @@ from carbonscaler.cli._common import (
     TzOption,
     err_console,
     pick_carbon_source,
+    setup_errors,
 )
 from carbonscaler.cli._security import (
     CarbonServiceTokenFileOption,
@@ -152,7 +153,7 @@ def operator_command(
     if all_namespaces and namespace:
         err_console().print("[red]error:[/] give --namespace or --all-namespaces, not both")
         raise typer.Exit(code=2)
-    try:
+    with setup_errors(Exception):  # any setup failure here is the user's to fix
         # The webhook is what listens: it alone needs the token (pushes change the plans).
         webhook_token = service_token(
             token,
@@ -180,9 +181,6 @@ def operator_command(
                 "per slot (--speed, or the trace's step)"
             )
         api = KubeflowApi(api_client(), instance=handlers.instance_name())
-    except Exception as exc:  # any setup failure here is the user's to fix
-        err_console().print(f"[red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(code=2) from None
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

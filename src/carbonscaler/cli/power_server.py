@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from carbonscaler.cli._common import err_console
+from carbonscaler.cli._common import serve, setup_errors
 from carbonscaler.cli._security import InsecureOption, TokenFileOption, TokenOption, service_token
 from carbonscaler.power.rapl import DEFAULT_POWERCAP_ROOT
 
@@ -55,12 +54,10 @@ def power_server_command(
     insecure: InsecureOption = False,
 ) -> None:
     """Sample this node's power about once a second and serve it (reference GET / and /v1)."""
-    import uvicorn
-
     from carbonscaler.profile import ProfileError
     from carbonscaler.services.power import PowerServerConfig, create_app
 
-    try:
+    with setup_errors(ValueError, ProfileError, OSError):
         resolved_token = service_token(
             token, token_file, host=host, insecure=insecure, service="power server"
         )
@@ -78,8 +75,4 @@ def power_server_command(
             token=resolved_token,
         )
         app = create_app(config)
-    except (ValueError, ProfileError, OSError) as exc:
-        err_console().print(f"[red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(code=2) from None
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    serve(app, host=host, port=port)

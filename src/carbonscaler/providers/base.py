@@ -39,6 +39,7 @@ __all__ = [
     "ProviderUnavailable",
     "UnknownZoneError",
     "check_horizon",
+    "iso_utc",
     "series_from_points",
     "to_utc",
     "utc_now",
@@ -137,8 +138,10 @@ def to_utc(value: datetime | str) -> datetime:
     return value.astimezone(UTC)
 
 
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def iso_utc(value: datetime, timespec: str = "auto") -> str:
+    """A time as ISO 8601 text in UTC, ending in ``Z`` (``timespec="seconds"``: to the second,
+    as the providers' APIs take it)."""
+    return value.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -172,10 +175,10 @@ class IntensityReading:
         return {
             "zone": self.zone,
             "value_g_per_kwh": self.value_g_per_kwh,
-            "timestamp": _iso(self.timestamp),
+            "timestamp": iso_utc(self.timestamp),
             "source": self.source,
             "stale": self.stale,
-            "fetched_at": _iso(self.fetched_at),
+            "fetched_at": iso_utc(self.fetched_at),
         }
 
     @classmethod
@@ -294,12 +297,12 @@ class IntensitySeries:
         """JSON-friendly view (ISO 8601 times)."""
         return {
             "zone": self.zone,
-            "start": _iso(self.start),
+            "start": iso_utc(self.start),
             "step_s": self.step_s,
             "values_g_per_kwh": list(self.values_g_per_kwh),
             "source": self.source,
             "stale": self.stale,
-            "fetched_at": _iso(self.fetched_at),
+            "fetched_at": iso_utc(self.fetched_at),
         }
 
     @classmethod

@@ -20,6 +20,7 @@ from carbonscaler.providers.base import (
     ProviderConfigError,
     ProviderResponseError,
     check_horizon,
+    iso_utc,
     series_from_points,
     to_utc,
     utc_now,
@@ -98,7 +99,7 @@ class ElectricityMaps(HttpProvider):
             )
             entries = self._field(body, "history")
         else:
-            params = self._params(z, start=_iso(t0), end=_iso(t1))
+            params = self._params(z, start=iso_utc(t0, "seconds"), end=iso_utc(t1, "seconds"))
             body = self._get_json(
                 "/carbon-intensity/past-range", params=params, headers=self._headers
             )
@@ -140,7 +141,3 @@ class ElectricityMaps(HttpProvider):
                 continue
             points.append((self._time(self._field(entry, "datetime")), self._number(value)))
         return sorted(points)
-
-
-def _iso(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -31,6 +31,7 @@ from carbonscaler.providers.base import (
     ProviderConfigError,
     ProviderResponseError,
     check_horizon,
+    iso_utc,
     series_from_points,
     to_utc,
     utc_now,
@@ -189,8 +190,8 @@ class WattTime(HttpProvider):
         return {
             "region": zone,
             "signal_type": self.signal_type,
-            "start": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "end": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "start": iso_utc(start, "seconds"),
+            "end": iso_utc(end, "seconds"),
         }
 
     def _step_s(self, body: Any) -> int:

@@ -60,12 +60,12 @@ from carbonscaler.accounting.tracker import (
     TrackerError,
     UnknownJobError,
 )
-from carbonscaler.providers.base import CarbonProvider, to_utc
+from carbonscaler.providers.base import CarbonProvider, iso_utc, to_utc
 from carbonscaler.providers.replay import ManualClock, TraceReplay
 from carbonscaler.security.netguard import DestinationRefused
 from carbonscaler.security.tokens import with_push_key
+from carbonscaler.services._app import service_app
 from carbonscaler.services._auth import TokenAuth
-from carbonscaler.services._docs import OFFLINE_DOCS, install_offline_docs
 from carbonscaler.services._models import ErrorOut
 from carbonscaler.services._validation import (
     HTTP_URL_PATTERN,
@@ -73,7 +73,6 @@ from carbonscaler.services._validation import (
     Intensity,
     StrictInt,
     check_http_url,
-    install_request_validation,
 )
 from carbonscaler.trace import CarbonTrace, load_trace
 
@@ -322,10 +321,6 @@ _CSV_COLUMNS = [
 ]
 
 
-def _iso(t_s: float) -> str:
-    return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
-
-
 def _csv_rows(samples: Iterable[SampleRecord]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -334,8 +329,8 @@ def _csv_rows(samples: Iterable[SampleRecord]) -> Iterator[str]:
         writer.writerow(
             [
                 s.seq,
-                _iso(s.start_s),
-                _iso(s.end_s),
+                iso_utc(datetime.fromtimestamp(s.start_s, UTC)),
+                iso_utc(datetime.fromtimestamp(s.end_s, UTC)),
                 repr(s.end_s - s.start_s),
                 repr(s.watts),
                 repr(s.energy_j),
@@ -553,16 +548,8 @@ def create_app(config: AccountingConfig) -> FastAPI:
             feed.close()
             ledger.close()
 
-    app = FastAPI(
-        title="carbonscaler accounting",
-        version="1",
-        description=API_DESCRIPTION,
-        lifespan=lifespan,
-        **OFFLINE_DOCS,
-    )
+    app = service_app("carbonscaler accounting", API_DESCRIPTION, lifespan)
     app.state.tracker = tracker
-    install_request_validation(app)
-    install_offline_docs(app)
     auth = TokenAuth(config.token, "The token (--token-file, $CARBONSCALER_TOKEN or --token)")
     guarded = auth.required  # every POST and PATCH when a token is set
 

@@ -79,20 +79,17 @@ from carbonscaler.providers.base import (
     ProviderError,
     ProviderRequestError,
     UnknownZoneError,
+    iso_utc,
 )
 from carbonscaler.providers.replay import ManualClock, ReplayClock, TraceReplay
 from carbonscaler.security.netguard import DestinationPolicy
+from carbonscaler.services._app import service_app
 from carbonscaler.services._auth import TokenAuth
 from carbonscaler.services._delivery import Deliveries
-from carbonscaler.services._docs import OFFLINE_DOCS, install_offline_docs
 from carbonscaler.services._models import ErrorOut
 from carbonscaler.services._push import PushResult
 from carbonscaler.services._store import PushOutcome, Subscriber, SubscriberStore
-from carbonscaler.services._validation import (
-    HTTP_URL_PATTERN,
-    check_http_url,
-    install_request_validation,
-)
+from carbonscaler.services._validation import HTTP_URL_PATTERN, check_http_url
 from carbonscaler.trace import DEFAULT_MAX_GAP, CarbonTrace, load_trace
 
 __all__ = [
@@ -287,10 +284,6 @@ class ServiceMetrics:
         )
 
 
-def _ts(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def _slot_floor(t: datetime, slot_s: int) -> datetime:
     epoch = int(t.timestamp())
     return datetime.fromtimestamp(epoch - epoch % slot_s, UTC)
@@ -396,7 +389,7 @@ class CarbonService:
             "carbon_percentile": percentile,
             "prediction": values,
             "zone": reading.zone,
-            "timestamp": _ts(reading.timestamp),
+            "timestamp": iso_utc(reading.timestamp),
             "stale": stale,
             "source": reading.source,
         }
@@ -830,16 +823,8 @@ def create_app(config: CarbonServiceConfig) -> FastAPI:
         finally:
             await service.stop()
 
-    app = FastAPI(
-        title="carbonscaler carbon service",
-        version="1",
-        description=API_DESCRIPTION,
-        lifespan=lifespan,
-        **OFFLINE_DOCS,
-    )
+    app = service_app("carbonscaler carbon service", API_DESCRIPTION, lifespan)
     app.state.service = service
-    install_request_validation(app)
-    install_offline_docs(app)
     auth = TokenAuth(config.token, "The admin token (--token-file, $CARBONSCALER_TOKEN or --token)")
     bearer = auth.scheme
     Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]

@@ -57,10 +57,9 @@ from carbonscaler.power.nvml import NvmlMeter
 from carbonscaler.power.rapl import DEFAULT_POWERCAP_ROOT, RaplMeter
 from carbonscaler.power.sampler import EnergyWindow, NodeSampler
 from carbonscaler.profile import ProfileWarning, load_profile
+from carbonscaler.services._app import service_app
 from carbonscaler.services._auth import TokenAuth
-from carbonscaler.services._docs import OFFLINE_DOCS, install_offline_docs
 from carbonscaler.services._models import ErrorOut
-from carbonscaler.services._validation import install_request_validation
 
 __all__ = ["PowerServerConfig", "build_meters", "create_app"]
 
@@ -268,16 +267,8 @@ def create_app(config: PowerServerConfig) -> FastAPI:
         finally:
             sampler.stop()
 
-    app = FastAPI(
-        title="carbonscaler power server",
-        version="1",
-        description=API_DESCRIPTION,
-        lifespan=lifespan,
-        **OFFLINE_DOCS,
-    )
+    app = service_app("carbonscaler power server", API_DESCRIPTION, lifespan)
     app.state.sampler = sampler
-    install_request_validation(app)
-    install_offline_docs(app)
     err = {"model": ErrorOut}
     auth = TokenAuth(config.token)
 

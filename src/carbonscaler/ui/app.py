@@ -43,8 +43,7 @@ from markupsafe import Markup
 
 from carbonscaler.forecast_names import FORECAST_MODELS
 from carbonscaler.planner.names import POLICIES
-from carbonscaler.services._docs import OFFLINE_DOCS, install_offline_docs
-from carbonscaler.services._validation import install_request_validation
+from carbonscaler.services._app import service_app
 from carbonscaler.ui.advisor import (
     AdvisorQuery,
     QueryError,
@@ -154,6 +153,14 @@ def _as_problem(exc: Exception) -> _Problem | None:
     return None
 
 
+def _user_problem(exc: Exception) -> _Problem:
+    """The 4xx an exception stands for; an exception that is not the user's input goes on."""
+    problem = _as_problem(exc)
+    if problem is None:
+        raise exc
+    return problem
+
+
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(UI_DIR / "templates"),
@@ -189,15 +196,12 @@ def create_app(config: DashboardConfig) -> FastAPI:
             threading.Thread(target=warm, name="dashboard-warm-up", daemon=True).start()
         yield
 
-    app = FastAPI(
-        title="carbonscaler dashboard",
-        version="1",
-        description=API_DESCRIPTION,
-        lifespan=lifespan,
-        **OFFLINE_DOCS,
+    app = service_app(
+        "carbonscaler dashboard",
+        API_DESCRIPTION,
+        lifespan,
+        max_body_bytes=MAX_PROFILE_UPLOAD_BYTES + 4096,
     )
-    install_request_validation(app, max_body_bytes=MAX_PROFILE_UPLOAD_BYTES + 4096)
-    install_offline_docs(app)
     app.mount("/static", StaticFiles(directory=UI_DIR / "static"), name="static")
 
     @app.middleware("http")
@@ -212,7 +216,9 @@ def create_app(config: DashboardConfig) -> FastAPI:
         html = templates.get_template(template).render(**context)
         return HTMLResponse(html, status_code=status)
 
-    def api_error(problem: _Problem) -> JSONResponse:
+    def api_error(exc: Exception) -> JSONResponse:
+        """The JSON answer to an error in the user's input; any other error propagates."""
+        problem = _user_problem(exc)
         detail: Any = problem.problems[0] if len(problem.problems) == 1 else problem.problems
         return JSONResponse({"detail": detail}, status_code=problem.status)
 
@@ -261,9 +267,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
         try:
             query, _, _ = await prepared(request)
         except Exception as exc:
-            problem = _as_problem(exc)
-            if problem is None:
-                raise
+            problem = _user_problem(exc)
             return page(
                 "advisor.html.j2",
                 problem.status,
@@ -341,10 +345,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
                 cache.run, query.sweep_key(), spec, _ignore, threading.Event()
             )
         except Exception as exc:
-            problem = _as_problem(exc)
-            if problem is None:
-                raise
-            return api_error(problem)
+            return api_error(exc)
         from carbonscaler.advisor import summary_records
         from carbonscaler.advisor.report import headline
 
@@ -370,10 +371,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
         try:
             query, spec, names = await prepared(request)
         except Exception as exc:
-            problem = _as_problem(exc)
-            if problem is None:
-                raise
-            return api_error(problem)
+            return api_error(exc)
 
         def work(progress: ProgressFn, cancelled: threading.Event) -> dict[str, Any]:
             result = cache.run(query.sweep_key(), spec, progress, cancelled)
@@ -407,10 +405,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
             )
             view = await run_in_threadpool(schedule_view, result, query, names)
         except Exception as exc:
-            problem = _as_problem(exc)
-            if problem is None:
-                raise
-            return api_error(problem)
+            return api_error(exc)
         return JSONResponse(view)
 
     # -- the cluster page and its API ----------------------------------------------------------
@@ -444,9 +439,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
         try:
             query, prepared = await cluster_prepared(request)
         except Exception as exc:
-            problem = _as_problem(exc)
-            if problem is None:
-                raise
+            problem = _user_problem(exc)
             return page(
                 "cluster.html.j2",
                 problem.status,
@@ -484,10 +477,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
             )
             view = await run_in_threadpool(cluster_view, outcomes, prepared, query)
         except Exception as exc:
-            problem = _as_problem(exc)
-            if problem is None:
-                raise
-            return api_error(problem)
+            return api_error(exc)
         return JSONResponse(
             {
                 "query": dict(query.params()),
@@ -516,10 +506,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
         try:
             query, prepared = await cluster_prepared(request)
         except Exception as exc:
-            problem = _as_problem(exc)
-            if problem is None:
-                raise
-            return api_error(problem)
+            return api_error(exc)
 
         def work(progress: ProgressFn, cancelled: threading.Event) -> dict[str, Any]:
             outcomes = cluster_cache.run(query, prepared, progress, cancelled)

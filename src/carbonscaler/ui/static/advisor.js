@@ -3,116 +3,16 @@
 "use strict";
 
 (() => {
-  const form = document.getElementById("advisor-form");
-  const results = document.getElementById("results");
-  const status = document.getElementById("run-status");
-  const bar = document.getElementById("progress-bar");
-  const label = document.getElementById("progress-label");
-  const cancel = document.getElementById("cancel");
-  const problems = document.getElementById("problems");
-  let running = null; // the AbortController of the request under way
-  let debounce = 0;
-
-  const VIEW_ONLY = ["focus", "show", "start"];
-
-  function currentParams() {
-    return new URLSearchParams(window.location.search);
-  }
-
-  /* The form as URL parameters, keeping the view-only ones already in the URL. */
-  function formParams() {
-    const params = new URLSearchParams();
-    const data = new FormData(form);
-    for (const [key, value] of data.entries()) {
-      if (typeof value === "string" && value.trim() !== "") params.append(key, value.trim());
-    }
-    const old = currentParams();
-    for (const key of VIEW_ONLY) {
-      if (old.has(key)) params.set(key, old.get(key));
-    }
-    return params;
-  }
-
-  function showProblems(list) {
-    problems.replaceChildren();
-    if (!list.length) {
-      problems.hidden = true;
-      return;
-    }
-    const ul = document.createElement("ul");
-    for (const text of list) {
-      const li = document.createElement("li");
-      li.textContent = text;
-      ul.appendChild(li);
-    }
-    problems.appendChild(ul);
-    problems.hidden = false;
-  }
-
-  function setProgress(done, total, text) {
-    status.hidden = false;
-    if (total > 0) {
-      bar.max = total;
-      bar.value = done;
-    } else {
-      bar.removeAttribute("value");
-    }
-    label.textContent = total > 0 ? `${text} (${done}/${total})` : text;
-  }
-
-  function finish(text) {
-    running = null;
-    cancel.disabled = true;
-    label.textContent = text;
-    if (!text) status.hidden = true;
-    results.removeAttribute("aria-busy");
-  }
-
-  async function run() {
-    if (running) running.abort();
-    const controller = new AbortController();
-    running = controller;
-    cancel.disabled = false;
-    results.setAttribute("aria-busy", "true");
-    showProblems([]);
-    setProgress(0, 0, "starting");
-    let refused;
-    try {
-      refused = await streamEvents(
-        "/api/advisor/stream?" + currentParams().toString(),
-        controller.signal,
-        handle,
-      );
-    } catch (error) {
-      if (controller.signal.aborted) return;
-      finish("");
-      showProblems([`${error.stage || "the request failed"}: ${error}`]);
-      return;
-    }
-    if (refused) {
-      finish("");
-      showProblems(refused);
-      results.replaceChildren();
-      return;
-    }
-    if (running === controller) finish("");
-  }
-
-  function handle(event) {
-    if (event.event === "progress") {
-      setProgress(event.done, event.total, event.label);
-    } else if (event.event === "result") {
-      results.innerHTML = event.html;
-      finish("");
+  const page = streamedPage({
+    form: document.getElementById("advisor-form"),
+    url: "/api/advisor/stream",
+    viewOnly: ["focus", "show", "start"],
+    onResult: (event) => {
       drawCharts(event.charts);
       wireResults();
       loadSchedule();
-    } else if (event.event === "error") {
-      finish("");
-      results.replaceChildren();
-      showProblems([event.detail]);
-    }
-  }
+    },
+  });
 
   function drawCharts(charts) {
     const zero = "carbon-agnostic (0 %)";
@@ -142,31 +42,23 @@
     });
   }
 
-  /* Change a view-only parameter: the URL says it, and a reload shows the same. */
-  function setView(key, value) {
-    const params = currentParams();
-    if (value) params.set(key, value);
-    else params.delete(key);
-    history.replaceState(null, "", "?" + params.toString());
-  }
-
   function wireResults() {
     const focus = document.getElementById("focus");
     if (focus) {
       focus.addEventListener("change", () => {
-        setView("focus", focus.value);
-        setView("start", "");
-        run();
+        page.setView("focus", focus.value);
+        page.setView("start", "");
+        page.run();
       });
     }
     const show = document.getElementById("show");
     show.addEventListener("change", () => {
-      setView("show", show.value);
+      page.setView("show", show.value);
       loadSchedule();
     });
     const start = document.getElementById("start");
     start.addEventListener("change", () => {
-      setView("start", start.value ? start.value + "Z" : "");
+      page.setView("start", start.value ? start.value + "Z" : "");
       loadSchedule();
     });
   }
@@ -179,7 +71,7 @@
     box.setAttribute("aria-busy", "true");
     let data;
     try {
-      const response = await fetch("/api/advisor/schedule?" + currentParams().toString());
+      const response = await fetch("/api/advisor/schedule?" + page.currentParams().toString());
       data = await response.json();
       if (!response.ok) throw new Error(data.detail);
     } catch (error) {
@@ -213,29 +105,6 @@
     caption.classList.toggle("missed-text", !data.deadline_met);
   }
 
-  function submit() {
-    history.pushState(null, "", "?" + formParams().toString());
-    run();
-  }
-
-  form.addEventListener("change", (event) => {
-    if (event.target.type === "file") return;
-    clearTimeout(debounce);
-    debounce = setTimeout(submit, 250);
-  });
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    clearTimeout(debounce);
-    submit();
-  });
-  cancel.addEventListener("click", () => {
-    if (running) {
-      running.abort();
-      finish("cancelled: change a field or press Simulate to run it again");
-    }
-  });
-  window.addEventListener("popstate", () => window.location.reload());
-
   const upload = document.getElementById("profile-file");
   const profile = document.getElementById("profile");
   const uploadNote = document.getElementById("upload-note");
@@ -259,8 +128,6 @@
       (data.notes.length ? ` (${data.notes.join("; ")})` : "");
     profile.value = data.profile;
     upload.value = "";
-    submit();
+    page.submit();
   });
-
-  if (form.dataset.ready === "1") run();
 })();
