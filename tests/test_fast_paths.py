@@ -7,7 +7,8 @@
   its sliding lists (rows that are the last row one slot later) against sorting every row,
   and its orders made once per issue slot (``increment_order`` of a longer forecast) likewise.
 * The executor's forecasts issued once per issue slot and cut, against issuing each.
-* The compiled forecast trigger against the rule written out in numpy.
+* The compiled triggers (forecast, behind, ahead) and running rules (late, overrun: levels
+  through a stretch and at one moment) against the rules written out in numpy.
 * The executor's one-stretch path (plans followed to the deadline at once where nothing can
   re-plan, fixed-rule policies in stretches) and its first-plan path (plans straight from the
   planner into the compiled world where runs go as planned) against advancing one slot at a
@@ -26,7 +27,15 @@ from hypothesis import strategies as st
 
 from carbonscaler.advisor import Conditions, ForecastSpec, _world, simulate_policy
 from carbonscaler.advisor.executor import _Issuer
-from carbonscaler.decision import Plans, Reason, Rules, deciding_policy, triggers_rows
+from carbonscaler.decision import (
+    Plans,
+    Reason,
+    Rules,
+    deciding_policy,
+    level_rows,
+    level_stretch,
+    triggers_rows,
+)
 from carbonscaler.forecast import issue_forecasts
 from carbonscaler.planner import Job
 from carbonscaler.planner.batch import (
@@ -358,6 +367,19 @@ def test_orders_of_longer_rows_plan_as_sorting_every_row(
     )
     for name in ("servers", "fraction", "after", "feasible", "fell_back"):
         assert np.array_equal(getattr(plain, name), getattr(ordered, name)), name
+    # Only the first increments of each order: rows that need more plan without it.
+    limit = int(rng.integers(0, (n + extra) * len(ladder.efficiency) + 1))
+    prefix = batch_greedy_with_overhead(
+        ladder,
+        carbon,
+        targets,
+        order=IncrementOrder(
+            increment_order(ladder, longer[perm], limit), np.argsort(perm), n + extra
+        ),
+        **settings_,  # type: ignore[arg-type]
+    )
+    for name in ("servers", "fraction", "after", "feasible", "fell_back"):
+        assert np.array_equal(getattr(plain, name), getattr(prefix, name)), name
     with pytest.raises(ValueError, match="order"):
         batch_greedy_with_overhead(
             ladder,
@@ -394,8 +416,10 @@ def test_forecasts_issued_once_equal_issuing_each(model: str, dense: bool) -> No
         if order is not None:
             steps = len(ladder.efficiency)
             kept = [order.table[i][order.table[i] // steps < 20 - t] for i in order.rows]
+            # The first increments of the longer order (all but its deepest): a prefix.
+            assert order.table.shape[1] < 20 * steps
             for mine, theirs in zip(kept, increment_order(ladder, each), strict=True):
-                assert np.array_equal(mine, theirs)
+                assert np.array_equal(mine, theirs[: len(mine)])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -420,6 +444,107 @@ def test_compiled_forecast_trigger_equals_the_rule(seed: int) -> None:
     rule = (np.abs(forecast[index] - expected) > 0.05 * np.maximum(expected, 1e-12)).any(axis=1)
     assert np.array_equal((fired & Reason.FORECAST) > 0, rule)
     assert 0 < rule.sum() < 150
+
+
+def _random_plans(rng: np.random.Generator, rows: int, n: int) -> Plans:
+    """Plans with partial slots, idle slots, ends inside the plan and progress promised."""
+    plans = Plans.empty(rows, n)
+    plans.servers[:] = rng.integers(0, 5, (rows, n))
+    plans.after[:] = np.where(rng.random((rows, n)) < 0.8, plans.servers, rng.integers(0, 5))
+    plans.fraction[:] = np.where(
+        rng.random((rows, n)) < 0.7, 1.0, rng.choice([0.0, 1e-13, 0.25, 0.5, 1.0], (rows, n))
+    )
+    end = rng.integers(0, n + 1, rows)
+    for r in range(rows):  # after its end a plan has only zeros
+        plans.servers[r, end[r] :] = plans.after[r, end[r] :] = 0
+    plans.end_slot[:] = end - rng.choice([0.0, 0.5, 1e-10], rows)
+    plans.planned_done[:] = np.cumsum(rng.uniform(0, 1, (rows, n + 1)), axis=1)
+    plans.made_at[:] = rng.integers(0, n, rows)
+    plans.margin[:] = rng.choice([1.0, 1.1], rows)
+    return plans
+
+
+def _running_rules_by_hand(
+    plans: Plans,
+    top: int,
+    rows: np.ndarray,
+    planned: np.ndarray,
+    inside: np.ndarray,
+    at: np.ndarray,
+    running: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The running rules written out in numpy: top level (late) past the deadline; an overrun
+    (inside, level 0, at or after the plan's end) keeps the level before the first."""
+    level = np.where(inside, planned, top).astype(np.int64)
+    reasons = np.broadcast_to(np.where(inside, 0, int(Reason.LATE)), level.shape).copy()
+    overrun = inside & (level == 0) & (at >= plans.end_slot[rows][:, None] - 1e-9)
+    start = np.argmax(overrun, axis=1)
+    before = np.where(start > 0, level[np.arange(len(rows)), np.maximum(start - 1, 0)], running)
+    level = np.where(overrun, before[:, None], level)
+    reasons[overrun & (before[:, None] > 0)] |= Reason.OVERRUN
+    return level, reasons
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compiled_running_rules_equal_the_rules(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rows, n = 300, 8
+    plans = _random_plans(rng, rows, n)
+    job = Job.from_length(amdahl_profile(4, 0.1), 4.0, 1, 4)
+    rules = Rules(Policy.CARBONSCALER, 0.05, 0.0)
+    index = rng.permutation(rows)[:200]
+    running = rng.integers(0, 5, 200)
+    for first, span in ((0, 1), (3, 1), (2, 4), (5, 6), (n, 2), (0, n + 3)):
+        level, reasons = level_stretch(plans, job, rules, index, first, span, running)
+        slots = np.repeat(np.arange(first, first + span), 2)
+        inside = slots < n
+        s = np.minimum(slots, n - 1)
+        fraction, after = plans.fraction[index][:, s], plans.after[index][:, s]
+        planned = np.where(inside, after, 0)
+        planned[:, 0::2] = np.where(
+            inside[0::2],
+            np.where(fraction[:, 0::2] > 1e-12, plans.servers[index][:, s[0::2]], after[:, 0::2]),
+            0,
+        )
+        at = np.broadcast_to(slots.astype(float), planned.shape).copy()
+        at[:, 1::2] += np.where(inside[1::2], fraction[:, 1::2], 0.0)
+        want = _running_rules_by_hand(plans, 4, index, planned, inside[None, :], at, running)
+        assert np.array_equal(level, want[0]), (first, span)
+        assert np.array_equal(reasons, want[1]), (first, span)
+    slot = rng.integers(-1, n + 2, 200)
+    into = rng.choice([0.0, 1e-13, 0.25, 0.5, 0.99], 200)
+    level1, reasons1 = level_rows(plans, job, rules, index, slot, into, running)
+    s1 = np.minimum(slot, n - 1)
+    planned1 = np.where(
+        into < plans.fraction[index, s1] - 1e-12, plans.servers[index, s1], plans.after[index, s1]
+    )
+    want1 = _running_rules_by_hand(
+        plans, 4, index, planned1[:, None], (slot < n)[:, None], (slot + into)[:, None], running
+    )
+    assert np.array_equal(level1, want1[0][:, 0])
+    assert np.array_equal(reasons1, want1[1][:, 0])
+    assert (reasons & Reason.OVERRUN).any() and (reasons & Reason.LATE).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_compiled_progress_triggers_equal_the_rules(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rows, n, slot = 300, 10, 4
+    plans = _random_plans(rng, rows, n)
+    job = Job.from_length(amdahl_profile(4, 0.1), 4.0, 1, 4)
+    rules = Rules(Policy.CARBONSCALER, 0.05, 0.0)
+    index = rng.permutation(rows)[:200]
+    done_now = plans.planned_done[index, slot]
+    done = done_now + rng.uniform(-0.1, 0.4, 200) * job.work
+    fired = triggers_rows(plans, job, rules, index, slot, done, None)
+    start = plans.planned_done[index, plans.made_at[index]]
+    own_pace = start + (done_now - start) * plans.margin[index]
+    behind = done - done_now < -0.01 * job.work
+    ahead = done - own_pace > 0.05 * job.work
+    assert np.array_equal((fired & Reason.BEHIND) > 0, behind)
+    assert np.array_equal((fired & Reason.AHEAD) > 0, ahead)
+    assert not (fired & Reason.FORECAST).any()
+    assert 0 < behind.sum() < 200 and 0 < ahead.sum() < 200
 
 
 RUNNABLE = ["carbonscaler", "suspend-resume", "agnostic", "exact"]

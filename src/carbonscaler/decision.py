@@ -97,6 +97,9 @@ _EPS = 1e-12
 BoolArray = NDArray[np.bool_]
 
 
+_NO_FORECAST = np.empty((1, 0))
+
+
 class Reason(enum.IntFlag):
     """Why a plan was (re-)made or a level chosen; several may hold at once."""
 
@@ -182,6 +185,10 @@ def top_level(job: Job, rules: Rules) -> int:
     if rules.policy is Policy.AGNOSTIC:
         return job.min_servers
     return int(rules.planning_job(job).ladder().levels[-1])
+
+
+_TRIGGER_BITS = np.array([Reason.BEHIND, Reason.AHEAD, Reason.FORECAST], dtype=np.int64)
+"""The re-plan triggers' bits, in the order :func:`triggers_rows`' compiled pass takes them."""
 
 
 # -- the plan ------------------------------------------------------------------------------
@@ -676,30 +683,31 @@ def triggers_rows(
         work_done: ``(R,)`` work done so far, in the profile's units.
         forecast: ``(R, n - slot)`` forecast issued now, or None when it cannot have changed.
     """
-    threshold = rules.replan_threshold
-    done_now = plans.planned_done[rows, slot]
-    made_at = plans.made_at[rows]
-    start_work = plans.planned_done[rows, made_at]
-    own_pace = start_work + (done_now - start_work) * plans.margin[rows]
-    reasons = np.zeros(len(rows), dtype=np.int64)
-    reasons[work_done - done_now < -BEHIND_SHARE * job.work] |= Reason.BEHIND
-    reasons[work_done - own_pace > threshold * job.work] |= Reason.AHEAD
-    if forecast is not None:
-        issued = np.broadcast_to(forecast, (len(rows), plans.slots - slot))
-        from carbonscaler.planner import _kernels  # numba: imported when first needed
+    from carbonscaler.planner import _kernels  # numba: imported when first needed
 
-        # Compiled: a row stops at its first drift (most rows drift early under noise).
-        drift = np.empty(len(rows), dtype=np.bool_)
-        _kernels.drift_rows(
-            np.ascontiguousarray(issued, dtype=np.float64),
-            plans.forecast,
-            np.ascontiguousarray(rows, dtype=np.int64),
-            int(slot),
-            float(threshold),
-            _EPS,
-            drift,
-        )
-        reasons[drift] |= Reason.FORECAST
+    threshold = rules.replan_threshold
+    width = plans.slots - slot if forecast is not None else 0
+    issued = np.broadcast_to(forecast if forecast is not None else _NO_FORECAST, (len(rows), width))
+    # Compiled, one pass per row: the progress triggers against the plan's promised progress,
+    # then the forecast's, which stops at the row's first drift (most rows drift early under
+    # noise).
+    reasons = np.empty(len(rows), dtype=np.int64)
+    _kernels.trigger_rows(
+        plans.planned_done,
+        plans.made_at,
+        plans.margin,
+        np.ascontiguousarray(rows, dtype=np.int64),
+        int(slot),
+        np.ascontiguousarray(work_done, dtype=np.float64),
+        -BEHIND_SHARE * job.work,
+        threshold * job.work,
+        np.ascontiguousarray(issued, dtype=np.float64),
+        plans.forecast,
+        float(threshold),
+        _EPS,
+        _TRIGGER_BITS,
+        reasons,
+    )
     return reasons
 
 
@@ -756,20 +764,29 @@ def level_stretch(
     the level from its switch point (``fraction``; past the deadline, the slot's end). An
     overrun keeps the level of the moment before it (``running`` before the first).
     """
-    n = plans.slots
-    stop = min(first + span, n)
-    inside_slots = max(stop - first, 0)
-    planned = np.zeros((len(rows), 2 * span), dtype=np.int64)
-    at = np.repeat(first + np.arange(span, dtype=np.float64), 2)[None, :].repeat(len(rows), 0)
-    if inside_slots:
-        fraction = plans.fraction[rows, first:stop]
-        after = plans.after[rows, first:stop]
-        width = 2 * inside_slots
-        planned[:, 0:width:2] = np.where(fraction > _EPS, plans.servers[rows, first:stop], after)
-        planned[:, 1:width:2] = after
-        at[:, 1:width:2] += fraction
-    inside = np.arange(2 * span)[None, :] < 2 * inside_slots
-    return _running_rules(plans, job, rules, rows, planned, inside, at, running)
+    from carbonscaler.planner import _kernels  # numba: imported when first needed
+
+    # Compiled: each row's moments and the running rules in one pass (no (R, 2·span)
+    # temporaries per step of a stretch).
+    level = np.empty((len(rows), 2 * span), dtype=np.int64)
+    reasons = np.empty((len(rows), 2 * span), dtype=np.int64)
+    _kernels.stretch_rows(
+        plans.servers,
+        plans.fraction,
+        plans.after,
+        plans.end_slot,
+        np.ascontiguousarray(rows, dtype=np.int64),
+        int(first),
+        int(span),
+        _EPS,
+        np.ascontiguousarray(running, dtype=np.int64),
+        top_level(job, rules),
+        int(Reason.LATE),
+        int(Reason.OVERRUN),
+        level,
+        reasons,
+    )
+    return level, reasons
 
 
 def _running_rules(
@@ -784,21 +801,28 @@ def _running_rules(
 ) -> tuple[IntArray, NDArray[np.int64]]:
     """The plan's ``(R, K)`` levels at successive moments ``at`` (slots since arrival) with the
     running rules applied: top level past the deadline, and an overrun keeps the level before.
+
+    The rules are compiled (:func:`carbonscaler.planner._kernels.running_rows`), the one
+    place they live: :func:`level_stretch` applies them through the same code.
     """
-    level = np.where(inside, planned, top_level(job, rules)).astype(np.int64)
-    reasons = np.where(inside, 0, int(Reason.LATE)).astype(np.int64)
-    reasons = np.broadcast_to(reasons, level.shape).copy()
-    overrun = inside & (level == 0) & (at >= plans.end_slot[rows][:, None] - 1e-9)
-    if overrun.any():
-        # After its end a plan has only zeros, so the overrun moments of a row are a suffix:
-        # they keep the level of the moment before it (``running`` before the first moment).
-        start = np.argmax(overrun, axis=1)
-        row = np.arange(len(rows))
-        before = np.where(
-            start > 0, level[row, np.maximum(start - 1, 0)], np.asarray(running, dtype=np.int64)
-        )
-        level = np.where(overrun, before[:, None], level)
-        reasons[overrun & (before[:, None] > 0)] |= Reason.OVERRUN
+    from carbonscaler.planner import _kernels  # numba: imported when first needed
+
+    shape = np.broadcast_shapes(np.shape(planned), np.shape(inside), np.shape(at))
+    level = np.empty(shape, dtype=np.int64)
+    reasons = np.empty(shape, dtype=np.int64)
+    _kernels.running_rows(
+        np.ascontiguousarray(np.broadcast_to(planned, shape), dtype=np.int64),
+        np.ascontiguousarray(np.broadcast_to(inside, shape), dtype=np.bool_),
+        np.ascontiguousarray(np.broadcast_to(at, shape), dtype=np.float64),
+        plans.end_slot,
+        np.ascontiguousarray(rows, dtype=np.int64),
+        np.ascontiguousarray(running, dtype=np.int64),
+        top_level(job, rules),
+        int(Reason.LATE),
+        int(Reason.OVERRUN),
+        level,
+        reasons,
+    )
     return level, reasons
 
 

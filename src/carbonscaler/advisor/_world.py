@@ -19,7 +19,7 @@ import numpy as np
 
 from carbonscaler.accounting.integrate import charge
 
-__all__ = ["RUNNING", "TRACE_ENDED", "WORK_DONE", "advance", "follow"]
+__all__ = ["RUNNING", "TRACE_ENDED", "WORK_DONE", "advance", "advance_slots", "follow"]
 
 RUNNING, WORK_DONE, TRACE_ENDED = 0, 1, 2
 """A run's status after a stretch: still running, finished, or past the end of the trace."""
@@ -145,6 +145,81 @@ def advance(
             begin_h[r],
             duration_h[r],
             carbon[r],
+            throughput,
+            power_w,
+            rate_factor[run],
+            overhead_h,
+            work,
+            slot_hours,
+            done,
+            nominal,
+            previous,
+            started,
+            completion,
+            rescales,
+            energy_kwh,
+            emissions_g,
+            server_hours,
+            by_slot,
+        )
+
+
+@numba.njit(cache=True, nogil=True)
+def advance_slots(
+    live: Any,
+    starts: Any,
+    first_slot: int,
+    inside: int,
+    levels: Any,
+    switch: Any,
+    padded: Any,
+    throughput: Any,
+    power_w: Any,
+    rate_factor: Any,
+    overhead_h: float,
+    work: float,
+    slot_hours: float,
+    done: Any,
+    nominal: Any,
+    previous: Any,
+    started: Any,
+    completion: Any,
+    rescales: Any,
+    energy_kwh: Any,
+    emissions_g: Any,
+    server_hours: Any,
+    by_slot: Any,
+    status: Any,
+) -> None:
+    """:func:`advance` through the slots ``first_slot ..`` of a stretch (``levels`` holds two
+    per slot), its sub-intervals made here: in slot ``s`` of run ``run = live[r]``,
+    ``levels[r, 2i]`` up to the switch point ``switch[run, s]`` (for the first ``inside``
+    slots of the stretch; 1, the slot's end, after them), then ``levels[r, 2i + 1]``, charged
+    at ``padded[starts[run] + s]`` (the trace, its last value NaN: indices past it read that).
+    """
+    rows, width = levels.shape
+    span = width // 2
+    last = padded.shape[0] - 1
+    begin_h = np.empty(width)
+    duration_h = np.empty(width)
+    carbon = np.empty(width)
+    for r in range(rows):
+        run = live[r]
+        for i in range(span):
+            slot = first_slot + i
+            f = switch[run, slot] if i < inside else 1.0
+            begin_h[2 * i] = float(slot) * slot_hours
+            begin_h[2 * i + 1] = (slot + f) * slot_hours
+            duration_h[2 * i] = f * slot_hours
+            duration_h[2 * i + 1] = (1.0 - f) * slot_hours
+            carbon[2 * i] = carbon[2 * i + 1] = padded[min(starts[run] + slot, last)]
+        status[r] = _through(
+            run,
+            first_slot,
+            levels[r],
+            begin_h,
+            duration_h,
+            carbon,
             throughput,
             power_w,
             rate_factor[run],

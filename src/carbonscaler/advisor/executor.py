@@ -46,6 +46,9 @@ __all__ = ["Conditions", "Outcome", "simulate_policy"]
 _EPS = 1e-12
 _ORDER_CELLS = 16_000_000
 """At most this many increments (4 bytes each) in the greedy's orders made once per issue slot."""
+_ORDER_PREFIX = 4
+"""Increments per slot an issue slot's order keeps (at most all ``J`` per slot): its first
+``4·w`` of ``w·J``, which nearly every plan reads no further than."""
 
 
 @dataclass(frozen=True)
@@ -356,36 +359,26 @@ def _run_slots(
             span = deadline_slots - t
         else:
             span = chunk
-        slots = t + np.arange(span)
-        carbon = padded[np.minimum(starts[live, None] + slots[None, :], last_index)]
-        # Two sub-intervals per slot: the plan's level up to its switch point, then the next.
-        # Where no slot of the stretch has a switch point (fixed rules, past the deadline),
-        # one row of times serves every run.
+        # Two sub-intervals per slot: the plan's level up to its switch point (its fraction,
+        # within the deadline), then the next; the world makes their times and intensities.
         inside = min(deadline_slots, t + span) - t if planned else 0
-        switch = np.ones((len(live) if inside > 0 else 1, span))
-        if inside > 0:
-            switch[:, :inside] = plans.fraction[live, t : t + inside]
         if planned:
             level, _ = level_stretch(plans, job, rules, live, t, span, previous[live])
         elif name is Policy.SUSPEND_RESUME_THRESHOLD:
+            slots = t + np.arange(span)
+            carbon = padded[np.minimum(starts[live, None] + slots[None, :], last_index)]
             level = np.where(carbon <= threshold[live, None], job.min_servers, 0).repeat(2, axis=1)
         else:
             level = np.full((len(live), 2 * span), fixed_level, dtype=np.int64)
-        begin = np.empty((len(switch), 2 * span))
-        begin[:, 0::2] = slots
-        begin[:, 1::2] = slots + switch
-        width = np.empty_like(begin)
-        width[:, 0::2], width[:, 1::2] = switch, 1.0 - switch
-        shape = (len(live), 2 * span)
-        carbon = carbon.repeat(2, axis=1)
         status = np.empty(len(live), dtype=np.int8)
-        _world.advance(
+        _world.advance_slots(
             live,
+            starts,
             t,
+            inside,
             np.ascontiguousarray(level, dtype=np.int64),
-            np.broadcast_to(begin * dt, shape),
-            np.broadcast_to(width * dt, shape),
-            carbon,
+            plans.fraction if planned else _NO_SWITCH,
+            padded,
             tp,
             power,
             rate_factor,
@@ -441,6 +434,10 @@ def _run_slots(
     )
 
 
+_NO_SWITCH = np.ones((1, 1))
+"""The switch points of a policy without plans: none (``advance_slots`` reads none)."""
+
+
 class _Issuer:
     """The forecasts runs arriving at ``starts`` are issued ``t`` slots after arrival, for the
     slots left to the deadline: :func:`issue_forecasts`, issued once per issue slot.
@@ -479,7 +476,9 @@ class _Issuer:
             and ladder is not None
             and self.table.size * len(ladder.efficiency) <= _ORDER_CELLS
         ):
-            self.orders = increment_order(ladder, self.table)
+            # The first increments of each order serve nearly every plan (a run's plan seldom
+            # reaches deep); the rare row that needs more is planned without the order.
+            self.orders = increment_order(ladder, self.table, _ORDER_PREFIX * self.table.shape[1])
 
     def __call__(self, starts: IntArray, t: int) -> FloatArray:
         """The forecasts issued at ``starts + t`` for the ``deadline_slots - t`` slots left."""
@@ -493,7 +492,7 @@ class _Issuer:
         None."""
         if self.orders is None:
             return None
-        return IncrementOrder(self.orders, starts + (t - self.first))
+        return IncrementOrder(self.orders, starts + (t - self.first), self.deadline_slots)
 
 
 def _thresholds(
@@ -502,7 +501,8 @@ def _thresholds(
     """Per run, the percentile of the intensity in the history window before its start."""
     history = max(round(cond.history_hours / job.slot_hours), 1)
     padded = np.concatenate([np.full(history, np.nan), trace])
-    windows = np.lib.stride_tricks.sliding_window_view(padded, history)[starts].copy()
+    # Indexing by ``starts`` copies the windows: they are this function's to change.
+    windows = np.lib.stride_tricks.sliding_window_view(padded, history)[starts]
     empty = np.all(np.isnan(windows), axis=1)
     if np.any(empty):
         # No history before the trace begins: use the forecast window instead.
@@ -511,10 +511,19 @@ def _thresholds(
         windows[empty, :span] = trace[offsets]
     # nanpercentile is many times slower than percentile: use it only where history is missing.
     gaps = np.isnan(windows).any(axis=1)
+    # The windows (and selections of them) are copies: percentile may partition them in place.
+    if not gaps.any():
+        return np.asarray(
+            np.percentile(windows, cond.threshold_percentile, axis=1, overwrite_input=True),
+            dtype=np.float64,
+        )
     thresholds = np.empty(len(starts))
-    thresholds[~gaps] = np.percentile(windows[~gaps], cond.threshold_percentile, axis=1)
-    if gaps.any():
-        thresholds[gaps] = np.nanpercentile(windows[gaps], cond.threshold_percentile, axis=1)
+    thresholds[~gaps] = np.percentile(
+        windows[~gaps], cond.threshold_percentile, axis=1, overwrite_input=True
+    )
+    thresholds[gaps] = np.nanpercentile(
+        windows[gaps], cond.threshold_percentile, axis=1, overwrite_input=True
+    )
     return thresholds
 
 

@@ -13,7 +13,9 @@ pays its per-call overhead on every one of its many passes. These loops do each 
   greedy, fewer than ``n·J`` steps and no sort of the increments;
 * where the caller has the merge order of a longer row that begins with the row (the same
   issue's forecast to a later deadline: :func:`orders_rows`), no lists and no merge — the
-  row's increments are read off it in its order, those of later slots skipped;
+  row's increments are read off it in its order, those of later slots skipped. The order may
+  be only its first increments (a plan seldom reads deep): a row that runs out of them is
+  planned again from its lists;
 * for a rescale overhead, the work the plan's own rescales lose, re-planned until it settles
   (at most ``rounds`` times, as :func:`~carbonscaler.planner.batch.batch_greedy_with_overhead`
   documents; a round whose losses repeat the last would give the same plan, so it stops there).
@@ -21,6 +23,10 @@ pays its per-call overhead on every one of its many passes. These loops do each 
   rather than starting again; a round that ends at the last round's completing pick, with
   each part of that slot at least the overhead long either way, loses what the last did, so
   it stops without summing the losses again.
+
+Beside the greedy, the decision core's per-row rules for many runs at once, compiled: its
+re-plan triggers (:func:`trigger_rows`) and its running rules (:func:`running_rows`, and
+:func:`stretch_rows` through a stretch of slots), each in one place (:func:`_running`).
 
 The numpy-free single plan (:mod:`carbonscaler.planner.greedy`) is the reference the tests
 compare against. Compiled code is cached on disk (numba's ``cache=True``), so only the first run
@@ -35,7 +41,15 @@ from typing import Any
 import numba
 import numpy as np
 
-__all__ = ["drift_rows", "greedy_rows", "install_rows", "losses_rows", "orders_rows"]
+__all__ = [
+    "greedy_rows",
+    "install_rows",
+    "losses_rows",
+    "orders_rows",
+    "running_rows",
+    "stretch_rows",
+    "trigger_rows",
+]
 
 _jit = numba.njit(cache=True, nogil=True)
 _inline = numba.njit(cache=True, nogil=True, inline="always")
@@ -144,10 +158,18 @@ def _slide(
 
 @_inline
 def _extend(
-    goal: float, d_work: Any, lists: Any, scores: Any, heads: Any, log: Any, base: int, seq: Any
+    goal: float,
+    d_work: Any,
+    lists: Any,
+    scores: Any,
+    heads: Any,
+    log: Any,
+    base: int,
+    seq: Any,
+    stop: int,
 ) -> int:
-    """Merge further, logging picks, until the cumulative work reaches ``goal`` or every
-    increment is taken; returns how many picks are logged.
+    """Merge further, logging picks, until the cumulative work reaches ``goal`` or ``stop``
+    increments are taken; returns how many picks are logged.
 
     ``log`` holds, per pick, its slot, step and cumulative work (as float); ``heads[j]`` is
     how far list ``j`` is merged; the lists hold ``slot + base`` (see :func:`_slide`: an
@@ -156,14 +178,20 @@ def _extend(
 
     Where ``seq`` is not empty it is the merge order itself (:func:`orders_rows` of a longer
     row that begins with this one): the picks are its increments of this row's slots, in its
-    order, and ``heads`` holds how far it is read and how many picks are logged.
+    order, and ``heads`` holds how far it is read and how many picks are logged. Where ``seq``
+    is only the first increments of that order and runs out before the goal, ``heads[0]`` is
+    left past its end (the caller plans the row without it).
     """
     steps, n = lists.shape
     if seq.shape[0] > 0:
         at, made = heads[0], heads[1]
         cumulative = log[made - 1, 2] if made > 0 else 0.0
         limit = n * steps  # the increments of slots >= n
+        width = seq.shape[0]
         while made < limit and cumulative < goal:
+            if at >= width:
+                at = width + 1  # a prefix of the order, run out
+                break
             flat = seq[at]
             at += 1
             if flat >= limit:
@@ -179,7 +207,7 @@ def _extend(
         return int(made)
     made = heads[:steps].sum()
     cumulative = log[made - 1, 2] if made > 0 else 0.0
-    while made < n * steps and cumulative < goal:
+    while made < stop and cumulative < goal:
         best = -1
         for j in range(steps):
             h = heads[j]
@@ -228,7 +256,7 @@ def _select(
     """
     n = lists.shape[1]
     goal = target * (1 - 1e-12)
-    made = _extend(goal, d_work, lists, scores, heads, log, base, seq)
+    made = _extend(goal, d_work, lists, scores, heads, log, base, seq, n * lists.shape[0])
     if made == 0 or log[made - 1, 2] < goal:
         servers[:] = 0
         after[:] = 0
@@ -414,7 +442,8 @@ def greedy_rows(
 
     ``order_table[order_rows[r]]`` (``w·J`` wide, ``w`` = 0 for none) is row ``r``'s merge
     order, as :func:`orders_rows` gives it for a row of ``w`` slots that begins with the row:
-    the lists are then neither sorted nor merged.
+    the lists are then neither sorted nor merged. It may hold only the first increments of
+    that order: a row that needs more is planned again without it.
     """
     rows, n = carbon.shape
     steps = efficiency.shape[0]
@@ -425,49 +454,56 @@ def greedy_rows(
     log = np.empty((n * steps, 3))
     base = 0
     ordered = order_table.shape[1] > 0
+    none = np.empty(0, dtype=order_table.dtype)
     for r in range(rows):
-        if ordered:
-            base = 0  # the lists are not used
-        elif r > 0 and _shifted(carbon[r - 1], carbon[r]):
-            base += 1
-            _slide(carbon[r - 1, 0], carbon[r, n - 1], efficiency, lists, scores, base)
-        else:
-            base = 0
-            _lists(carbon[r], efficiency, lists, scores)
-        heads[:] = 0
-        counts[n] = -1
-        fell_back[r] = False
-        ok = False
-        for attempt in range(2):
-            work = targets[r] if attempt == 0 else fallbacks[r]
-            if attempt == 1:
-                if np.isnan(work):
+        use_order = ordered
+        for _ in range(2):
+            if use_order:
+                base = 0  # the lists are not used
+            elif not ordered and r > 0 and _shifted(carbon[r - 1], carbon[r]):
+                base += 1
+                _slide(carbon[r - 1, 0], carbon[r, n - 1], efficiency, lists, scores, base)
+            else:
+                base = 0
+                _lists(carbon[r], efficiency, lists, scores)
+            seq = order_table[order_rows[r]] if use_order else none
+            heads[:] = 0
+            counts[n] = -1
+            fell_back[r] = False
+            ok = False
+            for attempt in range(2):
+                work = targets[r] if attempt == 0 else fallbacks[r]
+                if attempt == 1:
+                    if np.isnan(work):
+                        break
+                    fell_back[r] = True
+                ok = _plan_row(
+                    work,
+                    d_work,
+                    levels,
+                    lists,
+                    scores,
+                    base,
+                    heads,
+                    log,
+                    counts,
+                    throughput,
+                    overhead_h,
+                    slot_hours,
+                    previous[r],
+                    started[r],
+                    rounds,
+                    servers[r],
+                    fraction[r],
+                    after[r],
+                    seq,
+                )
+                if ok:
                     break
-                fell_back[r] = True
-            ok = _plan_row(
-                work,
-                d_work,
-                levels,
-                lists,
-                scores,
-                base,
-                heads,
-                log,
-                counts,
-                throughput,
-                overhead_h,
-                slot_hours,
-                previous[r],
-                started[r],
-                rounds,
-                servers[r],
-                fraction[r],
-                after[r],
-                order_table[order_rows[r]],
-            )
-            if ok:
+            feasible[r] = ok
+            if not use_order or heads[0] <= seq.shape[0]:
                 break
-        feasible[r] = ok
+            use_order = False  # the order's prefix ran out: plan the row from its lists
 
 
 @_jit
@@ -554,8 +590,9 @@ def install_rows(
 @_jit
 def orders_rows(carbon: Any, efficiency: Any, d_work: Any, out: Any) -> None:
     """Each row's merge order: every increment ``slot·J + step`` in the order the greedy takes
-    them (descending score, ties by that flat index). Any row that begins a row of ``carbon``
-    takes its own increments in the same order, so this is ``greedy_rows``' ``order`` for it.
+    them (descending score, ties by that flat index), or its first ``out.shape[1]``. Any row
+    that begins a row of ``carbon`` takes its own increments in the same order, so this is
+    ``greedy_rows``' ``order`` for it.
     """
     rows, n = carbon.shape
     steps = efficiency.shape[0]
@@ -567,26 +604,170 @@ def orders_rows(carbon: Any, efficiency: Any, d_work: Any, out: Any) -> None:
     for r in range(rows):
         _lists(carbon[r], efficiency, lists, scores)
         heads[:] = 0
-        _extend(np.inf, d_work, lists, scores, heads, log, 0, none)
-        for k in range(n * steps):
+        _extend(np.inf, d_work, lists, scores, heads, log, 0, none, out.shape[1])
+        for k in range(out.shape[1]):
             out[r, k] = int(log[k, 0]) * steps + int(log[k, 1])
 
 
 @_jit
-def drift_rows(
-    forecast: Any, planned: Any, rows: Any, first: int, threshold: float, floor: float, out: Any
+def trigger_rows(
+    planned_done: Any,
+    made_at: Any,
+    margin: Any,
+    rows: Any,
+    slot: int,
+    work_done: Any,
+    behind: float,
+    ahead: float,
+    forecast: Any,
+    planned: Any,
+    threshold: float,
+    floor: float,
+    bits: Any,
+    out: Any,
 ) -> None:
-    """Whether row ``r`` of ``forecast`` differs from row ``rows[r]`` of ``planned`` (from
-    slot ``first`` on) anywhere by more than ``threshold`` relative to the planned value
-    (at least ``floor``): :func:`carbonscaler.decision.triggers_rows`' forecast trigger,
-    stopping at a row's first drift. A NaN on either side is no drift."""
-    for r in range(forecast.shape[0]):
+    """:func:`carbonscaler.decision.triggers_rows` for row ``r``, of plan row ``rows[r]`` at
+    the start of ``slot``: ``bits[0]`` where the work done trails the plan's progress by more
+    than ``-behind``; ``bits[1]`` where it leads the plan's own pace (its progress without the
+    margin) by more than ``ahead``; ``bits[2]`` where row ``r`` of ``forecast`` (none where it
+    has no columns) differs from ``planned`` (from ``slot`` on) anywhere by more than
+    ``threshold`` relative to the planned value (at least ``floor``), a row stopping at its
+    first drift. A NaN on either side is no drift."""
+    for r in range(rows.shape[0]):
         row = rows[r]
-        drift = False
+        done_now = planned_done[row, slot]
+        start_work = planned_done[row, made_at[row]]
+        own_pace = start_work + (done_now - start_work) * margin[row]
+        reasons = 0
+        if work_done[r] - done_now < behind:
+            reasons |= bits[0]
+        if work_done[r] - own_pace > ahead:
+            reasons |= bits[1]
         for i in range(forecast.shape[1]):
-            expected = planned[row, first + i]
+            expected = planned[row, slot + i]
             scale = expected if (expected >= floor or expected != expected) else floor
             if abs(forecast[r, i] - expected) > threshold * scale:
-                drift = True
+                reasons |= bits[2]
                 break
-        out[r] = drift
+        out[r] = reasons
+
+
+@_inline
+def _running(
+    planned: Any,
+    inside: Any,
+    at: Any,
+    end: float,
+    running: int,
+    top: int,
+    late: int,
+    overrun_bit: int,
+    level: Any,
+    reasons: Any,
+) -> None:
+    """:func:`carbonscaler.decision.level_rows`' running rules for one row's moments ``k``
+    (``at[k]`` slots since arrival): the plan's level ``planned[k]`` where ``inside[k]`` (the
+    deadline), else ``top`` (reason ``late``); a moment inside, at level 0, at or after the
+    plan's ``end`` is an overrun: every overrun moment keeps the level of the moment before
+    the first (``running`` before the first moment), ``overrun_bit`` where that is not 0."""
+    moments = planned.shape[0]
+    first = -1
+    for k in range(moments):
+        if inside[k]:
+            level[k] = planned[k]
+            reasons[k] = 0
+            if first < 0 and planned[k] == 0 and at[k] >= end - 1e-9:
+                first = k
+        else:
+            level[k] = top
+            reasons[k] = late
+    if first < 0:
+        return
+    before = level[first - 1] if first > 0 else running
+    for k in range(first, moments):
+        if inside[k] and level[k] == 0 and at[k] >= end - 1e-9:
+            level[k] = before
+            if before > 0:
+                reasons[k] |= overrun_bit
+
+
+@_jit
+def running_rows(
+    planned: Any,
+    inside: Any,
+    at: Any,
+    end_slot: Any,
+    rows: Any,
+    running: Any,
+    top: int,
+    late: int,
+    overrun_bit: int,
+    level: Any,
+    reasons: Any,
+) -> None:
+    """:func:`_running` for each row ``r`` of ``(R, K)`` moments, of plan row ``rows[r]``."""
+    for r in range(planned.shape[0]):
+        _running(
+            planned[r],
+            inside[r],
+            at[r],
+            end_slot[rows[r]],
+            running[r],
+            top,
+            late,
+            overrun_bit,
+            level[r],
+            reasons[r],
+        )
+
+
+@_jit
+def stretch_rows(
+    servers: Any,
+    fraction: Any,
+    after: Any,
+    end_slot: Any,
+    rows: Any,
+    first: int,
+    span: int,
+    eps: float,
+    running: Any,
+    top: int,
+    late: int,
+    overrun_bit: int,
+    level: Any,
+    reasons: Any,
+) -> None:
+    """:func:`running_rows` through slots ``first .. first+span-1`` of plan rows ``rows``
+    (:func:`carbonscaler.decision.level_stretch`): two moments per slot, its start (the plan's
+    ``servers``, or ``after`` where the first part is empty) and its switch point (``after``
+    at ``fraction`` into the slot); past the plan's ``n`` slots, the slot's start twice."""
+    n = servers.shape[1]
+    inside_slots = max(min(first + span, n) - first, 0)
+    planned = np.zeros(2 * span, dtype=np.int64)
+    inside = np.zeros(2 * span, dtype=np.bool_)
+    at = np.empty(2 * span)
+    for i in range(span):
+        at[2 * i] = at[2 * i + 1] = float(first + i)
+    for r in range(rows.shape[0]):
+        row = rows[r]
+        for i in range(inside_slots):
+            s = first + i
+            f = fraction[row, s]
+            tail = after[row, s]
+            planned[2 * i] = servers[row, s] if f > eps else tail
+            planned[2 * i + 1] = tail
+            inside[2 * i] = inside[2 * i + 1] = True
+            at[2 * i + 1] = float(s) + f
+        _running(
+            planned,
+            inside,
+            at,
+            end_slot[row],
+            running[r],
+            top,
+            late,
+            overrun_bit,
+            level[r],
+            reasons[r],
+        )

@@ -129,8 +129,9 @@ def batch_greedy_with_overhead(
 
     ``order`` (optional) saves each row's sort and merge: its increments in the greedy's
     order, from :func:`increment_order` of a ``w``-slot row (``w >= n``) that begins with the
-    row (the same issue's forecast over a longer horizon). The plans are the same with or
-    without it.
+    row (the same issue's forecast over a longer horizon), or only their first increments
+    (``IncrementOrder.slots``: a row that needs more is sorted and merged). The plans are the
+    same with or without it.
     """
     return _greedy(
         ladder,
@@ -176,7 +177,7 @@ def _greedy(
         order = IncrementOrder(np.empty((1, 0), dtype=np.int32), np.zeros(rows, dtype=np.int64))
     elif (
         len(order.rows) != rows
-        or order.table.shape[1] < n * steps
+        or (order.slots < n if order.slots is not None else order.table.shape[1] < n * steps)
         or (rows and not 0 <= order.rows.min() <= order.rows.max() < len(order.table))
     ):
         raise ValueError(f"an order needs {rows} rows of at least {n} slots × {steps} steps")
@@ -215,28 +216,40 @@ def _greedy(
 @dataclass(frozen=True)
 class IncrementOrder:
     """Rows of an :func:`increment_order` table: row ``b`` of a batch takes its increments
-    in the order of ``table[rows[b]]`` (the rows are not copied; indexing picks rows)."""
+    in the order of ``table[rows[b]]`` (the rows are not copied; indexing picks rows).
+
+    ``slots``: where the table holds only the first increments of each order (its ``limit``),
+    the slots of the rows it was made from; a row that needs more increments than it holds is
+    planned without it (the plans are the same). None: the table is complete.
+    """
 
     table: NDArray[np.int32]
     rows: IntArray
+    slots: int | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: IntArray | slice) -> IncrementOrder:
-        return IncrementOrder(self.table, self.rows[index])
+        return IncrementOrder(self.table, self.rows[index], self.slots)
 
 
-def increment_order(ladder: Ladder, carbon: FloatArray) -> NDArray[np.int32]:
+def increment_order(
+    ladder: Ladder, carbon: FloatArray, limit: int | None = None
+) -> NDArray[np.int32]:
     """Each row's increments (``slot·J + step``) in the order the greedy takes them
     (descending ``efficiency / intensity``, ties by that index): the ``table`` of an
     :class:`IncrementOrder` for any row that begins a row of ``carbon``, whose increments come
-    in the same order."""
+    in the same order. With ``limit``, only the first ``limit`` of each row (a plan seldom
+    needs them all; the merge stops there): an order with ``slots`` set to the rows' width."""
     carbon = np.ascontiguousarray(carbon, dtype=np.float64)
     steps = len(ladder.efficiency)
     if carbon.shape[1] * steps >= 2**31:
         raise ValueError("a row has too many increments for an order")
-    out = np.empty((carbon.shape[0], carbon.shape[1] * steps), dtype=np.int32)
+    width = carbon.shape[1] * steps
+    if limit is not None:
+        width = min(width, max(int(limit), 0))
+    out = np.empty((carbon.shape[0], width), dtype=np.int32)
     from carbonscaler.planner import _kernels  # numba: imported when first needed
 
     _kernels.orders_rows(
