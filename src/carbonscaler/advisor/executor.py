@@ -471,14 +471,14 @@ class _Issuer:
                 spec, trace, np.arange(self.first, self.first + span), deadline_slots, slot_hours
             )
         self.orders: NDArray[np.int32] | None = None
-        if (
-            self.table is not None
-            and ladder is not None
-            and self.table.size * len(ladder.efficiency) <= _ORDER_CELLS
-        ):
-            # The first increments of each order serve nearly every plan (a run's plan seldom
-            # reaches deep); the rare row that needs more is planned without the order.
-            self.orders = increment_order(ladder, self.table, _ORDER_PREFIX * self.table.shape[1])
+        if self.table is not None and ladder is not None:
+            # What is stored: the first increments of each order (a run's plan seldom reaches
+            # deep); the rare row that needs more is planned without the order.
+            kept = min(_ORDER_PREFIX, len(ladder.efficiency))
+            if self.table.size * kept <= _ORDER_CELLS:
+                self.orders = increment_order(
+                    ladder, self.table, _ORDER_PREFIX * self.table.shape[1]
+                )
 
     def __call__(self, starts: IntArray, t: int) -> FloatArray:
         """The forecasts issued at ``starts + t`` for the ``deadline_slots - t`` slots left."""
